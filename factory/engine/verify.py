@@ -1,0 +1,158 @@
+"""Verification of human labels: rank every given label by how likely it is wrong.
+
+The method is confident learning (Northcutt et al., 2021) on out-of-sample
+probabilities, optionally blended with the fused posterior of the human
+answers:
+
+- per-class thresholds ``t_j`` = mean predicted probability of class j over
+  the items *labelled* j — a class the model is timid about gets a low bar;
+- an item is "confidently" class j when ``p_j >= t_j``; among such classes
+  the most probable one is its confident class. A label whose confident class
+  is another class is flagged; so is one with no confident class whose given
+  class is below its bar and is not the argmax of ``p_j / t_j``;
+- the ranking score is the threshold-normalised margin between the best other
+  class and the given class, so a flagged label with a wide margin ranks first.
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import pandas as pd
+
+__all__ = ["find_suspect_labels", "per_class_thresholds"]
+
+
+def per_class_thresholds(label_idx: np.ndarray, probs: np.ndarray) -> np.ndarray:
+    """Mean probability of class j over items labelled j (column mean where no item is labelled j)."""
+    k = probs.shape[1]
+    t = probs.mean(0).copy()
+    for j in range(k):
+        members = label_idx == j
+        if members.any():
+            t[j] = probs[members, j].mean()
+    return np.clip(t, 1e-6, None)
+
+
+def find_suspect_labels(
+    given_labels: Sequence,
+    oos_probs: np.ndarray,
+    classes: Sequence,
+    fused_posterior: np.ndarray | None = None,
+    *,
+    fused_weight: float = 0.5,
+    min_margin: float = 0.0,
+    index: Sequence | None = None,
+) -> pd.DataFrame:
+    """Rank given labels by how likely each is wrong and flag the likely errors.
+
+    Parameters
+    ----------
+    given_labels
+        The label people gave each item (values from ``classes``).
+    oos_probs
+        (n, k) out-of-sample class probabilities (e.g. ``cross_val_proba``):
+        a model must not have trained on the label it judges.
+    classes
+        The k class labels, in the column order of ``oos_probs``.
+    fused_posterior
+        Optional (n, k) posterior of the aggregated human answers; it is mixed
+        in with weight ``fused_weight`` (other people disagreeing is evidence).
+    min_margin
+        A flag also needs the normalised margin (best other class minus given
+        class, both divided by their thresholds) above this.
+    index
+        Row labels of the result (e.g. item ids); default 0..n-1.
+
+    Returns
+    -------
+    DataFrame sorted by ``suspect_score`` (descending) with columns
+    ``given_label``, ``suggested_label`` (the confident class, or the
+    threshold-normalised argmax), ``suspect_score`` in [0, 1] (0.5 = tie
+    between the given and the best other class), ``self_confidence``
+    (probability of the given label), ``flag`` (bool) and ``reasons`` (list).
+    """
+    classes = list(classes)
+    k = len(classes)
+    probs = np.asarray(oos_probs, dtype=float)
+    if probs.ndim != 2 or probs.shape[1] != k:
+        raise ValueError(f"find_suspect_labels: oos_probs must be (n, {k}), got {probs.shape}")
+    n = probs.shape[0]
+    given = np.asarray(list(given_labels), dtype=object)
+    if len(given) != n:
+        raise ValueError(f"find_suspect_labels: {len(given)} labels but {n} probability rows")
+    pos = {c: i for i, c in enumerate(classes)}
+    pos.update({str(c): i for i, c in enumerate(classes)})
+    try:
+        y = np.array([pos[v] if v in pos else pos[str(v)] for v in given], dtype=int)
+    except KeyError as e:
+        raise ValueError(f"find_suspect_labels: label {e.args[0]!r} is not one of classes {classes}") from None
+
+    probs = probs / np.clip(probs.sum(1, keepdims=True), 1e-12, None)
+    if fused_posterior is not None:
+        fused = np.asarray(fused_posterior, dtype=float)
+        if fused.shape != probs.shape:
+            raise ValueError(f"find_suspect_labels: fused_posterior shape {fused.shape} != {probs.shape}")
+        fused = fused / np.clip(fused.sum(1, keepdims=True), 1e-12, None)
+        p = (1 - fused_weight) * probs + fused_weight * fused
+    else:
+        fused = None
+        p = probs
+
+    rows = np.arange(n)
+    t = per_class_thresholds(y, p)
+    above = p >= t[None, :] - 1e-9
+    masked = np.where(above, p, -np.inf)
+    has_conf = above.any(1)
+    confident = np.where(has_conf, masked.argmax(1), -1)
+
+    pn = p / t[None, :]
+    pn_other = pn.copy()
+    pn_other[rows, y] = -np.inf
+    best_other = pn_other.argmax(1)
+    s_given = pn[rows, y]
+    s_other = pn[rows, best_other]
+    # normalised margin in [-1, 1] -> [0, 1]
+    score = 0.5 * (1.0 + (s_other - s_given) / np.clip(s_other + s_given, 1e-12, None))
+    margin = s_other - s_given
+
+    # confidently another class, or no confident class at all and the given
+    # label is both below its own bar and not the threshold-normalised argmax
+    low_self = p[rows, y] < t[y]
+    flag = (
+        ((confident >= 0) & (confident != y)) | ((confident < 0) & low_self & (pn.argmax(1) != y))
+    ) & (margin > min_margin)
+    # the confident class when there is one, else the threshold-normalised argmax;
+    # never the given label itself (then the runner-up is the suggestion)
+    suggested = np.where(confident >= 0, confident, pn.argmax(1))
+    suggested = np.where(suggested == y, best_other, suggested)
+
+    model_arg = probs.argmax(1)
+    fused_arg = fused.argmax(1) if fused is not None else None
+    reasons: list[list[str]] = []
+    for i in range(n):
+        r = []
+        if flag[i] and confident[i] >= 0:
+            r.append(f"confidently {classes[confident[i]]}")
+        elif flag[i]:
+            r.append("no confident class")
+        if model_arg[i] != y[i]:
+            r.append("model_disagrees")
+        if low_self[i]:
+            r.append("low_self_confidence")
+        if fused_arg is not None and fused_arg[i] != y[i]:
+            r.append("fused_disagrees")
+        reasons.append(r)
+    cls_arr = np.asarray(classes, dtype=object)
+    out = pd.DataFrame(
+        {
+            "given_label": given,
+            "suggested_label": cls_arr[suggested],
+            "suspect_score": score,
+            "self_confidence": p[rows, y],
+            "flag": flag,
+            "reasons": reasons,
+        },
+        index=pd.Index(index) if index is not None else pd.RangeIndex(n),
+    )
+    return out.sort_values("suspect_score", ascending=False, kind="stable")
