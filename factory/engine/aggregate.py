@@ -1,0 +1,558 @@
+"""Answer aggregation: turn many noisy answers per item into one label with a posterior.
+
+All methods work on one sparse matrix ``A`` (items x (worker, answered class)) built
+once from the answer table; every EM step is two sparse-dense products
+(``A @ log_confusion`` for the E-step, ``A.T @ posteriors`` for the M-step), so
+there is no Python loop over answers, items or workers.  Soft answers (a
+probability vector per answer, columns ``prob_<class>``) enter ``A`` as
+fractional counts.
+
+Methods
+-------
+``mv``        majority vote over hard labels (soft answers vote with their argmax);
+              posteriors are vote shares; ties go to the first class in ``classes``.
+``weighted``  weighted vote: each answer adds ``weight * p`` (soft vote / linear pool).
+``ds``        Dawid-Skene (1979) EM with a per-worker K x K confusion matrix, a
+              weak symmetric Dirichlet prior on each confusion row and on the class
+              prior (MAP), initialised from the weighted vote.
+``one_coin``  Dawid-Skene with one accuracy per worker (errors spread uniformly).
+``loglinear`` logarithmic opinion pool: per item, the weighted geometric mean of the
+              answers' probability vectors; a worker's weight is the log-odds of its
+              leave-one-out agreement with the other workers.  Weights sum to one per
+              item, so calibrated inputs give a calibrated-or-conservative output.
+``auto``      ``loglinear`` when every answer is a probability vector from a small
+              set of workers (the pipeline's model fusion); otherwise ``ds`` with
+              hierarchical confusion priors: each worker's confusion row is shrunk
+              towards the pooled confusion matrix of all workers with
+              ``prior_strength`` pseudo-answers, so one-answer and unknown workers
+              behave like the average worker and rare classes do not collapse.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Iterable
+
+import numpy as np
+import pandas as pd
+from scipy import sparse
+from scipy.special import logsumexp
+from scipy.stats import beta as beta_dist
+
+METHODS = ("auto", "mv", "weighted", "ds", "one_coin", "loglinear")
+
+# Fixed defaults (chosen before scoring any benchmark; see benchmarks/aggregation.py).
+DEFAULTS: dict[str, Any] = {
+    "max_iter": 100,  # EM iteration cap (same as crowd-kit's benchmarks)
+    "tol": 1e-5,  # stop when mean log-likelihood per answer improves less than this
+    "ds_alpha": 0.01,  # plain DS: symmetric Dirichlet pseudo-count per confusion cell
+    "prior_strength": 2.0,  # auto: pseudo-answers per confusion row drawn from pooled matrix
+    "class_alpha": 1.0,  # Dirichlet pseudo-count per class on the class prior
+    "loglinear_max_workers": 20,  # auto picks loglinear only for this few all-soft workers
+    "loglinear_iter": 5,
+    "prob_floor": 1e-6,  # floor on model probabilities before taking logs
+    "interval": 0.95,  # reliability interval mass
+}
+
+
+@dataclass
+class AggregationResult:
+    """Everything an aggregation produced: item posteriors, worker reliability, fit info."""
+
+    items: pd.DataFrame
+    workers: pd.DataFrame
+    method: str
+    iterations: int
+    converged: bool
+    classes: list
+    class_prior: pd.Series
+    confusion: np.ndarray | None = None  # (n_workers, K, K): row = true class, col = answered
+    log_likelihood: float | None = None
+    n_missing_answers: int = 0
+    n_anonymous_answers: int = 0
+    options: dict = field(default_factory=dict)
+
+
+@dataclass
+class _Encoded:
+    classes: list
+    item_ids: pd.Index
+    worker_ids: pd.Index  # named workers only
+    n_workers: int  # named + one anonymous worker per answer without worker_id
+    # per entry (one per hard answer, one per non-zero class of a soft answer)
+    e_item: np.ndarray
+    e_worker: np.ndarray
+    e_label: np.ndarray
+    e_p: np.ndarray  # probability mass of this class in the answer (1 for hard)
+    e_weight: np.ndarray  # the answer's weight
+    # per answered row
+    a_item: np.ndarray
+    a_worker: np.ndarray
+    a_weight: np.ndarray
+    a_soft: np.ndarray  # bool
+    a_hard_label: np.ndarray  # argmax class for soft answers
+    a_probs: np.ndarray | None  # (n_answered, K) only built for loglinear
+    n_missing: int
+    n_anonymous: int
+
+
+# ----------------------------------------------------------------------------- input
+
+
+def _label_classes(values: pd.Series) -> list:
+    """Distinct labels, with integral floats (ints that met a NaN) turned back into ints."""
+    uniq = pd.unique(values.dropna())
+    if len(uniq) and all(isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, bool) for v in uniq):
+        arr = np.asarray(uniq, dtype=float)
+        if np.all(arr == np.round(arr)):
+            return [int(v) for v in arr]
+        return [float(v) for v in arr]
+    return list(uniq)
+
+
+def _sorted_classes(values: Iterable) -> list:
+    vals = list(dict.fromkeys(values))
+    try:
+        return sorted(vals)
+    except TypeError:
+        return sorted(vals, key=str)
+
+
+def _suffix_value(suffix: str, numeric: bool) -> Any:
+    if numeric:
+        try:
+            return int(suffix)
+        except ValueError:
+            return suffix
+    return suffix
+
+
+def _encode_labels(labels: pd.Series, classes: list) -> np.ndarray:
+    """Class index per label (-1 for NaN); raise naming the rows whose label is not a class."""
+    codes = np.full(len(labels), -1, dtype=np.int64)
+    present = labels.notna().to_numpy()
+    if not present.any():
+        return codes
+    vals = labels[present]
+    idx = pd.Index(classes)
+    got = idx.get_indexer(vals.to_numpy(dtype=object) if vals.dtype == object else vals.to_numpy())
+    if (got < 0).any():  # fall back to matching by text: "1" == 1, 1.0 == 1
+        def norm(v: Any) -> str:
+            if isinstance(v, (float, np.floating)) and float(v).is_integer():
+                return str(int(v))
+            return str(v)
+
+        text_idx = pd.Index([norm(c) for c in classes])
+        got2 = text_idx.get_indexer([norm(v) for v in vals.to_numpy(dtype=object)])
+        got = np.where(got < 0, got2, got)
+    if (got < 0).any():
+        bad_pos = np.flatnonzero(present)[got < 0]
+        bad_vals = pd.unique(labels.iloc[bad_pos])[:5]
+        raise ValueError(
+            f"answers: column 'label' has values not in classes {classes!r}: "
+            f"{list(bad_vals)!r} (first rows {list(labels.index[bad_pos[:5]])!r}); "
+            "add them to `classes` or fix those rows"
+        )
+    codes[present] = got
+    return codes
+
+
+def _encode(answers: pd.DataFrame, classes: Iterable | None, need_probs: bool = False) -> _Encoded:
+    if not isinstance(answers, pd.DataFrame):
+        raise TypeError(f"answers must be a pandas DataFrame, got {type(answers).__name__}")
+    missing_cols = [c for c in ("item_id", "worker_id") if c not in answers.columns]
+    prob_cols = [c for c in answers.columns if isinstance(c, str) and c.startswith("prob_")]
+    if missing_cols:
+        raise ValueError(f"answers: missing column(s) {missing_cols}; expected item_id, worker_id, label")
+    if "label" not in answers.columns and not prob_cols:
+        raise ValueError("answers: need a 'label' column or 'prob_<class>' columns")
+    labels = answers["label"] if "label" in answers.columns else pd.Series(np.nan, index=answers.index)
+
+    if classes is None:
+        label_cls = _label_classes(labels)
+        numeric = all(isinstance(c, (int, float)) for c in label_cls)
+        prob_cls = [_suffix_value(c[5:], numeric) for c in prob_cols]
+        classes = _sorted_classes(label_cls + prob_cls)
+    else:
+        classes = list(classes)
+        if len(set(map(str, classes))) != len(classes):
+            raise ValueError(f"classes must be distinct, got {classes!r}")
+    if not classes:
+        raise ValueError("answers: no labels and no classes given; pass classes=[...]")
+    K = len(classes)
+    class_text = {str(c): j for j, c in enumerate(classes)}
+
+    item_raw = answers["item_id"]
+    if item_raw.isna().any():
+        bad = list(answers.index[item_raw.isna().to_numpy()][:5])
+        raise ValueError(f"answers: item_id is missing in rows {bad}; every answer needs an item_id")
+    try:
+        item_codes, item_ids = pd.factorize(item_raw, sort=True)
+    except TypeError:
+        item_codes, item_ids = pd.factorize(item_raw, sort=False)
+    try:
+        w_codes, worker_ids = pd.factorize(answers["worker_id"], sort=True)
+    except TypeError:
+        w_codes, worker_ids = pd.factorize(answers["worker_id"], sort=False)
+    item_codes = item_codes.astype(np.int64)
+    w_codes = w_codes.astype(np.int64)
+    n = len(answers)
+
+    if "weight" in answers.columns:
+        weight = pd.to_numeric(answers["weight"], errors="coerce").to_numpy(dtype=float)
+        weight = np.where(np.isnan(weight), 1.0, weight)
+        if (weight < 0).any():
+            bad = list(answers.index[weight < 0][:5])
+            raise ValueError(f"answers: negative weight in rows {bad}; weights must be >= 0")
+    else:
+        weight = np.ones(n)
+
+    # soft answers
+    soft = np.zeros(n, dtype=bool)
+    P = None
+    if prob_cols:
+        col_idx = []
+        for c in prob_cols:
+            j = class_text.get(c[5:])
+            if j is None:
+                raise ValueError(f"answers: column {c!r} names a class not in classes {classes!r}")
+            col_idx.append(j)
+        raw = answers[prob_cols].to_numpy(dtype=float)
+        soft = ~np.isnan(raw).all(axis=1)
+        raw = np.nan_to_num(raw, nan=0.0)
+        if (raw < 0).any():
+            bad = list(answers.index[(raw < 0).any(axis=1)][:5])
+            raise ValueError(f"answers: negative probability in rows {bad}")
+        P = np.zeros((n, K))
+        P[:, col_idx] = raw
+        tot = P.sum(axis=1)
+        soft &= tot > 0
+        P[soft] /= tot[soft, None]
+
+    label_codes = np.full(n, -1, dtype=np.int64)
+    need_label = ~soft
+    if need_label.any():
+        label_codes[need_label] = _encode_labels(labels[need_label], classes)
+    hard = need_label & (label_codes >= 0)
+    answered = hard | soft
+    n_missing = int((~answered).sum())
+
+    # answers without worker_id: each is its own anonymous worker (an unknown person)
+    anon = w_codes < 0
+    n_named = len(worker_ids)
+    n_anon = int(anon.sum())
+    w_codes[anon] = n_named + np.arange(n_anon)
+    n_workers = n_named + n_anon
+
+    if P is not None:
+        label_codes[soft] = P[soft].argmax(axis=1)
+
+    # entries: hard answers give one, soft answers one per non-zero class
+    h = np.flatnonzero(hard)
+    e_item = [item_codes[h]]
+    e_worker = [w_codes[h]]
+    e_label = [label_codes[h]]
+    e_p = [np.ones(len(h))]
+    e_weight = [weight[h]]
+    if P is not None and soft.any():
+        s = np.flatnonzero(soft)
+        Ps = P[s]
+        r, c = np.nonzero(Ps)
+        e_item.append(item_codes[s][r])
+        e_worker.append(w_codes[s][r])
+        e_label.append(c.astype(np.int64))
+        e_p.append(Ps[r, c])
+        e_weight.append(weight[s][r])
+
+    a = np.flatnonzero(answered)
+    a_probs = None
+    if need_probs:
+        a_probs = np.zeros((len(a), K))
+        if P is not None:
+            a_probs[:] = P[a]
+        hard_a = hard[a]
+        a_probs[np.flatnonzero(hard_a), label_codes[a][hard_a]] = 1.0
+
+    return _Encoded(
+        classes=classes,
+        item_ids=pd.Index(item_ids, name="item_id"),
+        worker_ids=pd.Index(worker_ids, name="worker_id"),
+        n_workers=n_workers,
+        e_item=np.concatenate(e_item),
+        e_worker=np.concatenate(e_worker),
+        e_label=np.concatenate(e_label),
+        e_p=np.concatenate(e_p),
+        e_weight=np.concatenate(e_weight),
+        a_item=item_codes[a],
+        a_worker=w_codes[a],
+        a_weight=weight[a],
+        a_soft=soft[a],
+        a_hard_label=label_codes[a],
+        a_probs=a_probs,
+        n_missing=n_missing,
+        n_anonymous=n_anon,
+    )
+
+
+# ----------------------------------------------------------------------------- helpers
+
+
+def _softmax_rows(L: np.ndarray) -> np.ndarray:
+    L = L - L.max(axis=1, keepdims=True)
+    np.exp(L, out=L)
+    L /= L.sum(axis=1, keepdims=True)
+    return L
+
+
+def _vote_counts(enc: _Encoded, K: int, n_items: int, mass: np.ndarray, labels: np.ndarray, items: np.ndarray) -> np.ndarray:
+    return np.bincount(items * K + labels, weights=mass, minlength=n_items * K).reshape(n_items, K)
+
+
+def _normalise_votes(V: np.ndarray) -> np.ndarray:
+    tot = V.sum(axis=1, keepdims=True)
+    K = V.shape[1]
+    return np.divide(V, tot, out=np.full_like(V, 1.0 / K), where=tot > 0)
+
+
+def _design_matrix(enc: _Encoded, K: int, n_items: int) -> sparse.csr_matrix:
+    """A[i, w*K + l] = total weighted mass worker w put on class l for item i."""
+    A = sparse.csr_matrix(
+        (enc.e_p * enc.e_weight, (enc.e_item, enc.e_worker * K + enc.e_label)),
+        shape=(n_items, enc.n_workers * K),
+    )
+    A.sum_duplicates()
+    return A
+
+
+def _em(
+    A: sparse.csr_matrix,
+    n_workers: int,
+    K: int,
+    T: np.ndarray,
+    mode: str,
+    opts: dict,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, int, bool, float]:
+    """EM for Dawid-Skene family; returns posteriors, confusion (W,K,K), class prior, iters, converged, loglik."""
+    AT = A.T.tocsr()
+    total_mass = max(float(A.sum()), 1.0)
+    max_iter = int(opts["max_iter"])
+    tol = float(opts["tol"])
+    prev = -np.inf
+    converged = False
+    it = 0
+    pi = np.full((n_workers, K, K), 1.0 / K)
+    rho = np.full(K, 1.0 / K)
+    ll = float("nan")
+    off = (1.0 - np.eye(K)).astype(bool)
+    for it in range(1, max_iter + 1):
+        # M-step: expected (true k, answered l) counts per worker
+        C = np.asarray(AT @ T).reshape(n_workers, K, K).transpose(0, 2, 1)  # (w, k, l)
+        if mode == "one_coin":
+            diag = np.einsum("wkk->w", C)
+            nw = C.sum(axis=(1, 2))
+            acc = (diag + 2.0) / (nw + 3.0)  # Beta(2,1) prior: workers start better than chance-ish
+            pi = np.empty((n_workers, K, K))
+            pi[:] = ((1.0 - acc) / max(K - 1, 1))[:, None, None]
+            idx = np.arange(K)
+            pi[:, idx, idx] = acc[:, None]
+        else:
+            if mode == "hier":
+                pooled = C.sum(axis=0) + 1.0
+                pooled /= pooled.sum(axis=1, keepdims=True)
+                alpha = float(opts["prior_strength"]) * pooled[None] + float(opts["ds_alpha"])
+            else:
+                alpha = float(opts["ds_alpha"])
+            num = C + alpha
+            pi = num / num.sum(axis=2, keepdims=True)
+        rho = T.sum(axis=0) + float(opts["class_alpha"])
+        rho /= rho.sum()
+        # E-step
+        logpi = np.log(pi).transpose(0, 2, 1).reshape(n_workers * K, K)  # row w*K+l, col k
+        L = np.asarray(A @ logpi) + np.log(rho)
+        ll = float(logsumexp(L, axis=1).sum())
+        T = _softmax_rows(L)
+        if ll / total_mass - prev / total_mass < tol:
+            converged = True
+            break
+        prev = ll
+    return T, pi, rho, it, converged, ll
+
+
+def _loglinear(enc: _Encoded, K: int, n_items: int, opts: dict) -> tuple[np.ndarray, np.ndarray, int, bool]:
+    """Weighted geometric mean of answer probability vectors; weights from leave-one-out agreement."""
+    P = enc.a_probs
+    assert P is not None
+    floor = float(opts["prob_floor"])
+    logP = np.log(np.clip(P, floor, None))
+    item = enc.a_item
+    wk = np.ones(enc.n_workers)
+    n_iter = int(opts["loglinear_iter"])
+    it = 0
+    converged = False
+    for it in range(1, n_iter + 1):
+        w = wk[enc.a_worker] * enc.a_weight
+        S = np.zeros((n_items, K))
+        for k in range(K):  # loop over classes only
+            S[:, k] = np.bincount(item, weights=w * logP[:, k], minlength=n_items)
+        wsum = np.bincount(item, weights=w, minlength=n_items)
+        # leave-one-out consensus for each answer
+        rest = wsum[item] - w
+        loo = S[item] - w[:, None] * logP
+        ok = rest > 1e-12
+        q = _softmax_rows(loo[ok] / rest[ok, None])
+        agree = (q * P[ok]).sum(axis=1)
+        succ = np.bincount(enc.a_worker[ok], weights=agree, minlength=enc.n_workers)
+        cnt = np.bincount(enc.a_worker[ok], minlength=enc.n_workers)
+        acc = (succ + 1.0) / (cnt + 2.0)  # Beta(1,1): a worker nobody can check keeps weight ~0.5-level
+        acc = np.clip(acc, 1e-6, 1 - 1e-6)
+        new = np.maximum(np.log(acc * max(K - 1, 1) / (1.0 - acc)), 0.05) if K > 1 else np.ones_like(acc)
+        # workers never compared with anyone keep the average weight
+        new = np.where(cnt > 0, new, new[cnt > 0].mean() if (cnt > 0).any() else 1.0)
+        if np.max(np.abs(new - wk)) < 1e-4:
+            wk = new
+            converged = True
+            break
+        wk = new
+    w = wk[enc.a_worker] * enc.a_weight
+    S = np.zeros((n_items, K))
+    for k in range(K):
+        S[:, k] = np.bincount(item, weights=w * logP[:, k], minlength=n_items)
+    wsum = np.bincount(item, weights=w, minlength=n_items)
+    has = wsum > 0
+    T = np.full((n_items, K), 1.0 / K)
+    T[has] = _softmax_rows(S[has] / wsum[has, None])
+    return T, wk, it, converged
+
+
+def _choose_auto(enc: _Encoded, opts: dict) -> str:
+    if len(enc.a_soft) and enc.a_soft.all() and enc.n_workers <= int(opts["loglinear_max_workers"]):
+        return "loglinear"
+    return "ds_hier"
+
+
+# ----------------------------------------------------------------------------- public
+
+
+def aggregate_full(
+    answers: pd.DataFrame,
+    method: str = "auto",
+    classes: Iterable | None = None,
+    **opts: Any,
+) -> AggregationResult:
+    """Aggregate answers into item posteriors and per-worker reliability (see module docstring).
+
+    Args:
+        answers: rows ``item_id, worker_id, label`` plus optional ``weight`` and
+            ``prob_<class>`` columns (a probability vector per answer; when given,
+            ``label`` may be NaN). Rows with neither a label nor probabilities count
+            as missing answers; their items still get a (prior) posterior.
+        method: one of ``METHODS``.
+        classes: the class list and order; classes no one used get prior mass only.
+        **opts: override ``DEFAULTS`` (max_iter, tol, ds_alpha, prior_strength, ...).
+
+    Returns:
+        AggregationResult with ``items`` (index item_id; label, confidence,
+        prob_<class>) and ``workers`` (index worker_id; reliability,
+        reliability_low, reliability_high, n_answers[, confusion]).
+    """
+    if method not in METHODS:
+        raise ValueError(f"unknown method {method!r}; choose one of {METHODS}")
+    unknown = set(opts) - set(DEFAULTS)
+    if unknown:
+        raise ValueError(f"unknown option(s) {sorted(unknown)}; known: {sorted(DEFAULTS)}")
+    o = {**DEFAULTS, **opts}
+    need_probs = method in ("loglinear", "auto")
+    enc = _encode(answers, classes, need_probs=need_probs)
+    K = len(enc.classes)
+    n_items = len(enc.item_ids)
+    chosen = _choose_auto(enc, o) if method == "auto" else method
+    if chosen != "loglinear":
+        enc.a_probs = None  # free memory early
+
+    iters, converged, ll = 0, True, None
+    confusion = None
+    rho = None
+    if chosen == "mv":
+        T = _normalise_votes(_vote_counts(enc, K, n_items, np.ones(len(enc.a_item)), enc.a_hard_label, enc.a_item))
+    elif chosen == "weighted":
+        T = _normalise_votes(_vote_counts(enc, K, n_items, enc.e_p * enc.e_weight, enc.e_label, enc.e_item))
+    elif chosen == "loglinear":
+        T, _, iters, converged = _loglinear(enc, K, n_items, o)
+    else:
+        A = _design_matrix(enc, K, n_items)
+        T0 = _normalise_votes(_vote_counts(enc, K, n_items, enc.e_p * enc.e_weight, enc.e_label, enc.e_item))
+        mode = {"ds": "ds", "ds_hier": "hier", "one_coin": "one_coin"}[chosen]
+        if K == 1:
+            T, iters = T0, 0
+            confusion = np.ones((enc.n_workers, 1, 1))
+            rho = np.ones(1)
+        else:
+            T, confusion, rho, iters, converged, ll = _em(A, enc.n_workers, K, T0, mode, o)
+    if rho is None:
+        rho = T.sum(axis=0) + float(o["class_alpha"])
+        rho = rho / rho.sum()
+
+    items = _items_frame(T, enc)
+    workers = _workers_frame(T, enc, K, confusion, o)
+    n_named = len(enc.worker_ids)
+    return AggregationResult(
+        items=items,
+        workers=workers,
+        method=("ds" if chosen == "ds_hier" else chosen) if method != "auto" else f"auto:{'ds_hier' if chosen == 'ds_hier' else chosen}",
+        iterations=int(iters),
+        converged=bool(converged),
+        classes=list(enc.classes),
+        class_prior=pd.Series(rho, index=[f"prob_{c}" for c in enc.classes], name="class_prior"),
+        confusion=None if confusion is None else confusion[:n_named],
+        log_likelihood=ll,
+        n_missing_answers=enc.n_missing,
+        n_anonymous_answers=enc.n_anonymous,
+        options=o,
+    )
+
+
+def aggregate(
+    answers: pd.DataFrame,
+    method: str = "auto",
+    classes: Iterable | None = None,
+    **opts: Any,
+) -> pd.DataFrame:
+    """Aggregate answers into one row per item: label, confidence and prob_<class> columns."""
+    return aggregate_full(answers, method=method, classes=classes, **opts).items
+
+
+def _items_frame(T: np.ndarray, enc: _Encoded) -> pd.DataFrame:
+    classes = enc.classes
+    best = T.argmax(axis=1) if T.shape[0] else np.zeros(0, dtype=np.int64)
+    cls_arr = pd.Index(classes)
+    frame = pd.DataFrame(
+        {"label": cls_arr.take(best).to_numpy() if len(best) else cls_arr[:0].to_numpy(),
+         "confidence": T[np.arange(T.shape[0]), best] if len(best) else np.zeros(0)},
+        index=enc.item_ids,
+    )
+    probs = pd.DataFrame(T, index=enc.item_ids, columns=[f"prob_{c}" for c in classes])
+    return pd.concat([frame, probs], axis=1)
+
+
+def _workers_frame(T: np.ndarray, enc: _Encoded, K: int, confusion: np.ndarray | None, o: dict) -> pd.DataFrame:
+    """Reliability = Beta posterior of the share of a worker's answers that agree with the result."""
+    n_named = len(enc.worker_ids)
+    agree = T[enc.e_item, enc.e_label] * enc.e_p if len(enc.e_item) else np.zeros(0)
+    succ = np.bincount(enc.e_worker, weights=agree, minlength=enc.n_workers)[:n_named]
+    tot = np.bincount(enc.e_worker, weights=enc.e_p, minlength=enc.n_workers)[:n_named]
+    n_ans = np.bincount(enc.a_worker, minlength=enc.n_workers)[:n_named]
+    a = 1.0 + succ
+    b = 1.0 + np.maximum(tot - succ, 0.0)
+    tail = (1.0 - float(o["interval"])) / 2.0
+    frame = pd.DataFrame(
+        {
+            "reliability": a / (a + b),
+            "reliability_low": beta_dist.ppf(tail, a, b) if n_named else np.zeros(0),
+            "reliability_high": beta_dist.ppf(1.0 - tail, a, b) if n_named else np.zeros(0),
+            "n_answers": n_ans.astype(np.int64),
+        },
+        index=enc.worker_ids,
+    )
+    if confusion is not None:
+        frame["confusion"] = pd.Series(list(confusion[:n_named]), index=enc.worker_ids, dtype=object)
+    return frame
