@@ -36,7 +36,6 @@ from typing import Any, Iterable
 import numpy as np
 import pandas as pd
 from scipy import sparse
-from scipy.special import logsumexp
 from scipy.stats import beta as beta_dist
 
 METHODS = ("auto", "mv", "weighted", "ds", "one_coin", "loglinear")
@@ -304,6 +303,16 @@ def _softmax_rows(L: np.ndarray) -> np.ndarray:
     return L
 
 
+def _softmax_rows_ll(L: np.ndarray) -> tuple[np.ndarray, float]:
+    """Row softmax (in place) and the summed log-normaliser (the data log-likelihood)."""
+    m = L.max(axis=1, keepdims=True)
+    L -= m
+    np.exp(L, out=L)
+    z = L.sum(axis=1, keepdims=True)
+    L /= z
+    return L, float(m.sum() + np.log(z).sum())
+
+
 def _vote_counts(enc: _Encoded, K: int, n_items: int, mass: np.ndarray, labels: np.ndarray, items: np.ndarray) -> np.ndarray:
     return np.bincount(items * K + labels, weights=mass, minlength=n_items * K).reshape(n_items, K)
 
@@ -381,8 +390,7 @@ def _em(
             + float(item_mass @ (T @ log_rho))
             - float((Tc * np.log(Tc)).sum())
         ) / total_mass
-        ll = float(logsumexp(L, axis=1).sum())
-        T = _softmax_rows(L)
+        T, ll = _softmax_rows_ll(L)
         if elbo - prev < tol:
             converged = True
             break

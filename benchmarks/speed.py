@@ -1,0 +1,192 @@
+"""Speed benchmark: factory's Dawid-Skene against crowd-kit's DawidSkene on synthetic answers.
+
+Synthetic data (seeded): ``answers / 10`` items x 10 answers from 1,000 workers of varied
+skill (accuracy uniform in [0.25, 0.9], chance is 0.2, errors spread over the other 4 classes with a
+worker-specific bias towards one class), 5 classes with an uneven class prior; no worker
+answers an item twice.  Both libraries run Dawid-Skene with the same iteration cap (100)
+and tolerance (1e-5 on the same stopping quantity, the evidence lower bound per answer),
+in the same process, one after the other.
+
+Peak memory of our call is measured with ``tracemalloc`` (Python-level allocations,
+which include numpy and scipy buffers) around ``aggregate_full`` only, in a separate
+timed run so that tracing does not slow the timed one.
+
+Goals: >= 50x faster than crowd-kit, accuracy within 0.001 of crowd-kit's, peak <= 1 GB.
+
+Run: ``python -m benchmarks.speed --out bench-out [--answers 1000000]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+import tracemalloc
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+NAME = "speed"
+N_WORKERS = 1000
+N_CLASSES = 5
+PER_ITEM = 10
+
+
+def synthetic_answers(n_answers: int = 1_000_000, seed: int = 0) -> tuple[pd.DataFrame, pd.Series]:
+    """Seeded synthetic crowd: (answers[item_id, worker_id, label], truth indexed by item_id)."""
+    rng = np.random.default_rng(seed)
+    n_items = max(n_answers // PER_ITEM, 1)
+    prior = np.array([0.35, 0.25, 0.2, 0.12, 0.08])
+    truth = rng.choice(N_CLASSES, size=n_items, p=prior)
+    acc = rng.uniform(0.25, 0.9, size=N_WORKERS)
+    bias_class = rng.integers(0, N_CLASSES, size=N_WORKERS)
+    # confusion[w, k, l]: half of a worker's errors go to its bias class, the rest uniformly
+    conf = np.empty((N_WORKERS, N_CLASSES, N_CLASSES))
+    err = 1.0 - acc
+    conf[:] = (err * 0.5 / (N_CLASSES - 1))[:, None, None]
+    idx = np.arange(N_CLASSES)
+    conf[np.arange(N_WORKERS)[:, None], idx[None, :], bias_class[:, None]] += (err * 0.5)[:, None]
+    conf[:, idx, idx] = 0.0
+    conf /= conf.sum(axis=2, keepdims=True)
+    conf *= err[:, None, None]
+    conf[:, idx, idx] = acc[:, None]
+    # distinct workers per item: answer j comes from window [j*100, j*100+99] shifted per item
+    window = N_WORKERS // PER_ITEM
+    start = rng.integers(0, N_WORKERS, size=n_items)
+    offs = rng.integers(0, window, size=(n_items, PER_ITEM))
+    workers = (start[:, None] + np.arange(PER_ITEM)[None, :] * window + offs) % N_WORKERS
+    items = np.repeat(np.arange(n_items), PER_ITEM)
+    workers = workers.ravel()
+    true_rep = truth[items]
+    cdf = np.cumsum(conf[workers, true_rep], axis=1)
+    u = rng.random(len(items))[:, None]
+    labels = (u > cdf).sum(axis=1).clip(max=N_CLASSES - 1)
+    answers = pd.DataFrame(
+        {
+            "item_id": np.char.add("i", np.char.zfill(items.astype(str), 7)),
+            "worker_id": np.char.add("w", np.char.zfill(workers.astype(str), 4)),
+            "label": labels,
+        }
+    )
+    truth_s = pd.Series(truth, index=np.char.add("i", np.char.zfill(np.arange(n_items).astype(str), 7)), name="label")
+    return answers.iloc[:n_answers].reset_index(drop=True), truth_s
+
+
+def run(out: Path, data: Path | None = None, answers: int = 1_000_000, seeds: int = 1, skip_crowdkit: bool = False, **opts) -> dict:
+    """Time factory DS vs crowd-kit DS on `answers` synthetic answers; write out/speed.json and .png."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from factory.engine import aggregate_full
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    n = int(answers)
+    print(f"[speed] generating {n:,} synthetic answers (seed 0)", flush=True)
+    df, truth = synthetic_answers(n, seed=0)
+    max_iter, tol = 100, 1e-5
+
+    aggregate_full(df.iloc[:1000], method="ds")  # warm imports
+    print("[speed] factory Dawid-Skene ...", flush=True)
+    t0 = time.perf_counter()
+    res = aggregate_full(df, method="ds", max_iter=max_iter, tol=tol)
+    factory_seconds = time.perf_counter() - t0
+    factory_acc = float((res.items["label"].reindex(truth.index) == truth).mean())
+    print(f"[speed] factory: {factory_seconds:.2f} s, {res.iterations} iterations, accuracy {factory_acc:.4f}", flush=True)
+
+    tracemalloc.start()
+    aggregate_full(df, method="ds", max_iter=max_iter, tol=tol)
+    _, peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    peak_mb = peak / 2**20
+    print(f"[speed] factory peak traced memory: {peak_mb:.0f} MB", flush=True)
+
+    ck_seconds = ck_acc = ck_iters = None
+    if not skip_crowdkit:
+        from crowdkit.aggregation import DawidSkene
+
+        print("[speed] crowd-kit DawidSkene (this takes a while) ...", flush=True)
+        ck_df = df.rename(columns={"item_id": "task", "worker_id": "worker"})
+        t0 = time.perf_counter()
+        ds = DawidSkene(n_iter=max_iter, tol=tol)
+        ck_labels = ds.fit_predict(ck_df)
+        ck_seconds = time.perf_counter() - t0
+        ck_iters = len(ds.loss_history_)
+        ck_acc = float((ck_labels.reindex(truth.index) == truth).mean())
+        print(f"[speed] crowd-kit: {ck_seconds:.2f} s, {ck_iters} iterations, accuracy {ck_acc:.4f}", flush=True)
+
+    result = {
+        "answers": n,
+        "items": int(len(truth)),
+        "workers": N_WORKERS,
+        "classes": N_CLASSES,
+        "max_iter": max_iter,
+        "tol": tol,
+        "factory_seconds": round(factory_seconds, 3),
+        "factory_iterations": res.iterations,
+        "crowdkit_seconds": None if ck_seconds is None else round(ck_seconds, 3),
+        "crowdkit_iterations": ck_iters,
+        "speedup": None if ck_seconds is None else round(ck_seconds / factory_seconds, 1),
+        "factory_accuracy": round(factory_acc, 5),
+        "crowdkit_accuracy": None if ck_acc is None else round(ck_acc, 5),
+        "factory_peak_mb": round(peak_mb, 1),
+        "peak_memory_method": "tracemalloc peak around one aggregate_full(method='ds') call (separate, untimed run)",
+    }
+    (out / f"{NAME}.json").write_text(json.dumps(result, indent=2))
+
+    fig, ax = plt.subplots(figsize=(5, 3.2))
+    names = ["factory DS"] + ([] if ck_seconds is None else ["crowd-kit DS"])
+    secs = [factory_seconds] + ([] if ck_seconds is None else [ck_seconds])
+    ax.bar(names, secs, color=["tab:blue", "tab:gray"][: len(names)])
+    ax.set_yscale("log")
+    ax.set_ylabel("seconds (log)")
+    ax.set_title(f"Dawid-Skene on {n:,} answers")
+    for i, s in enumerate(secs):
+        ax.text(i, s, f"{s:.2f} s", ha="center", va="bottom")
+    fig.tight_layout()
+    fig.savefig(out / f"{NAME}.png", dpi=120)
+    plt.close(fig)
+    print(f"[speed] wrote {out / (NAME + '.json')} and {out / (NAME + '.png')}", flush=True)
+    return result
+
+
+def summary_rows(result: dict) -> list[tuple[str, str, str]]:
+    """(metric, value, goal and whether met) rows for a Markdown table."""
+    rows = [("answers", f"{result['answers']:,}", "")]
+    sp = result.get("speedup")
+    rows.append(("factory DS seconds", f"{result['factory_seconds']:.2f}", ""))
+    if sp is not None:
+        rows.append(("crowd-kit DS seconds", f"{result['crowdkit_seconds']:.2f}", ""))
+        rows.append(("speed-up", f"{sp:.0f}x", f">= 50x: {'met' if sp >= 50 else 'MISSED'}"))
+        gap = abs(result["factory_accuracy"] - result["crowdkit_accuracy"])
+        rows.append(
+            (
+                "accuracy factory / crowd-kit",
+                f"{result['factory_accuracy']:.4f} / {result['crowdkit_accuracy']:.4f}",
+                f"within 0.001: {'met' if gap <= 0.001 else 'MISSED'}",
+            )
+        )
+    else:
+        rows.append(("factory accuracy", f"{result['factory_accuracy']:.4f}", "crowd-kit not run"))
+    pk = result["factory_peak_mb"]
+    rows.append(("factory peak memory (tracemalloc)", f"{pk:.0f} MB", f"<= 1024 MB: {'met' if pk <= 1024 else 'MISSED'}"))
+    return rows
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--out", type=Path, required=True, help="folder for speed.json and speed.png")
+    ap.add_argument("--data", type=Path, default=None, help="unused (synthetic data)")
+    ap.add_argument("--answers", type=int, default=1_000_000, help="number of synthetic answers")
+    ap.add_argument("--skip-crowdkit", action="store_true", help="time only the factory")
+    args = ap.parse_args(argv)
+    result = run(args.out, args.data, answers=args.answers, skip_crowdkit=args.skip_crowdkit)
+    for row in summary_rows(result):
+        print(" | ".join(row))
+
+
+if __name__ == "__main__":
+    main()
