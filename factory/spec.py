@@ -1,0 +1,168 @@
+"""Dataset specs: the YAML a team writes to declare a dataset, validated with errors that name the field."""
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from factory.errors import SpecError
+
+TASK_TYPES = ("classification", "multi-label", "spans", "boxes", "pairs")
+IMPLEMENTED_TASK_TYPES = ("classification",)
+MODES = ("prelabel-human", "human-model", "prelabel-model")
+NAME_RE = re.compile(r"^[a-z][a-z0-9_-]{0,62}$")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class TaskSpec(_Strict):
+    type: Literal["classification", "multi-label", "spans", "boxes", "pairs"] = "classification"
+    input: str = "text"
+    metadata: tuple[str, ...] = ()
+
+
+class ClassSpec(_Strict):
+    name: str = Field(min_length=1)
+    definition: str = Field(min_length=1)
+    prior: float | None = Field(default=None, gt=0, le=1)
+
+
+class GuidelineSpec(_Strict):
+    version: str = Field(min_length=1)
+    text: str = ""
+
+
+class SeedSpec(_Strict):
+    size: int = Field(default=100, ge=2)
+
+
+class QualitySpec(_Strict):
+    confidence_threshold: float = Field(default=0.9, ge=0, le=1)
+    audit_rate: float = Field(default=0.02, ge=0, le=1)
+    bias_ratio: float = Field(default=2.0, gt=1)
+    min_accuracy: float = Field(default=0.9, ge=0, le=1)
+    max_quarantine_rate: float = Field(default=0.1, ge=0, le=1)
+
+
+class ReviewSpec(_Strict):
+    budget: float | int = Field(default=0.5, ge=0)
+
+    def items_allowed(self, n_items: int) -> int:
+        """How many of a batch's n_items may go to people."""
+        if isinstance(self.budget, float) and self.budget <= 1:
+            return int(round(self.budget * n_items))
+        return int(self.budget)
+
+
+class ComplianceSpec(_Strict):
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+    grade: Literal["general", "important", "core"] = Field(default="general", alias="class")
+    personal_information: tuple[str, ...] = ()
+
+
+class DatasetSpec(_Strict):
+    name: str
+    description: str = Field(min_length=1)
+    license: str = Field(min_length=1)
+    task: TaskSpec = TaskSpec()
+    classes: tuple[ClassSpec, ...] = Field(min_length=2)
+    guideline: GuidelineSpec
+    mode: Literal["prelabel-human", "human-model", "prelabel-model"] = "prelabel-human"
+    seed: SeedSpec = SeedSpec()
+    quality: QualitySpec = QualitySpec()
+    review: ReviewSpec = ReviewSpec()
+    splits: dict[str, float] = Field(default_factory=lambda: {"train": 0.8, "validation": 0.1, "test": 0.1})
+    compliance: ComplianceSpec = ComplianceSpec()
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str) -> str:
+        if not NAME_RE.match(v):
+            raise ValueError("must be lowercase letters, digits, '-' or '_', starting with a letter")
+        return v
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "DatasetSpec":
+        names = [c.name for c in self.classes]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"classes: duplicate class names {dupes}")
+        if self.task.type not in IMPLEMENTED_TASK_TYPES:
+            raise ValueError(f"task.type '{self.task.type}' is reserved in the schema but not implemented yet; "
+                             f"use one of {list(IMPLEMENTED_TASK_TYPES)}")
+        priors = [c.prior for c in self.classes if c.prior is not None]
+        if priors and len(priors) != len(self.classes):
+            raise ValueError("classes: give a prior for every class or for none")
+        if priors and abs(sum(priors) - 1) > 0.01:
+            raise ValueError(f"classes: priors sum to {sum(priors):.3f}, they must sum to 1")
+        if not self.splits or any(v < 0 for v in self.splits.values()) or abs(sum(self.splits.values()) - 1) > 1e-6:
+            raise ValueError(f"splits: ratios {self.splits} must be non-negative and sum to 1")
+        if self.task.input in self.task.metadata:
+            raise ValueError("task.metadata must not repeat task.input")
+        return self
+
+    @property
+    def class_names(self) -> list[str]:
+        return [c.name for c in self.classes]
+
+    @property
+    def prior(self) -> dict[str, float] | None:
+        if self.classes[0].prior is None:
+            return None
+        return {c.name: float(c.prior) for c in self.classes}
+
+    @property
+    def version(self) -> str:
+        """Content hash of the validated spec: editing any field yields a new version."""
+        canon = json.dumps(self.model_dump(mode="json", by_alias=True), sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(canon.encode()).hexdigest()[:16]
+
+
+def _format_errors(path: str, err: ValidationError) -> str:
+    lines = [f"{path}: the dataset spec is invalid ({err.error_count()} problem(s)):"]
+    for e in err.errors():
+        loc = ".".join(str(p) for p in e["loc"]) or "(top level)"
+        msg = e["msg"]
+        if e["type"] == "extra_forbidden":
+            msg = "unknown field; remove it or check its spelling (see `factory init` for the template)"
+        elif e["type"] == "missing":
+            msg = "required field is missing"
+        lines.append(f"  - field '{loc}': {msg}")
+    return "\n".join(lines)
+
+
+def parse_spec(data: dict, source: str = "<spec>") -> DatasetSpec:
+    """Validate a spec given as a dict; SpecError names every field at fault."""
+    if not isinstance(data, dict):
+        raise SpecError(f"{source}: the spec must be a YAML mapping, got {type(data).__name__}")
+    try:
+        return DatasetSpec.model_validate(data)
+    except ValidationError as e:
+        raise SpecError(_format_errors(source, e)) from None
+
+
+def load_spec(path: str | Path) -> DatasetSpec:
+    """Read and validate a dataset spec YAML file."""
+    path = Path(path)
+    if not path.is_file():
+        raise SpecError(f"{path}: spec file not found; create one with `factory init NAME`")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (yaml.YAMLError, UnicodeDecodeError) as e:
+        raise SpecError(f"{path}: not valid YAML: {e}") from None
+    return parse_spec(data, str(path))
+
+
+def template(name: str) -> str:
+    """The commented spec template `factory init NAME` writes."""
+    if not NAME_RE.match(name):
+        raise SpecError(f"dataset name '{name}' must be lowercase letters, digits, '-' or '_', starting with a letter")
+    text = (Path(__file__).parent / "templates" / "dataset.yaml").read_text(encoding="utf-8")
+    return text.format(name=name)
