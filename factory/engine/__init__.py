@@ -7,11 +7,19 @@ from factory.engine.aggregate import (
     aggregate,
     aggregate_full,
 )
+from factory.engine.calibration import (
+    Calibrator,
+    expected_calibration_error,
+    fit_calibrator,
+)
 
 __all__ = [
     "DEFAULTS",
     "METHODS",
     "AggregationResult",
+    "Calibrator",
     "aggregate",
     "aggregate_full",
+    "expected_calibration_error",
+    "fit_calibrator",
 ]
