@@ -35,7 +35,7 @@ class Factory:
 
     @classmethod
     def at(cls, root: str | Path | None = None) -> "Factory":
-        return cls(Paths.from_env(root).ensure())
+        return cls(Paths.from_env(root))
 
     @cached_property
     def ledger(self) -> Ledger:

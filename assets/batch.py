@@ -1,0 +1,199 @@
+"""The software-defined assets of one dataset: thin wrappers over factory.pipeline.
+
+Groups: design (dataset_spec), collection (raw_items), annotation (seed_tasks, labelers,
+model_predictions, fused_labels), review (review_tasks, final_labels), qa (batch_quality),
+release (dataset_release).  Every batch is a dynamic partition.
+"""
+
+import dagster as dg
+
+from assets.resources import FactoryResource
+from checks.asset_checks import check_results, check_specs
+from checks.standards import DEFAULT_STANDARD, validate
+from factory import pipeline as P
+from factory import release as R
+from factory.errors import FactoryError, NotReadyError
+
+
+def dagster_name(dataset: str) -> str:
+    """Dagster names allow letters, digits and underscores only."""
+    return dataset.replace("-", "_")
+
+
+def partitions_for(dataset: str) -> dg.DynamicPartitionsDefinition:
+    return dg.DynamicPartitionsDefinition(name=f"{dagster_name(dataset)}_batches")
+
+
+def _fail(e: FactoryError) -> dg.Failure:
+    return dg.Failure(description=str(e), metadata={"waiting_for_people": isinstance(e, NotReadyError)},
+                      allow_retries=False)
+
+
+def build_dataset_assets(dataset: str) -> list:
+    """Every asset and check of one dataset, keyed under the dataset's name."""
+    dn = dagster_name(dataset)
+    parts = partitions_for(dataset)
+
+    def key(name: str) -> dg.AssetKey:
+        return dg.AssetKey([dn, name])
+
+    @dg.asset(key=key("dataset_spec"), group_name="design",
+              description=f"The validated spec of '{dataset}' (datasets/{dataset}.yaml); its hash is the data version.")
+    def dataset_spec(context: dg.AssetExecutionContext, factory: FactoryResource) -> dg.MaterializeResult:
+        try:
+            spec = P.record_spec(factory.factory(), dataset)
+        except FactoryError as e:
+            raise _fail(e) from None
+        return dg.MaterializeResult(
+            data_version=dg.DataVersion(spec.version),
+            metadata={"spec_version": spec.version, "guideline_version": spec.guideline.version,
+                      "mode": spec.mode, "classes": spec.class_names, "task_type": spec.task.type,
+                      "compliance_grade": spec.compliance.grade})
+
+    raw_key = key("raw_items")
+
+    @dg.asset(key=raw_key, group_name="collection", partitions_def=parts, deps=[key("dataset_spec")],
+              check_specs=check_specs(raw_key, "raw_items"),
+              description="The batch's accepted items (content-hash ids); duplicates and quarantine in the ledger.")
+    def raw_items(context: dg.AssetExecutionContext, factory: FactoryResource) -> dg.MaterializeResult:
+        fx = factory.factory()
+        batch_id = context.partition_key
+        try:
+            df = P.raw_items(fx, dataset, batch_id)
+        except FactoryError as e:
+            raise _fail(e) from None
+        batch = fx.ledger.batch(batch_id) or {}
+        outcome = validate(df, "raw_items")
+        fx.ledger.record_check(dataset, batch_id, "raw_items", DEFAULT_STANDARD, outcome.success,
+                               outcome.to_dict(), context.run_id)
+        return dg.MaterializeResult(
+            data_version=dg.DataVersion(batch.get("source_sha256", "")[:16]),
+            metadata={"items": len(df), "rows": batch.get("n_rows"), "duplicates": batch.get("n_duplicates"),
+                      "quarantined": batch.get("n_quarantined"), "source": batch.get("source_path"),
+                      "source_sha256": batch.get("source_sha256"),
+                      "path": str(fx.paths.table("raw_items", dataset, batch_id))},
+            check_results=check_results(raw_key, outcome))
+
+    @dg.asset(key=key("seed_tasks"), group_name="annotation", partitions_def=parts, deps=[raw_key],
+              description="While the dataset has fewer human labels than spec.seed.size: a diverse sample sent to people.")
+    def seed_tasks(context: dg.AssetExecutionContext, factory: FactoryResource) -> dg.MaterializeResult:
+        try:
+            t = P.seed_tasks(factory.factory(), dataset, context.partition_key, context.run_id)
+        except FactoryError as e:
+            raise _fail(e) from None
+        return dg.MaterializeResult(metadata={"seed_tasks": len(t)})
+
+    @dg.asset(key=key("labelers"), group_name="annotation", partitions_def=parts, deps=[key("seed_tasks")],
+              description="Three labelers of different families trained on every human label so far; "
+                          "the training-data hash is the data version.")
+    def labelers(context: dg.AssetExecutionContext, factory: FactoryResource) -> dg.MaterializeResult:
+        try:
+            tr = P.train_labelers(factory.factory(), dataset, context.partition_key)
+        except FactoryError as e:
+            raise _fail(e) from None
+        return dg.MaterializeResult(
+            data_version=dg.DataVersion(tr.training_hash[:16]),
+            metadata={"training_hash": tr.training_hash, "n_train": tr.n_train, "reused": tr.reused,
+                      "labelers": dg.MetadataValue.json(tr.versions)})
+
+    @dg.asset(key=key("model_predictions"), group_name="annotation", partitions_def=parts,
+              deps=[raw_key, key("labelers")],
+              description="Each labeler's full probability vector for every item (one model event per item).")
+    def model_predictions(context: dg.AssetExecutionContext, factory: FactoryResource) -> dg.MaterializeResult:
+        fx = factory.factory()
+        try:
+            tr = P.train_labelers(fx, dataset)
+            preds = P.model_predictions(fx, dataset, context.partition_key, tr, context.run_id)
+        except FactoryError as e:
+            raise _fail(e) from None
+        per = preds.groupby("labeler")["label"].value_counts().unstack(fill_value=0)
+        return dg.MaterializeResult(metadata={
+            "rows": len(preds), "labelers": dg.MetadataValue.json(tr.versions),
+            "predicted_classes": dg.MetadataValue.md(per.to_markdown() if hasattr(per, "to_markdown") else str(per)),
+            "path": str(fx.paths.table("model_predictions", dataset, context.partition_key))})
+
+    @dg.asset(key=key("fused_labels"), group_name="annotation", partitions_def=parts,
+              deps=[key("model_predictions")],
+              description="The labelers fused by the label engine: one label and confidence per item.")
+    def fused_labels(context: dg.AssetExecutionContext, factory: FactoryResource) -> dg.MaterializeResult:
+        try:
+            f = P.fuse(factory.factory(), dataset, context.partition_key, context.run_id)
+        except FactoryError as e:
+            raise _fail(e) from None
+        return dg.MaterializeResult(metadata={
+            "items": len(f), "mean_confidence": float(f["confidence"].mean()),
+            "disagreement_rate": float(f["disagreement"].mean()),
+            "label_distribution": dg.MetadataValue.json(f["label"].value_counts().to_dict())})
+
+    @dg.asset(key=key("review_tasks"), group_name="review", partitions_def=parts, deps=[key("fused_labels")],
+              description="Routing: disputed, low-confidence and bias-suspect items plus a random audit go to people.")
+    def review_tasks(context: dg.AssetExecutionContext, factory: FactoryResource) -> dg.MaterializeResult:
+        try:
+            r = P.review_tasks(factory.factory(), dataset, context.partition_key, context.run_id)
+        except FactoryError as e:
+            raise _fail(e) from None
+        reasons = r["reasons"].explode().value_counts().to_dict()
+        return dg.MaterializeResult(metadata={
+            "routes": dg.MetadataValue.json(r["route"].value_counts().to_dict()),
+            "reasons": dg.MetadataValue.json(reasons),
+            "to_people": int(r["route"].isin(["review", "audit"]).sum()),
+            "auto_accepted_share": float((r["route"] == "auto").mean())})
+
+    final_key = key("final_labels")
+
+    @dg.asset(key=final_key, group_name="review", partitions_def=parts, deps=[key("review_tasks")],
+              check_specs=check_specs(final_key, "final_labels"),
+              description="Every item's final label (people's decision where they answered, else the fused label), "
+                          "with its source and contributing events.")
+    def final_labels(context: dg.AssetExecutionContext, factory: FactoryResource) -> dg.MaterializeResult:
+        fx = factory.factory()
+        batch_id = context.partition_key
+        try:
+            spec = fx.spec(dataset)
+            out = P.final_labels(fx, dataset, batch_id, context.run_id)
+        except FactoryError as e:
+            raise _fail(e) from None
+        n_items = len(P.read_table(fx, "raw_items", dataset, batch_id))
+        outcome = validate(out, "final_labels", {"classes": spec.class_names, "n_items": n_items})
+        fx.ledger.record_check(dataset, batch_id, "final_labels", DEFAULT_STANDARD, outcome.success,
+                               outcome.to_dict(), context.run_id)
+        for o in outcome.blocking_failures:
+            context.log.error(f"blocking expectation failed: {o.message()}")
+        return dg.MaterializeResult(
+            metadata={"items": len(out), "by_source": dg.MetadataValue.json(out["source"].value_counts().to_dict()),
+                      "standard": DEFAULT_STANDARD,
+                      "path": str(fx.paths.table("final_labels", dataset, batch_id))},
+            check_results=check_results(final_key, outcome))
+
+    @dg.asset(key=key("batch_quality"), group_name="qa", partitions_def=parts, deps=[final_key],
+              description="Measured quality of the batch: routing shares and the audit sample's agreement.")
+    def batch_quality(context: dg.AssetExecutionContext, factory: FactoryResource) -> dg.MaterializeResult:
+        s = P.batch_summary(factory.factory(), dataset, context.partition_key)
+        return dg.MaterializeResult(metadata={k: dg.MetadataValue.json(v) if isinstance(v, dict) else v
+                                              for k, v in s.items() if v is not None})
+
+    @dg.asset(key=key("dataset_release"), group_name="release", deps=[final_key],
+              description="An immutable, versioned release folder of every batch that passed its blocking checks.")
+    def dataset_release(context: dg.AssetExecutionContext, factory: FactoryResource) -> dg.MaterializeResult:
+        try:
+            rel = R.release(factory.factory(), dataset, run_id=context.run_id)
+        except FactoryError as e:
+            raise _fail(e) from None
+        return dg.MaterializeResult(
+            data_version=dg.DataVersion(rel["version"]),
+            metadata={"version": rel["version"], "path": rel["path"], "items": rel["items"],
+                      "bump": rel["bump"], "batches": dg.MetadataValue.json(rel["batches"]),
+                      "manifest_sha256": rel["manifest_sha256"]})
+
+    return [dataset_spec, raw_items, seed_tasks, labelers, model_predictions, fused_labels, review_tasks,
+            final_labels, batch_quality, dataset_release]
+
+
+PREPARE = ("dataset_spec", "raw_items", "seed_tasks")
+ANNOTATE = ("labelers", "model_predictions", "fused_labels", "review_tasks")
+FINALISE = ("final_labels", "batch_quality")
+RELEASE = ("dataset_release",)
+
+
+def stage_keys(dataset: str, names: tuple[str, ...]) -> list[dg.AssetKey]:
+    return [dg.AssetKey([dagster_name(dataset), n]) for n in names]

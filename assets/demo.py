@@ -1,0 +1,130 @@
+"""`factory demo`: the whole flow on BBC News with simulated reviewers, through the real asset graph."""
+from __future__ import annotations
+
+import shutil
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pandas as pd
+import yaml
+
+from assets.runner import add_batch_partition, instance_for, run_stage
+from factory.datasets import load_bbc_news
+from factory.ingest import ingest, item_id_for
+from factory.pipeline import Factory, read_table
+from factory.simulate import SimulatedPool
+
+DATASET = "bbc-news"
+MARKER = ".factory-demo"
+DEFINITIONS = {
+    "business": "Companies, markets, the economy, trade and finance.",
+    "entertainment": "Film, music, television, theatre, celebrities and the arts.",
+    "politics": "Government, parties, elections, parliament and public policy.",
+    "sports": "Sports events, athletes, teams and competitions.",
+    "tech": "Technology, computing, the internet, gadgets and games.",
+}
+
+
+def demo_spec(seed_size: int) -> dict:
+    return {
+        "name": DATASET,
+        "description": "BBC News articles (2004-2005) labelled by topic: one of five sections.",
+        "license": "CC-BY-4.0",
+        "task": {"type": "classification", "input": "text", "metadata": []},
+        "classes": [{"name": k, "definition": v} for k, v in DEFINITIONS.items()],
+        "guideline": {"version": "1.0", "text": "Pick the section an editor would file the article under."},
+        "mode": "prelabel-human",
+        "seed": {"size": seed_size},
+        "quality": {"confidence_threshold": 0.9, "audit_rate": 0.02, "bias_ratio": 2.0, "min_accuracy": 0.9,
+                    "max_quarantine_rate": 0.1},
+        "review": {"budget": 0.5},
+        "splits": {"train": 0.8, "validation": 0.1, "test": 0.1},
+        "compliance": {"class": "general", "personal_information": []},
+    }
+
+
+def prepare_root(root: Path) -> None:
+    """Start from an empty demo folder; refuse to wipe a folder the demo did not create."""
+    if root.exists() and any(root.iterdir()):
+        if not (root / MARKER).exists():
+            raise SystemExit(f"{root}: exists and is not a demo folder; choose another --root")
+        shutil.rmtree(root)
+    root.mkdir(parents=True, exist_ok=True)
+    (root / MARKER).write_text("created by `factory demo`; deleted and rebuilt by the next demo run\n")
+
+
+def run_demo(root: Path, batches: int = 2, limit: int | None = None, seed_size: int = 100, seed: int = 0,
+             progress: Callable[[str], None] = print) -> dict:
+    """Design -> ingest -> pre-label -> route -> simulated review -> checks -> release; returns the summary."""
+    t0 = time.time()
+    root = root.resolve()
+    prepare_root(root)
+    (root / "datasets").mkdir()
+    (root / "datasets" / f"{DATASET}.yaml").write_text(yaml.safe_dump(demo_spec(seed_size), sort_keys=False))
+    fx = Factory.at(root)
+    instance = instance_for(root)
+    news = load_bbc_news(seed=seed)
+    if limit:
+        news = news.iloc[:limit]
+    truth = {item_id_for(t): lab for t, lab in zip(news["text"], news["label"])}
+    pool = SimulatedPool(truth, seed=seed)
+    progress(f"[demo] {len(news)} BBC News articles in {batches} batch(es); {pool.noise_model}")
+    inbox = root / "inbox"
+    inbox.mkdir()
+    spec = fx.spec(DATASET)
+    batch_ids, human_answers = [], 0
+    for i, chunk in enumerate(_chunks(news, batches)):
+        path = inbox / f"bbc-news-part{i + 1}.csv"
+        chunk[["text"]].to_csv(path, index=False)
+        rep = ingest(path, spec, fx.ledger)
+        add_batch_partition(instance, DATASET, rep.batch_id)
+        batch_ids.append(rep.batch_id)
+        progress(f"[demo] ingested {path.name}: {rep.items} items, {rep.duplicates_within + rep.duplicates_across} "
+                 f"duplicates, {len(rep.quarantined)} quarantined -> batch {rep.batch_id}")
+        for stage in ("prepare", "annotate", "finalise"):
+            r = run_stage(root, DATASET, stage, instance, rep.batch_id)
+            if not r.success:
+                raise RuntimeError(f"stage {stage} of batch {rep.batch_id} failed: {r.failures or r.failed_checks}")
+            # people answer what the stage opened: seed tasks after prepare, review/audit tasks after annotate
+            n = pool.answer_open_tasks(fx.ledger, spec) if stage != "finalise" else 0
+            human_answers += n
+            what = {"prepare": "seed labels to train the labelers", "annotate": "routed items reviewed"}.get(stage)
+            progress(f"[demo]   {stage}: ok ({time.time() - t0:.0f}s)" + (f"; {n} simulated answers: {what}" if n else ""))
+    r = run_stage(root, DATASET, "release", instance)
+    if not r.success:
+        raise RuntimeError(f"release failed: {r.failures or r.failed_checks}")
+    rel = fx.ledger.releases(DATASET).iloc[-1]
+    final = pd.concat([read_table(fx, "final_labels", DATASET, b) for b in batch_ids], ignore_index=True)
+    final["gold"] = final["item_id"].map(truth)
+    n = len(final)
+    auto = int((final["source"] == "auto").sum())
+    summary = {
+        "simulated": True,
+        "noise_model": pool.noise_model,
+        "dataset": DATASET,
+        "batches": batch_ids,
+        "items": n,
+        "auto_accepted": round(auto / n, 4),
+        "routed": round(1 - auto / n, 4),
+        "human_answers": human_answers,
+        "accuracy": round(float((final["label"] == final["gold"]).mean()), 4),
+        "accuracy_auto_accepted": round(float((final.loc[final.source == "auto", "label"]
+                                               == final.loc[final.source == "auto", "gold"]).mean()), 4),
+        "accuracy_models_only": round(float((final["fused_label"] == final["gold"]).mean()), 4),
+        "release_version": rel["version"],
+        "release_path": rel["path"],
+        "dagster_home": str(Path(instance.root_directory)),
+        "seconds": round(time.time() - t0, 1),
+        "dagster_ui": f"FACTORY_HOME={root} DAGSTER_HOME={instance.root_directory} "
+                      f".venv/bin/dagster dev -w workspace.yaml",
+    }
+    return summary
+
+
+def _chunks(df: pd.DataFrame, n: int):
+    size = -(-len(df) // n)
+    for i in range(n):
+        part = df.iloc[i * size:(i + 1) * size]
+        if len(part):
+            yield part

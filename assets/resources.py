@@ -1,0 +1,15 @@
+"""The one resource the assets need: the factory root (folders + ledger)."""
+from __future__ import annotations
+
+import dagster as dg
+
+from factory.pipeline import Factory
+
+
+class FactoryResource(dg.ConfigurableResource):
+    """Where the factory keeps its ledger, tables, models and releases (default: $FACTORY_HOME or cwd)."""
+
+    root: str | None = None
+
+    def factory(self) -> Factory:
+        return Factory.at(self.root)

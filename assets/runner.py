@@ -1,0 +1,66 @@
+"""Run stages of a dataset's asset graph in-process on a Dagster instance (CLI, demo and tests use it)."""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import dagster as dg
+
+from assets.batch import ANNOTATE, FINALISE, PREPARE, RELEASE, build_dataset_assets, partitions_for, stage_keys
+from assets.resources import FactoryResource
+
+STAGES = {"prepare": PREPARE, "annotate": ANNOTATE, "finalise": FINALISE, "release": RELEASE}
+
+
+def instance_for(root: Path) -> dg.DagsterInstance:
+    """The Dagster instance of a factory root: $DAGSTER_HOME, else <root>/dagster_home."""
+    home = os.environ.get("DAGSTER_HOME")
+    if not home:
+        home = str(root / "dagster_home")
+        os.environ["DAGSTER_HOME"] = home
+    Path(home).mkdir(parents=True, exist_ok=True)
+    conf = Path(home) / "dagster.yaml"
+    if not conf.exists():
+        conf.write_text("telemetry:\n  enabled: false\n")
+    return dg.DagsterInstance.get()
+
+
+def add_batch_partition(instance: dg.DagsterInstance, dataset: str, batch_id: str) -> None:
+    """Register a batch as a dynamic partition of the dataset's assets."""
+    instance.add_dynamic_partitions(partitions_for(dataset).name, [batch_id])
+
+
+@dataclass
+class StageResult:
+    """What one stage run did."""
+
+    stage: str
+    success: bool
+    run_id: str
+    failures: list[str]
+    failed_checks: list[str]
+
+    @property
+    def waiting(self) -> bool:
+        return any("waiting for people" in f for f in self.failures)
+
+
+def run_stage(root: Path, dataset: str, stage: str, instance: dg.DagsterInstance,
+              batch_id: str | None = None, log_level: str = "WARNING") -> StageResult:
+    """Materialise one stage (prepare, annotate, finalise, release) of a dataset for one batch."""
+    assets = build_dataset_assets(dataset)
+    keys = stage_keys(dataset, STAGES[stage])
+    res = dg.materialize(assets, selection=keys, instance=instance, partition_key=batch_id if stage != "release" else None,
+                         resources={"factory": FactoryResource(root=str(root))}, raise_on_error=False,
+                         tags={"factory/stage": stage, "factory/dataset": dataset},
+                         run_config={"loggers": {"console": {"config": {"log_level": log_level}}}})
+    failures = []
+    for ev in res.all_events:
+        if ev.event_type_value == "STEP_FAILURE":
+            err = ev.event_specific_data.error
+            desc = getattr(ev.event_specific_data, "user_failure_data", None)
+            failures.append((desc.description if desc and desc.description else None) or (err.message if err else "failed"))
+    failed_checks = [f"{e.asset_check_key.asset_key.to_user_string()}:{e.asset_check_key.name}"
+                     for e in res.get_asset_check_evaluations() if not e.passed]
+    return StageResult(stage, res.success and not failures, res.run_id, failures, failed_checks)

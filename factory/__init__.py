@@ -1,0 +1,9 @@
+"""The annotation factory's domain core: plain Python, no Dagster.
+
+Public entry points: `factory.aggregate` (fuse answers), `factory.pipeline` (the batch steps),
+`factory.ingest.ingest`, `factory.release.release`, `factory.ledger.Ledger`.
+"""
+from factory.engine import aggregate, aggregate_full
+
+__all__ = ["aggregate", "aggregate_full"]
+__version__ = "0.1.0"
