@@ -44,8 +44,10 @@ METHODS = ("auto", "mv", "weighted", "ds", "one_coin", "loglinear")
 DEFAULTS: dict[str, Any] = {
     "max_iter": 100,  # EM iteration cap (same as crowd-kit's benchmarks)
     "tol": 1e-5,  # stop when the evidence lower bound per answer improves less than this
-    "ds_alpha": 0.01,  # plain DS: symmetric Dirichlet pseudo-count per confusion cell
-    "prior_strength": 0.3,  # auto: pseudo-answers per confusion row drawn from the pooled matrix (tuned on dog only)
+    "ds_alpha": 0.1,  # Dirichlet pseudo-count per off-diagonal confusion cell
+    "ds_diag": 0.5,  # Dirichlet pseudo-count on the diagonal: workers start better than chance,
+    # so a one-answer worker's answer stays evidence and a class nobody chose stays unlikely
+    "prior_strength": 0.0,  # auto: pseudo-answers per confusion row drawn from the pooled matrix (dog-tuned: 0)
     "class_alpha": 1.0,  # Dirichlet pseudo-count per class on the class prior
     "loglinear_max_workers": 20,  # auto picks loglinear only for this few all-soft workers
     "loglinear_iter": 5,
@@ -318,6 +320,7 @@ def _vote_counts(enc: _Encoded, K: int, n_items: int, mass: np.ndarray, labels: 
 
 
 def _normalise_votes(V: np.ndarray) -> np.ndarray:
+    V = V.astype(float, copy=False)
     tot = V.sum(axis=1, keepdims=True)
     K = V.shape[1]
     return np.divide(V, tot, out=np.full_like(V, 1.0 / K), where=tot > 0)
@@ -366,12 +369,14 @@ def _em(
             idx = np.arange(K)
             pi[:, idx, idx] = acc[:, None]
         else:
+            base = np.full((K, K), float(opts["ds_alpha"]))
+            np.fill_diagonal(base, float(opts["ds_diag"]))
             if mode == "hier":
-                pooled = C.sum(axis=0) + 1.0
+                pooled = C.sum(axis=0) + base
                 pooled /= pooled.sum(axis=1, keepdims=True)
-                alpha = float(opts["prior_strength"]) * pooled[None] + float(opts["ds_alpha"])
+                alpha = float(opts["prior_strength"]) * pooled[None] + base
             else:
-                alpha = float(opts["ds_alpha"])
+                alpha = base
             num = C + alpha
             pi = num / num.sum(axis=2, keepdims=True)
         rho = T.sum(axis=0) + float(opts["class_alpha"])

@@ -1,0 +1,277 @@
+"""Aggregation and calibration on hand-made cases whose right answer is known."""
+
+import time
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from factory.engine import (
+    METHODS,
+    Calibrator,
+    aggregate,
+    aggregate_full,
+    expected_calibration_error,
+    fit_calibrator,
+)
+
+ALL = [m for m in METHODS]
+
+
+def _planted(seed=0, n_items=1500, n_workers=15, per_item=5):
+    """Three classes, workers with known confusion matrices (two of them confuse 1 with 2)."""
+    rng = np.random.default_rng(seed)
+    K = 3
+    prior = np.array([0.5, 0.3, 0.2])
+    truth = rng.choice(K, size=n_items, p=prior)
+    conf = np.empty((n_workers, K, K))
+    for w in range(n_workers):
+        acc = 0.55 + 0.4 * w / (n_workers - 1)
+        conf[w] = (1 - acc) / (K - 1)
+        np.fill_diagonal(conf[w], acc)
+    conf[0] = [[0.9, 0.05, 0.05], [0.05, 0.15, 0.8], [0.05, 0.8, 0.15]]  # swaps 1 and 2
+    conf[1] = [[0.8, 0.1, 0.1], [0.1, 0.1, 0.8], [0.1, 0.1, 0.8]]  # says 2 for 1
+    rows = []
+    for i in range(n_items):
+        ws = rng.choice(n_workers, size=per_item, replace=False)
+        for w in ws:
+            rows.append((f"it{i:05d}", f"w{w:02d}", int(rng.choice(K, p=conf[w, truth[i]]))))
+    answers = pd.DataFrame(rows, columns=["item_id", "worker_id", "label"])
+    return answers, pd.Series(truth, index=[f"it{i:05d}" for i in range(n_items)]), conf
+
+
+def _check_frame(items, classes):
+    cols = [f"prob_{c}" for c in classes]
+    assert list(items.columns) == ["label", "confidence", *cols]
+    P = items[cols].to_numpy()
+    np.testing.assert_allclose(P.sum(axis=1), 1.0, atol=1e-9)
+    assert ((items["confidence"] >= 0) & (items["confidence"] <= 1)).all()
+    np.testing.assert_allclose(items["confidence"].to_numpy(), P.max(axis=1))
+
+
+def test_ds_recovers_planted_confusion_and_beats_majority():
+    answers, truth, conf = _planted(n_items=3000)
+    res = aggregate_full(answers, method="ds")
+    assert res.converged and res.method == "ds"
+    acc_ds = (res.items["label"].reindex(truth.index) == truth).mean()
+    acc_mv = (aggregate(answers, method="mv")["label"].reindex(truth.index) == truth).mean()
+    assert acc_ds > acc_mv + 0.02
+    assert acc_ds > 0.95
+    est = np.stack(res.workers["confusion"].to_numpy())
+    assert est.shape == (15, 3, 3)
+    # every worker has ~1000 answers (~200 on the rarest class): cells within sampling error
+    assert np.abs(est - conf).max() < 0.1
+    assert np.abs(est - conf).mean() < 0.025
+    # the swapper is found as a swapper, and it is the least reliable worker by agreement
+    assert est[0, 1, 2] > 0.6 and est[0, 2, 1] > 0.6
+    np.testing.assert_allclose(res.class_prior.to_numpy(), [0.5, 0.3, 0.2], atol=0.04)
+
+
+def test_auto_on_hard_answers_is_hierarchical_ds():
+    answers, truth, _ = _planted(seed=1, n_items=600)
+    res = aggregate_full(answers)
+    assert res.method == "auto:ds_hier"
+    assert (res.items["label"].reindex(truth.index) == truth).mean() > 0.9
+
+
+def test_majority_vote_ties_are_deterministic_and_follow_class_order():
+    answers = pd.DataFrame({"item_id": ["a", "a", "b"], "worker_id": ["x", "y", "x"], "label": ["cat", "dog", "dog"]})
+    first = aggregate(answers, method="mv")
+    for _ in range(3):
+        pd.testing.assert_frame_equal(aggregate(answers.iloc[::-1], method="mv"), first)
+    assert first.loc["a", "label"] == "cat"  # tie goes to the first class of the sorted list
+    assert first.loc["a", "confidence"] == 0.5
+    flipped = aggregate(answers, method="mv", classes=["dog", "cat"])
+    assert flipped.loc["a", "label"] == "dog"
+    assert list(flipped.columns) == ["label", "confidence", "prob_dog", "prob_cat"]
+
+
+@pytest.mark.parametrize("method", ALL)
+def test_one_answer_workers_and_single_answer_items(method):
+    # 40 items seen by three regular workers, plus four items seen once by one-shot workers
+    regular = pd.DataFrame(
+        {
+            "item_id": np.repeat(np.arange(40), 3),
+            "worker_id": np.tile(["r1", "r2", "r3"], 40),
+            "label": np.repeat(np.arange(40) % 2, 3),
+        }
+    )
+    regular.loc[[1, 14], "label"] = 1 - regular.loc[[1, 14], "label"]  # r2 slips twice
+    one_shot = pd.DataFrame({"item_id": [100, 101, 102, 103], "worker_id": ["s0", "s1", "s2", "s3"], "label": [0, 1, 1, 0]})
+    res = aggregate_full(pd.concat([regular, one_shot], ignore_index=True), method=method)
+    _check_frame(res.items, [0, 1])
+    assert res.items.loc[[100, 101, 102, 103], "label"].tolist() == [0, 1, 1, 0]
+    assert (res.items.loc[np.arange(40), "label"].to_numpy() == np.arange(40) % 2).all()
+    w = res.workers
+    assert w.loc[["s0", "s1", "s2", "s3"], "n_answers"].tolist() == [1, 1, 1, 1]
+    assert ((w["reliability_low"] <= w["reliability"]) & (w["reliability"] <= w["reliability_high"])).all()
+    width = w["reliability_high"] - w["reliability_low"]
+    assert (width[["s0", "s1", "s2", "s3"]] > 0.5).all() and (width[["r1", "r2", "r3"]] < 0.3).all()
+
+
+@pytest.mark.parametrize("method", ALL)
+def test_every_worker_answers_once(method):
+    # nothing to learn worker skill from: must still give valid posteriors, majority on item 3
+    answers = pd.DataFrame({"item_id": [1, 2, 3, 3, 3], "worker_id": ["a", "b", "c", "d", "e"], "label": [0, 1, 1, 1, 0]})
+    res = aggregate_full(answers, method=method)
+    _check_frame(res.items, [0, 1])
+    assert res.items.loc[3, "label"] == 1 and res.items.loc[2, "label"] == 1
+
+
+@pytest.mark.parametrize("method", ALL)
+def test_unseen_class_gets_small_mass_and_never_wins(method):
+    answers = pd.DataFrame({"item_id": ["i1", "i1", "i2"], "worker_id": ["a", "b", "a"], "label": ["x", "x", "y"]})
+    items = aggregate(answers, method=method, classes=["x", "y", "z"])
+    _check_frame(items, ["x", "y", "z"])
+    assert (items["prob_z"] < 0.34).all()
+    assert set(items["label"]) <= {"x", "y"}
+
+
+def test_label_outside_classes_is_an_error_naming_the_value():
+    answers = pd.DataFrame({"item_id": [1, 2], "worker_id": ["a", "a"], "label": ["x", "q"]})
+    with pytest.raises(ValueError, match="'q'"):
+        aggregate(answers, classes=["x", "y"])
+
+
+def test_missing_answers_unknown_workers_and_nan_labels():
+    answers = pd.DataFrame(
+        {
+            "item_id": ["i1", "i1", "i2", "i3"],
+            "worker_id": ["a", None, "a", "b"],
+            "label": [2.0, 2.0, np.nan, 1.0],  # ints that met a NaN become floats
+        }
+    )
+    res = aggregate_full(answers, method="ds", classes=[1, 2])
+    _check_frame(res.items, [1, 2])
+    assert list(res.items.index) == ["i1", "i2", "i3"]  # i2 has no usable answer but is kept
+    assert res.items.loc["i1", "label"] == 2
+    assert res.n_missing_answers == 1 and res.n_anonymous_answers == 1
+    assert list(res.workers.index) == ["a", "b"]
+    # labels inferred without `classes`: the float column maps back to ints
+    assert aggregate(answers).loc["i1", "label"] == 2
+
+
+def test_string_and_int_labels_match_by_text():
+    answers = pd.DataFrame({"item_id": [1, 1, 2], "worker_id": ["a", "b", "a"], "label": ["1", "1", "0"]})
+    items = aggregate(answers, method="mv", classes=[0, 1])
+    assert items["label"].tolist() == [1, 0]
+
+
+def test_weighted_vote_uses_weights():
+    answers = pd.DataFrame(
+        {"item_id": [1, 1, 1], "worker_id": ["a", "b", "c"], "label": [0, 0, 1], "weight": [1.0, 1.0, 5.0]}
+    )
+    assert aggregate(answers, method="mv").loc[1, "label"] == 0
+    w = aggregate(answers, method="weighted")
+    assert w.loc[1, "label"] == 1
+    assert w.loc[1, "confidence"] == pytest.approx(5 / 7)
+
+
+def _model_answers(n_items=200, seed=0, noise=(0.1, 0.1, 1.0)):
+    """Three models' probability vectors; the third is pure noise."""
+    rng = np.random.default_rng(seed)
+    K = 3
+    truth = rng.integers(0, K, size=n_items)
+    frames = []
+    for m, sd in enumerate(noise):
+        logits = rng.normal(0, 1, size=(n_items, K)) * sd * 3
+        logits[np.arange(n_items), truth] += 2.0 if sd < 1 else 0.0
+        P = np.exp(logits) / np.exp(logits).sum(1, keepdims=True)
+        f = pd.DataFrame(P, columns=["prob_a", "prob_b", "prob_c"])
+        f.insert(0, "item_id", np.arange(n_items))
+        f.insert(1, "worker_id", f"model{m}")
+        f.insert(2, "label", np.nan)
+        frames.append(f)
+    return pd.concat(frames, ignore_index=True), pd.Series(np.array(["a", "b", "c"])[truth])
+
+
+def test_probability_inputs_fuse_with_per_model_reliability():
+    answers, truth = _model_answers()
+    res = aggregate_full(answers, method="auto")
+    assert res.method == "auto:loglinear"
+    _check_frame(res.items, ["a", "b", "c"])
+    acc = (res.items["label"].to_numpy() == truth.to_numpy()).mean()
+    assert acc > 0.95
+    rel = res.workers["reliability"]
+    assert rel["model2"] < rel["model0"] - 0.2 and rel["model2"] < rel["model1"] - 0.2
+    # a single model's vector passes through unchanged
+    one = aggregate(answers[answers["worker_id"] == "model0"], method="auto")
+    np.testing.assert_allclose(
+        one[["prob_a", "prob_b", "prob_c"]].to_numpy(),
+        answers.loc[answers["worker_id"] == "model0", ["prob_a", "prob_b", "prob_c"]].to_numpy(),
+        atol=1e-5,
+    )
+
+
+@pytest.mark.parametrize("method", ALL)
+def test_probability_inputs_work_for_every_method_and_mix_with_humans(method):
+    answers, truth = _model_answers(n_items=50, seed=3)
+    humans = pd.DataFrame({"item_id": [0, 0, 1], "worker_id": ["ann", "bob", "ann"], "label": ["a", "a", "c"]})
+    items = aggregate(pd.concat([answers, humans], ignore_index=True), method=method)
+    _check_frame(items, ["a", "b", "c"])
+    assert len(items) == 50
+
+
+def test_items_with_only_model_answers_and_missing_prob_columns():
+    answers = pd.DataFrame(
+        {"item_id": [1, 2], "worker_id": ["m", "m"], "label": [np.nan, "b"], "prob_a": [0.8, np.nan], "prob_b": [0.2, np.nan]}
+    )
+    items = aggregate(answers, classes=["a", "b", "c"])
+    _check_frame(items, ["a", "b", "c"])
+    assert items["label"].tolist() == ["a", "b"]
+
+
+def test_pipeline_case_is_fast():
+    answers, _ = _model_answers(n_items=10_000, seed=5)
+    aggregate(answers.iloc[:30])
+    t0 = time.perf_counter()
+    items = aggregate(answers, method="auto", classes=["a", "b", "c"])
+    assert time.perf_counter() - t0 < 1.0
+    assert len(items) == 10_000
+
+
+def test_one_coin_and_ds_reliability_orders_workers():
+    answers, _, _ = _planted(seed=2, n_items=800)
+    for method in ("ds", "one_coin", "auto"):
+        rel = aggregate_full(answers, method=method).workers["reliability"]
+        assert rel["w14"] > rel["w03"]  # accuracy rises with the worker number
+
+
+def test_empty_and_bad_input():
+    with pytest.raises(ValueError, match="unknown method"):
+        aggregate(pd.DataFrame({"item_id": [], "worker_id": [], "label": []}), method="nope")
+    with pytest.raises(ValueError, match="missing column"):
+        aggregate(pd.DataFrame({"item": [1], "label": [1]}))
+    empty = aggregate(pd.DataFrame({"item_id": [], "worker_id": [], "label": []}), classes=[0, 1])
+    assert len(empty) == 0 and list(empty.columns) == ["label", "confidence", "prob_0", "prob_1"]
+
+
+def test_ece_on_a_hand_computed_case():
+    # bins of width 0.1: (0.8, 0.9] holds 0.9, 0.9 (accuracy 0.5); (0.5, 0.6] holds 0.6, 0.6 (accuracy 1)
+    ece = expected_calibration_error([0.9, 0.9, 0.6, 0.6], [1, 0, 1, 1], bins=10)
+    assert ece == pytest.approx(0.5 * 0.4 + 0.5 * 0.4)
+    assert expected_calibration_error([1.0, 0.0], [1, 0], bins=15) == pytest.approx(0.0)
+    assert expected_calibration_error([], []) == 0.0
+
+
+def test_calibrator_fits_round_trips_and_reduces_ece():
+    rng = np.random.default_rng(0)
+    conf = rng.uniform(0.5, 1.0, 3000)
+    correct = (rng.random(3000) < conf**4).astype(float)  # over-confident
+    for method in ("platt", "isotonic"):
+        cal = fit_calibrator(conf[:2000], correct[:2000], method=method)
+        before = expected_calibration_error(conf[2000:], correct[2000:])
+        after = expected_calibration_error(np.clip(cal.apply(conf[2000:]), 0, 1), correct[2000:])
+        assert after < before / 3
+        again = Calibrator.from_dict(cal.to_dict())
+        np.testing.assert_allclose(again.apply([0.55, 0.75, 0.95]), cal.apply([0.55, 0.75, 0.95]))
+    assert fit_calibrator([], []).method == "identity"
+
+
+def test_calibrator_apply_frame_keeps_rows_summing_to_one():
+    answers, _ = _model_answers(n_items=30)
+    items = aggregate(answers)
+    cal = Calibrator("platt", {"a": 0.5, "b": 0.0})
+    out = cal.apply_frame(items)
+    _check_frame(out.assign(confidence=out[["prob_a", "prob_b", "prob_c"]].max(axis=1)), ["a", "b", "c"])
+    assert (out["label"] == items["label"]).all()
