@@ -70,7 +70,7 @@ def test_ds_recovers_planted_confusion_and_beats_majority():
 def test_auto_on_hard_answers_is_hierarchical_ds():
     answers, truth, _ = _planted(seed=1, n_items=600)
     res = aggregate_full(answers)
-    assert res.method == "auto:ds_hier"
+    assert res.method == "auto:ds"
     assert (res.items["label"].reindex(truth.index) == truth).mean() > 0.9
 
 

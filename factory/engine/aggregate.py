@@ -523,7 +523,7 @@ def aggregate_full(
     return AggregationResult(
         items=items,
         workers=workers,
-        method=("ds" if chosen == "ds_hier" else chosen) if method != "auto" else f"auto:{'ds_hier' if chosen == 'ds_hier' else chosen}",
+        method=("ds" if chosen == "ds_hier" else chosen) if method != "auto" else f"auto:{'ds' if chosen == 'ds_hier' else chosen}",
         iterations=int(iters),
         converged=bool(converged),
         classes=list(enc.classes),
