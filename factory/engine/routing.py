@@ -76,7 +76,7 @@ def decide(
     n_answers: pd.Series,
     target: float,
     budget_left: int,
-    max_answers_per_item: int,
+    max_answers_per_item: int | pd.Series,
     escalate_after: int,
     *,
     worker_reliability: float | pd.Series = 0.8,
@@ -96,7 +96,8 @@ def decide(
     budget_left
         Most answers this call may request; one ``ask`` is one answer.
     max_answers_per_item
-        Cap on answers per item (e.g. the answers a replay file holds).
+        Cap on answers per item, global or per item (Series, e.g. the answers
+        a replay file holds for each item).
     escalate_after
         An item still below ``target`` with this many answers goes to an expert.
     worker_reliability
@@ -131,13 +132,17 @@ def decide(
     else:
         rel = np.full(n, float(worker_reliability))
 
-    cap = min(int(max_answers_per_item), int(escalate_after))
+    if isinstance(max_answers_per_item, pd.Series):
+        item_cap = max_answers_per_item.reindex(posteriors.index).fillna(0).to_numpy(dtype=int)
+    else:
+        item_cap = np.full(n, int(max_answers_per_item))
+    cap = np.minimum(item_cap, int(escalate_after))
     room = np.clip(cap - answered, 0, None)
     gain = expected_error_reduction(conf, rel, k, np.minimum(room, max(int(lookahead), 1)))
 
     resolved = conf >= target
     exhausted = ~resolved & (answered >= escalate_after)
-    capped = ~resolved & ~exhausted & (answered >= max_answers_per_item)
+    capped = ~resolved & ~exhausted & (answered >= item_cap)
     hopeless = ~resolved & ~exhausted & ~capped & (gain < min_gain)
     candidate = ~resolved & ~exhausted & ~capped & ~hopeless
 
@@ -160,7 +165,7 @@ def decide(
         elif exhausted[i]:
             reasons.append([f"unresolved after {answered[i]} answers (escalate_after={escalate_after})"])
         elif capped[i]:
-            reasons.append([f"unresolved at the cap of {max_answers_per_item} answers"])
+            reasons.append([f"unresolved at the cap of {item_cap[i]} answers"])
         elif hopeless[i]:
             reasons.append(["no expected gain from more answers"])
         elif asked[i]:

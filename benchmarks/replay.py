@@ -1,0 +1,375 @@
+"""Replay benchmark: a human-in-the-loop run on real crowd answers.
+
+The factory starts with no labels. An item's human answers become visible only
+when the factory routes that item to people, one answer per request, in the
+order of ``answers.csv``, never more than the file holds for it; every revealed
+answer (seed labels included) counts as human effort. Models read only
+``items.csv`` / ``records.csv``; ``truth.csv`` is read only to score.
+
+One run per seed walks a fixed schedule of cumulative answer budgets:
+
+1. seed: :func:`factory.engine.seeding.select_seed` (k-means++ on hashed word
+   features of the item text) picks the first items; each gets one answer;
+2. each round: aggregate the human answers (Dawid-Skene), train the labelers
+   on the labelled items, predict every item, fuse model probabilities and
+   human answers with :func:`factory.engine.aggregate.aggregate` (each model
+   is one more soft-answering worker), then
+   :func:`factory.engine.routing.decide` picks the items whose next answer
+   buys the largest expected error drop, up to the next budget on the
+   schedule, and those answers are revealed;
+3. whenever a reporting budget (10, 15, 20, 25, 30, 40, 60, 100 % of the
+   file's answers) is reached, accuracy over ALL items of the fused labels
+   and the ECE of their confidences are recorded. Budgets share one run per
+   seed: the run at 25 % is exactly the prefix of the run at 100 %.
+
+Hyper-parameters (target 0.95, escalate after 3 answers, the schedule, the
+two pair-similarity labelers) were fixed before the first scored run.
+
+``target_accuracy`` is crowd-kit's DawidSkene(n_iter=100) on all the folder's
+answers, computed in the same run. Goals: mean accuracy >= target with <= 25 %
+of the answers; >= 0.95 with 100 %.
+
+Run: ``python -m benchmarks.replay --data ../shared/bench/crowd/product --out bench-out --seeds 5``.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+NAME = "replay"
+BUDGETS = (0.10, 0.15, 0.20, 0.25, 0.30, 0.40, 0.60, 1.00)
+# round ends (fractions of all answers); the reporting budgets are among them
+SCHEDULE = (0.03, 0.06, 0.10, 0.15, 0.20, 0.25, 0.30, 0.40, 0.50, 0.60, 0.80, 1.00)
+DEFAULTS = {
+    "target": 0.95,  # posterior at which an item stops getting answers
+    "escalate_after": 3,  # no experts in a replay: an escalated item keeps its fused label
+    "labelers": ("pair_sim_logreg", "pair_sim_gbdt"),  # for pair folders; classification uses all three
+    "fusion": "ds",
+}
+
+
+# --------------------------------------------------------------------------- data
+
+
+def _parse_price(values: pd.Series) -> pd.Series:
+    return pd.to_numeric(values.astype("string").str.replace(r"[^0-9.]", "", regex=True), errors="coerce")
+
+
+def load_folder(data: Path) -> tuple[pd.DataFrame, str, pd.DataFrame, pd.Series]:
+    """Read a replay folder: (items for the labelers, task_type, answers in file order, truth by item_id)."""
+    data = Path(data)
+    for name in ("answers.csv", "truth.csv", "items.csv"):
+        if not (data / name).exists():
+            raise FileNotFoundError(f"replay: {data / name} is missing; a replay folder needs answers.csv, truth.csv and items.csv")
+    answers = pd.read_csv(data / "answers.csv")
+    missing = {"item_id", "worker_id", "label"} - set(answers.columns)
+    if missing:
+        raise ValueError(f"replay: {data / 'answers.csv'} lacks column(s) {sorted(missing)}")
+    truth = pd.read_csv(data / "truth.csv").set_index("item_id")["label"]
+    raw = pd.read_csv(data / "items.csv")
+    if "text" in raw.columns:
+        items = pd.DataFrame({"item_id": raw["item_id"], "text": raw["text"].fillna("").astype(str)})
+        task_type = "classification"
+    elif {"left_record_id", "right_record_id"} <= set(raw.columns):
+        rec_path = data / "records.csv"
+        if not rec_path.exists():
+            raise FileNotFoundError(f"replay: {data / 'items.csv'} names record ids but {rec_path} is missing")
+        rec = pd.read_csv(rec_path).set_index("record_id")
+        text = (rec.get("name", pd.Series("", index=rec.index)).fillna("").astype(str) + " "
+                + rec.get("description", pd.Series("", index=rec.index)).fillna("").astype(str)).str.strip()
+        price = _parse_price(rec["price"]) if "price" in rec.columns else pd.Series(np.nan, index=rec.index)
+        lid, rid = raw["left_record_id"], raw["right_record_id"]
+        unknown = sorted(set(lid[~lid.isin(rec.index)]) | set(rid[~rid.isin(rec.index)]))
+        if unknown:
+            raise ValueError(f"replay: items.csv names record ids missing from records.csv: {unknown[:5]}")
+        items = pd.DataFrame({
+            "item_id": raw["item_id"],
+            "left_text": text.reindex(lid).to_numpy(), "right_text": text.reindex(rid).to_numpy(),
+            "left_price": price.reindex(lid).to_numpy(dtype=float), "right_price": price.reindex(rid).to_numpy(dtype=float),
+        })
+        task_type = "pair"
+    else:
+        raise ValueError(f"replay: {data / 'items.csv'} needs a 'text' column or left_record_id,right_record_id")
+    # items that have answers but no row in items.csv cannot be shown to a model: keep them with empty text
+    extra = sorted(set(answers["item_id"]) - set(items["item_id"]))
+    if extra:
+        print(f"[replay] warning: {len(extra)} answered items missing from items.csv get empty text, e.g. {extra[:3]}", flush=True)
+        filler = {c: ("" if c.endswith("text") else np.nan) for c in items.columns if c != "item_id"}
+        items = pd.concat([items, pd.DataFrame({"item_id": extra, **{c: [v] * len(extra) for c, v in filler.items()}})],
+                          ignore_index=True)
+    return items.reset_index(drop=True), task_type, answers.reset_index(drop=True), truth
+
+
+def seed_features(items: pd.DataFrame):
+    """Hashed, L2-normalised word counts of the item text: what seed selection compares items by."""
+    from sklearn.feature_extraction.text import HashingVectorizer
+
+    if "text" in items.columns:
+        texts = items["text"].tolist()
+    else:
+        texts = (items["left_text"].fillna("") + " " + items["right_text"].fillna("")).tolist()
+    return HashingVectorizer(n_features=2**16, alternate_sign=False, norm="l2").transform(texts)
+
+
+def dawid_skene_target(answers: pd.DataFrame, truth: pd.Series) -> float:
+    """Accuracy of crowd-kit's DawidSkene(n_iter=100) on all answers: the bar the replay must reach."""
+    from crowdkit.aggregation import DawidSkene
+
+    labels = DawidSkene(n_iter=100).fit_predict(answers.rename(columns={"item_id": "task", "worker_id": "worker"}))
+    common = truth.index.intersection(labels.index)
+    return float((labels.reindex(common) == truth.reindex(common)).mean())
+
+
+def _ece(confidence: np.ndarray, correct: np.ndarray, bins: int = 10) -> float:
+    try:
+        from factory.engine.calibration import expected_calibration_error
+    except ImportError:  # colleague's module not landed yet: equal-width-bin ECE
+        edges = np.linspace(0.0, 1.0, bins + 1)
+        which = np.clip(np.digitize(confidence, edges[1:-1]), 0, bins - 1)
+        ece = 0.0
+        for b in range(bins):
+            m = which == b
+            if m.any():
+                ece += m.mean() * abs(correct[m].mean() - confidence[m].mean())
+        return float(ece)
+    return float(expected_calibration_error(confidence, correct))
+
+
+# --------------------------------------------------------------------------- one run
+
+
+class _Replay:
+    """State of one seeded run: which answers of which items have been revealed."""
+
+    def __init__(self, items: pd.DataFrame, task_type: str, answers: pd.DataFrame, classes: list, opts: dict, seed: int):
+        self.items = items
+        self.task_type = task_type
+        self.classes = classes
+        self.opts = opts
+        self.seed = seed
+        self.item_ids = pd.Index(items["item_id"])
+        # answers grouped per item in file order; pointer = how many are revealed
+        self.answers = answers
+        self.rows_of = answers.groupby("item_id", sort=False).indices
+        self.available = pd.Series({k: len(v) for k, v in self.rows_of.items()}).reindex(self.item_ids).fillna(0).astype(int)
+        self.revealed = pd.Series(0, index=self.item_ids)
+        self.used = 0
+
+    def reveal(self, item_ids) -> int:
+        """Reveal the next answer of each item (if it has one left); return how many were revealed."""
+        ids = pd.Index(item_ids)
+        ok = ids[self.revealed.reindex(ids).to_numpy() < self.available.reindex(ids).to_numpy()]
+        self.revealed.loc[ok] += 1
+        self.used += len(ok)
+        return len(ok)
+
+    def human_answers(self) -> pd.DataFrame:
+        rows = [self.rows_of[i][:n] for i, n in self.revealed[self.revealed > 0].items()]
+        if not rows:
+            return self.answers.iloc[:0]
+        return self.answers.iloc[np.sort(np.concatenate(rows))]
+
+    def _labelers(self):
+        from factory.labelers import make_labelers
+
+        labelers = make_labelers(self.task_type, seed=self.seed)
+        if self.task_type == "pair" and self.opts.get("labelers"):
+            wanted = set(self.opts["labelers"])
+            labelers = [lab for lab in labelers if lab.name in wanted]
+        return labelers
+
+    def fuse(self) -> pd.DataFrame:
+        """Train labelers on the current human labels and fuse them with the answers; posterior of every item."""
+        from factory.engine.aggregate import aggregate
+
+        human = self.human_answers()
+        classes = self.classes
+        model_rows = []
+        if len(human):
+            human_labels = aggregate(human, method="ds", classes=classes)["label"]
+            train = self.items.set_index("item_id").loc[human_labels.index].reset_index()
+            for lab in self._labelers():
+                lab.fit(train, human_labels.tolist(), classes)
+                probs = lab.predict_proba(self.items)
+                frame = pd.DataFrame(probs, columns=[f"prob_{c}" for c in classes])
+                frame.insert(0, "item_id", self.item_ids)
+                frame.insert(1, "worker_id", f"model:{lab.name}")
+                model_rows.append(frame)
+        if not model_rows:  # nothing known yet: uniform posterior
+            k = len(classes)
+            post = pd.DataFrame(np.full((len(self.item_ids), k), 1.0 / k), index=self.item_ids,
+                                columns=[f"prob_{c}" for c in classes])
+            return post
+        table = pd.concat([human.assign(**{f"prob_{c}": np.nan for c in classes})] + model_rows, ignore_index=True)
+        fused = aggregate(table, method=self.opts["fusion"], classes=classes)
+        return fused.reindex(self.item_ids)
+
+    def human_reliability(self) -> float:
+        from factory.engine.aggregate import aggregate_full
+
+        human = self.human_answers()
+        workers = aggregate_full(human, method="ds", classes=self.classes).workers
+        return float(np.average(workers["reliability"], weights=workers["n_answers"].clip(lower=1)))
+
+
+def run_seed(items, task_type, answers, truth, classes, opts, seed, budgets=BUDGETS, schedule=SCHEDULE) -> list[dict]:
+    """One seeded replay along the schedule; one record per reporting budget."""
+    from factory.engine.routing import decide
+    from factory.engine.seeding import select_seed
+
+    t0 = time.time()
+    total = len(answers)
+    rp = _Replay(items, task_type, answers, classes, opts, seed)
+    features = seed_features(items)
+    answerable = np.flatnonzero(rp.available.to_numpy() > 0)
+    n_seed = int(schedule[0] * total)
+    picks = answerable[select_seed(features[answerable], n_seed, seed=seed)]
+    rp.reveal(rp.item_ids[picks])
+    truth_ids = truth.index.intersection(rp.item_ids)
+    records = []
+    stopped = False
+    for i, stop in enumerate(schedule):
+        post = rp.fuse()
+        probs = post[[f"prob_{c}" for c in classes]].to_numpy(dtype=float)
+        label = np.asarray(classes, dtype=object)[probs.argmax(1)]
+        conf = probs.max(1)
+        pred = pd.Series(label, index=rp.item_ids)
+        correct = (pred.reindex(truth_ids).to_numpy() == truth.reindex(truth_ids).to_numpy())
+        conf_t = pd.Series(conf, index=rp.item_ids).reindex(truth_ids).to_numpy()
+        acc = float(correct.mean())
+        print(f"[replay] seed {seed} stop {stop:.2f}: {rp.used} answers ({rp.used / total:.1%}), "
+              f"accuracy {acc:.4f}, {time.time() - t0:.0f}s", flush=True)
+        for b in budgets:
+            # a budget is recorded at its own stop, or at every later budget once the run asks for nothing more
+            if abs(b - stop) < 1e-9 or (stopped and b > stop):
+                records.append({"budget": b, "answers_used": int(rp.used), "accuracy": acc,
+                                "ece": _ece(conf_t, correct.astype(float))})
+        if stopped or i + 1 == len(schedule):
+            break
+        allowed = int(round(schedule[i + 1] * total)) - rp.used
+        rel = rp.human_reliability()
+        dec = decide(post, rp.revealed, target=opts["target"], budget_left=allowed,
+                     max_answers_per_item=rp.available, escalate_after=opts["escalate_after"],
+                     worker_reliability=rel)
+        asked = dec.index[dec["action"] == "ask"]
+        got = rp.reveal(asked)
+        if got == 0:
+            stopped = True  # nothing left worth asking: every later budget sees this state
+            print(f"[replay] seed {seed}: nothing left worth asking at {rp.used} answers", flush=True)
+    return records
+
+
+def _run_seed_star(args):
+    return run_seed(*args)
+
+
+def run(out: Path, data: Path | None = None, seeds: int = 5, workers: int = 2, **opts) -> dict:
+    """Replay the folder `data` for `seeds` seeds; write out/replay.json and out/replay.png and return the result."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    if data is None:
+        data = Path(__file__).resolve().parents[2] / "shared" / "bench" / "crowd" / "product"
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    options = {**DEFAULTS, **{k: v for k, v in opts.items() if k in DEFAULTS and v is not None}}
+    t0 = time.time()
+    items, task_type, answers, truth = load_folder(Path(data))
+    classes = sorted(pd.unique(answers["label"]).tolist())
+    print(f"[replay] {data}: {len(items)} items, {len(answers)} answers, task {task_type}, classes {classes}", flush=True)
+    target = dawid_skene_target(answers, truth)
+    print(f"[replay] target (crowd-kit DawidSkene on all answers): {target:.4f}", flush=True)
+
+    jobs = [(items, task_type, answers, truth, classes, options, s) for s in range(int(seeds))]
+    if int(workers) > 1 and len(jobs) > 1:
+        with ProcessPoolExecutor(max_workers=int(workers)) as pool:
+            per_seed = list(pool.map(_run_seed_star, jobs))
+    else:
+        per_seed = [run_seed(*j) for j in jobs]
+
+    points = []
+    for b in BUDGETS:
+        recs = [r for seed_recs in per_seed for r in seed_recs if abs(r["budget"] - b) < 1e-9]
+        acc = np.array([r["accuracy"] for r in recs])
+        points.append({
+            "budget": b,
+            "answers_used": int(round(np.mean([r["answers_used"] for r in recs]))),
+            "accuracy_mean": round(float(acc.mean()), 4),
+            "accuracy_min": round(float(acc.min()), 4),
+            "seeds": len(recs),
+            "ece": round(float(np.mean([r["ece"] for r in recs])), 4),
+        })
+    result = {
+        "data": str(data),
+        "answers_total": int(len(answers)),
+        "items": int(len(items)),
+        "target_accuracy": round(target, 4),
+        "options": {k: (list(v) if isinstance(v, tuple) else v) for k, v in options.items()},
+        "points": points,
+        "seconds": round(time.time() - t0, 1),
+    }
+    (out / f"{NAME}.json").write_text(json.dumps(result, indent=2))
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    xs = [p["budget"] * 100 for p in points]
+    ax.plot(xs, [p["accuracy_mean"] for p in points], "o-", label="factory (mean over seeds)")
+    ax.plot(xs, [p["accuracy_min"] for p in points], "x--", alpha=0.6, label="factory (worst seed)")
+    ax.axhline(target, color="grey", ls=":", label=f"DS on all answers ({target:.4f})")
+    ax.axvline(25, color="red", ls=":", alpha=0.4)
+    ax.set_xlabel("human answers revealed (% of file)")
+    ax.set_ylabel("accuracy over all items")
+    ax.set_title(f"replay: {Path(data).name}")
+    ax.legend(loc="lower right")
+    fig.tight_layout()
+    fig.savefig(out / f"{NAME}.png", dpi=120)
+    plt.close(fig)
+    print(f"[replay] wrote {out / (NAME + '.json')} in {result['seconds']}s", flush=True)
+    return result
+
+
+def _point(result: dict, budget: float) -> dict:
+    return next(p for p in result["points"] if abs(p["budget"] - budget) < 1e-9)
+
+
+def summary_rows(result: dict) -> list[tuple[str, str, str]]:
+    """(metric, value, goal + met?) rows for the Markdown results table."""
+    target = result["target_accuracy"]
+    # smallest budget <= 25 % at which the mean reaches the target
+    reached = [p for p in result["points"] if p["budget"] <= 0.25 + 1e-9 and p["accuracy_mean"] >= target]
+    p25, p100 = _point(result, 0.25), _point(result, 1.0)
+    rows = [
+        ("target accuracy (crowd-kit DS, all answers)", f"{target:.4f}", "—"),
+        ("mean accuracy at 25% of answers", f"{p25['accuracy_mean']:.4f} (min {p25['accuracy_min']:.4f}, "
+         f"{p25['answers_used']} answers)", f">= {target:.4f}: {'met' if p25['accuracy_mean'] >= target else 'MISSED'}"),
+        ("smallest budget reaching the target", f"{reached[0]['budget']:.0%}" if reached else "none <= 25%",
+         f"<= 25%: {'met' if reached else 'MISSED'}"),
+        ("mean accuracy at 100% budget", f"{p100['accuracy_mean']:.4f} ({p100['answers_used']} answers used)",
+         f">= 0.95: {'met' if p100['accuracy_mean'] >= 0.95 else 'MISSED'}"),
+        ("ECE of final confidences at 25% / 100%", f"{p25['ece']:.4f} / {p100['ece']:.4f}", "report"),
+    ]
+    return rows
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.replay", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--out", type=Path, default=Path("bench-out"), help="folder for replay.json and replay.png")
+    parser.add_argument("--data", type=Path, default=None, help="folder with answers.csv, truth.csv, items.csv [, records.csv]")
+    parser.add_argument("--seeds", type=int, default=5, help="number of seeded runs (default 5)")
+    parser.add_argument("--workers", type=int, default=2, help="parallel processes, one seed each (default 2)")
+    parser.add_argument("--target", type=float, default=None, help=f"posterior to stop asking (default {DEFAULTS['target']})")
+    args = parser.parse_args(argv)
+    result = run(args.out, args.data, seeds=args.seeds, workers=args.workers, target=args.target)
+    for metric, value, goal in summary_rows(result):
+        print(f"| {metric} | {value} | {goal} |")
+
+
+if __name__ == "__main__":
+    main()
