@@ -80,15 +80,15 @@ def _decode(path: Path) -> str:
 
 
 def _check_columns(path: Path, columns: list[str], spec: DatasetSpec) -> None:
+    if spec.task.input not in columns:
+        raise IngestError(f"{path}: missing column '{spec.task.input}' (the spec's task.input); "
+                          f"columns found: {columns}; nothing was ingested")
     allowed = {spec.task.input, *spec.task.metadata, *RESERVED}
     unknown = [c for c in columns if c not in allowed]
     if unknown:
         raise IngestError(f"{path}: unknown column(s) {unknown}; the spec of '{spec.name}' allows "
                           f"'{spec.task.input}' and metadata {list(spec.task.metadata)}. Declare them under "
                           f"task.metadata in the spec or drop them; nothing was ingested")
-    if spec.task.input not in columns:
-        raise IngestError(f"{path}: missing column '{spec.task.input}' (the spec's task.input); "
-                          f"columns found: {columns}; nothing was ingested")
     dup = sorted({c for c in columns if columns.count(c) > 1})
     if dup:
         raise IngestError(f"{path}: duplicate column name(s) {dup}; nothing was ingested")

@@ -1,0 +1,71 @@
+"""Shared fixtures: a small BBC News sample, a factory root with a spec, a Dagster instance per test."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+
+from factory.datasets import load_bbc_news
+from factory.ingest import item_id_for
+
+CLASSES = ["business", "entertainment", "politics", "sports", "tech"]
+
+
+def news_spec(name: str = "news", seed_size: int = 40, **overrides) -> dict:
+    spec = {
+        "name": name, "description": "BBC News topics (test)", "license": "CC-BY-4.0",
+        "task": {"type": "classification", "input": "text", "metadata": ["source_file"]},
+        "classes": [{"name": c, "definition": f"articles about {c}"} for c in CLASSES],
+        "guideline": {"version": "1.0"},
+        "seed": {"size": seed_size},
+        "quality": {"confidence_threshold": 0.8, "audit_rate": 0.05, "max_quarantine_rate": 0.5},
+        "review": {"budget": 0.6},
+    }
+    spec.update(overrides)
+    return spec
+
+
+@pytest.fixture(scope="session")
+def bbc_small() -> pd.DataFrame:
+    """30 articles per topic (150), deterministic."""
+    df = load_bbc_news(limit_per_class=30, seed=1)
+    return df.reset_index(drop=True)
+
+
+@pytest.fixture(scope="session")
+def truth(bbc_small) -> dict[str, str]:
+    return {item_id_for(t): lab for t, lab in zip(bbc_small["text"], bbc_small["label"])}
+
+
+@pytest.fixture
+def root(tmp_path, monkeypatch) -> Path:
+    """A factory root with datasets/news.yaml, its own ledger and DAGSTER_HOME."""
+    r = tmp_path / "factory"
+    (r / "datasets").mkdir(parents=True)
+    (r / "datasets" / "news.yaml").write_text(yaml.safe_dump(news_spec()))
+    monkeypatch.setenv("FACTORY_HOME", str(r))
+    monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "dagster_home"))
+    monkeypatch.delenv("FACTORY_DATABASE_URL", raising=False)
+    (tmp_path / "dagster_home").mkdir()
+    (tmp_path / "dagster_home" / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
+    return r
+
+
+@pytest.fixture
+def fx(root):
+    from factory.pipeline import Factory
+
+    return Factory.at(root)
+
+
+def write_csv(path: Path, texts, extra: dict | None = None) -> Path:
+    df = pd.DataFrame({"text": list(texts), **(extra or {})})
+    df.to_csv(path, index=False)
+    return path
+
+
+def pytest_configure(config):
+    os.environ.setdefault("GX_ANALYTICS_ENABLED", "False")

@@ -1,0 +1,106 @@
+import json
+
+import pandas as pd
+import pytest
+
+from factory.errors import IngestError
+from factory.ingest import ingest, item_id_for
+from tests.conftest import write_csv
+
+
+def _counts(fx):
+    return len(fx.ledger.batches()), len(fx.ledger.items("news")), len(fx.ledger.table("quarantine"))
+
+
+def test_csv_batch_records_sha_duplicates_and_quarantine(fx, tmp_path):
+    spec = fx.spec("news")
+    p = tmp_path / "a.csv"
+    p.write_text('text,source_file\n"first article",a\n"second article",b\n"first article",c\n'
+                 '"ragged",x,y\n"   ",d\n')
+    rep = ingest(p, spec, fx.ledger)
+    assert rep.items == 2 and rep.duplicates_within == 1
+    reasons = {(q["source_row"], q["reason"]) for q in rep.quarantined}
+    assert (5, "has 3 fields, the header has 2") in reasons
+    assert (6, "empty after trimming whitespace") in reasons
+    b = fx.ledger.batch(rep.batch_id)
+    import hashlib
+    assert b["source_sha256"] == hashlib.sha256(p.read_bytes()).hexdigest()
+    items = fx.ledger.items("news", batch_id=rep.batch_id)
+    assert set(items["item_id"]) == {item_id_for("first article"), item_id_for("second article")}
+    q = fx.ledger.table("quarantine", batch_id=rep.batch_id)
+    assert set(q["source_file"]) == {"a.csv"} and set(q["field"]) == {"(row)", "text"}
+
+
+def test_duplicates_across_batches_are_recorded_not_readded(fx, tmp_path):
+    spec = fx.spec("news")
+    ingest(write_csv(tmp_path / "1.csv", ["alpha", "beta"]), spec, fx.ledger)
+    rep = ingest(write_csv(tmp_path / "2.csv", ["beta", "gamma"]), spec, fx.ledger)
+    assert rep.items == 1 and rep.duplicates_across == 1
+    d = fx.ledger.table("duplicates", batch_id=rep.batch_id)
+    assert d.iloc[0]["scope"] == "across" and d.iloc[0]["item_id"] == item_id_for("beta")
+
+
+def test_same_file_twice_is_refused(fx, tmp_path):
+    spec = fx.spec("news")
+    p = write_csv(tmp_path / "1.csv", ["alpha", "beta"])
+    ingest(p, spec, fx.ledger)
+    with pytest.raises(IngestError, match="already ingested as batch"):
+        ingest(p, spec, fx.ledger)
+
+
+def test_jsonl_parquet_and_text_folder(fx, tmp_path):
+    spec = fx.spec("news")
+    j = tmp_path / "a.jsonl"
+    j.write_text(json.dumps({"text": "one"}) + "\n{broken\n" + json.dumps({"text": "two"}) + "\n")
+    rep = ingest(j, spec, fx.ledger)
+    assert rep.items == 2 and rep.quarantined[0]["source_row"] == 2
+    assert "broken JSON" in rep.quarantined[0]["reason"]
+    pq = tmp_path / "a.parquet"
+    pd.DataFrame({"text": ["three", "four"]}).to_parquet(pq)
+    assert ingest(pq, spec, fx.ledger).items == 2
+    d = tmp_path / "docs"
+    d.mkdir()
+    (d / "x.txt").write_text("five")
+    (d / "y.txt").write_text("six")
+    rep = ingest(d, spec, fx.ledger)
+    assert rep.items == 2
+    meta = fx.ledger.items("news", batch_id=rep.batch_id)["meta"].map(json.loads)
+    assert sorted(m["source_file"] for m in meta) == ["x.txt", "y.txt"]
+
+
+def test_bom_is_accepted(fx, tmp_path):
+    p = tmp_path / "bom.csv"
+    p.write_bytes("\ufefftext\nhello\n".encode("utf-8"))
+    assert ingest(p, fx.spec("news"), fx.ledger).items == 1
+
+
+@pytest.mark.parametrize("content, message", [
+    (b"", "the file is empty"),
+    (b"text\n", "only a header"),
+    (b"text,colour\nhello,red\n", "unknown column(s) ['colour']"),
+    (b"body\nhello\n", "missing column 'text'"),
+    ("text\ncaf\xe9\n".encode("latin-1"), "not UTF-8"),
+])
+def test_header_level_problems_write_nothing(fx, tmp_path, content, message):
+    p = tmp_path / "bad.csv"
+    p.write_bytes(content)
+    before = _counts(fx)
+    with pytest.raises(IngestError) as e:
+        ingest(p, fx.spec("news"), fx.ledger)
+    assert message in str(e.value) and str(p) in str(e.value) and "nothing was ingested" in str(e.value)
+    assert _counts(fx) == before
+
+
+def test_too_many_malformed_rows_refuses_the_whole_file(fx, tmp_path):
+    p = tmp_path / "mostly-bad.csv"
+    p.write_text("text\n" + "ok\n" + "ragged,row\n" * 5)
+    before = _counts(fx)
+    with pytest.raises(IngestError, match="max_quarantine_rate"):
+        ingest(p, fx.spec("news"), fx.ledger)
+    assert _counts(fx) == before
+
+
+def test_item_id_is_a_stable_content_hash():
+    assert item_id_for("Hello  world\r\n") == item_id_for("Hello  world\n")
+    assert item_id_for("a") != item_id_for("b")
+    assert item_id_for("x").startswith("it_") and len(item_id_for("x")) == 23
