@@ -194,11 +194,16 @@ class Ledger:
         self.url = url
         if url.startswith("sqlite:///"):
             Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+            # writers take the write lock at BEGIN (IMMEDIATE) so two writers never deadlock on upgrade;
+            # readers use a second engine with deferred transactions and never wait for a writer (WAL)
             self.engine = sa.create_engine(url, connect_args={"timeout": 30})
             sa.event.listen(self.engine, "connect", _sqlite_pragmas)
             sa.event.listen(self.engine, "begin", _sqlite_begin)
+            self.reader = sa.create_engine(url, connect_args={"timeout": 30})
+            sa.event.listen(self.reader, "connect", _sqlite_pragmas)
         else:
             self.engine = sa.create_engine(url, pool_pre_ping=True)
+            self.reader = self.engine
         metadata.create_all(self.engine)
 
     # ----------------------------------------------------------------- specs and batches
@@ -215,13 +220,13 @@ class Ledger:
             return True
 
     def batch_by_source(self, dataset: str, sha256: str) -> dict | None:
-        with self.engine.connect() as c:
+        with self.reader.connect() as c:
             row = c.execute(sa.select(batches).where(batches.c.dataset == dataset,
                                                      batches.c.source_sha256 == sha256)).mappings().first()
             return dict(row) if row else None
 
     def batch(self, batch_id: str) -> dict | None:
-        with self.engine.connect() as c:
+        with self.reader.connect() as c:
             row = c.execute(sa.select(batches).where(batches.c.batch_id == batch_id)).mappings().first()
             return dict(row) if row else None
 
@@ -229,14 +234,14 @@ class Ledger:
         q = sa.select(batches).order_by(batches.c.created_at)
         if dataset:
             q = q.where(batches.c.dataset == dataset)
-        with self.engine.connect() as c:
+        with self.reader.connect() as c:
             return pd.DataFrame(c.execute(q).mappings().all(), columns=[col.name for col in batches.c])
 
     def known_items(self, dataset: str, item_ids: Iterable[str]) -> dict[str, str]:
         """Map of the given item ids already in the ledger to the batch that first brought them."""
         ids = list(item_ids)
         out: dict[str, str] = {}
-        with self.engine.connect() as c:
+        with self.reader.connect() as c:
             for i in range(0, len(ids), 500):
                 chunk = ids[i:i + 500]
                 for r in c.execute(sa.select(items.c.item_id, items.c.batch_id).where(
@@ -262,7 +267,7 @@ class Ledger:
             q = q.where(items.c.batch_id == batch_id)
         if item_ids is not None:
             q = q.where(items.c.item_id.in_(list(item_ids)))
-        with self.engine.connect() as c:
+        with self.reader.connect() as c:
             return pd.DataFrame(c.execute(q).mappings().all(), columns=[col.name for col in items.c])
 
     def table(self, name: str, **where: Any) -> pd.DataFrame:
@@ -271,7 +276,7 @@ class Ledger:
         q = sa.select(t)
         for k, v in where.items():
             q = q.where(t.c[k] == v)
-        with self.engine.connect() as c:
+        with self.reader.connect() as c:
             return pd.DataFrame(c.execute(q).mappings().all(), columns=[col.name for col in t.c])
 
     # ----------------------------------------------------------------- label events
@@ -345,13 +350,13 @@ class Ledger:
             q = q.where(label_events.c.item_id == item_id)
         if kind:
             q = q.where(label_events.c.kind.in_([kind] if isinstance(kind, str) else list(kind)))
-        with self.engine.connect() as c:
+        with self.reader.connect() as c:
             return pd.DataFrame(c.execute(q).mappings().all(), columns=[col.name for col in label_events.c])
 
     def verify_chain(self, dataset: str) -> dict:
         """Walk the dataset's hash chain; report the first broken link, if any."""
         prev, n = GENESIS, 0
-        with self.engine.connect() as c:
+        with self.reader.connect() as c:
             head = c.execute(sa.select(chain_heads).where(chain_heads.c.dataset == dataset)).first()
             for row in c.execute(sa.select(label_events).where(label_events.c.dataset == dataset)
                                  .order_by(label_events.c.seq)).mappings():
@@ -402,14 +407,14 @@ class Ledger:
             q = q.where(ans.c.answer.is_(None))
         elif status == "answered":
             q = q.where(ans.c.answer.is_not(None))
-        with self.engine.connect() as c:
+        with self.reader.connect() as c:
             df = pd.DataFrame(c.execute(q).mappings().all(),
                               columns=[col.name for col in tasks.c] + ["answer", "annotator", "answer_event"])
         df["status"] = df["answer"].map(lambda a: "open" if a is None or pd.isna(a) else "answered")
         return df
 
     def task(self, task_id: str) -> dict | None:
-        with self.engine.connect() as c:
+        with self.reader.connect() as c:
             row = c.execute(sa.select(tasks).where(tasks.c.task_id == task_id)).mappings().first()
             return dict(row) if row else None
 
