@@ -30,6 +30,7 @@ Methods
 
 from __future__ import annotations
 
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from typing import Any, Iterable
 
@@ -37,6 +38,17 @@ import numpy as np
 import pandas as pd
 from scipy import sparse
 from scipy.stats import beta as beta_dist
+
+try:  # installed with scikit-learn
+    from threadpoolctl import threadpool_limits
+except ImportError:  # pragma: no cover
+    threadpool_limits = None
+
+
+def _single_thread_blas():
+    """Our BLAS calls are (n, K<=~20) matrix-vector products: threads only add sync cost,
+    and on a busy machine a 2-thread OpenBLAS made the 1M-answer EM 4x slower."""
+    return threadpool_limits(limits=1, user_api="blas") if threadpool_limits else nullcontext()
 
 METHODS = ("auto", "mv", "weighted", "ds", "one_coin", "loglinear")
 
@@ -158,6 +170,15 @@ def _encode_labels(labels: pd.Series, classes: list) -> np.ndarray:
     return codes
 
 
+def _rows(mask: np.ndarray) -> np.ndarray | slice:
+    """Row selector for a mask: a slice (a view, no copy) when every row is selected."""
+    return slice(None) if mask.all() else np.flatnonzero(mask)
+
+
+def _cat(parts: list[np.ndarray]) -> np.ndarray:
+    return parts[0] if len(parts) == 1 else np.concatenate(parts)
+
+
 def _encode(answers: pd.DataFrame, classes: Iterable | None, need_probs: bool = False) -> _Encoded:
     if not isinstance(answers, pd.DataFrame):
         raise TypeError(f"answers must be a pandas DataFrame, got {type(answers).__name__}")
@@ -232,7 +253,9 @@ def _encode(answers: pd.DataFrame, classes: Iterable | None, need_probs: bool = 
 
     label_codes = np.full(n, -1, dtype=np.int64)
     need_label = ~soft
-    if need_label.any():
+    if need_label.all():  # the common all-hard case: no masking copies of 1M-row columns
+        label_codes = _encode_labels(labels, classes)
+    elif need_label.any():
         label_codes[need_label] = _encode_labels(labels[need_label], classes)
     hard = need_label & (label_codes >= 0)
     answered = hard | soft
@@ -242,18 +265,19 @@ def _encode(answers: pd.DataFrame, classes: Iterable | None, need_probs: bool = 
     anon = w_codes < 0
     n_named = len(worker_ids)
     n_anon = int(anon.sum())
-    w_codes[anon] = n_named + np.arange(n_anon)
+    if n_anon:
+        w_codes[anon] = n_named + np.arange(n_anon)
     n_workers = n_named + n_anon
 
     if P is not None:
         label_codes[soft] = P[soft].argmax(axis=1)
 
     # entries: hard answers give one, soft answers one per non-zero class
-    h = np.flatnonzero(hard)
+    h = _rows(hard)
     e_item = [item_codes[h]]
     e_worker = [w_codes[h]]
     e_label = [label_codes[h]]
-    e_p = [np.ones(len(h))]
+    e_p = [np.ones(len(e_item[0]))]
     e_weight = [weight[h]]
     if P is not None and soft.any():
         s = np.flatnonzero(soft)
@@ -265,10 +289,10 @@ def _encode(answers: pd.DataFrame, classes: Iterable | None, need_probs: bool = 
         e_p.append(Ps[r, c])
         e_weight.append(weight[s][r])
 
-    a = np.flatnonzero(answered)
+    a = _rows(answered)
     a_probs = None
     if need_probs:
-        a_probs = np.zeros((len(a), K))
+        a_probs = np.zeros((len(item_codes[a]), K))
         if P is not None:
             a_probs[:] = P[a]
         hard_a = hard[a]
@@ -279,11 +303,11 @@ def _encode(answers: pd.DataFrame, classes: Iterable | None, need_probs: bool = 
         item_ids=pd.Index(item_ids, name="item_id"),
         worker_ids=pd.Index(worker_ids, name="worker_id"),
         n_workers=n_workers,
-        e_item=np.concatenate(e_item),
-        e_worker=np.concatenate(e_worker),
-        e_label=np.concatenate(e_label),
-        e_p=np.concatenate(e_p),
-        e_weight=np.concatenate(e_weight),
+        e_item=_cat(e_item),
+        e_worker=_cat(e_worker),
+        e_label=_cat(e_label),
+        e_p=_cat(e_p),
+        e_weight=_cat(e_weight),
         a_item=item_codes[a],
         a_worker=w_codes[a],
         a_weight=weight[a],
@@ -327,13 +351,24 @@ def _normalise_votes(V: np.ndarray) -> np.ndarray:
 
 
 def _design_matrix(enc: _Encoded, K: int, n_items: int) -> sparse.csr_matrix:
-    """A[i, w*K + l] = total weighted mass worker w put on class l for item i."""
-    A = sparse.csr_matrix(
-        (enc.e_p * enc.e_weight, (enc.e_item, enc.e_worker * K + enc.e_label)),
+    """A[i, w*K + l] = weighted mass worker w put on class l for item i (CSR, rows = items).
+
+    Built by a counting sort on the item code (no COO round trip); repeated (item, worker,
+    label) entries stay as separate non-zeros, which products treat as their sum.
+    """
+    item = enc.e_item
+    data = enc.e_p * enc.e_weight
+    cols = enc.e_worker * K + enc.e_label
+    if len(item) > 1 and np.any(item[1:] < item[:-1]):
+        order = np.argsort(item, kind="stable")
+        item, data, cols = item[order], data[order], cols[order]
+    indptr = np.zeros(n_items + 1, dtype=np.int64)
+    np.cumsum(np.bincount(item, minlength=n_items), out=indptr[1:])
+    index_dtype = np.int32 if enc.n_workers * K < 2**31 and len(item) < 2**31 else np.int64
+    return sparse.csr_matrix(
+        (data, cols.astype(index_dtype, copy=False), indptr.astype(index_dtype, copy=False)),
         shape=(n_items, enc.n_workers * K),
     )
-    A.sum_duplicates()
-    return A
 
 
 def _em(
@@ -345,7 +380,7 @@ def _em(
     opts: dict,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, int, bool, float]:
     """EM for Dawid-Skene family; returns posteriors, confusion (W,K,K), class prior, iters, converged, loglik."""
-    AT = A.T.tocsr()
+    AT = A.T  # CSC view of the same arrays: A.T @ T scatters rows of T in item order (cache friendly)
     item_mass = np.asarray(A.sum(axis=1)).ravel()
     total_mass = max(float(item_mass.sum()), 1.0)
     max_iter = int(opts["max_iter"])
@@ -356,7 +391,17 @@ def _em(
     pi = np.full((n_workers, K, K), 1.0 / K)
     rho = np.full(K, 1.0 / K)
     ll = float("nan")
-    off = (1.0 - np.eye(K)).astype(bool)
+    base = np.full((K, K), float(opts["ds_alpha"]))
+    np.fill_diagonal(base, float(opts["ds_diag"]))
+    idx = np.arange(K)
+    # entropy of the current posteriors (crowd-kit clips at 1e-10 before the log)
+    Tc = np.clip(T, 1e-10, None)
+    entropy = -float(np.vdot(Tc, np.log(Tc)))
+    ones_items = np.ones(T.shape[0])
+    ones_k = np.ones(K)
+    # Row-wise reductions over K classes go through BLAS (matrix-vector products with ones)
+    # or element-wise maxima over columns: numpy's axis=1 reductions on (n, 5) arrays are
+    # several times slower and dominated the iteration time.
     for it in range(1, max_iter + 1):
         # M-step: expected (true k, answered l) counts per worker
         C = np.asarray(AT @ T).reshape(n_workers, K, K).transpose(0, 2, 1)  # (w, k, l)
@@ -366,11 +411,8 @@ def _em(
             acc = (diag + 2.0) / (nw + 3.0)  # Beta(2,1) prior: workers start better than chance-ish
             pi = np.empty((n_workers, K, K))
             pi[:] = ((1.0 - acc) / max(K - 1, 1))[:, None, None]
-            idx = np.arange(K)
             pi[:, idx, idx] = acc[:, None]
         else:
-            base = np.full((K, K), float(opts["ds_alpha"]))
-            np.fill_diagonal(base, float(opts["ds_diag"]))
             if mode == "hier":
                 pooled = C.sum(axis=0) + base
                 pooled /= pooled.sum(axis=1, keepdims=True)
@@ -379,23 +421,29 @@ def _em(
                 alpha = base
             num = C + alpha
             pi = num / num.sum(axis=2, keepdims=True)
-        rho = T.sum(axis=0) + float(opts["class_alpha"])
+        rho = ones_items @ T + float(opts["class_alpha"])
         rho /= rho.sum()
-        # E-step
-        logpi = np.log(pi).transpose(0, 2, 1).reshape(n_workers * K, K)  # row w*K+l, col k
-        L_ans = np.asarray(A @ logpi)
         log_rho = np.log(rho)
-        L = L_ans + log_rho
+        # E-step
+        logpi = np.ascontiguousarray(np.log(pi).transpose(0, 2, 1)).reshape(n_workers * K, K)  # row w*K+l, col k
+        L = np.asarray(A @ logpi)
         # Stopping quantity: crowd-kit DawidSkene's evidence lower bound per answer, at
         # (previous posteriors, new parameters), which counts the log class prior once per
         # answer; using the same quantity makes `tol` mean the same in both libraries.
-        Tc = np.clip(T, 1e-10, None)
-        elbo = (
-            float((T * L_ans).sum())
-            + float(item_mass @ (T @ log_rho))
-            - float((Tc * np.log(Tc)).sum())
-        ) / total_mass
-        T, ll = _softmax_rows_ll(L)
+        elbo = (float(np.vdot(T, L)) + float((item_mass @ T) @ log_rho) + entropy) / total_mass
+        L += log_rho
+        m = L[:, 0].copy()
+        for k in range(1, K):  # loop over classes only
+            np.maximum(m, L[:, k], out=m)
+        E = L - m[:, None]
+        np.exp(E, out=E)
+        z = E @ ones_k
+        E /= z[:, None]
+        lse_sum = float(m.sum() + np.log(z).sum())
+        ll = lse_sum
+        # H(softmax(L)) = sum(lse) - sum(T * L): no log of T needed next iteration
+        entropy = lse_sum - float(np.vdot(E, L))
+        T = E
         if elbo - prev < tol:
             converged = True
             break
@@ -512,7 +560,8 @@ def aggregate_full(
             confusion = np.ones((enc.n_workers, 1, 1))
             rho = np.ones(1)
         else:
-            T, confusion, rho, iters, converged, ll = _em(A, enc.n_workers, K, T0, mode, o)
+            with _single_thread_blas():
+                T, confusion, rho, iters, converged, ll = _em(A, enc.n_workers, K, T0, mode, o)
     if rho is None:
         rho = T.sum(axis=0) + float(o["class_alpha"])
         rho = rho / rho.sum()
