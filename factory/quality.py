@@ -1,0 +1,410 @@
+"""Measured label quality, with uncertainty: functions over plain arrays and DataFrames.
+
+No Dagster, no database: every measure takes arrays/DataFrames and returns numbers, so a user can
+recompute a release's certificate from its files.  Dependencies: numpy, pandas, scipy only.
+
+Measures
+--------
+* accuracy of the auto-accepted labels from the random audit sample (people's answer vs the machine
+  label) and against gold items, each with a Wilson and a Clopper-Pearson interval;
+* inter-annotator agreement: Cohen's kappa (two raters), Fleiss' kappa (fixed raters per item),
+  Krippendorff's alpha (nominal, any raters, missing values allowed; vectorised here, checked
+  against the ``krippendorff`` package in the tests);
+* per-class accuracy with intervals, the confusion matrix, completeness, the label distribution
+  against the spec's prior (total-variation distance and a chi-square goodness-of-fit test), the share
+  of labels per source, a residual PII scan of the texts;
+* :func:`evaluate_gates` compares the measures to the spec's thresholds and says which gates block.
+"""
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from scipy import stats
+
+INTERVALS = ("wilson", "clopper-pearson")
+
+
+# ----------------------------------------------------------------------------- proportions
+def wilson_interval(k: int, n: int, level: float = 0.95) -> tuple[float, float]:
+    """Two-sided Wilson score interval for k successes in n trials ((nan, nan) when n == 0)."""
+    if n <= 0:
+        return (math.nan, math.nan)
+    if not 0 <= k <= n:
+        raise ValueError(f"wilson_interval: k={k} must lie in [0, n={n}]")
+    z = float(stats.norm.ppf(0.5 + level / 2))
+    p = k / n
+    denom = 1 + z * z / n
+    centre = (p + z * z / (2 * n)) / denom
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
+    return (max(0.0, centre - half), min(1.0, centre + half))
+
+
+def clopper_pearson_interval(k: int, n: int, level: float = 0.95) -> tuple[float, float]:
+    """Two-sided exact (Clopper-Pearson) interval for k successes in n trials."""
+    if n <= 0:
+        return (math.nan, math.nan)
+    if not 0 <= k <= n:
+        raise ValueError(f"clopper_pearson_interval: k={k} must lie in [0, n={n}]")
+    a = 1 - level
+    lo = 0.0 if k == 0 else float(stats.beta.ppf(a / 2, k, n - k + 1))
+    hi = 1.0 if k == n else float(stats.beta.ppf(1 - a / 2, k + 1, n - k))
+    return (lo, hi)
+
+
+def clopper_pearson_upper(k: int | np.ndarray, n: int | np.ndarray, alpha: float) -> np.ndarray | float:
+    """One-sided exact upper confidence bound at level 1 - alpha on a rate with k events in n trials.
+
+    P(true rate > bound) <= alpha.  Vectorised over k and n; n == 0 gives 1.0 (no evidence).
+    """
+    k = np.asarray(k, dtype=float)
+    n = np.asarray(n, dtype=float)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        ub = stats.beta.ppf(1 - alpha, k + 1, np.maximum(n - k, 1e-300))
+    ub = np.where((n <= 0) | (k >= n), 1.0, ub)
+    return float(ub) if ub.ndim == 0 else ub
+
+
+def proportion(k: int, n: int, level: float = 0.95) -> dict:
+    """An estimated rate with both intervals: {k, n, estimate, wilson: [lo, hi], clopper_pearson: [lo, hi]}."""
+    est = k / n if n else None
+    w = wilson_interval(k, n, level)
+    cp = clopper_pearson_interval(k, n, level)
+    return {"k": int(k), "n": int(n), "estimate": _r(est), "level": level,
+            "wilson": [_r(w[0]), _r(w[1])], "clopper_pearson": [_r(cp[0]), _r(cp[1])]}
+
+
+def accuracy(truth: Sequence, predicted: Sequence, level: float = 0.95) -> dict:
+    """Share of `predicted` equal to `truth` (aligned sequences) with Wilson and Clopper-Pearson intervals."""
+    t, p = _aligned(truth, predicted)
+    return proportion(int((t == p).sum()), len(t), level)
+
+
+# ----------------------------------------------------------------------------- agreement
+def cohen_kappa(a: Sequence, b: Sequence) -> float:
+    """Cohen's kappa of two raters over the same items: (p_o - p_e) / (1 - p_e); nan when undefined."""
+    a, b = _aligned(a, b)
+    if len(a) == 0:
+        return math.nan
+    cats, codes = np.unique(np.concatenate([a, b]).astype(str), return_inverse=True)
+    ca, cb = codes[:len(a)], codes[len(a):]
+    po = float((ca == cb).mean())
+    pa = np.bincount(ca, minlength=len(cats)) / len(a)
+    pb = np.bincount(cb, minlength=len(cats)) / len(b)
+    pe = float(pa @ pb)
+    if pe >= 1.0:
+        return math.nan
+    return (po - pe) / (1 - pe)
+
+
+def fleiss_kappa(counts: np.ndarray | pd.DataFrame) -> float:
+    """Fleiss' kappa from an items x categories matrix of rating counts (same number of raters per item)."""
+    m = np.asarray(counts, dtype=float)
+    if m.ndim != 2 or m.shape[0] == 0:
+        return math.nan
+    r = m.sum(axis=1)
+    if not np.allclose(r, r[0]) or r[0] < 2:
+        raise ValueError("fleiss_kappa: every item needs the same number (>= 2) of ratings; "
+                         f"got {sorted(set(r.astype(int).tolist()))[:10]}")
+    n_raters = r[0]
+    p_i = ((m * m).sum(axis=1) - n_raters) / (n_raters * (n_raters - 1))
+    p_bar = p_i.mean()
+    p_j = m.sum(axis=0) / m.sum()
+    pe = float((p_j ** 2).sum())
+    if pe >= 1.0:
+        return math.nan
+    return float((p_bar - pe) / (1 - pe))
+
+
+def rating_counts(ratings: pd.DataFrame, item: str = "item_id", label: str = "label",
+                  categories: Sequence | None = None) -> pd.DataFrame:
+    """Long ratings (one row per item and rater) to an items x categories count matrix."""
+    cats = list(categories) if categories is not None else sorted(ratings[label].astype(str).unique())
+    ct = pd.crosstab(ratings[item], ratings[label].astype(str))
+    return ct.reindex(columns=[str(c) for c in cats], fill_value=0)
+
+
+def krippendorff_alpha_nominal(ratings: pd.DataFrame | np.ndarray, item: str = "item_id",
+                               label: str = "label") -> float:
+    """Krippendorff's alpha for nominal data, vectorised through the coincidence matrix.
+
+    `ratings` is either long (one row per item and rater, columns `item`, `label`) or a
+    raters x units array with NaN for missing values (the ``krippendorff`` package's layout).
+    Units with fewer than two ratings are not pairable and are ignored.  alpha = 1 - (n - 1) *
+    (n - sum_c o_cc) / (n^2 - sum_c n_c^2).
+    """
+    if isinstance(ratings, pd.DataFrame):
+        counts = rating_counts(ratings, item, label).to_numpy(dtype=float)
+    else:
+        arr = np.asarray(ratings, dtype=float)
+        ok = ~np.isnan(arr)
+        cats, codes = np.unique(arr[ok], return_inverse=True)
+        counts = np.zeros((arr.shape[1], len(cats)))
+        unit = np.broadcast_to(np.arange(arr.shape[1]), arr.shape)[ok]
+        np.add.at(counts, (unit, codes), 1)
+    m_u = counts.sum(axis=1)
+    keep = m_u >= 2
+    counts, m_u = counts[keep], m_u[keep]
+    if len(counts) == 0:
+        return math.nan
+    # coincidences: o_ck = sum_u (n_uc n_uk - [c == k] n_uc) / (m_u - 1)
+    w = 1.0 / (m_u - 1)
+    o = (counts * w[:, None]).T @ counts - np.diag((counts * w[:, None]).sum(axis=0))
+    n_c = o.sum(axis=1)
+    n = n_c.sum()
+    de = n * n - (n_c ** 2).sum()
+    if de <= 0:
+        return math.nan
+    return float(1 - (n - 1) * (n - np.trace(o)) / de)
+
+
+# ----------------------------------------------------------------------------- per class, distribution
+def confusion(truth: Sequence, predicted: Sequence, classes: Sequence[str]) -> pd.DataFrame:
+    """Confusion counts: rows are the reference (truth) classes, columns the predicted ones."""
+    t, p = _aligned(truth, predicted)
+    cls = [str(c) for c in classes]
+    m = pd.crosstab(pd.Categorical(t.astype(str), categories=cls), pd.Categorical(p.astype(str), categories=cls),
+                    dropna=False)
+    m.index.name, m.columns.name = "reference", "label"
+    return m.reindex(index=cls, columns=cls, fill_value=0).astype(int)
+
+
+def per_class_accuracy(truth: Sequence, predicted: Sequence, classes: Sequence[str],
+                       level: float = 0.95) -> dict[str, dict]:
+    """For each reference class: the share of its items labelled correctly, with intervals (recall)."""
+    t, p = _aligned(truth, predicted)
+    t, p = t.astype(str), p.astype(str)
+    return {str(c): proportion(int(((t == str(c)) & (p == str(c))).sum()), int((t == str(c)).sum()), level)
+            for c in classes}
+
+
+def completeness(n_labelled: int, n_items: int, level: float = 0.95) -> dict:
+    """Share of the items that carry a (non-null) final label."""
+    return proportion(int(n_labelled), int(n_items), level)
+
+
+def distribution_vs_prior(labels: Sequence, prior: dict[str, float] | None) -> dict:
+    """Label distribution against the spec's prior: observed shares, TV distance and a chi-square test.
+
+    Without a prior, only the observed distribution is returned.
+    """
+    s = pd.Series(np.asarray(labels).astype(str))
+    n = len(s)
+    counts = s.value_counts().sort_index()
+    out: dict[str, Any] = {"n": n, "observed": {k: int(v) for k, v in counts.items()}}
+    if not prior or n == 0:
+        return out | {"prior": prior, "tv_distance": None, "chi2": None, "p_value": None}
+    cls = list(prior)
+    obs = np.array([counts.get(c, 0) for c in cls], dtype=float)
+    extra = int(n - obs.sum())  # labels outside the prior's classes count fully against it
+    exp_share = np.array([prior[c] for c in cls], dtype=float)
+    exp_share = exp_share / exp_share.sum()
+    tv = 0.5 * (np.abs(obs / n - exp_share).sum() + extra / n)
+    chi2, pval = stats.chisquare(obs, exp_share * obs.sum()) if obs.sum() > 0 else (math.nan, math.nan)
+    return out | {"prior": {c: float(prior[c]) for c in cls}, "tv_distance": _r(float(tv)),
+                  "chi2": _r(float(chi2)), "p_value": _r(float(pval)), "outside_prior": extra}
+
+
+def shares(values: Sequence) -> dict[str, dict]:
+    """Count and share of each value (e.g. the source of each final label)."""
+    s = pd.Series(np.asarray(values).astype(str))
+    n = len(s)
+    return {k: {"count": int(v), "share": _r(v / n)} for k, v in s.value_counts().sort_index().items()}
+
+
+PII_PATTERNS = {
+    "email": re.compile(r"[A-Za-z0-9._%+-]+@[A-Za-z0-9.-]+\.[A-Za-z]{2,}"),
+    "phone": re.compile(r"(?<!\w)(?:\+\d{1,3}[\s.-]?)?(?:\(\d{2,4}\)[\s.-]?)?\d{3,4}[\s.-]\d{3,4}(?:[\s.-]\d{2,4})?(?!\w)"),
+    "iban": re.compile(r"\b[A-Z]{2}\d{2}(?:\s?[A-Z0-9]{4}){3,7}\b"),
+    "credit_card": re.compile(r"\b(?:\d{4}[ -]?){3}\d{4}\b"),
+    "cn_id_card": re.compile(r"(?<!\d)\d{17}[\dXx](?!\d)"),
+}
+
+
+def pii_scan(texts: Sequence[str], ids: Sequence[str] | None = None, max_items: int = 20) -> dict:
+    """Residual PII scan with simple patterns (email, phone, IBAN, card, CN id): counts and example ids.
+
+    A screen, not a guarantee: it finds the obvious leftovers a release should not carry.
+    """
+    s = pd.Series(list(texts), dtype="string").fillna("")
+    ids = list(ids) if ids is not None else [str(i) for i in range(len(s))]
+    out = {"patterns": sorted(PII_PATTERNS), "items_scanned": int(len(s)), "hits": {}}
+    flagged = np.zeros(len(s), dtype=bool)
+    for name, pat in PII_PATTERNS.items():
+        hit = s.str.contains(pat, regex=True).to_numpy(dtype=bool)
+        flagged |= hit
+        out["hits"][name] = {"items": int(hit.sum()),
+                             "example_items": [ids[i] for i in np.flatnonzero(hit)[:max_items]]}
+    out["items_flagged"] = int(flagged.sum())
+    return out
+
+
+# ----------------------------------------------------------------------------- a release's quality
+def measure(final: pd.DataFrame, classes: Sequence[str], *, human: pd.DataFrame | None = None,
+            models: pd.DataFrame | None = None, gold: pd.DataFrame | None = None,
+            prior: dict[str, float] | None = None, n_items: int | None = None,
+            texts: pd.Series | None = None, level: float = 0.95) -> dict:
+    """Every quality measure of a set of final labels, as a JSON-ready dict.
+
+    final
+        One row per item: item_id, label, source, and where known route ("auto" | "audit" | "review" |
+        "seed"), fused_label (the machine label before people).
+    human
+        People's answers, long: item_id, annotator, label (optionally task_kind).
+    models
+        The labelers' labels, long: item_id, labeler, label.
+    gold
+        Known-correct labels: item_id, label.
+    n_items
+        Items that should be labelled (completeness denominator); default len(final).
+    """
+    classes = [str(c) for c in classes]
+    f = final.copy()
+    f["label"] = f["label"].astype("string")
+    res: dict[str, Any] = {"items": int(len(f)), "confidence_level": level}
+    res["completeness"] = completeness(int(f["label"].notna().sum()), int(n_items if n_items is not None else len(f)),
+                                       level)
+    res["source_shares"] = shares(f["source"]) if "source" in f else {}
+    res["route_shares"] = shares(f["route"].fillna("none")) if "route" in f else {}
+    res["label_distribution"] = distribution_vs_prior(f["label"].dropna(), prior)
+
+    # audit: a uniform random sample of the auto-accepted items, answered by people blind to nothing but
+    # the machine label; the machine label is what the item would have kept without the audit
+    if {"route", "fused_label"} <= set(f.columns):
+        audit = f[f["route"] == "audit"]
+        res["audit"] = {
+            "what": "accuracy of auto-accepted (machine) labels on the random audit sample, people's answer as reference",
+            "accuracy": accuracy(audit["label"].astype(str), audit["fused_label"].astype(str), level),
+            "per_class": per_class_accuracy(audit["label"].astype(str), audit["fused_label"].astype(str), classes, level),
+            "confusion": _confusion_json(confusion(audit["label"], audit["fused_label"], classes)),
+        }
+        reviewed = f[f["route"].isin(["review", "audit"])]
+        res["machine_vs_people"] = {
+            "what": "machine label vs people's decision on every item people answered (not a random sample)",
+            "agreement": accuracy(reviewed["label"].astype(str), reviewed["fused_label"].astype(str), level),
+            "cohen_kappa": _r(cohen_kappa(reviewed["label"].astype(str), reviewed["fused_label"].astype(str))),
+        }
+    else:
+        res["audit"] = None
+    if gold is not None and len(gold):
+        g = gold[["item_id", "label"]].rename(columns={"label": "gold"}).merge(f[["item_id", "label"]], on="item_id")
+        res["gold"] = {
+            "what": "final labels against gold items",
+            "accuracy": accuracy(g["gold"].astype(str), g["label"].astype(str), level),
+            "per_class": per_class_accuracy(g["gold"].astype(str), g["label"].astype(str), classes, level),
+            "confusion": _confusion_json(confusion(g["gold"], g["label"], classes)),
+        }
+    else:
+        res["gold"] = None
+    res["agreement"] = agreement(human, models, classes)
+    res["per_annotator"] = per_annotator(human, f, level) if human is not None and len(human) else {}
+    if texts is not None:
+        res["pii"] = pii_scan(texts.astype(str).tolist(), f["item_id"].tolist())
+    return res
+
+
+def agreement(human: pd.DataFrame | None, models: pd.DataFrame | None, classes: Sequence[str]) -> dict:
+    """Inter-rater agreement among people, among the labelers, and among everyone (Krippendorff's alpha)."""
+    out: dict[str, Any] = {}
+    if human is not None and len(human):
+        h = human.rename(columns={"annotator": "rater"})[["item_id", "rater", "label"]]
+        multi = h.groupby("item_id")["rater"].transform("nunique") >= 2
+        out["people"] = {"items_with_2plus_answers": int(h.loc[multi, "item_id"].nunique()),
+                         "krippendorff_alpha": _r(krippendorff_alpha_nominal(h[multi]))}
+    if models is not None and len(models):
+        m = models.rename(columns={"labeler": "rater"})[["item_id", "rater", "label"]]
+        wide = m.pivot_table(index="item_id", columns="rater", values="label", aggfunc="first").dropna()
+        raters = list(wide.columns)
+        pairs = {f"{a} ~ {b}": _r(cohen_kappa(wide[a].astype(str), wide[b].astype(str)))
+                 for i, a in enumerate(raters) for b in raters[i + 1:]}
+        counts = rating_counts(wide.stack().rename("label").reset_index(), "item_id", "label", classes)
+        out["labelers"] = {"items": int(len(wide)), "raters": raters, "cohen_kappa_pairs": pairs,
+                           "fleiss_kappa": _r(fleiss_kappa(counts)) if len(raters) >= 2 else None,
+                           "krippendorff_alpha": _r(krippendorff_alpha_nominal(m))}
+        if human is not None and len(human):
+            both = pd.concat([m, human.rename(columns={"annotator": "rater"})[["item_id", "rater", "label"]]])
+            both = both[both["item_id"].isin(set(human["item_id"]))]
+            out["people_and_labelers"] = {"items": int(both["item_id"].nunique()),
+                                          "krippendorff_alpha": _r(krippendorff_alpha_nominal(both))}
+    return out
+
+
+def per_annotator(human: pd.DataFrame, final: pd.DataFrame, level: float = 0.95) -> dict[str, dict]:
+    """Per annotator: answers, agreement with the final label and with the machine label, with intervals."""
+    h = human.merge(final[["item_id", "label"] + (["fused_label"] if "fused_label" in final else [])]
+                    .rename(columns={"label": "final_label"}), on="item_id", how="left")
+    out = {}
+    for who, g in h.groupby("annotator", sort=True):
+        row = {"answers": int(len(g)),
+               "agree_with_final": accuracy(g["final_label"].astype(str), g["label"].astype(str), level)}
+        if "fused_label" in g:
+            row["agree_with_machine"] = accuracy(g["fused_label"].astype(str), g["label"].astype(str), level)
+        out[str(who)] = row
+    return out
+
+
+# ----------------------------------------------------------------------------- gates
+def evaluate_gates(report: dict, q: Any) -> list[dict]:
+    """Compare measures to the spec's thresholds (`QualitySpec`); each gate: name, value, threshold, passed, blocking.
+
+    A gate whose measure cannot be computed (e.g. no audit sample) is reported with passed = None and
+    never blocks: the certificate says the evidence is missing instead of pretending.
+    """
+    blocking = set(getattr(q, "blocking", ()) or ())
+    use_lower = getattr(q, "accuracy_gate", "estimate") == "lower_bound"
+    interval = getattr(q, "interval", "wilson").replace("-", "_")
+    gates = []
+
+    def add(name: str, value, threshold, ok_if_ge: bool = True, note: str = "") -> None:
+        if threshold is None:
+            return
+        passed = None if value is None or (isinstance(value, float) and math.isnan(value)) else \
+            bool(value >= threshold if ok_if_ge else value <= threshold)
+        gates.append({"name": name, "value": value, "threshold": threshold,
+                      "rule": ">=" if ok_if_ge else "<=", "passed": passed,
+                      "blocking": name in blocking and passed is False, "declared_blocking": name in blocking,
+                      "note": note})
+
+    def acc_value(section: dict | None):
+        if not section or section["accuracy"]["n"] == 0:
+            return None
+        a = section["accuracy"]
+        return a[interval][0] if use_lower else a["estimate"]
+
+    what = f"{interval} lower bound" if use_lower else "point estimate"
+    add("audit_accuracy", acc_value(report.get("audit")), getattr(q, "min_accuracy", None), note=what)
+    add("gold_accuracy", acc_value(report.get("gold")), getattr(q, "min_gold_accuracy", None), note=what)
+    add("completeness", report["completeness"]["estimate"], getattr(q, "min_completeness", None))
+    add("prior_tv_distance", report["label_distribution"].get("tv_distance"), getattr(q, "max_prior_distance", None),
+        ok_if_ge=False)
+    kappa = (report.get("machine_vs_people") or {}).get("cohen_kappa")
+    add("machine_people_kappa", kappa, getattr(q, "min_kappa", None))
+    alpha = ((report.get("agreement") or {}).get("people") or {}).get("krippendorff_alpha")
+    add("people_alpha", alpha, getattr(q, "min_alpha", None))
+    pii = report.get("pii")
+    add("pii_items", pii["items_flagged"] if pii else None, getattr(q, "max_pii_items", None), ok_if_ge=False)
+    return gates
+
+
+# ----------------------------------------------------------------------------- helpers
+def _aligned(a: Sequence, b: Sequence) -> tuple[np.ndarray, np.ndarray]:
+    a, b = np.asarray(list(a), dtype=object), np.asarray(list(b), dtype=object)
+    if len(a) != len(b):
+        raise ValueError(f"the two label sequences differ in length ({len(a)} vs {len(b)})")
+    return a, b
+
+
+def _r(x: Any, nd: int = 6) -> Any:
+    if x is None:
+        return None
+    x = float(x)
+    return None if math.isnan(x) else round(x, nd)
+
+
+def _confusion_json(m: pd.DataFrame) -> dict:
+    return {"classes": [str(c) for c in m.index], "matrix": m.to_numpy().tolist(),
+            "rows": "reference (people or gold)", "columns": "label"}

@@ -1,0 +1,159 @@
+"""Quality measures against hand-computed cases, and against statsmodels / krippendorff where installed."""
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from factory import quality as Q
+from factory.spec import QualitySpec
+
+NAN = np.nan
+# Krippendorff (2011), "Computing Krippendorff's alpha-reliability", nominal example: alpha = 0.743
+KRIPP = np.array([
+    [1, 2, 3, 3, 2, 1, 4, 1, 2, NAN, NAN, NAN],
+    [1, 2, 3, 3, 2, 2, 4, 1, 2, 5, NAN, 3],
+    [NAN, 3, 3, 3, 2, 3, 4, 2, 2, 5, 1, NAN],
+    [1, 2, 3, 3, 2, 4, 4, 1, 2, 5, 1, NAN],
+])
+# Fleiss (1971) as in most textbooks: 10 subjects, 14 raters, 5 categories, kappa = 0.210
+FLEISS = np.array([[0, 0, 0, 0, 14], [0, 2, 6, 4, 2], [0, 0, 3, 5, 6], [0, 3, 9, 2, 0], [2, 2, 8, 1, 1],
+                   [7, 7, 0, 0, 0], [3, 2, 6, 3, 0], [2, 5, 3, 2, 2], [6, 5, 2, 1, 0], [0, 2, 2, 3, 7]])
+
+
+def test_wilson_and_clopper_pearson_match_hand_values():
+    lo, hi = Q.wilson_interval(8, 10)
+    assert (round(lo, 4), round(hi, 4)) == (0.4902, 0.9433)
+    lo, hi = Q.clopper_pearson_interval(8, 10)
+    assert (round(lo, 4), round(hi, 4)) == (0.4439, 0.9748)
+    assert Q.clopper_pearson_interval(0, 10)[0] == 0.0 and Q.clopper_pearson_interval(10, 10)[1] == 1.0
+    # one-sided exact upper bound with 0 events: 1 - alpha^(1/n)
+    assert Q.clopper_pearson_upper(0, 50, 0.05) == pytest.approx(1 - 0.05 ** (1 / 50))
+    assert math.isnan(Q.wilson_interval(0, 0)[0])
+    p = Q.proportion(8, 10)
+    assert p["estimate"] == 0.8 and p["wilson"][0] < 0.8 < p["wilson"][1]
+
+
+def test_intervals_agree_with_statsmodels():
+    sm = pytest.importorskip("statsmodels.stats.proportion")
+    for k, n in [(0, 7), (3, 7), (45, 50), (199, 200)]:
+        assert Q.wilson_interval(k, n) == pytest.approx(sm.proportion_confint(k, n, method="wilson"), abs=1e-9)
+        assert Q.clopper_pearson_interval(k, n) == pytest.approx(sm.proportion_confint(k, n, method="beta"), abs=1e-9)
+
+
+def test_cohen_kappa_hand_case_and_sklearn():
+    assert Q.cohen_kappa([1, 1, 0, 0], [1, 0, 0, 0]) == pytest.approx(0.5)  # po .75, pe .5
+    assert Q.cohen_kappa(["a", "b"], ["a", "b"]) == pytest.approx(1.0)
+    assert math.isnan(Q.cohen_kappa(["a", "a"], ["a", "a"]))  # chance agreement 1: undefined
+    from sklearn.metrics import cohen_kappa_score
+
+    rng = np.random.default_rng(0)
+    a, b = rng.integers(0, 4, 300), rng.integers(0, 4, 300)
+    b[:200] = a[:200]
+    assert Q.cohen_kappa(a, b) == pytest.approx(cohen_kappa_score(a, b))
+
+
+def test_fleiss_kappa_textbook_value():
+    assert Q.fleiss_kappa(FLEISS) == pytest.approx(0.2099, abs=1e-4)
+    with pytest.raises(ValueError, match="same number"):
+        Q.fleiss_kappa([[1, 1], [3, 0]])
+    sm = pytest.importorskip("statsmodels.stats.inter_rater")
+    assert Q.fleiss_kappa(FLEISS) == pytest.approx(sm.fleiss_kappa(FLEISS))
+
+
+def test_krippendorff_alpha_textbook_value_wide_and_long():
+    assert Q.krippendorff_alpha_nominal(KRIPP) == pytest.approx(0.743, abs=5e-4)
+    long = [(u, r, KRIPP[r, u]) for r in range(4) for u in range(12) if not np.isnan(KRIPP[r, u])]
+    df = pd.DataFrame(long, columns=["item_id", "rater", "label"])
+    assert Q.krippendorff_alpha_nominal(df) == pytest.approx(0.743, abs=5e-4)
+    assert math.isnan(Q.krippendorff_alpha_nominal(KRIPP[:1]))  # one coder: nothing pairable
+
+
+def test_krippendorff_alpha_against_the_package():
+    kd = pytest.importorskip("krippendorff")
+    rng = np.random.default_rng(3)
+    truth = rng.integers(0, 3, 200)
+    data = np.where(rng.random((5, 200)) < 0.8, truth, rng.integers(0, 3, (5, 200))).astype(float)
+    data[rng.random((5, 200)) < 0.3] = np.nan
+    assert Q.krippendorff_alpha_nominal(data) == pytest.approx(
+        kd.alpha(reliability_data=data, level_of_measurement="nominal"), abs=1e-9)
+
+
+def test_per_class_accuracy_confusion_and_completeness():
+    truth = ["a", "a", "a", "b", "b", "c"]
+    pred = ["a", "a", "b", "b", "a", "c"]
+    pc = Q.per_class_accuracy(truth, pred, ["a", "b", "c"])
+    assert (pc["a"]["k"], pc["a"]["n"]) == (2, 3) and (pc["b"]["k"], pc["b"]["n"]) == (1, 2)
+    assert pc["c"]["estimate"] == 1.0
+    m = Q.confusion(truth, pred, ["a", "b", "c"])
+    assert m.loc["a", "b"] == 1 and m.loc["b", "a"] == 1 and int(np.trace(m.to_numpy())) == 4
+    assert Q.completeness(9, 10)["estimate"] == 0.9
+
+
+def test_distribution_vs_prior_tv_and_chi_square():
+    labels = ["a"] * 60 + ["b"] * 40
+    d = Q.distribution_vs_prior(labels, {"a": 0.5, "b": 0.5})
+    assert d["tv_distance"] == pytest.approx(0.1)
+    assert d["chi2"] == pytest.approx(4.0)  # (60-50)^2/50 + (40-50)^2/50
+    assert d["p_value"] == pytest.approx(0.0455, abs=1e-3)
+    assert Q.distribution_vs_prior(labels, None)["tv_distance"] is None
+
+
+def test_pii_scan_finds_emails_and_phones():
+    r = Q.pii_scan(["write to jane.doe@example.com", "call +44 20 7946 0958", "nothing here, 2024 results"],
+                   ["i1", "i2", "i3"])
+    assert r["hits"]["email"]["example_items"] == ["i1"]
+    assert r["hits"]["phone"]["example_items"] == ["i2"]
+    assert r["items_flagged"] == 2
+
+
+def _final():
+    # 10 audited items: the machine label was right on 8; 5 reviewed; 5 auto
+    rows = []
+    for i in range(10):
+        rows.append(dict(item_id=f"a{i}", label="x", fused_label="x" if i < 8 else "y", route="audit",
+                         source="calibrated"))
+    for i in range(5):
+        rows.append(dict(item_id=f"r{i}", label="y", fused_label="x", route="review", source="calibrated"))
+    for i in range(5):
+        rows.append(dict(item_id=f"u{i}", label="x", fused_label="x", route="auto", source="auto"))
+    return pd.DataFrame(rows)
+
+
+def test_measure_and_gates():
+    final = _final()
+    human = pd.DataFrame({"item_id": final.loc[final.route != "auto", "item_id"], "annotator": "ann-1",
+                          "label": final.loc[final.route != "auto", "label"]})
+    models = pd.concat([pd.DataFrame({"item_id": final["item_id"], "labeler": n, "label": final["fused_label"]})
+                        for n in ("m1", "m2")])
+    rep = Q.measure(final, ["x", "y"], human=human, models=models, prior={"x": 0.5, "y": 0.5})
+    assert rep["audit"]["accuracy"]["estimate"] == 0.8 and rep["audit"]["accuracy"]["n"] == 10
+    assert rep["source_shares"]["auto"]["share"] == 0.25
+    assert rep["agreement"]["labelers"]["fleiss_kappa"] == 1.0  # two identical labelers
+    assert rep["per_annotator"]["ann-1"]["agree_with_final"]["estimate"] == 1.0
+
+    q = QualitySpec(min_accuracy=0.9, blocking=("audit_accuracy",), max_prior_distance=0.5)
+    gates = {g["name"]: g for g in Q.evaluate_gates(rep, q)}
+    assert gates["audit_accuracy"]["passed"] is False and gates["audit_accuracy"]["blocking"] is True
+    assert gates["prior_tv_distance"]["passed"] is True and not gates["prior_tv_distance"]["blocking"]
+    q2 = QualitySpec(min_accuracy=0.5, accuracy_gate="lower_bound", interval="clopper-pearson")
+    g2 = {g["name"]: g for g in Q.evaluate_gates(rep, q2)}
+    assert g2["audit_accuracy"]["value"] == pytest.approx(0.4439, abs=1e-4) and g2["audit_accuracy"]["passed"] is False
+    # no audit sample: the gate says the evidence is missing and does not block
+    rep_no = Q.measure(final[final.route == "auto"], ["x", "y"])
+    g3 = {g["name"]: g for g in Q.evaluate_gates(rep_no, q)}
+    assert g3["audit_accuracy"]["passed"] is None and g3["audit_accuracy"]["blocking"] is False
+
+
+def test_quality_spec_rejects_unknown_gates_and_standards():
+    from factory.errors import SpecError
+    from factory.spec import parse_spec
+    from conftest import news_spec
+
+    with pytest.raises(SpecError, match="quality.blocking"):
+        parse_spec(news_spec(quality={"blocking": ["vibes"]}))
+    with pytest.raises(SpecError, match="unknown quality standard 'nope'"):
+        parse_spec(news_spec(quality={"standard": "nope"}))
+    s = parse_spec(news_spec())
+    assert s.quality.standard == "factory-default-1.0.0" and s.delivery.tokenizer == "whitespace-cjk"
+    assert (s.quality.auto_accept.epsilon, s.quality.auto_accept.delta) == (0.05, 0.1)
