@@ -43,12 +43,56 @@ class SeedSpec(_Strict):
     size: int = Field(default=100, ge=2)
 
 
+QUALITY_GATES = ("audit_accuracy", "gold_accuracy", "completeness", "prior_tv_distance", "machine_people_kappa",
+                 "people_alpha", "pii_items")
+
+
+class AutoAcceptSpec(_Strict):
+    """Auto-accept with a guarantee: error among auto-accepted items <= epsilon with probability >= 1 - delta."""
+
+    epsilon: float = Field(default=0.05, gt=0, lt=1)
+    delta: float = Field(default=0.1, gt=0, lt=1)
+
+
 class QualitySpec(_Strict):
     confidence_threshold: float = Field(default=0.9, ge=0, le=1)
     audit_rate: float = Field(default=0.02, ge=0, le=1)
     bias_ratio: float = Field(default=2.0, gt=1)
     min_accuracy: float = Field(default=0.9, ge=0, le=1)
     max_quarantine_rate: float = Field(default=0.1, ge=0, le=1)
+    # the quality standard (checks/standards/<id>-<version>.json) this dataset is checked against
+    standard: str = "factory-default-1.0.0"
+    # measured quality (factory/quality.py): interval kind, level, thresholds, and which gates block a release
+    interval: Literal["wilson", "clopper-pearson"] = "wilson"
+    confidence_level: float = Field(default=0.95, gt=0.5, lt=1)
+    accuracy_gate: Literal["estimate", "lower_bound"] = "estimate"
+    min_gold_accuracy: float | None = Field(default=None, ge=0, le=1)
+    min_completeness: float | None = Field(default=1.0, ge=0, le=1)
+    max_prior_distance: float | None = Field(default=None, ge=0, le=1)
+    min_kappa: float | None = Field(default=None, ge=-1, le=1)
+    min_alpha: float | None = Field(default=None, ge=-1, le=1)
+    max_pii_items: int | None = Field(default=None, ge=0)
+    blocking: tuple[str, ...] = ()
+    gold: str | None = None  # CSV (item_id or text, label) of known-correct labels, relative to the factory root
+    auto_accept: AutoAcceptSpec = AutoAcceptSpec()
+
+    @field_validator("standard")
+    @classmethod
+    def _standard_exists(cls, v: str) -> str:
+        from checks.standards import STANDARDS_DIR
+
+        if not (STANDARDS_DIR / f"{v}.json").is_file():
+            known = sorted(p.stem for p in STANDARDS_DIR.glob("*.json"))
+            raise ValueError(f"unknown quality standard '{v}'; known: {known}")
+        return v
+
+    @field_validator("blocking")
+    @classmethod
+    def _known_gates(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        bad = [g for g in v if g not in QUALITY_GATES]
+        if bad:
+            raise ValueError(f"unknown quality gate(s) {bad}; known: {list(QUALITY_GATES)}")
+        return v
 
 
 class ReviewSpec(_Strict):
@@ -67,6 +111,12 @@ class ComplianceSpec(_Strict):
     personal_information: tuple[str, ...] = ()
 
 
+class DeliverySpec(_Strict):
+    """How deliveries to clients are metered: the tokenizer that counts text tokens."""
+
+    tokenizer: Literal["whitespace-cjk", "whitespace", "characters"] = "whitespace-cjk"
+
+
 class DatasetSpec(_Strict):
     name: str
     description: str = Field(min_length=1)
@@ -80,6 +130,7 @@ class DatasetSpec(_Strict):
     review: ReviewSpec = ReviewSpec()
     splits: dict[str, float] = Field(default_factory=lambda: {"train": 0.8, "validation": 0.1, "test": 0.1})
     compliance: ComplianceSpec = ComplianceSpec()
+    delivery: DeliverySpec = DeliverySpec()
 
     @field_validator("name")
     @classmethod
