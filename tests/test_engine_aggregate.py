@@ -188,19 +188,47 @@ def _model_answers(n_items=200, seed=0, noise=(0.1, 0.1, 1.0)):
 def test_probability_inputs_fuse_with_per_model_reliability():
     answers, truth = _model_answers()
     res = aggregate_full(answers, method="auto")
-    assert res.method == "auto:loglinear"
+    assert res.method == "auto:ds"
     _check_frame(res.items, ["a", "b", "c"])
     acc = (res.items["label"].to_numpy() == truth.to_numpy()).mean()
     assert acc > 0.95
     rel = res.workers["reliability"]
     assert rel["model2"] < rel["model0"] - 0.2 and rel["model2"] < rel["model1"] - 0.2
-    # a single model's vector passes through unchanged
-    one = aggregate(answers[answers["worker_id"] == "model0"], method="auto")
+    conf = res.workers["confusion"]["model2"]
+    assert conf.shape == (3, 3) and np.allclose(conf.sum(axis=1), 1.0)
+    assert np.diag(res.workers["confusion"]["model0"]).min() > 0.9 > np.diag(conf).max()
+
+
+def test_loglinear_pool_passes_a_single_model_through_and_downweights_noise():
+    answers, truth = _model_answers()
+    res = aggregate_full(answers, method="loglinear")
+    assert (res.items["label"].to_numpy() == truth.to_numpy()).mean() > 0.95
+    one = aggregate(answers[answers["worker_id"] == "model0"], method="loglinear")
     np.testing.assert_allclose(
         one[["prob_a", "prob_b", "prob_c"]].to_numpy(),
         answers.loc[answers["worker_id"] == "model0", ["prob_a", "prob_b", "prob_c"]].to_numpy(),
         atol=1e-5,
     )
+
+
+def test_soft_fusion_is_calibrated_on_independent_models():
+    # three calibrated models of different strength: the fused confidence should be honest
+    rng = np.random.default_rng(11)
+    n, K = 4000, 4
+    truth = rng.integers(0, K, size=n)
+    frames = []
+    for m, strength in enumerate([2.5, 1.5, 0.8]):
+        logits = rng.normal(0, 1, size=(n, K))
+        logits[np.arange(n), truth] += strength
+        P = np.exp(logits) / np.exp(logits).sum(1, keepdims=True)
+        f = pd.DataFrame(P, columns=[f"prob_{k}" for k in range(K)])
+        f.insert(0, "item_id", np.arange(n))
+        f.insert(1, "worker_id", f"m{m}")
+        frames.append(f)
+    items = aggregate(pd.concat(frames, ignore_index=True), classes=list(range(K)))
+    correct = items["label"].to_numpy() == truth
+    assert correct.mean() > 0.85
+    assert expected_calibration_error(items["confidence"], correct) < 0.03
 
 
 @pytest.mark.parametrize("method", ALL)

@@ -1,31 +1,39 @@
 """Answer aggregation: turn many noisy answers per item into one label with a posterior.
 
-All methods work on one sparse matrix ``A`` (items x (worker, answered class)) built
+All methods work on one sparse matrix ``A`` (items x (worker, observation)) built
 once from the answer table; every EM step is two sparse-dense products
 (``A @ log_confusion`` for the E-step, ``A.T @ posteriors`` for the M-step), so
-there is no Python loop over answers, items or workers.  Soft answers (a
-probability vector per answer, columns ``prob_<class>``) enter ``A`` as
-fractional counts.
+there is no Python loop over answers, items or workers.
+
+Soft answers (a probability vector per answer, columns ``prob_<class>``, e.g. from a
+model) enter the Dawid-Skene family as the observation *(argmax class, confidence
+bin)*, the bin being the answer's confidence quartile among its own worker's answers.
+Each worker's confusion matrix then has K x 4K cells and learns, without any truth,
+how often that model is right when it is very sure versus barely sure: a per-model
+calibration inside the fusion.  (Fractional counts, the obvious alternative, flatten
+the confusion rows until EM settles at near-uniform posteriors.)
 
 Methods
 -------
 ``mv``        majority vote over hard labels (soft answers vote with their argmax);
               posteriors are vote shares; ties go to the first class in ``classes``.
 ``weighted``  weighted vote: each answer adds ``weight * p`` (soft vote / linear pool).
-``ds``        Dawid-Skene (1979) EM with a per-worker K x K confusion matrix, a
-              weak symmetric Dirichlet prior on each confusion row and on the class
-              prior (MAP), initialised from the weighted vote.
-``one_coin``  Dawid-Skene with one accuracy per worker (errors spread uniformly).
+``ds``        Dawid-Skene (1979) EM with a per-worker confusion matrix under a Dirichlet
+              prior that leans to the diagonal (``ds_diag`` on the diagonal, ``ds_alpha``
+              elsewhere, per row) and a Dirichlet(``class_alpha``) class prior (MAP
+              estimates), initialised from the weighted vote; stops when crowd-kit's
+              ELBO-per-answer improves by less than ``tol``.
+``one_coin``  Dawid-Skene with one accuracy per worker (errors spread uniformly);
+              soft answers count as their argmax.
 ``loglinear`` logarithmic opinion pool: per item, the weighted geometric mean of the
               answers' probability vectors; a worker's weight is the log-odds of its
-              leave-one-out agreement with the other workers.  Weights sum to one per
-              item, so calibrated inputs give a calibrated-or-conservative output.
-``auto``      ``loglinear`` when every answer is a probability vector from a small
-              set of workers (the pipeline's model fusion); otherwise ``ds`` with
-              hierarchical confusion priors: each worker's confusion row is shrunk
-              towards the pooled confusion matrix of all workers with
-              ``prior_strength`` pseudo-answers, so one-answer and unknown workers
-              behave like the average worker and rare classes do not collapse.
+              leave-one-out agreement with the others.  Weights sum to one per item.
+``auto``      ``ds`` with hierarchical confusion priors: each worker's confusion row is
+              shrunk towards the pooled confusion matrix of all workers with
+              ``prior_strength`` pseudo-answers on top of the diagonal-leaning prior.
+              Works for humans, models (soft answers) and both mixed.  The prior values
+              were chosen on the ``dog`` crowd set only (see benchmarks/aggregation.py);
+              there the best shrinkage was 0, so by default auto equals ``ds``.
 """
 
 from __future__ import annotations
@@ -61,7 +69,7 @@ DEFAULTS: dict[str, Any] = {
     # so a one-answer worker's answer stays evidence and a class nobody chose stays unlikely
     "prior_strength": 0.0,  # auto: pseudo-answers per confusion row drawn from the pooled matrix (dog-tuned: 0)
     "class_alpha": 1.0,  # Dirichlet pseudo-count per class on the class prior
-    "loglinear_max_workers": 20,  # auto picks loglinear only for this few all-soft workers
+    "soft_bins": 4,  # DS family: a soft answer is (argmax, confidence quartile within its worker)
     "loglinear_iter": 5,
     "prob_floor": 1e-6,  # floor on model probabilities before taking logs
     "interval": 0.95,  # reliability interval mass
@@ -104,6 +112,7 @@ class _Encoded:
     a_weight: np.ndarray
     a_soft: np.ndarray  # bool
     a_hard_label: np.ndarray  # argmax class for soft answers
+    a_conf: np.ndarray  # max probability for soft answers, 1 for hard ones
     a_probs: np.ndarray | None  # (n_answered, K) only built for loglinear
     n_missing: int
     n_anonymous: int
@@ -313,6 +322,7 @@ def _encode(answers: pd.DataFrame, classes: Iterable | None, need_probs: bool = 
         a_weight=weight[a],
         a_soft=soft[a],
         a_hard_label=label_codes[a],
+        a_conf=(P.max(axis=1)[a] if P is not None else np.ones(len(item_codes[a]))),
         a_probs=a_probs,
         n_missing=n_missing,
         n_anonymous=n_anon,
@@ -350,24 +360,51 @@ def _normalise_votes(V: np.ndarray) -> np.ndarray:
     return np.divide(V, tot, out=np.full_like(V, 1.0 / K), where=tot > 0)
 
 
-def _design_matrix(enc: _Encoded, K: int, n_items: int) -> sparse.csr_matrix:
-    """A[i, w*K + l] = weighted mass worker w put on class l for item i (CSR, rows = items).
+def _confidence_bins(enc: _Encoded, n_bins: int) -> np.ndarray:
+    """Per answer, its confidence bin among its own worker's soft answers (0 = least sure).
+
+    Bin edges are each worker's confidence quantiles, so a model that is always 0.99 sure
+    and one that is always 0.6 sure both spread over the bins; what a bin *means* for the
+    true class is then learned per worker in its confusion matrix.  Hard answers go to the
+    top bin.  Ties go to the lower bin, so the result does not depend on row order.
+    """
+    bins = np.full(len(enc.a_item), n_bins - 1, dtype=np.int64)
+    soft_rows = np.flatnonzero(enc.a_soft)
+    if n_bins <= 1 or not len(soft_rows):
+        return bins
+    w = enc.a_worker[soft_rows]
+    c = enc.a_conf[soft_rows]
+    order = np.lexsort((c, w))
+    cs = c[order]
+    counts = np.bincount(w, minlength=enc.n_workers)
+    starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
+    q = np.arange(1, n_bins) / n_bins
+    pos = starts[:, None] + np.floor(counts[:, None] * q).astype(np.int64)
+    pos = np.clip(pos, 0, len(cs) - 1)
+    thresholds = cs[pos]  # (workers, n_bins - 1); rows of workers without soft answers are unused
+    bins[soft_rows] = (c[:, None] > thresholds[w]).sum(axis=1)
+    return bins
+
+
+def _design_matrix(
+    item: np.ndarray, worker: np.ndarray, obs: np.ndarray, mass: np.ndarray, n_items: int, n_workers: int, n_obs: int
+) -> sparse.csr_matrix:
+    """A[i, worker*J + obs] = weighted mass of that observation for item i (CSR, rows = items).
 
     Built by a counting sort on the item code (no COO round trip); repeated (item, worker,
-    label) entries stay as separate non-zeros, which products treat as their sum.
+    observation) entries stay as separate non-zeros, which products treat as their sum.
     """
-    item = enc.e_item
-    data = enc.e_p * enc.e_weight
-    cols = enc.e_worker * K + enc.e_label
+    cols = worker * n_obs + obs
+    n_cols = n_workers * n_obs
     if len(item) > 1 and np.any(item[1:] < item[:-1]):
         order = np.argsort(item, kind="stable")
-        item, data, cols = item[order], data[order], cols[order]
+        item, mass, cols = item[order], mass[order], cols[order]
     indptr = np.zeros(n_items + 1, dtype=np.int64)
     np.cumsum(np.bincount(item, minlength=n_items), out=indptr[1:])
-    index_dtype = np.int32 if enc.n_workers * K < 2**31 and len(item) < 2**31 else np.int64
+    index_dtype = np.int32 if n_cols < 2**31 and len(item) < 2**31 else np.int64
     return sparse.csr_matrix(
-        (data, cols.astype(index_dtype, copy=False), indptr.astype(index_dtype, copy=False)),
-        shape=(n_items, enc.n_workers * K),
+        (mass, cols.astype(index_dtype, copy=False), indptr.astype(index_dtype, copy=False)),
+        shape=(n_items, n_cols),
     )
 
 
@@ -378,8 +415,15 @@ def _em(
     T: np.ndarray,
     mode: str,
     opts: dict,
+    n_bins: int = 1,
+    used_bins: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, int, bool, float]:
-    """EM for Dawid-Skene family; returns posteriors, confusion (W,K,K), class prior, iters, converged, loglik."""
+    """EM for the Dawid-Skene family over observations j = answered class * n_bins + bin.
+
+    Returns posteriors, confusion (W, K, K*n_bins), class prior, iterations, converged,
+    log-likelihood.  With n_bins = 1 this is textbook Dawid-Skene.
+    """
+    J = K * n_bins
     AT = A.T  # CSC view of the same arrays: A.T @ T scatters rows of T in item order (cache friendly)
     item_mass = np.asarray(A.sum(axis=1)).ravel()
     total_mass = max(float(item_mass.sum()), 1.0)
@@ -394,6 +438,15 @@ def _em(
     base = np.full((K, K), float(opts["ds_alpha"]))
     np.fill_diagonal(base, float(opts["ds_diag"]))
     idx = np.arange(K)
+    if n_bins > 1:
+        # spread each cell's pseudo-count over the bins the worker actually uses, so a worker
+        # with hard answers only gets exactly the textbook prior
+        assert used_bins is not None
+        used_bins = used_bins.copy()
+        used_bins[~used_bins.any(axis=1)] = True  # a worker with no usable answer: any bin
+        share = used_bins / used_bins.sum(axis=1, keepdims=True)  # (W, B)
+        base = base[None, :, :, None] * share[:, None, None, :]  # (W, K, K, B)
+        base = base.reshape(n_workers, K, J)
     # entropy of the current posteriors (crowd-kit clips at 1e-10 before the log)
     Tc = np.clip(T, 1e-10, None)
     entropy = -float(np.vdot(Tc, np.log(Tc)))
@@ -404,8 +457,8 @@ def _em(
     # several times slower and dominated the iteration time.
     for it in range(1, max_iter + 1):
         # M-step: expected (true k, answered l) counts per worker
-        C = np.asarray(AT @ T).reshape(n_workers, K, K).transpose(0, 2, 1)  # (w, k, l)
-        if mode == "one_coin":
+        C = np.asarray(AT @ T).reshape(n_workers, J, K).transpose(0, 2, 1)  # (w, k, j)
+        if mode == "one_coin":  # always called with n_bins == 1
             diag = np.einsum("wkk->w", C)
             nw = C.sum(axis=(1, 2))
             acc = (diag + 2.0) / (nw + 3.0)  # Beta(2,1) prior: workers start better than chance-ish
@@ -414,7 +467,7 @@ def _em(
             pi[:, idx, idx] = acc[:, None]
         else:
             if mode == "hier":
-                pooled = C.sum(axis=0) + base
+                pooled = C.sum(axis=0) + (base if base.ndim == 2 else base.mean(axis=0))
                 pooled /= pooled.sum(axis=1, keepdims=True)
                 alpha = float(opts["prior_strength"]) * pooled[None] + base
             else:
@@ -425,7 +478,8 @@ def _em(
         rho /= rho.sum()
         log_rho = np.log(rho)
         # E-step
-        logpi = np.ascontiguousarray(np.log(pi).transpose(0, 2, 1)).reshape(n_workers * K, K)  # row w*K+l, col k
+        # unused bins have pi = 0; nothing observes them, the floor only keeps 0 * log 0 at 0
+        logpi = np.ascontiguousarray(np.log(np.maximum(pi, 1e-300)).transpose(0, 2, 1)).reshape(n_workers * J, K)  # row w*J+j, col k
         L = np.asarray(A @ logpi)
         # Stopping quantity: crowd-kit DawidSkene's evidence lower bound per answer, at
         # (previous posteriors, new parameters), which counts the log class prior once per
@@ -498,8 +552,6 @@ def _loglinear(enc: _Encoded, K: int, n_items: int, opts: dict) -> tuple[np.ndar
 
 
 def _choose_auto(enc: _Encoded, opts: dict) -> str:
-    if len(enc.a_soft) and enc.a_soft.all() and enc.n_workers <= int(opts["loglinear_max_workers"]):
-        return "loglinear"
     return "ds_hier"
 
 
@@ -552,16 +604,26 @@ def aggregate_full(
     elif chosen == "loglinear":
         T, _, iters, converged = _loglinear(enc, K, n_items, o)
     else:
-        A = _design_matrix(enc, K, n_items)
-        T0 = _normalise_votes(_vote_counts(enc, K, n_items, enc.e_p * enc.e_weight, enc.e_label, enc.e_item))
         mode = {"ds": "ds", "ds_hier": "hier", "one_coin": "one_coin"}[chosen]
+        # Soft answers enter as (argmax class, confidence bin) observations: fractional
+        # counts flatten the confusion rows until EM settles at near-uniform posteriors.
+        n_bins = int(o["soft_bins"]) if (mode != "one_coin" and enc.a_soft.any()) else 1
+        bins = _confidence_bins(enc, n_bins)
+        used = np.zeros((enc.n_workers, n_bins), dtype=bool)
+        used[enc.a_worker, bins] = True
+        A = _design_matrix(
+            enc.a_item, enc.a_worker, enc.a_hard_label * n_bins + bins, enc.a_weight.astype(float), n_items, enc.n_workers, K * n_bins
+        )
+        T0 = _normalise_votes(_vote_counts(enc, K, n_items, enc.e_p * enc.e_weight, enc.e_label, enc.e_item))
         if K == 1:
             T, iters = T0, 0
             confusion = np.ones((enc.n_workers, 1, 1))
             rho = np.ones(1)
         else:
             with _single_thread_blas():
-                T, confusion, rho, iters, converged, ll = _em(A, enc.n_workers, K, T0, mode, o)
+                T, confusion, rho, iters, converged, ll = _em(A, enc.n_workers, K, T0, mode, o, n_bins, used)
+            if n_bins > 1:  # report the class-by-class confusion, bins summed
+                confusion = confusion.reshape(enc.n_workers, K, K, n_bins).sum(axis=3)
     if rho is None:
         rho = T.sum(axis=0) + float(o["class_alpha"])
         rho = rho / rho.sum()
