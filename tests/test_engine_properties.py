@@ -7,7 +7,7 @@ from hypothesis import strategies as st
 
 from factory.engine import METHODS, aggregate
 
-SETTINGS = settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+SETTINGS = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 
 @st.composite
