@@ -435,5 +435,11 @@ def bench(name: str, out_dir: str, data: str | None, answers: int | None, seeds:
         click.echo("\n".join(lines))
 
 
+# ----------------------------------------------------------------------------- operations
+from factory.cli_ops import db as _db_commands  # noqa: E402  (operations commands live in cli_ops)
+
+main.add_command(_db_commands)
+
+
 if __name__ == "__main__":
     main()

@@ -204,7 +204,9 @@ class Ledger:
         else:
             self.engine = sa.create_engine(url, pool_pre_ping=True)
             self.reader = self.engine
-        metadata.create_all(self.engine)
+        from factory.db import ensure_schema  # SQLite upgrades itself; other databases must be at the head
+
+        ensure_schema(self.engine, url, metadata)
 
     # ----------------------------------------------------------------- specs and batches
     def record_spec(self, dataset: str, version: str, guideline_version: str, body: dict) -> bool:
@@ -291,13 +293,24 @@ class Ledger:
         with self.engine.begin() as c:
             return self._append(c, dataset, events)
 
+    def _lock_head(self, c, dataset: str):
+        """Lock the dataset's chain head for this transaction (SQLite: BEGIN IMMEDIATE did already)."""
+        if c.dialect.name == "postgresql":
+            # a row to lock must exist: two first writers would otherwise both insert the head
+            from sqlalchemy.dialects.postgresql import insert as pg_insert
+
+            c.execute(pg_insert(chain_heads).values(dataset=dataset, seq=0, hash=GENESIS).on_conflict_do_nothing())
+        return c.execute(sa.select(chain_heads).where(chain_heads.c.dataset == dataset).with_for_update()).first()
+
     def _append(self, c, dataset: str, events: Sequence[dict]) -> int:
+        # the head lock comes first: concurrent appenders of a dataset queue on it, and the dedup check
+        # below then sees every event they committed (PostgreSQL READ COMMITTED takes a new snapshot)
+        head = self._lock_head(c, dataset)
         keys = [e["dedup_key"] for e in events if e.get("dedup_key")]
         existing: set[str] = set()
         for i in range(0, len(keys), 500):
             existing.update(r[0] for r in c.execute(sa.select(label_events.c.dedup_key).where(
                 label_events.c.dedup_key.in_(keys[i:i + 500]))))
-        head = c.execute(sa.select(chain_heads).where(chain_heads.c.dataset == dataset).with_for_update()).first()
         prev = head.hash if head else GENESIS
         rows = []
         ts = now()

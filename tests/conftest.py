@@ -69,3 +69,54 @@ def write_csv(path: Path, texts, extra: dict | None = None) -> Path:
 
 def pytest_configure(config):
     os.environ.setdefault("GX_ANALYTICS_ENABLED", "False")
+
+
+# ----------------------------------------------------------------------------- PostgreSQL (marker `postgres`)
+PG_DEFAULT_URL = "postgresql+psycopg2://postgres@127.0.0.1:5432/test"
+
+
+@pytest.fixture(scope="session")
+def pg_server():
+    """An admin engine on $FACTORY_TEST_PG_URL; skips when no server answers, fails instead under CI=true."""
+    import sqlalchemy as sa
+
+    url = os.environ.get("FACTORY_TEST_PG_URL", PG_DEFAULT_URL)
+    engine = sa.create_engine(url, isolation_level="AUTOCOMMIT", connect_args={"connect_timeout": 3})
+    try:
+        with engine.connect() as c:
+            c.exec_driver_sql("SELECT 1")
+    except Exception as e:  # noqa: BLE001 - any connection failure means "no server"
+        engine.dispose()
+        msg = (f"no PostgreSQL server answers at {url} ({type(e).__name__}: {str(e).strip().splitlines()[0]}); "
+               f"start one or set FACTORY_TEST_PG_URL")
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail(f"CI=true and {msg}", pytrace=False)
+        pytest.skip(msg)
+    yield engine
+    engine.dispose()
+
+
+@pytest.fixture(scope="session")
+def pg_database(pg_server):
+    """Make a fresh database on the test server (`pg_database('tag') -> url`); all are dropped at the end."""
+    import uuid
+
+    created: list[str] = []
+
+    def make(tag: str = "db") -> str:
+        name = f"factory_t_{tag}_{os.getpid()}_{uuid.uuid4().hex[:8]}"
+        with pg_server.connect() as c:
+            c.exec_driver_sql(f'CREATE DATABASE "{name}"')
+        created.append(name)
+        return pg_server.url.set(database=name).render_as_string(hide_password=False)
+
+    yield make
+    with pg_server.connect() as c:
+        for name in created:
+            c.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture
+def pg_url(pg_database) -> str:
+    """A fresh, empty PostgreSQL database for one test (URL with postgresql+psycopg2)."""
+    return pg_database("ledger")
