@@ -236,7 +236,7 @@ def fuse(fx: Factory, dataset: str, batch_id: str, run_id: str | None = None) ->
     write_table(out, fx.paths.table("fused_labels", dataset, batch_id))
     meta = _meta(spec, run_id)
     events = [dict(batch_id=batch_id, item_id=r.item_id, kind="fusion", actor="fusion:auto", label=r.label,
-                   confidence=r.confidence, dedup_key=f"fusion:{batch_id}:{r.item_id}:{run_id or ''}",
+                   confidence=r.confidence, dedup_key=f"fusion:{batch_id}:{r.item_id}:{r.label}:{float(r.confidence):.6f}",
                    payload={"agreement": round(float(r.agreement), 4)}, **meta)
               for r in out.itertuples(index=False)]
     fx.ledger.append_events(dataset, events)
