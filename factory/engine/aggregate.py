@@ -586,7 +586,7 @@ def aggregate_full(
     if unknown:
         raise ValueError(f"unknown option(s) {sorted(unknown)}; known: {sorted(DEFAULTS)}")
     o = {**DEFAULTS, **opts}
-    need_probs = method in ("loglinear", "auto")
+    need_probs = method == "loglinear"
     enc = _encode(answers, classes, need_probs=need_probs)
     K = len(enc.classes)
     n_items = len(enc.item_ids)
