@@ -108,6 +108,13 @@ def evaluate_set(data: Path, name: str, skip_slow: bool = False) -> dict:
         "truth_class_share": {str(c): round(float((truth == c).mean()), 4) for c in classes},
         "factory_class_prior": {k.removeprefix("prob_"): round(float(v), 4) for k, v in res.class_prior.items()},
     }
+    # ceiling of any answers-only aggregator: items where most / all answers are wrong
+    scored = answers[answers["item_id"].isin(truth.index)]
+    right_share = (scored["label"].to_numpy() == truth.reindex(scored["item_id"]).to_numpy())
+    share = pd.Series(right_share, index=scored["item_id"].to_numpy()).groupby(level=0).mean()
+    analysis["items_where_most_answers_are_wrong"] = int((share < 0.5).sum())
+    analysis["items_where_no_answer_is_right"] = int((share == 0).sum())
+    analysis["factory_errors"] = int((ours != truth).sum())
     return {
         "factory": round(factory_acc, 4),
         "crowdkit": crowdkit,
