@@ -231,7 +231,7 @@ def fuse(fx: Factory, dataset: str, batch_id: str, run_id: str | None = None) ->
     fused = aggregate(answers, method="auto", classes=classes)
     wide = preds.pivot(index="item_id", columns="labeler", values="label")
     fused["agreement"] = wide.eq(fused["label"], axis=0).mean(axis=1).reindex(fused.index)
-    fused["disagreement"] = wide.nunique(axis=1).reindex(fused.index) > 1
+    fused["disagreement"] = wide.ne(wide.iloc[:, 0], axis=0).any(axis=1).reindex(fused.index)
     out = fused.reset_index()[["item_id", "label", "confidence", "agreement", "disagreement", *prob_cols(classes)]]
     write_table(out, fx.paths.table("fused_labels", dataset, batch_id))
     meta = _meta(spec, run_id)
@@ -301,24 +301,29 @@ def final_labels(fx: Factory, dataset: str, batch_id: str, run_id: str | None = 
     out["route"] = routes["route"].reindex(out.index)
     out["fused_label"] = fused["label"].astype(str)
     out["fused_confidence"] = fused["confidence"].astype(float)
-    out["annotators"] = [[] for _ in range(len(out))]
-    event_ids = {i: list(machine_events.get(i, [])) for i in out.index}
+    human_events = pd.Series([[] for _ in range(len(out))], index=out.index, dtype=object)
+    out["annotators"] = "[]"
     if not decisions.empty:
-        kinds = tasks.set_index("task_id")["kind"]
-        decisions = decisions.assign(task_kind=decisions["task_id"].map(kinds))
-        for item_id, grp in decisions.groupby("item_id"):
-            if item_id not in out.index:
-                continue
-            counts = grp["label"].value_counts()
-            top = sorted(counts[counts == counts.max()].index)[0]
-            out.at[item_id, "label"] = top
-            out.at[item_id, "confidence"] = float(counts.max() / counts.sum())
-            out.at[item_id, "source"] = "annotated" if (grp["task_kind"] == "seed").all() else "calibrated"
-            out.at[item_id, "annotators"] = sorted(grp["actor"].unique().tolist())
-            event_ids[item_id] += grp["event_id"].tolist()
-    out["event_ids"] = [json.dumps(event_ids[i]) for i in out.index]
-    out["n_events"] = [len(event_ids[i]) for i in out.index]
-    out["annotators"] = out["annotators"].map(json.dumps)
+        d = decisions[decisions["item_id"].isin(out.index)].assign(
+            task_kind=lambda x: x["task_id"].map(tasks.set_index("task_id")["kind"]))
+        # majority of the people's current answers per item; ties go to the alphabetically first label
+        votes = d.groupby(["item_id", "label"]).size().rename("n").reset_index()
+        votes["total"] = votes.groupby("item_id")["n"].transform("sum")
+        top = votes.sort_values(["item_id", "n", "label"], ascending=[True, False, True]).drop_duplicates("item_id")
+        top = top.set_index("item_id")
+        per_item = d.groupby("item_id").agg(all_seed=("task_kind", lambda k: bool((k == "seed").all())),
+                                            annotators=("actor", lambda a: json.dumps(sorted(set(a)))),
+                                            events=("event_id", list))
+        idx = top.index
+        out.loc[idx, "label"] = top["label"].astype(str)
+        out.loc[idx, "confidence"] = (top["n"] / top["total"]).astype(float)
+        out.loc[idx, "source"] = per_item.loc[idx, "all_seed"].map({True: "annotated", False: "calibrated"})
+        out.loc[idx, "annotators"] = per_item.loc[idx, "annotators"]
+        human_events.loc[idx] = per_item.loc[idx, "events"]
+    machine = machine_events.reindex(out.index)
+    event_lists = [(m if isinstance(m, list) else []) + h for m, h in zip(machine, human_events)]
+    out["event_ids"] = [json.dumps(e) for e in event_lists]
+    out["n_events"] = [len(e) for e in event_lists]
     out["spec_version"] = spec.version
     out["guideline_version"] = spec.guideline.version
     out = out.reset_index()
