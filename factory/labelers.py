@@ -431,6 +431,7 @@ class _TemperatureScaledLinear(Labeler):
     """
 
     default_temperature = 1.0
+    temperature_prior_weight = 20.0
 
     def _make_model(self) -> Any:
         raise NotImplementedError
@@ -449,7 +450,11 @@ class _TemperatureScaledLinear(Labeler):
             cv = StratifiedKFold(n_splits=folds, shuffle=True, random_state=self.seed)
             for train_idx, test_idx in cv.split(np.zeros(len(y)), y):
                 oof[test_idx] = _logits(self._make_model().fit(X[train_idx], y[train_idx]), X[test_idx])
-            self.temperature_ = _fit_temperature(oof, y_cols)
+            fitted = _fit_temperature(oof, y_cols)
+            # A temperature fitted on ten held-out scores is noise: shrink log t towards the default
+            # as if the default had been seen on `temperature_prior_weight` items.
+            weight = len(y) / (len(y) + self.temperature_prior_weight)
+            self.temperature_ = float(math.exp(weight * math.log(fitted) + (1 - weight) * math.log(self.default_temperature)))
 
     def _fit_notes(self) -> dict[str, Any]:
         if not hasattr(self, "temperature_"):
@@ -461,12 +466,51 @@ class _TemperatureScaledLinear(Labeler):
         return _softmax(self.temperature_ * _logits(self.model_, X))
 
 
+def _char_wb_counts(hasher: HashingVectorizer, texts: list[str], max_chars: int | None = None) -> sp.csr_matrix:
+    """Hashed char_wb n-gram counts of `texts`, computed per distinct word rather than per document.
+
+    char_wb n-grams never cross a whitespace-separated word, so a document's
+    counts are (word counts) @ (n-gram counts of each word). Hashing each
+    distinct word once instead of every occurrence is several times faster than
+    `hasher.transform(texts)` and gives the same matrix (the hasher must use
+    analyzer="char_wb", lowercase=True, norm=None).
+    """
+    if max_chars is not None:
+        texts = [t[:max_chars] for t in texts]
+    words = CountVectorizer(lowercase=True, token_pattern=r"\S+", dtype=np.float32)
+    try:
+        word_counts = words.fit_transform(texts)
+    except ValueError:  # every text empty
+        return sp.csr_matrix((len(texts), hasher.n_features), dtype=np.float32)
+    ngrams_of_word = hasher.transform(words.get_feature_names_out())
+    return (word_counts @ ngrams_of_word).tocsr()
+
+
+class _CharNgramTfidf:
+    """Hashed char_wb n-grams, sublinear TF-IDF weighted and L2-normalised (fast path of `_char_wb_counts`)."""
+
+    def __init__(self, ngram_range: Sequence[int], n_features: int, max_chars: int | None) -> None:
+        self.hasher = HashingVectorizer(analyzer="char_wb", ngram_range=tuple(ngram_range), n_features=n_features,
+                                        alternate_sign=False, norm=None, dtype=np.float32)
+        self.max_chars = max_chars
+        self.tfidf = TfidfTransformer(sublinear_tf=True)
+
+    def fit_transform(self, texts: list[str]) -> sp.csr_matrix:
+        counts = _char_wb_counts(self.hasher, texts, self.max_chars)
+        if counts.nnz == 0:
+            raise _NoFeatures("all training texts are empty")
+        return self.tfidf.fit_transform(counts).tocsr()
+
+    def transform(self, texts: list[str]) -> sp.csr_matrix:
+        return self.tfidf.transform(_char_wb_counts(self.hasher, texts, self.max_chars)).tocsr()
+
+
 class WordTfidfLogReg(_TemperatureScaledLinear):
     """Family 'word-tfidf-logreg': word 1-2 gram TF-IDF + multinomial logistic regression, temperature-calibrated."""
 
     name = "word_tfidf_logreg"
     family = "word-tfidf-logreg"
-    version = "1.2.0"
+    version = "1.3.0"
 
     @classmethod
     def default_params(cls) -> dict[str, Any]:
@@ -519,7 +563,7 @@ class CharNgramSGD(_TemperatureScaledLinear):
 
     name = "char_ngram_sgd"
     family = "char-ngram-sgd"
-    version = "1.3.0"
+    version = "1.4.0"
     # Without calibration data, a softmax of doubled margins is a modest, not overconfident, guess.
     default_temperature = 2.0
 
@@ -533,40 +577,13 @@ class CharNgramSGD(_TemperatureScaledLinear):
         return SGDClassifier(loss=p["loss"], alpha=p["alpha"], max_iter=p["max_iter"], tol=p["tol"],
                              random_state=self.seed)
 
-    def _vectorize(self, texts: list[str]) -> sp.csr_matrix:
-        """Hashed char_wb n-gram counts, computed per distinct word rather than per document.
-
-        char_wb n-grams never cross a whitespace-separated word, so a document's
-        counts are (word counts) @ (n-gram counts of each word). Hashing each
-        distinct word once instead of every occurrence makes this several times
-        faster than HashingVectorizer.transform on the documents, with the same result.
-        """
-        limit = self.params["max_chars"]
-        words = CountVectorizer(lowercase=True, token_pattern=r"\S+", dtype=np.float32)
-        try:
-            word_counts = words.fit_transform([t[:limit] for t in texts])
-        except ValueError:  # every text empty
-            return sp.csr_matrix((len(texts), self.params["n_features"]), dtype=np.float32)
-        ngrams_of_word = self.hasher_.transform(words.get_feature_names_out())
-        return (word_counts @ ngrams_of_word).tocsr()
-
     def _fit_model(self, items: pd.DataFrame, y: np.ndarray) -> None:
         p = self.params
-        self.hasher_ = HashingVectorizer(analyzer="char_wb", ngram_range=tuple(p["ngram_range"]),
-                                         n_features=p["n_features"], alternate_sign=False, norm=None,
-                                         dtype=np.float32)
-        counts = self._vectorize(_texts(items, "text"))
-        if counts.nnz == 0:
-            raise _NoFeatures("all training texts are empty")
-        self.tfidf_ = TfidfTransformer(sublinear_tf=True)
-        X = self.tfidf_.fit_transform(counts).tocsr()
-        self._fit_linear(X, y)
-
-    def _features(self, items: pd.DataFrame) -> sp.csr_matrix:
-        return self.tfidf_.transform(self._vectorize(_texts(items, "text")))
+        self.char_ = _CharNgramTfidf(p["ngram_range"], p["n_features"], p["max_chars"])
+        self._fit_linear(self.char_.fit_transform(_texts(items, "text")), y)
 
     def _predict_scores(self, items: pd.DataFrame) -> np.ndarray:
-        return self._proba_from(self._features(items))
+        return self._proba_from(self.char_.transform(_texts(items, "text")))
 
     def _explain_items(self, items, predicted, top):
         # Hashed n-grams cannot be inverted, so score each word of the item by its own n-grams.
@@ -578,7 +595,7 @@ class CharNgramSGD(_TemperatureScaledLinear):
             if not words or cls_index not in classes:
                 out.append([])
                 continue
-            W = self.tfidf_.transform(self.hasher_.transform(words))
+            W = self.char_.tfidf.transform(self.char_.hasher.transform(words))
             scores = W @ _linear_class_weights(coef, classes, cls_index)
             out.append(_top_terms(np.asarray(scores).ravel(), np.array(words, dtype=object), top))
         return out
@@ -698,21 +715,20 @@ class _PairVectorizers:
     def __init__(self, left: list[str], right: list[str], seed: int) -> None:
         corpus = left + right
         self.word = TfidfVectorizer(token_pattern=_TOKEN_RE.pattern, sublinear_tf=True, dtype=np.float32)
-        self.char = TfidfVectorizer(analyzer="char_wb", ngram_range=(2, 4), sublinear_tf=True, dtype=np.float32,
-                                    max_features=200_000)
+        self.char = _CharNgramTfidf(ngram_range=(2, 4), n_features=2**18, max_chars=None)
         self.word_ok = self._fit(self.word, corpus)
         self.char_ok = self._fit(self.char, corpus)
 
     @staticmethod
-    def _fit(vectorizer: TfidfVectorizer, corpus: list[str]) -> bool:
+    def _fit(vectorizer: Any, corpus: list[str]) -> bool:
         try:
-            vectorizer.fit(corpus)
+            vectorizer.fit_transform(corpus)
             return True
-        except ValueError:
+        except (ValueError, _NoFeatures):
             return False
 
     @staticmethod
-    def cosine(vectorizer: TfidfVectorizer, ok: bool, left: list[str], right: list[str]) -> np.ndarray:
+    def cosine(vectorizer: Any, ok: bool, left: list[str], right: list[str]) -> np.ndarray:
         if not ok or not left:
             return np.zeros(len(left))
         L = vectorizer.transform(left)
@@ -753,6 +769,14 @@ def pair_features(items: pd.DataFrame, vectorizers: _PairVectorizers | None = No
         feats["price_log_diff"] = np.where(valid, np.abs(np.log(lp) - np.log(rp)), np.nan)
     feats["price_missing"] = (~valid).astype(float)
     return pd.DataFrame(feats, columns=PAIR_FEATURE_NAMES)
+
+
+def _single_openmp_thread():
+    """Run HistGradientBoosting on one OpenMP thread: on a few thousand rows, threads only add
+    synchronisation cost, and on a busy machine spinning OpenMP threads made fits 20x slower."""
+    from threadpoolctl import threadpool_limits
+
+    return threadpool_limits(limits=1, user_api="openmp")
 
 
 class _PairLabeler(Labeler):
@@ -820,8 +844,14 @@ class PairSimilarityBoosting(_PairLabeler):
         return {"max_iter": 150, "learning_rate": 0.08, "max_leaf_nodes": 15, "min_samples_leaf": 20,
                 "l2_regularization": 1.0, "features": PAIR_FEATURE_NAMES}
 
+    @staticmethod
+    def _matrix(frame: pd.DataFrame) -> np.ndarray:
+        # HistGradientBoosting crashes on a column that is NaN throughout (no prices in the seed);
+        # -1 lies outside every feature's range, so it stays a separable "missing" value.
+        return frame.fillna(-1.0).to_numpy(dtype=float)
+
     def _fit_model(self, items: pd.DataFrame, y: np.ndarray) -> None:
-        X = self._fit_vectorizers(items).to_numpy(dtype=float)
+        X = self._matrix(self._fit_vectorizers(items))
         p = self.params
         # Small seeds cannot fill 20-sample leaves; shrink leaves so the model can still split.
         self.min_samples_leaf_ = max(1, min(p["min_samples_leaf"], len(y) // 10))
@@ -829,13 +859,16 @@ class PairSimilarityBoosting(_PairLabeler):
             max_iter=p["max_iter"], learning_rate=p["learning_rate"], max_leaf_nodes=p["max_leaf_nodes"],
             min_samples_leaf=self.min_samples_leaf_, l2_regularization=p["l2_regularization"],
             early_stopping=False, random_state=self.seed)
-        self.model_.fit(X, y)
+        with _single_openmp_thread():
+            self.model_.fit(X, y)
 
     def _fit_notes(self) -> dict[str, Any]:
         return {"effective_min_samples_leaf": getattr(self, "min_samples_leaf_", None)}
 
     def _predict_scores(self, items: pd.DataFrame) -> np.ndarray:
-        return self.model_.predict_proba(self._pair_frame(items).to_numpy(dtype=float))
+        features = self._matrix(self._pair_frame(items))
+        with _single_openmp_thread():
+            return self.model_.predict_proba(features)
 
 
 class PairCharNgramLogReg(_PairLabeler):
@@ -849,27 +882,20 @@ class PairCharNgramLogReg(_PairLabeler):
     def default_params(cls) -> dict[str, Any]:
         return {"ngram_range": [2, 4], "n_features": 2**18, "max_chars": 2000, "C": 4.0, "max_iter": 1000}
 
-    def _side_vectors(self, items: pd.DataFrame) -> tuple[sp.csr_matrix, sp.csr_matrix]:
-        limit = self.params["max_chars"]
-        left = [t[:limit] for t in _texts(items, "left_text")]
-        right = [t[:limit] for t in _texts(items, "right_text")]
-        return self.hasher_.transform(left), self.hasher_.transform(right)
-
     def _features(self, items: pd.DataFrame) -> sp.csr_matrix:
-        L, R = self._side_vectors(items)
-        shared = L.multiply(R).tocsr()
+        L = self.char_.transform(_texts(items, "left_text"))
+        R = self.char_.transform(_texts(items, "right_text"))
+        # sqrt keeps the shared part on the scale of the inputs (a product of two L2-normalised rows is tiny).
+        shared = L.multiply(R).sqrt().tocsr()
         differing = abs(L - R).tocsr()
         return sp.hstack([shared, differing], format="csr")
 
     def _fit_model(self, items: pd.DataFrame, y: np.ndarray) -> None:
         p = self.params
         self.pair_vectorizers_ = _PairVectorizers(_texts(items, "left_text"), _texts(items, "right_text"), self.seed)
-        self.hasher_ = HashingVectorizer(analyzer="char_wb", ngram_range=tuple(p["ngram_range"]),
-                                         n_features=p["n_features"], alternate_sign=False, norm="l2",
-                                         dtype=np.float32)
+        self.char_ = _CharNgramTfidf(p["ngram_range"], p["n_features"], p["max_chars"])
+        self.char_.fit_transform(_texts(items, "left_text") + _texts(items, "right_text"))
         X = self._features(items)
-        if X.nnz == 0:
-            raise _NoFeatures("all training pair texts are empty")
         self.model_ = LogisticRegression(C=p["C"], max_iter=p["max_iter"], random_state=self.seed)
         self.model_.fit(X, y)
 
