@@ -573,7 +573,8 @@ def aggregate_full(
             as missing answers; their items still get a (prior) posterior.
         method: one of ``METHODS``.
         classes: the class list and order; classes no one used get prior mass only.
-        **opts: override ``DEFAULTS`` (max_iter, tol, ds_alpha, prior_strength, ...).
+        **opts: override ``DEFAULTS`` (max_iter, tol, ds_diag, ds_alpha, prior_strength,
+            class_alpha, soft_bins, loglinear_iter, prob_floor, interval).
 
     Returns:
         AggregationResult with ``items`` (index item_id; label, confidence,
