@@ -43,6 +43,10 @@ class SeedSpec(_Strict):
     size: int = Field(default=100, ge=2)
 
 
+def _is_none(v) -> bool:
+    return v is None
+
+
 QUALITY_GATES = ("audit_accuracy", "gold_accuracy", "completeness", "prior_tv_distance", "machine_people_kappa",
                  "people_alpha", "pii_items")
 
@@ -60,21 +64,23 @@ class QualitySpec(_Strict):
     bias_ratio: float = Field(default=2.0, gt=1)
     min_accuracy: float = Field(default=0.9, ge=0, le=1)
     max_quarantine_rate: float = Field(default=0.1, ge=0, le=1)
-    # the quality standard (checks/standards/<id>-<version>.json) this dataset is checked against
-    standard: str = "factory-default-1.0.0"
+    # the quality standard (checks/standards/<id>-<version>.json) this dataset is checked against.
+    # Issue-6 fields are left out of the dump (and so of the spec version) at their defaults: adding them
+    # changed no existing spec's version.
+    standard: str = Field(default="factory-default-1.0.0", exclude_if=lambda v: v == "factory-default-1.0.0")
     # measured quality (factory/quality.py): interval kind, level, thresholds, and which gates block a release
-    interval: Literal["wilson", "clopper-pearson"] = "wilson"
-    confidence_level: float = Field(default=0.95, gt=0.5, lt=1)
-    accuracy_gate: Literal["estimate", "lower_bound"] = "estimate"
-    min_gold_accuracy: float | None = Field(default=None, ge=0, le=1)
-    min_completeness: float | None = Field(default=1.0, ge=0, le=1)
-    max_prior_distance: float | None = Field(default=None, ge=0, le=1)
-    min_kappa: float | None = Field(default=None, ge=-1, le=1)
-    min_alpha: float | None = Field(default=None, ge=-1, le=1)
-    max_pii_items: int | None = Field(default=None, ge=0)
-    blocking: tuple[str, ...] = ()
-    gold: str | None = None  # CSV (item_id or text, label) of known-correct labels, relative to the factory root
-    auto_accept: AutoAcceptSpec = AutoAcceptSpec()
+    interval: Literal["wilson", "clopper-pearson"] = Field(default="wilson", exclude_if=lambda v: v == "wilson")
+    confidence_level: float = Field(default=0.95, gt=0.5, lt=1, exclude_if=lambda v: v == 0.95)
+    accuracy_gate: Literal["estimate", "lower_bound"] = Field(default="estimate", exclude_if=lambda v: v == "estimate")
+    min_gold_accuracy: float | None = Field(default=None, ge=0, le=1, exclude_if=_is_none)
+    min_completeness: float | None = Field(default=1.0, ge=0, le=1, exclude_if=lambda v: v == 1.0)
+    max_prior_distance: float | None = Field(default=None, ge=0, le=1, exclude_if=_is_none)
+    min_kappa: float | None = Field(default=None, ge=-1, le=1, exclude_if=_is_none)
+    min_alpha: float | None = Field(default=None, ge=-1, le=1, exclude_if=_is_none)
+    max_pii_items: int | None = Field(default=None, ge=0, exclude_if=_is_none)
+    blocking: tuple[str, ...] = Field(default=(), exclude_if=lambda v: not v)
+    gold: str | None = Field(default=None, exclude_if=_is_none)  # CSV (item_id or text, label) of known-correct labels, relative to the factory root
+    auto_accept: AutoAcceptSpec = Field(default=AutoAcceptSpec(), exclude_if=lambda v: v == AutoAcceptSpec())
 
     @field_validator("standard")
     @classmethod
@@ -130,7 +136,7 @@ class DatasetSpec(_Strict):
     review: ReviewSpec = ReviewSpec()
     splits: dict[str, float] = Field(default_factory=lambda: {"train": 0.8, "validation": 0.1, "test": 0.1})
     compliance: ComplianceSpec = ComplianceSpec()
-    delivery: DeliverySpec = DeliverySpec()
+    delivery: DeliverySpec = Field(default=DeliverySpec(), exclude_if=lambda v: v == DeliverySpec())
 
     @field_validator("name")
     @classmethod
