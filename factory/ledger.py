@@ -11,7 +11,7 @@ import hashlib
 import json
 import uuid
 from collections.abc import Iterable, Sequence
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +21,14 @@ import sqlalchemy as sa
 from factory.errors import TaskError
 
 metadata = sa.MetaData()
+
+
+class TaskNotFound(TaskError):
+    """The task id does not exist (HTTP 404)."""
+
+
+class TaskConflict(TaskError):
+    """The answer conflicts with the task's state: answered differently, lease expired or reassigned (HTTP 409)."""
 
 spec_versions = sa.Table(
     "spec_versions", metadata,
@@ -94,6 +102,16 @@ tasks = sa.Table(
     sa.Column("run_id", sa.String(64)),
 )
 
+# who holds a task right now (a lease); mutable working state, not part of the hash-chained record
+task_assignments = sa.Table(
+    "task_assignments", metadata,
+    sa.Column("task_id", sa.String(64), primary_key=True),
+    sa.Column("assignee", sa.String(128), nullable=False, index=True),
+    sa.Column("assigned_at", sa.String(32), nullable=False),
+    sa.Column("lease_until", sa.String(32), nullable=False),
+    sa.Column("n_assignments", sa.Integer, nullable=False),
+)
+
 label_events = sa.Table(
     "label_events", metadata,
     sa.Column("seq", sa.Integer, primary_key=True, autoincrement=True),
@@ -103,7 +121,8 @@ label_events = sa.Table(
     sa.Column("batch_id", sa.String(64), nullable=False),
     sa.Column("item_id", sa.String(64), nullable=False),
     sa.Column("task_id", sa.String(64)),
-    sa.Column("kind", sa.String(16), nullable=False),  # model | fusion | human | correction | final
+    # model | fusion | human | correction | final | retraction | skip | arbitration | guideline_gap
+    sa.Column("kind", sa.String(16), nullable=False),
     sa.Column("actor", sa.String(128), nullable=False),
     sa.Column("label", sa.String(128)),
     sa.Column("confidence", sa.Float),
@@ -118,6 +137,7 @@ label_events = sa.Table(
     sa.Index("ix_events_item", "dataset", "item_id"),
     sa.Index("ix_events_batch_kind", "dataset", "batch_id", "kind"),
     sa.Index("ix_events_task", "task_id"),
+    sa.Index("ix_events_actor", "actor", "kind"),
 )
 
 chain_heads = sa.Table(
@@ -149,6 +169,32 @@ releases = sa.Table(
     sa.Column("n_items", sa.Integer, nullable=False),
     sa.Column("batches", sa.Text, nullable=False),
     sa.Column("created_at", sa.String(32), nullable=False),
+)
+
+# people who use the workbench and the API (factory/users.py); not part of the hash-chained record
+users = sa.Table(
+    "users", metadata,
+    sa.Column("name", sa.String(128), primary_key=True),
+    sa.Column("role", sa.String(16), nullable=False),
+    sa.Column("token_sha256", sa.String(64), nullable=False, unique=True),
+    sa.Column("created_at", sa.String(32), nullable=False),
+    sa.Column("disabled", sa.Boolean, nullable=False, default=False),
+)
+
+web_sessions = sa.Table(
+    "web_sessions", metadata,
+    sa.Column("session_sha256", sa.String(64), primary_key=True),
+    sa.Column("name", sa.String(128), nullable=False),
+    sa.Column("csrf_token", sa.String(64), nullable=False),
+    sa.Column("created_at", sa.String(32), nullable=False),
+    sa.Column("expires_at", sa.String(32), nullable=False),
+)
+
+login_failures = sa.Table(
+    "login_failures", metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("key", sa.String(300), nullable=False, index=True),
+    sa.Column("at", sa.Float, nullable=False),
 )
 
 GENESIS = "0" * 64
@@ -403,12 +449,24 @@ class Ledger:
                 c.execute(tasks.insert(), new)
             return len(new)
 
+    def _retracted_ids(self):
+        """Subquery: event ids of answers withdrawn by a retraction event (an undo)."""
+        r = label_events.alias("retractions")
+        return sa.select(r.c.supersedes).where(r.c.kind == "retraction", r.c.supersedes.is_not(None))
+
+    def _open_condition(self):
+        """SQL condition on `tasks`: no live (non-retracted) human answer yet."""
+        e = label_events.alias("answers")
+        return ~sa.exists().where(e.c.task_id == tasks.c.task_id, e.c.kind == "human",
+                                  e.c.event_id.not_in(self._retracted_ids()))
+
     def tasks(self, dataset: str | None = None, batch_id: str | None = None,
               status: str | None = None) -> pd.DataFrame:
-        """Tasks with their answer (status open/answered derives from the human events)."""
+        """Tasks with their answer (status open/answered derives from the human events; an undone answer reopens)."""
         ans = (sa.select(label_events.c.task_id, label_events.c.label.label("answer"),
                          label_events.c.actor.label("annotator"), label_events.c.event_id.label("answer_event"))
-               .where(label_events.c.kind == "human").subquery())
+               .where(label_events.c.kind == "human", label_events.c.event_id.not_in(self._retracted_ids()))
+               .subquery())
         q = (sa.select(tasks, ans.c.answer, ans.c.annotator, ans.c.answer_event)
              .select_from(tasks.outerjoin(ans, ans.c.task_id == tasks.c.task_id))
              .order_by(tasks.c.created_at, tasks.c.task_id))
@@ -433,48 +491,311 @@ class Ledger:
 
     def answer_task(self, task_id: str, label: str, annotator: str, classes: Sequence[str], *,
                     spec_version: str | None = None, guideline_version: str | None = None,
-                    correct: bool = False, source: str = "cli", submission_id: str | None = None) -> dict:
-        """Record a person's answer to a task as a human label event (a correction supersedes the first)."""
+                    correct: bool = False, source: str = "cli", submission_id: str | None = None,
+                    require_lease: bool = False) -> dict:
+        """Record a person's answer to a task as a human label event (a correction supersedes the first).
+
+        `submission_id` makes a retried submission idempotent (the first event is returned with
+        duplicate=True); `require_lease` (the web workbench) accepts the answer only from the
+        annotator who holds an unexpired lease on the task (see `next_task`), else TaskConflict.
+        """
         t = self.task(task_id)
         if t is None:
-            raise TaskError(f"task '{task_id}': no such task; list open tasks with `factory tasks list`")
+            raise TaskNotFound(f"task '{task_id}': no such task; list open tasks with `factory tasks list`")
         if str(label) not in set(map(str, classes)):
             raise TaskError(f"task '{task_id}': label '{label}' is not in the schema of dataset "
                             f"'{t['dataset']}'; use one of {list(classes)}")
         if not annotator or not str(annotator).strip():
             raise TaskError(f"task '{task_id}': an answer needs an annotator id (--annotator)")
         with self.engine.begin() as c:
-            prior = c.execute(sa.select(label_events).where(
-                label_events.c.task_id == task_id, label_events.c.kind.in_(["human", "correction"]))
-                .order_by(label_events.c.seq)).mappings().all()
-            if prior and not correct:
-                first = prior[0]
-                if first["label"] == str(label) and first["actor"] == annotator:
-                    return {"event_id": first["event_id"], "duplicate": True}
-                raise TaskError(f"task '{task_id}' was already answered '{first['label']}' by "
-                                f"{first['actor']}; to correct it, answer again with --correct "
-                                f"(the first answer is kept and superseded, never overwritten)")
-            if correct and not prior:
-                raise TaskError(f"task '{task_id}': nothing to correct, the task has no answer yet")
-            kind = "correction" if correct else "human"
-            ev = {
-                "event_id": uuid.uuid4().hex,
-                "dedup_key": f"answer:{task_id}" if not correct else f"correction:{task_id}:{len(prior)}",
-                "batch_id": t["batch_id"], "item_id": t["item_id"], "task_id": task_id, "kind": kind,
-                "actor": annotator, "label": str(label), "confidence": None,
-                "payload": {"task_kind": t["kind"], "source": source, "submission_id": submission_id},
-                "supersedes": prior[-1]["event_id"] if correct else None,
-                "spec_version": spec_version, "guideline_version": guideline_version,
-            }
-            self._append(c, t["dataset"], [ev])
-            return {"event_id": ev["event_id"], "duplicate": False}
+            return self._answer(c, t, str(label), annotator, spec_version=spec_version,
+                                guideline_version=guideline_version, correct=correct, source=source,
+                                submission_id=submission_id, require_lease=require_lease)
+
+    def answer_tasks(self, answers: Sequence[dict], classes_by_dataset: dict[str, Sequence[str]]) -> list[dict]:
+        """Record many answers in one transaction: all are written or none (raises on the first bad one).
+
+        Each answer is a dict with task_id, label, annotator and optionally spec_version,
+        guideline_version, source, submission_id, payload (extra provenance merged into the event).
+        """
+        out = []
+        with self.engine.begin() as c:
+            for a in answers:
+                t = c.execute(sa.select(tasks).where(tasks.c.task_id == a["task_id"])).mappings().first()
+                if t is None:
+                    raise TaskNotFound(f"task '{a['task_id']}': no such task")
+                classes = list(map(str, classes_by_dataset[t["dataset"]]))
+                if str(a["label"]) not in classes:
+                    raise TaskError(f"task '{a['task_id']}': label '{a['label']}' is not in the schema {classes}")
+                out.append(self._answer(c, dict(t), str(a["label"]), a["annotator"],
+                                        spec_version=a.get("spec_version"),
+                                        guideline_version=a.get("guideline_version"),
+                                        source=a.get("source", "import"), submission_id=a.get("submission_id"),
+                                        extra=a.get("payload")))
+        return out
+
+    def _task_history(self, c, task_id: str) -> list[dict]:
+        return [dict(r) for r in c.execute(sa.select(
+            label_events.c.event_id, label_events.c.kind, label_events.c.actor, label_events.c.label,
+            label_events.c.payload, label_events.c.supersedes, label_events.c.created_at).where(
+            label_events.c.task_id == task_id,
+            label_events.c.kind.in_(["human", "correction", "retraction"])).order_by(label_events.c.seq)).mappings()]
+
+    @staticmethod
+    def _live(history: list[dict]) -> list[dict]:
+        gone = {h["supersedes"] for h in history if h["kind"] == "retraction"}
+        return [h for h in history if h["kind"] != "retraction" and h["event_id"] not in gone]
+
+    def _check_lease(self, c, task_id: str, annotator: str, ts: str) -> None:
+        a = c.execute(sa.select(task_assignments).where(task_assignments.c.task_id == task_id)).mappings().first()
+        if a is None:
+            raise TaskConflict(f"task '{task_id}' is not assigned to {annotator}; take your next task with "
+                               f"GET /api/tasks/next")
+        if a["assignee"] != annotator:
+            raise TaskConflict(f"task '{task_id}' was reassigned to another annotator after your lease ran out; "
+                               f"your answer was not recorded, take your next task with GET /api/tasks/next")
+        if a["lease_until"] < ts:
+            raise TaskConflict(f"your lease on task '{task_id}' expired at {a['lease_until']}; your answer was not "
+                               f"recorded, take a fresh task with GET /api/tasks/next")
+
+    def _answer(self, c, t: dict, label: str, annotator: str, *, spec_version: str | None,
+                guideline_version: str | None, correct: bool = False, source: str = "cli",
+                submission_id: str | None = None, require_lease: bool = False, extra: dict | None = None) -> dict:
+        task_id = t["task_id"]
+        history = self._task_history(c, task_id)
+        if submission_id:
+            for h in history:
+                if h["kind"] != "retraction" and json.loads(h["payload"]).get("submission_id") == submission_id:
+                    if h["label"] != label:
+                        raise TaskConflict(f"task '{task_id}': submission '{submission_id}' was already recorded "
+                                           f"with label '{h['label']}'; a retry must carry the same answer")
+                    return {"event_id": h["event_id"], "duplicate": True}
+        prior = self._live(history)
+        if prior and not correct:
+            first = prior[0]
+            if first["label"] == label and first["actor"] == annotator:
+                return {"event_id": first["event_id"], "duplicate": True}
+            raise TaskConflict(f"task '{task_id}' was already answered '{first['label']}' by "
+                               f"{first['actor']}; to correct it, answer again with --correct "
+                               f"(the first answer is kept and superseded, never overwritten; on the web "
+                               f"workbench: undo with U within the grace period, or ask an expert to arbitrate)")
+        if correct and not prior:
+            raise TaskError(f"task '{task_id}': nothing to correct, the task has no answer yet")
+        ts = now()
+        if require_lease and not correct:
+            self._check_lease(c, task_id, annotator, ts)
+        n_retracted = sum(h["kind"] == "retraction" for h in history)
+        n_answers = sum(h["kind"] != "retraction" for h in history)
+        if correct:
+            key = f"correction:{task_id}:{n_answers}"
+        else:
+            key = f"answer:{task_id}" if n_retracted == 0 else f"answer:{task_id}:{n_retracted}"
+        ev = {
+            "event_id": uuid.uuid4().hex, "dedup_key": key,
+            "batch_id": t["batch_id"], "item_id": t["item_id"], "task_id": task_id,
+            "kind": "correction" if correct else "human",
+            "actor": annotator, "label": label, "confidence": None,
+            "payload": {"task_kind": t["kind"], "source": source, "submission_id": submission_id, **(extra or {})},
+            "supersedes": prior[-1]["event_id"] if correct else None,
+            "spec_version": spec_version, "guideline_version": guideline_version, "created_at": ts,
+        }
+        if self._append(c, t["dataset"], [ev]) != 1:
+            raise TaskConflict(f"task '{task_id}' was answered concurrently; reload it")
+        if require_lease and not correct:  # answered: the lease ends now
+            c.execute(task_assignments.update().where(task_assignments.c.task_id == task_id).values(lease_until=ts))
+        return {"event_id": ev["event_id"], "duplicate": False}
 
     def human_decisions(self, dataset: str, batch_id: str | None = None) -> pd.DataFrame:
-        """The current human answer per task: the latest correction, else the first answer."""
-        ev = self.events(dataset, batch_id=batch_id, kind=["human", "correction"])
+        """The current human answer per task: the latest correction, else the first answer (undone answers excluded)."""
+        ev = self.events(dataset, batch_id=batch_id, kind=["human", "correction", "retraction"])
         if ev.empty:
             return ev
+        gone = set(ev.loc[ev["kind"] == "retraction", "supersedes"].dropna())
+        ev = ev[(ev["kind"] != "retraction") & ~ev["event_id"].isin(gone)]
         return ev.sort_values("seq").groupby("task_id", as_index=False).tail(1).reset_index(drop=True)
+
+    # ----------------------------------------------------------------- assignment, undo, skip, arbitration
+    def next_task(self, annotator: str, *, dataset: str | None = None, kinds: Sequence[str] | None = None,
+                  exclude_kinds: Sequence[str] | None = None, lease_seconds: float = 600) -> dict | None:
+        """Lease the next open task to `annotator` (or renew the one they hold); None when nothing is left.
+
+        A task leased to someone else is not offered until the lease runs out; then it can be
+        reassigned, and the first holder's late answer is refused (TaskConflict).  Tasks the
+        annotator skipped are not offered to them again.
+        """
+        for _attempt in range(8):
+            start = datetime.now(timezone.utc)
+            ts = start.isoformat(timespec="microseconds")
+            until = (start + timedelta(seconds=lease_seconds)).isoformat(timespec="microseconds")
+            a = task_assignments
+            try:
+                with self.engine.begin() as c:
+                    scope = [self._open_condition()]
+                    if dataset:
+                        scope.append(tasks.c.dataset == dataset)
+                    if kinds:
+                        scope.append(tasks.c.kind.in_(list(kinds)))
+                    if exclude_kinds:
+                        scope.append(tasks.c.kind.not_in(list(exclude_kinds)))
+                    held = c.execute(sa.select(tasks).join(a, a.c.task_id == tasks.c.task_id).where(
+                        a.c.assignee == annotator, a.c.lease_until >= ts, *scope)
+                        .order_by(a.c.assigned_at).limit(1)).mappings().first()
+                    if held is not None:
+                        c.execute(a.update().where(a.c.task_id == held["task_id"]).values(lease_until=until))
+                        return dict(held, assignee=annotator, lease_until=until)
+                    s = label_events.alias("skips")
+                    skipped = sa.exists().where(s.c.task_id == tasks.c.task_id, s.c.kind == "skip",
+                                                s.c.actor == annotator)
+                    row = c.execute(sa.select(tasks, a.c.task_id.label("leased")).select_from(
+                        tasks.outerjoin(a, a.c.task_id == tasks.c.task_id)).where(
+                        sa.or_(a.c.task_id.is_(None), a.c.lease_until < ts, a.c.assignee == annotator),
+                        ~skipped, *scope).order_by(tasks.c.created_at, tasks.c.task_id).limit(1)).mappings().first()
+                    if row is None:
+                        return None
+                    row = dict(row)
+                    if row.pop("leased") is None:
+                        c.execute(a.insert().values(task_id=row["task_id"], assignee=annotator, assigned_at=ts,
+                                                    lease_until=until, n_assignments=1))
+                    else:
+                        res = c.execute(a.update().where(
+                            a.c.task_id == row["task_id"],
+                            sa.or_(a.c.lease_until < ts, a.c.assignee == annotator)).values(
+                            assignee=annotator, assigned_at=ts, lease_until=until,
+                            n_assignments=a.c.n_assignments + 1))
+                        if res.rowcount != 1:  # taken meanwhile (PostgreSQL): look again
+                            raise sa.exc.IntegrityError("lease taken", None, Exception("lease taken"))
+                    return dict(row, assignee=annotator, lease_until=until)
+            except sa.exc.IntegrityError:
+                continue
+        raise TaskConflict(f"could not lease a task to {annotator}: too much contention, try again")
+
+    def assignment(self, task_id: str) -> dict | None:
+        """The task's current lease (assignee, lease_until), or None if it was never assigned."""
+        with self.reader.connect() as c:
+            row = c.execute(sa.select(task_assignments).where(task_assignments.c.task_id == task_id)).mappings().first()
+            return dict(row) if row else None
+
+    def retract_answer(self, task_id: str, annotator: str, *, grace_seconds: float = 120,
+                       lease_seconds: float = 600, reason: str = "undo") -> dict:
+        """Undo an annotator's own answer within the grace period: a retraction event supersedes it.
+
+        The answer stays in the ledger (append-only); the task reopens and is leased back to the
+        annotator.  Refused (TaskConflict) after the grace period or when the answer is not theirs
+        or was already corrected.
+        """
+        t = self.task(task_id)
+        if t is None:
+            raise TaskNotFound(f"task '{task_id}': no such task")
+        start = datetime.now(timezone.utc)
+        ts = start.isoformat(timespec="microseconds")
+        with self.engine.begin() as c:
+            live = self._live(self._task_history(c, task_id))
+            if not live or live[-1]["kind"] != "human" or live[-1]["actor"] != annotator:
+                raise TaskConflict(f"task '{task_id}' has no answer of {annotator} to undo")
+            answer = live[-1]
+            closes = (datetime.fromisoformat(answer["created_at"]) + timedelta(seconds=grace_seconds))
+            if start > closes:
+                raise TaskConflict(f"the undo window of task '{task_id}' closed at "
+                                   f"{closes.isoformat(timespec='seconds')} ({grace_seconds:g} s after the answer); "
+                                   f"ask an expert to correct it")
+            ev = {"event_id": uuid.uuid4().hex, "dedup_key": f"retraction:{answer['event_id']}",
+                  "batch_id": t["batch_id"], "item_id": t["item_id"], "task_id": task_id, "kind": "retraction",
+                  "actor": annotator, "label": None, "payload": {"reason": reason, "retracted_label": answer["label"]},
+                  "supersedes": answer["event_id"], "created_at": ts}
+            if self._append(c, t["dataset"], [ev]) != 1:
+                raise TaskConflict(f"task '{task_id}': this answer was already undone")
+            until = (start + timedelta(seconds=lease_seconds)).isoformat(timespec="microseconds")
+            a = task_assignments
+            if c.execute(a.update().where(a.c.task_id == task_id).values(
+                    assignee=annotator, lease_until=until)).rowcount == 0:
+                c.execute(a.insert().values(task_id=task_id, assignee=annotator, assigned_at=ts, lease_until=until,
+                                            n_assignments=1))
+        return {"event_id": ev["event_id"], "retracted": answer["event_id"], "label": answer["label"]}
+
+    def skip_task(self, task_id: str, annotator: str, reason: str, *, require_lease: bool = True) -> dict:
+        """An annotator passes on a task with a reason (a `skip` event); the task goes back to the pool."""
+        t = self.task(task_id)
+        if t is None:
+            raise TaskNotFound(f"task '{task_id}': no such task")
+        if not reason or not str(reason).strip():
+            raise TaskError(f"task '{task_id}': a skip needs a reason (e.g. 'unclear', 'not in the schema')")
+        ts = now()
+        with self.engine.begin() as c:
+            if self._live(self._task_history(c, task_id)):
+                raise TaskConflict(f"task '{task_id}' is already answered; undo the answer first")
+            if require_lease:
+                self._check_lease(c, task_id, annotator, ts)
+            ev = {"event_id": uuid.uuid4().hex, "batch_id": t["batch_id"], "item_id": t["item_id"],
+                  "task_id": task_id, "kind": "skip", "actor": annotator, "label": None,
+                  "payload": {"reason": str(reason).strip()[:500], "task_kind": t["kind"]}, "created_at": ts}
+            self._append(c, t["dataset"], [ev])
+            c.execute(task_assignments.update().where(task_assignments.c.task_id == task_id).values(lease_until=ts))
+        return {"event_id": ev["event_id"]}
+
+    def _item(self, c, dataset: str, item_id: str) -> dict:
+        row = c.execute(sa.select(items.c.batch_id).where(items.c.dataset == dataset,
+                                                          items.c.item_id == item_id)).first()
+        if row is None:
+            raise TaskNotFound(f"item '{item_id}' is not in dataset '{dataset}'")
+        return {"batch_id": row.batch_id}
+
+    def arbitrate(self, dataset: str, item_id: str, label: str, expert: str, rationale: str,
+                  classes: Sequence[str], *, spec_version: str | None = None, guideline_version: str | None = None,
+                  evidence: dict | None = None) -> dict:
+        """An expert's final decision on a disputed item, with a mandatory rationale.
+
+        Writes one `arbitration` event, then for every task of the item a `correction` superseding a
+        different live answer (or a `human` answer where the task is still open), so the item's final
+        label follows the expert.  All in one transaction.
+        """
+        if str(label) not in set(map(str, classes)):
+            raise TaskError(f"item '{item_id}': label '{label}' is not in the schema of '{dataset}'; "
+                            f"use one of {list(classes)}")
+        if not rationale or not str(rationale).strip():
+            raise TaskError(f"item '{item_id}': an arbitration needs a rationale (why this label)")
+        label = str(label)
+        meta = {"spec_version": spec_version, "guideline_version": guideline_version}
+        with self.engine.begin() as c:
+            item = self._item(c, dataset, item_id)
+            arb_id = uuid.uuid4().hex
+            ts = now()
+            events, corrected = [], []
+            for t in c.execute(sa.select(tasks).where(tasks.c.dataset == dataset, tasks.c.item_id == item_id)
+                               .order_by(tasks.c.created_at)).mappings():
+                history = self._task_history(c, t["task_id"])
+                live = self._live(history)
+                if live and live[-1]["label"] == label:
+                    continue
+                n_retracted = sum(h["kind"] == "retraction" for h in history)
+                n_answers = sum(h["kind"] != "retraction" for h in history)
+                key = (f"correction:{t['task_id']}:{n_answers}" if live else
+                       f"answer:{t['task_id']}" + (f":{n_retracted}" if n_retracted else ""))
+                events.append({"event_id": uuid.uuid4().hex, "dedup_key": key, "batch_id": t["batch_id"],
+                               "item_id": item_id, "task_id": t["task_id"], "kind": "correction" if live else "human",
+                               "actor": expert, "label": label,
+                               "payload": {"task_kind": t["kind"], "source": "arbitration", "submission_id": None,
+                                           "arbitration": arb_id},
+                               "supersedes": live[-1]["event_id"] if live else None, "created_at": ts, **meta})
+                corrected.append(t["task_id"])
+            arb = {"event_id": arb_id, "batch_id": item["batch_id"], "item_id": item_id, "kind": "arbitration",
+                   "actor": expert, "label": label, "created_at": ts,
+                   "payload": {"rationale": str(rationale).strip(), "tasks": corrected, "evidence": evidence or {}},
+                   **meta}
+            self._append(c, dataset, [arb, *events])
+        return {"event_id": arb_id, "tasks": corrected}
+
+    def flag_guideline_gap(self, dataset: str, item_id: str, expert: str, note: str, *,
+                           guideline_version: str | None = None) -> dict:
+        """Record that an item exposes a gap in the guideline (a `guideline_gap` event for the guideline owners)."""
+        if not note or not str(note).strip():
+            raise TaskError(f"item '{item_id}': a guideline gap needs a note saying what the guideline misses")
+        with self.engine.begin() as c:
+            item = self._item(c, dataset, item_id)
+            ev = {"event_id": uuid.uuid4().hex, "batch_id": item["batch_id"], "item_id": item_id,
+                  "kind": "guideline_gap", "actor": expert, "label": None, "payload": {"note": str(note).strip()},
+                  "guideline_version": guideline_version}
+            self._append(c, dataset, [ev])
+        return {"event_id": ev["event_id"]}
 
     # ----------------------------------------------------------------- checks and releases
     def record_check(self, dataset: str, batch_id: str, asset: str, standard: str, success: bool,

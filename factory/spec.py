@@ -103,6 +103,9 @@ class QualitySpec(_Strict):
 
 class ReviewSpec(_Strict):
     budget: float | int = Field(default=0.5, ge=0)
+    # whether the workbench shows people the models' fused label; False keeps human answers blind.
+    # Left out of the dump (and so of the spec version) at its default, so adding it changed no spec's version.
+    show_model_suggestion: bool = Field(default=True, exclude_if=lambda v: v is True)
 
     def items_allowed(self, n_items: int) -> int:
         """How many of a batch's n_items may go to people."""
