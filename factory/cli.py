@@ -330,35 +330,61 @@ def verify(dataset: str, root: str | None) -> None:
 
 @main.command("verify-release")
 @click.argument("path", type=click.Path(exists=True, file_okay=False))
-def verify_release(path: str) -> None:
-    """Recompute every hash of a release folder against its manifest (no database needed)."""
-    from factory.release import verify_release_files
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+@click.option("--no-standard", is_flag=True, help="Only recompute hashes (skip re-running the quality standard).")
+def verify_release(path: str, as_json: bool, no_standard: bool) -> None:
+    """Verify a release folder with no database: every hash of manifest-sha256.txt (tampered, missing or
+    extra files are named), the release's own quality standard re-run on labels.parquet, every event hash
+    in provenance/events.parquet and each batch's Merkle root.  Exit 0 when all holds, 1 otherwise."""
+    from factory.release import verify_release as do_verify
 
-    problems = verify_release_files(path)
-    if problems:
-        click.secho(f"{path}: {len(problems)} problem(s):", fg="red")
-        for p in problems:
+    res = do_verify(path, run_standard=not no_standard)
+    if as_json:
+        click.echo(json.dumps(res, indent=2, default=str))
+        sys.exit(0 if res["ok"] else 1)
+    if not res["ok"]:
+        click.secho(f"{path}: {len(res['problems'])} problem(s):", fg="red")
+        for p in res["problems"]:
             click.echo(f"  - {p}")
         sys.exit(1)
-    manifest = json.loads((Path(path) / "manifest.json").read_text())
-    click.secho(f"{path}: ok — {manifest['dataset']} {manifest['version']}, {manifest['items']} items, "
-                f"every file matches manifest-sha256.txt", fg="green")
+    s = res["summary"]
+    exp = s.get("expectations")
+    click.secho(f"{path}: ok — {s['dataset']} {s['version']}, {s['items']} items, every file matches "
+                f"manifest-sha256.txt ({s['files']} files)", fg="green")
+    if exp:
+        click.echo(f"  standard {s['standard']}: {exp['passed']}/{exp['total']} expectations hold on labels.parquet")
+    if "events" in s:
+        click.echo(f"  provenance: {s['events']} event hashes recomputed, {s['merkle_roots']} batch Merkle root(s) match")
+    if s.get("audit_accuracy") is not None:
+        click.echo(f"  audit accuracy recomputed from quality/evidence.parquet: {s['audit_accuracy']:.4f}")
 
 
 @main.command()
 @click.argument("item_id")
 @click.option("--dataset", required=True)
 @click.option("--root", default=None, help=ROOT_HELP)
-@click.option("--json", "as_json", is_flag=True)
-def trace(item_id: str, dataset: str, root: str | None, as_json: bool) -> None:
-    """Print an item's whole story: every label event, who/what made it, with which versions."""
+@click.option("--json", "as_json", is_flag=True, help="The whole story as JSON (with the Merkle inclusion proof).")
+@click.option("--events", "events_only", is_flag=True, help="Only the list of label events (the old table).")
+def trace(item_id: str, dataset: str, root: str | None, as_json: bool, events_only: bool) -> None:
+    """Print an item's whole story: each labeler's version and probabilities, why it was routed, who
+    answered (pseudonymous), corrections, the final label, spec/guideline versions, Dagster runs, the
+    releases that carry it, and a Merkle proof that its final event is in its batch's root."""
+    from factory.provenance import format_story, item_story
+
     fx = _fx(root)
-    ev = fx.ledger.events(dataset, item_id=item_id)
-    if ev.empty:
-        _fail(f"item '{item_id}': no events in dataset '{dataset}'")
-    cols = ["seq", "created_at", "kind", "actor", "label", "confidence", "task_id", "supersedes",
-            "guideline_version", "run_id"]
-    _echo_df(ev[cols], as_json)
+    if events_only:
+        ev = fx.ledger.events(dataset, item_id=item_id)
+        if ev.empty:
+            _fail(f"item '{item_id}': no events in dataset '{dataset}'")
+        cols = ["seq", "created_at", "kind", "actor", "label", "confidence", "task_id", "supersedes",
+                "guideline_version", "run_id"]
+        _echo_df(ev[cols], as_json)
+        return
+    try:
+        story = item_story(fx, dataset, item_id)
+    except FactoryError as e:
+        _fail(e)
+    click.echo(json.dumps(story, indent=1, default=str) if as_json else format_story(story))
 
 
 # ----------------------------------------------------------------------------- demo and benchmarks
@@ -395,7 +421,7 @@ def demo(root: str, n_batches: int, limit: int | None, seed_size: int, as_json: 
     click.echo(f"see the asset graph:  {summary['dagster_ui']}")
 
 
-BENCHMARKS = ("aggregation", "replay", "verify", "speed", "pipeline")
+BENCHMARKS = ("aggregation", "replay", "verify", "speed", "pipeline", "guarantee")
 
 
 @main.command()
@@ -439,6 +465,19 @@ def bench(name: str, out_dir: str, data: str | None, answers: int | None, seeds:
 from factory.cli_ops import db as _db_commands  # noqa: E402  (operations commands live in cli_ops)
 
 main.add_command(_db_commands)
+
+
+from factory.cli_web import export_group, import_group, serve, users  # noqa: E402  (web and interop commands)
+
+main.add_command(serve)
+main.add_command(users)
+main.add_command(export_group)
+main.add_command(import_group)
+
+
+from factory.cli_release import release_group  # noqa: E402  (releases, lineage, feed)
+
+main.add_command(release_group)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,411 @@
+"""The workbench web application: pages for annotators, experts, auditors, operators and clients, and the REST API.
+
+`create_app(root)` builds it over a factory root; `factory serve` runs it on uvicorn.  All writes go
+through the ledger's methods, so an answer given here is an ordinary human label event (what the
+pipeline and its sensors read), an undo is a retraction event, an expert decision an arbitration
+event plus corrections.
+"""
+from __future__ import annotations
+
+import os
+import secrets
+from pathlib import Path
+from typing import Any
+
+from fastapi import Body, FastAPI, HTTPException, Query, Request, Response
+from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, RedirectResponse
+from fastapi.staticfiles import StaticFiles
+from fastapi.templating import Jinja2Templates
+from pydantic import BaseModel, Field
+
+from factory.errors import FactoryError, TaskError
+from factory.ledger import TaskConflict, TaskNotFound
+from factory.users import UserStore
+from factory.web import data as D
+from factory.web.auth import (ALL_ROLES, HOME, LOGIN_CSRF_COOKIE, SESSION_COOKIE, SESSION_HOURS, Authenticator, User,
+                              check_csrf, client_address, login_blocked, needs)
+
+HERE = Path(__file__).parent
+WORKERS = ("annotator", "expert")
+READERS = ("expert", "auditor", "operator")
+EXPERT_TASK_KINDS = ("arbitrate",)
+
+
+class AnswerIn(BaseModel):
+    label: str = Field(min_length=1, max_length=128, description="One of the dataset's class names.")
+    submission_id: str = Field(min_length=1, max_length=128,
+                               description="Client-chosen id; resending the same submission is idempotent.")
+
+
+class SkipIn(BaseModel):
+    reason: str = Field(min_length=1, max_length=500, description="Why the task is skipped (unclear, not in schema, …).")
+
+
+class ArbitrateIn(BaseModel):
+    dataset: str
+    label: str = Field(min_length=1, max_length=128)
+    rationale: str = Field(min_length=1, max_length=4000, description="Mandatory: why this label.")
+
+
+class GapIn(BaseModel):
+    dataset: str
+    note: str = Field(min_length=1, max_length=4000, description="What the guideline does not say.")
+
+
+def _secret(fx) -> str:
+    env = os.environ.get("FACTORY_WEB_SECRET")
+    if env:
+        return env
+    path = fx.paths.data / "web-secret"
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(secrets.token_urlsafe(48))
+    return path.read_text().strip()
+
+
+def create_app(root: str | Path | None = None, *, dagster_url: str = "http://127.0.0.1:3000",
+               lease_seconds: float = 600, undo_grace_seconds: float = 120, secure_cookies: bool = False) -> FastAPI:
+    """The FastAPI application over the factory at `root` (default: $FACTORY_HOME or the current directory)."""
+    from factory.pipeline import Factory
+
+    fx = Factory.at(root)
+    app = FastAPI(title="Annotation factory workbench API", version="1",
+                  description="Tasks for people, answers, item traces, batches and releases. Authenticate with "
+                              "`Authorization: Bearer <token>` (tokens from `factory users add NAME --role ROLE`).")
+    store = UserStore.for_ledger(fx.ledger)
+    app.state.fx = fx
+    app.state.specs = D.SpecCache(fx)
+    app.state.auth = Authenticator(store, _secret(fx))
+    app.state.settings = {"dagster_url": dagster_url, "lease_seconds": lease_seconds,
+                          "undo_grace_seconds": undo_grace_seconds}
+    templates = Jinja2Templates(directory=str(HERE / "templates"))
+    app.mount("/static", StaticFiles(directory=str(HERE / "static")), name="static")
+    specs: D.SpecCache = app.state.specs
+
+    @app.middleware("http")
+    async def security_headers(request: Request, call_next):
+        response = await call_next(request)
+        response.headers.setdefault("Content-Security-Policy",
+                                    "default-src 'self'; img-src 'self' data:; style-src 'self'; script-src 'self'; "
+                                    "frame-ancestors 'none'; form-action 'self'")
+        response.headers.setdefault("X-Content-Type-Options", "nosniff")
+        response.headers.setdefault("Referrer-Policy", "same-origin")
+        response.headers.setdefault("X-Frame-Options", "DENY")
+        return response
+
+    @app.exception_handler(TaskNotFound)
+    async def _not_found(_req, exc):
+        return JSONResponse({"detail": str(exc)}, status_code=404)
+
+    @app.exception_handler(TaskConflict)
+    async def _conflict(_req, exc):
+        return JSONResponse({"detail": str(exc)}, status_code=409)
+
+    @app.exception_handler(TaskError)
+    async def _task_error(_req, exc):
+        return JSONResponse({"detail": str(exc)}, status_code=422)
+
+    @app.exception_handler(FactoryError)
+    async def _factory_error(_req, exc):
+        return JSONResponse({"detail": str(exc)}, status_code=400)
+
+    def _spec(dataset: str):
+        try:
+            return specs.get(dataset)
+        except FactoryError:
+            raise HTTPException(404, f"dataset '{dataset}': no spec datasets/{dataset}.yaml in this factory")
+
+    def _dataset_of(item_id: str, dataset: str | None) -> str:
+        found = D.datasets_of_item(fx, item_id)
+        if dataset:
+            if dataset not in found:
+                raise HTTPException(404, f"item '{item_id}' is not in dataset '{dataset}'")
+            return dataset
+        if not found:
+            raise HTTPException(404, f"item '{item_id}': no such item")
+        if len(found) > 1:
+            raise HTTPException(400, f"item '{item_id}' is in several datasets {found}; add ?dataset=NAME")
+        return found[0]
+
+    # ------------------------------------------------------------------------- API: me and tasks
+    @app.get("/api/me", tags=["auth"])
+    def me(user: User = needs(*ALL_ROLES)) -> dict:
+        """Who the credentials belong to."""
+        return {"name": user.name, "role": user.role, "auth": user.via}
+
+    @app.get("/api/tasks/next", tags=["tasks"], responses={204: {"description": "Nothing left for you."}})
+    def next_task(dataset: str | None = None, user: User = needs(*WORKERS, write=True)) -> Any:
+        """Lease the next open task to the caller (or return the one they hold); 204 when the queue is empty."""
+        # expert-tier tasks (arbitration) never reach annotators' queues
+        t = fx.ledger.next_task(user.name, dataset=dataset, lease_seconds=lease_seconds,
+                                exclude_kinds=EXPERT_TASK_KINDS if user.role != "expert" else None)
+        if t is None:
+            return Response(status_code=204)
+        return D.task_payload(fx, specs, t)
+
+    @app.get("/api/tasks/{task_id}", tags=["tasks"])
+    def get_task(task_id: str, user: User = needs(*WORKERS, *READERS)) -> dict:
+        """One task; annotators see only tasks assigned to them."""
+        t = fx.ledger.task(task_id)
+        if t is None:
+            raise HTTPException(404, f"task '{task_id}': no such task")
+        a = fx.ledger.assignment(task_id)
+        if user.role == "annotator" and (a is None or a["assignee"] != user.name):
+            raise HTTPException(404, f"task '{task_id}': no such task among yours")
+        return D.task_payload(fx, specs, dict(t, lease_until=a["lease_until"] if a else None))
+
+    @app.post("/api/tasks/{task_id}/answer", tags=["tasks"], status_code=201,
+              responses={200: {"description": "The same submission was already recorded (idempotent retry)."},
+                         404: {"description": "No such task."},
+                         409: {"description": "Answered differently already, lease expired, or reassigned."},
+                         422: {"description": "Label not in the dataset's schema."}})
+    def answer(task_id: str, body: AnswerIn, response: Response, user: User = needs(*WORKERS, write=True)) -> dict:
+        """Answer a task you hold; idempotent by `submission_id`."""
+        t = fx.ledger.task(task_id)
+        if t is None:
+            raise HTTPException(404, f"task '{task_id}': no such task")
+        spec = _spec(t["dataset"])
+        res = fx.ledger.answer_task(task_id, body.label, user.name, spec.class_names, spec_version=spec.version,
+                                    guideline_version=spec.guideline.version, source="web",
+                                    submission_id=body.submission_id, require_lease=True)
+        if res["duplicate"]:
+            response.status_code = 200
+        return {"task_id": task_id, "label": body.label, **res,
+                "undo_seconds": undo_grace_seconds if not res["duplicate"] else None}
+
+    @app.post("/api/tasks/{task_id}/undo", tags=["tasks"])
+    def undo(task_id: str, user: User = needs(*WORKERS, write=True)) -> dict:
+        """Withdraw your answer within the grace period (a retraction event); the task comes back to you."""
+        return fx.ledger.retract_answer(task_id, user.name, grace_seconds=undo_grace_seconds,
+                                        lease_seconds=lease_seconds)
+
+    @app.post("/api/tasks/{task_id}/skip", tags=["tasks"])
+    def skip(task_id: str, body: SkipIn, user: User = needs(*WORKERS, write=True)) -> dict:
+        """Pass on a task you hold, with a reason; it returns to the pool (not to you)."""
+        return fx.ledger.skip_task(task_id, user.name, body.reason)
+
+    @app.get("/api/progress", tags=["tasks"])
+    def my_progress(user: User = needs(*WORKERS)) -> dict:
+        """Your answers today, the open tasks left, and your last answer (undoable within the grace period)."""
+        p = D.progress(fx, user.name)
+        p["undo_grace_seconds"] = undo_grace_seconds
+        return p
+
+    # ------------------------------------------------------------------------- API: items
+    @app.get("/api/items/{item_id}/highlights", tags=["items"])
+    def item_highlights(item_id: str, dataset: str | None = None, user: User = needs(*WORKERS, *READERS)) -> dict:
+        """Spans of the item's text the models relied on (from each labeler's `explain`)."""
+        ds = _dataset_of(item_id, dataset)
+        if user.role == "annotator":
+            held = fx.ledger.table("task_assignments", assignee=user.name)
+            mine = fx.ledger.table("tasks", dataset=ds, item_id=item_id)
+            if not set(mine["task_id"]) & set(held["task_id"]):
+                raise HTTPException(404, f"item '{item_id}': not among your tasks")
+        return D.highlights(fx, ds, item_id)
+
+    @app.get("/api/items/{item_id}/trace", tags=["items"])
+    def item_trace(item_id: str, dataset: str | None = None, user: User = needs(*READERS)) -> dict:
+        """An item's whole story: every event (who/what, when, which spec, guideline and run), read-only."""
+        ds = _dataset_of(item_id, dataset)
+        return D.trace(fx, ds, item_id)
+
+    # ------------------------------------------------------------------------- API: arbitration
+    @app.get("/api/arbitration", tags=["arbitration"])
+    def disputes(dataset: str | None = None, user: User = needs("expert")) -> list[dict]:
+        """Items people did not resolve (disagreement, audit contradiction, open skip), oldest first."""
+        names = [dataset] if dataset else sorted(set(fx.ledger.tasks()["dataset"]))
+        return [d for n in names for d in D.disputed_items(fx, n)]
+
+    @app.get("/api/arbitration/{dataset}/{item_id}", tags=["arbitration"])
+    def dispute(dataset: str, item_id: str, user: User = needs("expert")) -> dict:
+        """The conflicting answers and model outputs, with their sources and reliabilities."""
+        _spec(dataset)
+        d = D.arbitration_detail(fx, specs, dataset, item_id)
+        if d is None:
+            raise HTTPException(404, f"item '{item_id}' is not in dataset '{dataset}'")
+        return d
+
+    @app.post("/api/items/{item_id}/arbitrate", tags=["arbitration"], status_code=201)
+    def arbitrate(item_id: str, body: ArbitrateIn, user: User = needs("expert", write=True)) -> dict:
+        """The expert's final decision with its rationale; corrections make every task of the item follow it."""
+        spec = _spec(body.dataset)
+        detail = D.arbitration_detail(fx, specs, body.dataset, item_id)
+        if detail is None:
+            raise HTTPException(404, f"item '{item_id}' is not in dataset '{body.dataset}'")
+        evidence = {"answers": [{k: a[k] for k in ("event_id", "actor", "label", "kind")} for a in detail["answers"]],
+                    "models": [{k: m[k] for k in ("source", "label", "confidence")} for m in detail["models"]]}
+        return fx.ledger.arbitrate(body.dataset, item_id, body.label, user.name, body.rationale, spec.class_names,
+                                   spec_version=spec.version, guideline_version=spec.guideline.version,
+                                   evidence=evidence)
+
+    @app.post("/api/items/{item_id}/guideline-gap", tags=["arbitration"], status_code=201)
+    def guideline_gap(item_id: str, body: GapIn, user: User = needs("expert", write=True)) -> dict:
+        """Record that this item exposes a gap in the guideline (an event the guideline owners read)."""
+        spec = _spec(body.dataset)
+        return fx.ledger.flag_guideline_gap(body.dataset, item_id, user.name, body.note,
+                                            guideline_version=spec.guideline.version)
+
+    # ------------------------------------------------------------------------- API: batches and releases
+    @app.get("/api/batches", tags=["batches"])
+    def batches(user: User = needs("operator", "auditor", "expert")) -> list[dict]:
+        """Every batch with its items and task counts."""
+        return D.batches_summary(fx)
+
+    @app.get("/api/operator/summary", tags=["batches"])
+    def summary(user: User = needs("operator", "auditor")) -> dict:
+        """Queue sizes per tier, leases, throughput of human answers, disputed items."""
+        return D.operator_summary(fx) | {"dagster_url": dagster_url}
+
+    @app.get("/api/releases", tags=["releases"])
+    def releases(user: User = needs("client", "auditor", "operator", "expert")) -> list[dict]:
+        """Every release with its files."""
+        return D.releases_list(fx)
+
+    @app.get("/api/releases/{dataset}/{version}/files/{name}", tags=["releases"])
+    def release_file(dataset: str, version: str, name: str,
+                     user: User = needs("client", "auditor", "operator")) -> FileResponse:
+        """Download one file of a release (only files directly inside the release folder)."""
+        path = D.release_file(fx, dataset, version, name)
+        if path is None:
+            raise HTTPException(404, f"release {dataset} {version} has no file '{name}'")
+        return FileResponse(path, filename=name)
+
+    # ------------------------------------------------------------------------- pages
+    def _page_user(request: Request, roles: tuple[str, ...]) -> User | Response:
+        user = app.state.auth.user(request)
+        if user is None or user.via != "session":
+            return RedirectResponse(f"/login?next={request.url.path}", status_code=303)
+        if user.role not in roles:
+            return templates.TemplateResponse(request, "error.html", {"user": user, "title": "Not allowed",
+                                              "message": f"Your role '{user.role}' cannot open this page."},
+                                              status_code=403)
+        return user
+
+    def _render(request: Request, name: str, user: User, **ctx) -> HTMLResponse:
+        return templates.TemplateResponse(request, name, {"user": user, "csrf": user.csrf,
+                                                          "dagster_url": dagster_url, **ctx})
+
+    @app.get("/", include_in_schema=False)
+    def home(request: Request):
+        user = app.state.auth.user(request)
+        return RedirectResponse(HOME[user.role] if user else "/login", status_code=303)
+
+    @app.get("/login", include_in_schema=False)
+    def login_form(request: Request, next: str = "/", error: str | None = None):
+        token = secrets.token_urlsafe(24)
+        resp = templates.TemplateResponse(request, "login.html", {"user": None, "csrf": token, "next": next,
+                                                                  "error": error, "title": "Sign in"})
+        resp.set_cookie(LOGIN_CSRF_COOKIE, token, httponly=True, samesite="strict", secure=secure_cookies,
+                        max_age=3600)
+        return resp
+
+    @app.post("/login", include_in_schema=False)
+    async def login(request: Request):
+        form = await request.form()
+        name, token = str(form.get("name", "")).strip(), str(form.get("token", "")).strip()
+        target = str(form.get("next", "/"))
+        if not target.startswith("/") or target.startswith("//"):
+            target = "/"
+        sent, expected = str(form.get("csrf_token", "")), request.cookies.get(LOGIN_CSRF_COOKIE, "")
+        if not expected or not secrets.compare_digest(sent, expected):
+            return templates.TemplateResponse(request, "login.html", {
+                "user": None, "csrf": expected or secrets.token_urlsafe(24), "next": target, "title": "Sign in",
+                "error": "The form expired; please sign in again."}, status_code=403)
+        store: UserStore = app.state.auth.store
+        addr = client_address(request)
+        if login_blocked(store, name, addr):
+            return templates.TemplateResponse(request, "login.html", {
+                "user": None, "csrf": expected, "next": target, "title": "Sign in",
+                "error": "Too many failed sign-ins; wait five minutes and try again."},
+                status_code=429, headers={"Retry-After": "300"})
+        user = store.check_login(name, token)
+        if user is None:
+            store.record_failure(f"name:{name}", f"addr:{addr}")
+            return templates.TemplateResponse(request, "login.html", {
+                "user": None, "csrf": expected, "next": target, "title": "Sign in",
+                "error": "Unknown name or token."}, status_code=401)
+        store.clear_failures(f"name:{name}")
+        sid, _csrf = store.new_session(user["name"], hours=SESSION_HOURS)
+        resp = RedirectResponse(target if target != "/" else HOME[user["role"]], status_code=303)
+        resp.set_cookie(SESSION_COOKIE, app.state.auth.cookie_value(sid), httponly=True, samesite="strict",
+                        secure=secure_cookies, max_age=SESSION_HOURS * 3600)
+        resp.delete_cookie(LOGIN_CSRF_COOKIE)
+        return resp
+
+    @app.post("/logout", include_in_schema=False)
+    async def logout(request: Request):
+        user = app.state.auth.user(request)
+        if user is not None:
+            form = await request.form()
+            check_csrf(user, str(form.get("csrf_token", "")))
+            sid = app.state.auth.session_id(request)
+            if sid:
+                app.state.auth.store.end_session(sid)
+        resp = RedirectResponse("/login", status_code=303)
+        resp.delete_cookie(SESSION_COOKIE)
+        return resp
+
+    @app.get("/queue", include_in_schema=False)
+    def queue_page(request: Request):
+        user = _page_user(request, WORKERS)
+        if isinstance(user, Response):
+            return user
+        return _render(request, "queue.html", user, title="Queue",
+                       undo_grace_seconds=undo_grace_seconds)
+
+    @app.get("/arbitrate", include_in_schema=False)
+    def arbitrate_page(request: Request):
+        user = _page_user(request, ("expert",))
+        if isinstance(user, Response):
+            return user
+        return _render(request, "arbitrate.html", user, title="Arbitration")
+
+    @app.get("/audit", include_in_schema=False)
+    def audit_page(request: Request, item: str | None = None, dataset: str | None = None, verify: bool = False):
+        user = _page_user(request, READERS)
+        if isinstance(user, Response):
+            return user
+        story, error, chain = None, None, None
+        if item:
+            found = D.datasets_of_item(fx, item)
+            ds = dataset or (found[0] if len(found) == 1 else None)
+            if not found:
+                error = f"No item '{item}' in this factory."
+            elif ds is None:
+                error = f"Item '{item}' is in several datasets ({', '.join(found)}); choose one."
+            elif ds not in found:
+                error = f"Item '{item}' is not in dataset '{ds}'."
+            else:
+                story = D.trace(fx, ds, item)
+                if verify:
+                    chain = fx.ledger.verify_chain(ds)
+        return _render(request, "audit.html", user, title="Audit", story=story, error=error, chain=chain,
+                       item=item or "", dataset=dataset or "")
+
+    @app.get("/operator", include_in_schema=False)
+    def operator_page(request: Request):
+        user = _page_user(request, ("operator",))
+        if isinstance(user, Response):
+            return user
+        return _render(request, "operator.html", user, title="Operations", summary=D.operator_summary(fx),
+                       batches=D.batches_summary(fx))
+
+    @app.get("/releases", include_in_schema=False)
+    def releases_page(request: Request):
+        user = _page_user(request, ("client", "auditor", "operator", "expert"))
+        if isinstance(user, Response):
+            return user
+        return _render(request, "releases.html", user, title="Releases", releases=D.releases_list(fx),
+                       can_download=user.role in ("client", "auditor", "operator"))
+
+    return app
+
+
+def app_from_env() -> FastAPI:
+    """The app configured from FACTORY_HOME and FACTORY_WEB_* variables (what `factory serve` starts)."""
+    return create_app(os.environ.get("FACTORY_HOME"),
+                      dagster_url=os.environ.get("FACTORY_WEB_DAGSTER_URL", "http://127.0.0.1:3000"),
+                      lease_seconds=float(os.environ.get("FACTORY_WEB_LEASE_SECONDS", 600)),
+                      undo_grace_seconds=float(os.environ.get("FACTORY_WEB_UNDO_SECONDS", 120)))

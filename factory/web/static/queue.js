@@ -1,0 +1,134 @@
+"use strict";
+// The annotator queue: keyboard-first. Digits choose, Enter submits, S skips with a reason, U undoes the
+// last answer within the grace period, G opens the guideline and class definitions.
+const state = { task: null, selected: null, last: null, busy: false };
+const $ = (id) => document.getElementById(id);
+
+async function loadProgress() {
+  try {
+    const { data } = await api("GET", "/api/progress");
+    $("done-today").textContent = data.answered_today;
+    $("open-count").textContent = data.open_tasks;
+    const total = data.answered_today + data.open_tasks;
+    $("bar-fill").style.width = total ? (100 * data.answered_today / total) + "%" : "0";
+    if (data.last_answer && !state.last) state.last = { task_id: data.last_answer.task_id, label: data.last_answer.label };
+  } catch (e) { /* progress is a help, not a blocker */ }
+}
+
+async function loadNext() {
+  state.task = null; state.selected = null;
+  $("submit").disabled = true;
+  try {
+    const res = await api("GET", "/api/tasks/next");
+    if (res.status === 204) { $("workbench").hidden = true; $("empty").hidden = false; loadProgress(); return; }
+    $("workbench").hidden = false; $("empty").hidden = true;
+    render(res.data);
+  } catch (e) { toast(e.message, true); }
+  loadProgress();
+}
+
+function render(task) {
+  state.task = task;
+  $("task-kind").textContent = task.kind;
+  $("task-id").textContent = task.task_id + " · " + task.dataset;
+  $("task-reasons").textContent = (task.reasons || []).join(" · ");
+  renderText($("item-text"), task.text, []);
+  $("legend").hidden = true;
+  const ol = $("classes"); ol.textContent = "";
+  task.classes.forEach((c, i) => {
+    const b = el("button", { type: "button", title: c.definition, "data-label": c.name },
+      el("span", { class: "key" }, i < 9 ? String(i + 1) : ""), c.name);
+    if (task.suggestion === c.name) b.append(el("span", { class: "hint" }, "suggested"));
+    b.addEventListener("click", () => select(i));
+    ol.append(el("li", {}, b));
+  });
+  $("suggestion").hidden = !task.suggestion;
+  $("suggestion-label").textContent = task.suggestion || "";
+  const idx = task.classes.findIndex((c) => c.name === task.suggestion);
+  if (idx >= 0) select(idx);
+  $("guideline-version").textContent = "v" + task.guideline.version;
+  $("guideline-text").textContent = task.guideline.text || "(no guideline text in the spec)";
+  const dl = $("class-defs"); dl.textContent = "";
+  task.classes.forEach((c, i) => { dl.append(el("dt", {}, (i + 1) + ". " + c.name), el("dd", {}, c.definition)); });
+  api("GET", "/api/items/" + encodeURIComponent(task.item_id) + "/highlights?dataset=" + encodeURIComponent(task.dataset))
+    .then(({ data }) => {
+      if (state.task && state.task.task_id === task.task_id && data.spans && data.spans.length) {
+        renderText($("item-text"), task.text, data.spans); $("legend").hidden = false;
+      }
+    }).catch(() => {});
+}
+
+function select(i) {
+  if (!state.task || i >= state.task.classes.length) return;
+  state.selected = state.task.classes[i].name;
+  document.querySelectorAll("#classes button").forEach((b, j) => b.classList.toggle("selected", j === i));
+  $("submit").disabled = false;
+}
+
+async function submit() {
+  if (!state.task || state.busy) return;
+  if (!state.selected) { toast("Choose a class first (1–" + Math.min(9, state.task.classes.length) + ")", true); return; }
+  state.busy = true;
+  const t = state.task, label = state.selected;
+  try {
+    await api("POST", "/api/tasks/" + encodeURIComponent(t.task_id) + "/answer", { label, submission_id: newId() });
+    state.last = { task_id: t.task_id, label };
+    toast("Saved “" + label + "” · press U to undo");
+    await loadNext();
+  } catch (e) {
+    toast(e.message, true);
+    if (e.status === 409) await loadNext();
+  } finally { state.busy = false; }
+}
+
+async function undo() {
+  if (!state.last || state.busy) { toast("Nothing to undo", true); return; }
+  state.busy = true;
+  try {
+    const { data } = await api("POST", "/api/tasks/" + encodeURIComponent(state.last.task_id) + "/undo");
+    toast("Undone: “" + data.label + "” — the task is back");
+    state.last = null;
+    await loadNext();
+  } catch (e) { toast(e.message, true); } finally { state.busy = false; }
+}
+
+function openSkip() { if (!state.task) return; $("skip-dialog").hidden = false; $("skip-reason").value = ""; $("skip-reason").focus(); }
+function closeSkip() { $("skip-dialog").hidden = true; }
+async function doSkip(ev) {
+  if (ev) ev.preventDefault();
+  const reason = $("skip-reason").value.trim();
+  if (!reason) { toast("A skip needs a reason", true); return; }
+  try {
+    await api("POST", "/api/tasks/" + encodeURIComponent(state.task.task_id) + "/skip", { reason });
+    closeSkip(); toast("Skipped"); await loadNext();
+  } catch (e) { toast(e.message, true); }
+}
+
+function toggleGuideline(force) { const g = $("guideline"); g.hidden = force === undefined ? !g.hidden : !force; }
+
+document.addEventListener("keydown", (ev) => {
+  if (!$("skip-dialog").hidden) {
+    if (ev.key === "Escape") { closeSkip(); ev.preventDefault(); }
+    else if (ev.key === "Enter" && !ev.shiftKey) { doSkip(ev); }
+    else if (ev.altKey && ["1", "2", "3"].includes(ev.key)) {
+      const chips = document.querySelectorAll("#skip-form .chips button");
+      $("skip-reason").value = chips[Number(ev.key) - 1].dataset.reason; ev.preventDefault();
+    }
+    return;
+  }
+  if (typing(ev) || ev.ctrlKey || ev.metaKey || ev.altKey) return;
+  const k = ev.key;
+  if (k === "Escape") { toggleGuideline(false); return; }
+  if (k === "g" || k === "G" || k === "?") { toggleGuideline(); ev.preventDefault(); return; }
+  if (!$("guideline").hidden) return;
+  if (/^[1-9]$/.test(k)) { select(Number(k) - 1); ev.preventDefault(); }
+  else if (k === "Enter") { submit(); ev.preventDefault(); }
+  else if (k === "s" || k === "S") { openSkip(); ev.preventDefault(); }
+  else if (k === "u" || k === "U") { undo(); ev.preventDefault(); }
+});
+$("submit").addEventListener("click", submit);
+$("skip-form").addEventListener("submit", doSkip);
+$("skip-cancel").addEventListener("click", closeSkip);
+document.querySelectorAll("#skip-form .chips button").forEach((b) => b.addEventListener("click", () => { $("skip-reason").value = b.dataset.reason; $("skip-reason").focus(); }));
+$("reload").addEventListener("click", loadNext);
+loadNext();
