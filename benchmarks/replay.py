@@ -126,18 +126,9 @@ def dawid_skene_target(answers: pd.DataFrame, truth: pd.Series) -> float:
     return float((labels.reindex(common) == truth.reindex(common)).mean())
 
 
-def _ece(confidence: np.ndarray, correct: np.ndarray, bins: int = 10) -> float:
-    try:
-        from factory.engine.calibration import expected_calibration_error
-    except ImportError:  # colleague's module not landed yet: equal-width-bin ECE
-        edges = np.linspace(0.0, 1.0, bins + 1)
-        which = np.clip(np.digitize(confidence, edges[1:-1]), 0, bins - 1)
-        ece = 0.0
-        for b in range(bins):
-            m = which == b
-            if m.any():
-                ece += m.mean() * abs(correct[m].mean() - confidence[m].mean())
-        return float(ece)
+def _ece(confidence: np.ndarray, correct: np.ndarray) -> float:
+    from factory.engine.calibration import expected_calibration_error
+
     return float(expected_calibration_error(confidence, correct))
 
 
@@ -184,15 +175,33 @@ class _Replay:
             labelers = [lab for lab in labelers if lab.name in wanted]
         return labelers
 
-    def fuse(self) -> pd.DataFrame:
-        """Train labelers on the current human labels and fuse them with the answers; posterior of every item."""
+    def training_labels(self, human: pd.DataFrame) -> pd.Series:
+        """Majority vote of the revealed answers per item; tied items are left out of training.
+
+        Not Dawid-Skene: with one answer per item (the seed) DS is not
+        identifiable and collapses every item onto the majority class.
+        """
         from factory.engine.aggregate import aggregate
+
+        votes = aggregate(human, method="mv", classes=self.classes)
+        k_max = votes[[f"prob_{c}" for c in self.classes]].to_numpy()
+        top = np.sort(k_max, axis=1)
+        clear = top[:, -1] > top[:, -2] if k_max.shape[1] > 1 else np.ones(len(votes), dtype=bool)
+        return votes.loc[clear, "label"]
+
+    def fuse(self) -> tuple[pd.DataFrame, float]:
+        """Train labelers on the current human labels and fuse them with the answers.
+
+        Returns the posterior of every item and the mean reliability of the
+        human workers in that fusion (answer-weighted).
+        """
+        from factory.engine.aggregate import aggregate_full
 
         human = self.human_answers()
         classes = self.classes
         model_rows = []
         if len(human):
-            human_labels = aggregate(human, method="ds", classes=classes)["label"]
+            human_labels = self.training_labels(human)
             train = self.items.set_index("item_id").loc[human_labels.index].reset_index()
             for lab in self._labelers():
                 lab.fit(train, human_labels.tolist(), classes)
@@ -205,17 +214,12 @@ class _Replay:
             k = len(classes)
             post = pd.DataFrame(np.full((len(self.item_ids), k), 1.0 / k), index=self.item_ids,
                                 columns=[f"prob_{c}" for c in classes])
-            return post
+            return post, 0.7
         table = pd.concat([human.assign(**{f"prob_{c}": np.nan for c in classes})] + model_rows, ignore_index=True)
-        fused = aggregate(table, method=self.opts["fusion"], classes=classes)
-        return fused.reindex(self.item_ids)
-
-    def human_reliability(self) -> float:
-        from factory.engine.aggregate import aggregate_full
-
-        human = self.human_answers()
-        workers = aggregate_full(human, method="ds", classes=self.classes).workers
-        return float(np.average(workers["reliability"], weights=workers["n_answers"].clip(lower=1)))
+        res = aggregate_full(table, method=self.opts["fusion"], classes=classes)
+        workers = res.workers[~res.workers.index.astype(str).str.startswith("model:")]
+        rel = float(np.average(workers["reliability"], weights=workers["n_answers"].clip(lower=1)))
+        return res.items.reindex(self.item_ids), rel
 
 
 def run_seed(items, task_type, answers, truth, classes, opts, seed, budgets=BUDGETS, schedule=SCHEDULE) -> list[dict]:
@@ -235,7 +239,7 @@ def run_seed(items, task_type, answers, truth, classes, opts, seed, budgets=BUDG
     records = []
     stopped = False
     for i, stop in enumerate(schedule):
-        post = rp.fuse()
+        post, rel = rp.fuse()
         probs = post[[f"prob_{c}" for c in classes]].to_numpy(dtype=float)
         label = np.asarray(classes, dtype=object)[probs.argmax(1)]
         conf = probs.max(1)
@@ -253,7 +257,6 @@ def run_seed(items, task_type, answers, truth, classes, opts, seed, budgets=BUDG
         if stopped or i + 1 == len(schedule):
             break
         allowed = int(round(schedule[i + 1] * total)) - rp.used
-        rel = rp.human_reliability()
         dec = decide(post, rp.revealed, target=opts["target"], budget_left=allowed,
                      max_answers_per_item=rp.available, escalate_after=opts["escalate_after"],
                      worker_reliability=rel)

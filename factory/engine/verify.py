@@ -7,9 +7,11 @@ answers:
 - per-class thresholds ``t_j`` = mean predicted probability of class j over
   the items *labelled* j — a class the model is timid about gets a low bar;
 - an item is "confidently" class j when ``p_j >= t_j``; among such classes
-  the most probable one is its confident class. A label whose confident class
-  is another class is flagged; so is one with no confident class whose given
-  class is below its bar and is not the argmax of ``p_j / t_j``;
+  the most probable one is its confident class. The confident joint (given
+  class x confident class), rescaled to the label counts, estimates how many
+  labels of class i are really j; a label is flagged when it is among the
+  ``n_ij`` widest-margin items of its (i, j) cell *and* among the lowest
+  self-confidence items of class i (noise-rate and class pruning, both);
 - the ranking score is the threshold-normalised margin between the best other
   class and the given class, so a flagged label with a wide margin ranks first.
 """
@@ -34,6 +36,42 @@ def per_class_thresholds(label_idx: np.ndarray, probs: np.ndarray) -> np.ndarray
     return np.clip(t, 1e-6, None)
 
 
+def _prune_both(y: np.ndarray, p: np.ndarray, confident: np.ndarray, k: int) -> np.ndarray:
+    """Items flagged by both noise-rate pruning and class pruning of the calibrated confident joint.
+
+    The confident joint ``C[i, j]`` counts items labelled i whose confident
+    class is j; each row is rescaled to the number of items labelled i, so
+    ``n_ij = C_cal[i, j]`` (i != j) estimates how many labels i are really j.
+    Noise-rate pruning marks, per (i, j), the ``n_ij`` items labelled i with
+    the largest margin ``p_j - p_i``; class pruning marks, per i, the
+    ``sum_j n_ij`` items labelled i with the lowest ``p_i``. A label is flagged
+    when both mark it: either alone over-flags the model's own mistakes.
+    """
+    n = len(y)
+    rows = np.arange(n)
+    has = confident >= 0
+    joint = np.zeros((k, k))
+    np.add.at(joint, (y[has], confident[has]), 1.0)
+    counts = np.bincount(y, minlength=k).astype(float)
+    row_tot = joint.sum(1, keepdims=True)
+    calibrated = np.where(row_tot > 0, joint / np.clip(row_tot, 1e-12, None) * counts[:, None], 0.0)
+    n_off = np.rint(calibrated).astype(int)
+    np.fill_diagonal(n_off, 0)
+    by_rate = np.zeros(n, dtype=bool)
+    by_class = np.zeros(n, dtype=bool)
+    p_given = p[rows, y]
+    for i in range(k):
+        members = np.flatnonzero(y == i)
+        if not len(members) or n_off[i].sum() == 0:
+            continue
+        for j in range(k):
+            if n_off[i, j]:
+                m = p[members, j] - p_given[members]
+                by_rate[members[np.argsort(-m, kind="stable")[: n_off[i, j]]]] = True
+        by_class[members[np.argsort(p_given[members], kind="stable")[: n_off[i].sum()]]] = True
+    return by_rate & by_class
+
+
 def find_suspect_labels(
     given_labels: Sequence,
     oos_probs: np.ndarray,
@@ -42,6 +80,7 @@ def find_suspect_labels(
     *,
     fused_weight: float = 0.5,
     min_margin: float = 0.0,
+    threshold_slack: float = 0.9,
     index: Sequence | None = None,
 ) -> pd.DataFrame:
     """Rank given labels by how likely each is wrong and flag the likely errors.
@@ -61,6 +100,8 @@ def find_suspect_labels(
     min_margin
         A flag also needs the normalised margin (best other class minus given
         class, both divided by their thresholds) above this.
+    threshold_slack
+        An item counts as confidently class j when ``p_j >= threshold_slack * t_j``.
     index
         Row labels of the result (e.g. item ids); default 0..n-1.
 
@@ -101,7 +142,7 @@ def find_suspect_labels(
 
     rows = np.arange(n)
     t = per_class_thresholds(y, p)
-    above = p >= t[None, :] - 1e-9
+    above = p >= threshold_slack * t[None, :] - 1e-9
     masked = np.where(above, p, -np.inf)
     has_conf = above.any(1)
     confident = np.where(has_conf, masked.argmax(1), -1)
@@ -116,12 +157,9 @@ def find_suspect_labels(
     score = 0.5 * (1.0 + (s_other - s_given) / np.clip(s_other + s_given, 1e-12, None))
     margin = s_other - s_given
 
-    # confidently another class, or no confident class at all and the given
-    # label is both below its own bar and not the threshold-normalised argmax
+    flag = _prune_both(y, p, confident, k) & (margin > min_margin)
     low_self = p[rows, y] < t[y]
-    flag = (
-        ((confident >= 0) & (confident != y)) | ((confident < 0) & low_self & (pn.argmax(1) != y))
-    ) & (margin > min_margin)
+
     # the confident class when there is one, else the threshold-normalised argmax;
     # never the given label itself (then the runner-up is the suggestion)
     suggested = np.where(confident >= 0, confident, pn.argmax(1))
