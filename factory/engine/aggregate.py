@@ -116,6 +116,7 @@ class _Encoded:
     a_probs: np.ndarray | None  # (n_answered, K) only built for loglinear
     n_missing: int
     n_anonymous: int
+    unit: bool = False  # every entry is a hard answer with weight 1
 
 
 # ----------------------------------------------------------------------------- input
@@ -237,6 +238,7 @@ def _encode(answers: pd.DataFrame, classes: Iterable | None, need_probs: bool = 
             raise ValueError(f"answers: negative weight in rows {bad}; weights must be >= 0")
     else:
         weight = np.ones(n)
+    has_unit_weight = "weight" not in answers.columns or bool((weight == 1.0).all())
 
     # soft answers
     soft = np.zeros(n, dtype=bool)
@@ -326,6 +328,7 @@ def _encode(answers: pd.DataFrame, classes: Iterable | None, need_probs: bool = 
         a_probs=a_probs,
         n_missing=n_missing,
         n_anonymous=n_anon,
+        unit=bool(not soft.any() and has_unit_weight),
     )
 
 
@@ -349,8 +352,16 @@ def _softmax_rows_ll(L: np.ndarray) -> tuple[np.ndarray, float]:
     return L, float(m.sum() + np.log(z).sum())
 
 
-def _vote_counts(enc: _Encoded, K: int, n_items: int, mass: np.ndarray, labels: np.ndarray, items: np.ndarray) -> np.ndarray:
+def _vote_counts(enc: _Encoded, K: int, n_items: int, mass: np.ndarray | None, labels: np.ndarray, items: np.ndarray) -> np.ndarray:
+    """(items, K) vote mass; mass None means one vote per entry (skips a 1M-float multiply)."""
     return np.bincount(items * K + labels, weights=mass, minlength=n_items * K).reshape(n_items, K)
+
+
+def _entry_mass(enc: _Encoded) -> np.ndarray | None:
+    """Per-entry p * weight, or None when every entry is a hard answer of weight 1."""
+    if enc.unit:
+        return None
+    return enc.e_p * enc.e_weight
 
 
 def _normalise_votes(V: np.ndarray) -> np.ndarray:
@@ -599,9 +610,9 @@ def aggregate_full(
     confusion = None
     rho = None
     if chosen == "mv":
-        T = _normalise_votes(_vote_counts(enc, K, n_items, np.ones(len(enc.a_item)), enc.a_hard_label, enc.a_item))
+        T = _normalise_votes(_vote_counts(enc, K, n_items, None, enc.a_hard_label, enc.a_item))
     elif chosen == "weighted":
-        T = _normalise_votes(_vote_counts(enc, K, n_items, enc.e_p * enc.e_weight, enc.e_label, enc.e_item))
+        T = _normalise_votes(_vote_counts(enc, K, n_items, _entry_mass(enc), enc.e_label, enc.e_item))
     elif chosen == "loglinear":
         T, _, iters, converged = _loglinear(enc, K, n_items, o)
     else:
@@ -613,9 +624,9 @@ def aggregate_full(
         used = np.zeros((enc.n_workers, n_bins), dtype=bool)
         used[enc.a_worker, bins] = True
         A = _design_matrix(
-            enc.a_item, enc.a_worker, enc.a_hard_label * n_bins + bins, enc.a_weight.astype(float), n_items, enc.n_workers, K * n_bins
+            enc.a_item, enc.a_worker, enc.a_hard_label * n_bins + bins, enc.a_weight, n_items, enc.n_workers, K * n_bins
         )
-        T0 = _normalise_votes(_vote_counts(enc, K, n_items, enc.e_p * enc.e_weight, enc.e_label, enc.e_item))
+        T0 = _normalise_votes(_vote_counts(enc, K, n_items, _entry_mass(enc), enc.e_label, enc.e_item))
         if K == 1:
             T, iters = T0, 0
             confusion = np.ones((enc.n_workers, 1, 1))
@@ -674,9 +685,11 @@ def _items_frame(T: np.ndarray, enc: _Encoded) -> pd.DataFrame:
 def _workers_frame(T: np.ndarray, enc: _Encoded, K: int, confusion: np.ndarray | None, o: dict) -> pd.DataFrame:
     """Reliability = Beta posterior of the share of a worker's answers that agree with the result."""
     n_named = len(enc.worker_ids)
-    agree = T[enc.e_item, enc.e_label] * enc.e_p if len(enc.e_item) else np.zeros(0)
+    agree = T[enc.e_item, enc.e_label] if len(enc.e_item) else np.zeros(0)
+    if not enc.unit:
+        agree *= enc.e_p
     succ = np.bincount(enc.e_worker, weights=agree, minlength=enc.n_workers)[:n_named]
-    tot = np.bincount(enc.e_worker, weights=enc.e_p, minlength=enc.n_workers)[:n_named]
+    tot = np.bincount(enc.e_worker, weights=None if enc.unit else enc.e_p, minlength=enc.n_workers)[:n_named]
     n_ans = np.bincount(enc.a_worker, minlength=enc.n_workers)[:n_named]
     a = 1.0 + succ
     b = 1.0 + np.maximum(tot - succ, 0.0)
