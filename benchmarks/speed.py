@@ -155,11 +155,12 @@ def run(
 
     aggregate_full(df.iloc[:1000], method="ds")  # warm imports
     print(f"[speed] factory Dawid-Skene, best of {repeat_factory} ...", flush=True)
-    factory_runs = []
+    factory_runs, factory_cpu = [], []
     for _ in range(repeat_factory):
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         res = aggregate_full(df, method="ds", max_iter=max_iter, tol=tol)
         factory_runs.append(time.perf_counter() - t0)
+        factory_cpu.append(time.process_time() - c0)
     factory_seconds = min(factory_runs)
     factory_acc = float((res.items["label"].reindex(truth.index) == truth).mean())
     print(f"[speed] factory: {factory_seconds:.2f} s, {res.iterations} iterations, accuracy {factory_acc:.4f}", flush=True)
@@ -177,17 +178,19 @@ def run(
           f"ECE {fusion['ece']:.4f}", flush=True)
 
     ck_seconds = ck_acc = ck_iters = None
+    ck_runs = ck_cpu = []
     if not skip_crowdkit:
         from crowdkit.aggregation import DawidSkene
 
         print(f"[speed] crowd-kit DawidSkene, best of {repeat_crowdkit} (this takes a while) ...", flush=True)
         ck_df = df.rename(columns={"item_id": "task", "worker_id": "worker"})
-        ck_runs = []
+        ck_runs, ck_cpu = [], []
         for _ in range(repeat_crowdkit):
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.process_time()
             ds = DawidSkene(n_iter=max_iter, tol=tol)
             ck_labels = ds.fit_predict(ck_df)
             ck_runs.append(time.perf_counter() - t0)
+            ck_cpu.append(time.process_time() - c0)
         ck_seconds = min(ck_runs)
         ck_iters = len(ds.loss_history_)
         ck_acc = float((ck_labels.reindex(truth.index) == truth).mean())
@@ -205,7 +208,11 @@ def run(
         "factory_iterations": res.iterations,
         "crowdkit_seconds": None if ck_seconds is None else round(ck_seconds, 3),
         "crowdkit_runs_seconds": None if ck_seconds is None else [round(x, 3) for x in ck_runs],
-        "timing": "best of the repeats, same process, one library after the other",
+        "timing": "wall clock, best of the repeats, same process, one library after the other",
+        "factory_cpu_seconds": round(min(factory_cpu), 3),
+        "crowdkit_cpu_seconds": round(min(ck_cpu), 3) if ck_cpu else None,
+        "speedup_cpu": round(min(ck_cpu) / min(factory_cpu), 1) if ck_cpu else None,
+        "load_average_1min_at_end": round(__import__("os").getloadavg()[0], 2),
         "crowdkit_iterations": ck_iters,
         "speedup": None if ck_seconds is None else round(ck_seconds / factory_seconds, 1),
         "factory_accuracy": round(factory_acc, 5),
@@ -239,7 +246,9 @@ def summary_rows(result: dict) -> list[tuple[str, str, str]]:
     rows.append(("factory DS seconds", f"{result['factory_seconds']:.2f}", ""))
     if sp is not None:
         rows.append(("crowd-kit DS seconds", f"{result['crowdkit_seconds']:.2f}", ""))
-        rows.append(("speed-up", f"{sp:.0f}x", f">= 50x: {'met' if sp >= 50 else 'MISSED'}"))
+        rows.append(("speed-up (wall clock)", f"{sp:.0f}x", f">= 50x: {'met' if sp >= 50 else 'MISSED'}"))
+        if result.get("speedup_cpu"):
+            rows.append(("speed-up (CPU time of the process)", f"{result['speedup_cpu']:.0f}x", "shown because the box is shared"))
         gap = abs(result["factory_accuracy"] - result["crowdkit_accuracy"])
         rows.append(
             (
