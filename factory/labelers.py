@@ -200,6 +200,9 @@ class Labeler:
     family: str = "base"
     version: str = "0"
     task_type: str = "classification"
+    #: BLAS/OpenMP threads while fitting and predicting. These models are small: extra threads
+    #: mostly spin, and on a machine shared with other runs they made fits 3-20x slower.
+    max_threads: int | None = 1
 
     def __init__(self, seed: int = 0, **params: Any) -> None:
         self.seed = int(seed)
@@ -269,7 +272,8 @@ class Labeler:
             self._fallback = "single class in seed: smoothed class prior"
         else:
             try:
-                self._fit_model(items, y)
+                with _thread_limit(self.max_threads):
+                    self._fit_model(items, y)
             except _NoFeatures as exc:
                 self._fallback = f"no usable features ({exc}): smoothed class prior"
         self._info = LabelerInfo(
@@ -298,7 +302,8 @@ class Labeler:
         items = items.reset_index(drop=True)
         if self._fallback is not None:
             return _finish_proba(np.tile(self._prior, (n, 1)))
-        scores = np.asarray(self._predict_scores(items), dtype=float)
+        with _thread_limit(self.max_threads):
+            scores = np.asarray(self._predict_scores(items), dtype=float)
         present = self.fitted_classes_
         # Shrink towards the class prior by one pseudo-example: negligible on a real seed,
         # but it keeps a model fitted on a handful of items from claiming near-certainty.
@@ -374,6 +379,15 @@ class Labeler:
     @property
     def _n_train(self) -> int:
         return 0 if self._info is None else self._info.n_train
+
+
+def _thread_limit(limit: int | None):
+    """Context manager capping BLAS and OpenMP thread pools (no-op when `limit` is None)."""
+    import contextlib
+
+    from threadpoolctl import threadpool_limits
+
+    return contextlib.nullcontext() if limit is None else threadpool_limits(limits=limit)
 
 
 class _NoFeatures(Exception):
@@ -771,14 +785,6 @@ def pair_features(items: pd.DataFrame, vectorizers: _PairVectorizers | None = No
     return pd.DataFrame(feats, columns=PAIR_FEATURE_NAMES)
 
 
-def _single_openmp_thread():
-    """Run HistGradientBoosting on one OpenMP thread: on a few thousand rows, threads only add
-    synchronisation cost, and on a busy machine spinning OpenMP threads made fits 20x slower."""
-    from threadpoolctl import threadpool_limits
-
-    return threadpool_limits(limits=1, user_api="openmp")
-
-
 class _PairLabeler(Labeler):
     task_type = "pair"
 
@@ -859,16 +865,13 @@ class PairSimilarityBoosting(_PairLabeler):
             max_iter=p["max_iter"], learning_rate=p["learning_rate"], max_leaf_nodes=p["max_leaf_nodes"],
             min_samples_leaf=self.min_samples_leaf_, l2_regularization=p["l2_regularization"],
             early_stopping=False, random_state=self.seed)
-        with _single_openmp_thread():
-            self.model_.fit(X, y)
+        self.model_.fit(X, y)
 
     def _fit_notes(self) -> dict[str, Any]:
         return {"effective_min_samples_leaf": getattr(self, "min_samples_leaf_", None)}
 
     def _predict_scores(self, items: pd.DataFrame) -> np.ndarray:
-        features = self._matrix(self._pair_frame(items))
-        with _single_openmp_thread():
-            return self.model_.predict_proba(features)
+        return self.model_.predict_proba(self._matrix(self._pair_frame(items)))
 
 
 class PairCharNgramLogReg(_PairLabeler):
