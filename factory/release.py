@@ -1,9 +1,32 @@
-"""Releases: immutable, versioned folders releases/<dataset>/<semver>/ with a manifest of hashes.
+"""Releases: immutable, content-addressed, versioned folders releases/<dataset>/<semver>/.
 
 A release takes every batch whose final labels exist and whose latest blocking checks passed; a
-failed blocking check refuses the release and names the failing expectations.  Versions follow the
-Croissant meaning: MAJOR for relabels, removals or split moves, MINOR for additions only, PATCH for
-the same records re-serialised.  An existing version is never overwritten.
+failed blocking check, a failed blocking quality gate of the spec, or a blocking expectation of the
+dataset's quality standard re-run on the release table refuses the release and names what failed.
+Versions follow the Croissant meaning: MAJOR for relabels, removals or split moves, MINOR for
+additions only, PATCH for the same records re-serialised or metadata only.  An existing version is
+never overwritten.
+
+Layout of a release folder (every file listed in manifest-sha256.txt, BagIt style)::
+
+    labels.parquet            the data, one row per item, sorted by item id (labels.jsonl/.csv on request)
+    data/<split>.parquet      the same rows per split (the Hugging Face configs point here)
+    croissant.json            Croissant 1.1 metadata with the RAI annotation fields
+    README.md                 dataset card with a Hugging Face YAML header
+    CHANGELOG.md              per-split counts added/removed/relabelled, reason of each bump
+    manifest.json             counts, versions, quality summary, Merkle root per batch, sha256 of each file
+    standard/<id-version>.json  the quality standard the release was checked against (re-run by verify)
+    quality/certificate.json  every measure with its intervals, the gates, the auto-accept guarantee
+    quality/report.html       the same as figures
+    quality/evidence.parquet  per item: route, machine label and confidence (what the certificate rests on)
+    provenance/events.parquet every ledger event of the released batches (recheckable hashes)
+    manifest-sha256.txt       "<sha256>  <path>" for every other file
+
+Determinism: the same ledger state gives the same bytes.  The only dates inside a release are
+``datePublished`` in croissant.json and ``date`` in README.md/CHANGELOG.md: the ingest date of the
+newest released batch (from the ledger, not the clock).  Event timestamps inside
+provenance/events.parquet are ledger facts, not release-time clocks.  The wall-clock time of the
+release is kept in the ledger's releases table only.
 """
 from __future__ import annotations
 
@@ -12,14 +35,20 @@ import json
 import os
 import shutil
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 
-from checks.standards import DEFAULT_STANDARD
+from checks.standards import DEFAULT_STANDARD, STANDARDS_DIR
 from factory.errors import ReleaseError
 from factory.ledger import canonical, now
 
 DATA_FILE = "labels.parquet"
+LISTING = "manifest-sha256.txt"
+FORMATS = ("parquet", "jsonl", "csv")
+EVENT_COLUMNS = ["seq", "event_id", "dataset", "batch_id", "item_id", "task_id", "kind", "actor", "label",
+                 "confidence", "payload", "supersedes", "spec_version", "guideline_version", "run_id",
+                 "created_at", "prev_hash", "hash"]
 
 
 def split_for(item_id: str, ratios: dict[str, float]) -> str:
@@ -34,6 +63,7 @@ def split_for(item_id: str, ratios: dict[str, float]) -> str:
 
 
 def sha256_path(path: Path) -> str:
+    """sha256 of a file's bytes."""
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
@@ -47,6 +77,7 @@ def _semver(v: str) -> tuple[int, int, int]:
 
 
 def latest_release(fx, dataset: str) -> dict | None:
+    """The ledger row of the dataset's highest version, or None."""
     rel = fx.ledger.releases(dataset)
     if rel.empty:
         return None
@@ -96,6 +127,17 @@ def build_release_table(fx, dataset: str, batch_ids: list[str]) -> pd.DataFrame:
     return df[cols].sort_values("item_id").reset_index(drop=True)
 
 
+def _evidence(fx, dataset: str, batch_ids: list[str]) -> pd.DataFrame:
+    """Per item: route, machine (fused) label and confidence, final label: what the certificate rests on."""
+    frames = [pd.read_parquet(fx.paths.table("final_labels", dataset, b)) for b in batch_ids]
+    df = pd.concat(frames, ignore_index=True)
+    for c in ("route", "fused_label", "fused_confidence"):
+        if c not in df:
+            df[c] = None
+    return (df[["item_id", "route", "fused_label", "fused_confidence", "label", "source"]]
+            .sort_values("item_id").reset_index(drop=True))
+
+
 def _changes(prev: pd.DataFrame | None, cur: pd.DataFrame) -> dict:
     if prev is None:
         return {"added": len(cur), "removed": 0, "relabelled": 0, "split_moves": 0}
@@ -105,6 +147,27 @@ def _changes(prev: pd.DataFrame | None, cur: pd.DataFrame) -> dict:
     return {"added": int((~c.index.isin(p.index)).sum()), "removed": int((~p.index.isin(c.index)).sum()),
             "relabelled": int((p.loc[common, "label"] != c.loc[common, "label"]).sum()),
             "split_moves": int((p.loc[common, "split"] != c.loc[common, "split"]).sum())}
+
+
+def changes_per_split(prev: pd.DataFrame | None, cur: pd.DataFrame) -> dict[str, dict]:
+    """Per split of the new release: items added, removed, relabelled, moved in/out, and the total."""
+    splits = sorted(set(cur["split"]) | (set(prev["split"]) if prev is not None else set()))
+    out = {}
+    p = prev.set_index("item_id") if prev is not None else None
+    c = cur.set_index("item_id")
+    for s in splits:
+        cs = c[c["split"] == s]
+        if p is None:
+            out[s] = {"added": len(cs), "removed": 0, "relabelled": 0, "moved_in": 0, "moved_out": 0, "total": len(cs)}
+            continue
+        ps = p[p["split"] == s]
+        common = cs.index.intersection(ps.index)
+        moved_in = cs.index.isin(p.index) & ~cs.index.isin(ps.index)
+        moved_out = ps.index.isin(c.index) & ~ps.index.isin(cs.index)
+        out[s] = {"added": int((~cs.index.isin(p.index)).sum()), "removed": int((~ps.index.isin(c.index)).sum()),
+                  "relabelled": int((ps.loc[common, "label"] != cs.loc[common, "label"]).sum()),
+                  "moved_in": int(moved_in.sum()), "moved_out": int(moved_out.sum()), "total": len(cs)}
+    return out
 
 
 def next_version(prev_version: str | None, changes: dict, same_bytes: bool) -> tuple[str, str]:
@@ -121,17 +184,198 @@ def next_version(prev_version: str | None, changes: dict, same_bytes: bool) -> t
     raise ReleaseError(f"nothing new since release {prev_version}: same records, same labels")
 
 
-def release(fx, dataset: str, run_id: str | None = None) -> dict:
-    """Write the next release of `dataset`; refuse on failed blocking checks, nothing new, or an existing version."""
+# ----------------------------------------------------------------------------- quality of a release
+def _human_answers(fx, dataset: str, item_ids: set[str]) -> pd.DataFrame:
+    dec = fx.ledger.human_decisions(dataset)
+    if dec.empty:
+        return pd.DataFrame(columns=["item_id", "annotator", "label", "task_id"])
+    dec = dec[dec["item_id"].isin(item_ids)]
+    return dec.rename(columns={"actor": "annotator"})[["item_id", "annotator", "label", "task_id"]].reset_index(drop=True)
+
+
+def _model_labels(fx, dataset: str, batch_ids: list[str]) -> pd.DataFrame:
+    frames = []
+    for b in batch_ids:
+        p = fx.paths.table("model_predictions", dataset, b)
+        if p.exists():
+            frames.append(pd.read_parquet(p, columns=["item_id", "labeler", "label", "labeler_version"]))
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=["item_id", "labeler", "label"])
+
+
+def load_gold(fx, spec) -> pd.DataFrame | None:
+    """The spec's gold file (quality.gold: CSV with item_id or text, and label), relative to the factory root."""
+    if not spec.quality.gold:
+        return None
+    from factory.ingest import item_id_for
+
+    path = Path(spec.quality.gold)
+    path = path if path.is_absolute() else fx.paths.root / path
+    if not path.is_file():
+        raise ReleaseError(f"{path}: the gold file named in the spec (quality.gold) does not exist")
+    g = pd.read_csv(path, dtype=str, keep_default_na=False)
+    if "label" not in g or not ({"item_id", "text"} & set(g.columns)):
+        raise ReleaseError(f"{path}: a gold file needs columns label and item_id (or text); found {list(g.columns)}")
+    if "item_id" not in g:
+        g["item_id"] = [item_id_for(t) for t in g["text"]]
+    return g[["item_id", "label"]]
+
+
+def certify(fx, spec, dataset: str, table: pd.DataFrame, evidence: pd.DataFrame, batch_ids: list[str],
+            n_items_expected: int) -> dict:
+    """Re-run the standard on the release table, measure quality, evaluate the gates, choose the
+    guaranteed auto-accept threshold: the certificate (deterministic, JSON-ready)."""
+    from checks.standards import validate
+    from factory import quality as Q
+    from factory.guarantee import choose_threshold
+
+    standard = spec.quality.standard
+    outcome = validate(table, "final_labels", {"classes": spec.class_names, "n_items": n_items_expected},
+                       standard=standard)
+    human = _human_answers(fx, dataset, set(table["item_id"]))
+    models = _model_labels(fx, dataset, batch_ids)
+    gold = load_gold(fx, spec)
+    final = table[["item_id", "label", "source"]].merge(evidence[["item_id", "route", "fused_label"]], on="item_id",
+                                                        how="left")
+    level = spec.quality.confidence_level
+    measures = Q.measure(final, spec.class_names, human=human, models=models[["item_id", "labeler", "label"]],
+                         gold=gold, prior=spec.prior, n_items=n_items_expected, texts=table["text"], level=level)
+    gates = Q.evaluate_gates(measures, spec.quality)
+    by_source = {}
+    if gold is not None:
+        g = gold.rename(columns={"label": "gold"}).merge(table[["item_id", "label", "source"]], on="item_id")
+        by_source = {s: Q.accuracy(grp["gold"], grp["label"], level) for s, grp in g.groupby("source", sort=True)}
+    audit = evidence[evidence["route"] == "audit"]
+    aa = spec.quality.auto_accept
+    choice = choose_threshold(audit["fused_confidence"].astype(float).to_numpy(),
+                              (audit["fused_label"].astype(str) == audit["label"].astype(str)).to_numpy(),
+                              aa.epsilon, aa.delta)
+    guarantee = choice.to_dict() | {
+        "sample": "the random audit sample of auto-accepted items (machine label vs people's answer)",
+        "routing_threshold_in_force": spec.quality.confidence_threshold,
+        "note": "the audit sample only covers items the router auto-accepted, so thresholds below the one in "
+                "force are not supported by it"}
+    std_path = STANDARDS_DIR / f"{standard}.json"
+    return {
+        "dataset": dataset, "standard": {"name": standard, "sha256": sha256_path(std_path),
+                                         "file": f"standard/{standard}.json"},
+        "standard_result": outcome.to_dict(), "interval": spec.quality.interval, "confidence_level": level,
+        "items": int(len(table)), "measures": measures, "gates": gates, "accuracy_by_source": by_source,
+        "auto_accept_guarantee": guarantee,
+        "passed": bool(outcome.success and not any(g["passed"] is False for g in gates)),
+        "blocking_failures": [f"standard {standard}: {o.message()}" for o in outcome.blocking_failures]
+        + [f"gate {g['name']}: {g['value']} not {g['rule']} {g['threshold']}" for g in gates if g["blocking"]],
+    }
+
+
+# ----------------------------------------------------------------------------- writing
+def _json(obj: Any) -> str:
+    return json.dumps(obj, indent=2, sort_keys=True, ensure_ascii=False, default=str) + "\n"
+
+
+def _size_category(n: int) -> str:
+    for limit, name in ((1_000, "n<1K"), (10_000, "1K<n<10K"), (100_000, "10K<n<100K"), (1_000_000, "100K<n<1M"),
+                        (10_000_000, "1M<n<10M")):
+        if n < limit:
+            return name
+    return "10M<n<100M"
+
+
+def dataset_card(manifest: dict, spec, cert: dict, splits: list[str], date: str) -> str:
+    """README.md: a dataset card with a Hugging Face YAML header."""
+    import yaml
+
+    creators = []
+    sources = manifest["counts_per_source"]
+    if any(sources.get(s) for s in ("auto", "verified")):
+        creators.append("machine-generated")
+    if any(n for s, n in sources.items() if s not in ("auto", "verified")):
+        creators.append("crowdsourced")
+    header = {
+        "license": spec.license.lower(), "pretty_name": spec.name, "task_categories": ["text-classification"],
+        "annotations_creators": creators or ["machine-generated"], "size_categories": [_size_category(manifest["items"])],
+        "configs": [{"config_name": "default", "data_files": [{"split": s, "path": f"data/{s}.parquet"} for s in splits]}],
+        "dataset_info": {"features": [{"name": "label", "dtype": {"class_label": {"names": spec.class_names}}}]},
+    }
+    q = manifest["quality"]
+    g = cert["auto_accept_guarantee"]
+    lines = ["---", yaml.safe_dump(header, sort_keys=True).rstrip(), "---", "",
+             f"# {spec.name} {manifest['version']}", "", spec.description, "",
+             f"- date: {date} (ingest date of the newest batch; the release contains no other clock time)",
+             f"- license: {spec.license}", f"- items: {manifest['items']} "
+             f"({', '.join(f'{k}: {v}' for k, v in manifest['counts_per_split'].items())})",
+             f"- classes: {', '.join(f'`{c.name}` ({c.definition})' for c in spec.classes)}",
+             f"- guideline version {spec.guideline.version}; spec version {manifest['spec_version']}",
+             f"- quality standard `{manifest['quality_standard']['name']}` (copy in `standard/`)", "",
+             "## How the labels were made", "",
+             f"Mode `{spec.mode}`: several models of different families pre-label every item; their outputs are fused. "
+             f"Items the machines cannot vouch for (disagreement, confidence below {spec.quality.confidence_threshold}, "
+             f"suspected bias) and a random audit sample go to people. Label sources: "
+             + ", ".join(f"{k} {v}" for k, v in manifest["counts_per_source"].items()) + ".", "",
+             "## Measured quality", "",
+             f"- audit accuracy of auto-accepted labels: {_pct(q.get('audit_accuracy'))} "
+             f"(Wilson {q.get('audit_wilson')}, n = {q.get('audit_n')})",
+             f"- completeness: {_pct(q.get('completeness'))}",
+             f"- auto-accept guarantee: threshold {g['threshold']}, error <= {g['epsilon']} with probability >= "
+             f"{1 - g['delta']:.2f} (bound {g['upper_bound']}, {g['n_accepted']} of {g['n_sample']} audited items)",
+             f"- verdict: {'PASS' if cert['passed'] else 'FAIL (non-blocking gates; see the certificate)'}", "",
+             "Everything with intervals: `quality/certificate.json`, figures: `quality/report.html`.", "",
+             "## Verify", "", "```bash", f"factory verify-release releases/{spec.name}/{manifest['version']}", "```", "",
+             "recomputes every hash of `manifest-sha256.txt`, re-runs the quality standard on `labels.parquet`, "
+             "rechecks every event hash in `provenance/events.parquet` and each batch's Merkle root. "
+             "No database is needed.", ""]
+    return "\n".join(lines)
+
+
+def _pct(x) -> str:
+    return "n/a" if x is None else f"{x:.2%}"
+
+
+def changelog_entry(manifest: dict, per_split: dict, date: str) -> str:
+    """This version's CHANGELOG.md entry."""
+    lines = [f"## {manifest['version']} ({date})", "", f"Reason: {manifest['bump_reason']}.",
+             f"Previous version: {manifest['previous_version'] or 'none'}. Quality standard: "
+             f"{manifest['quality_standard']['name']}.", "",
+             "| split | added | removed | relabelled | moved in | moved out | total |", "|---|---|---|---|---|---|---|"]
+    for s, c in sorted(per_split.items()):
+        lines.append(f"| {s} | {c['added']} | {c['removed']} | {c['relabelled']} | {c['moved_in']} | "
+                     f"{c['moved_out']} | {c['total']} |")
+    ch = manifest["changes"]
+    lines += ["", f"Overall: {ch['added']} added, {ch['removed']} removed, {ch['relabelled']} relabelled, "
+                  f"{ch['split_moves']} moved between splits.", ""]
+    return "\n".join(lines)
+
+
+def release(fx, dataset: str, run_id: str | None = None, formats: tuple[str, ...] = ("parquet",)) -> dict:
+    """Write the next release of `dataset`; refuse on failed blocking checks or gates, nothing new, or an existing version."""
+    from factory import croissant as C
+    from factory.provenance import batch_roots, code_version
+    from factory.release_report import render
+
+    bad = [f for f in formats if f not in FORMATS]
+    if bad:
+        raise ReleaseError(f"unknown release format(s) {bad}; choose from {list(FORMATS)}")
     spec = fx.spec(dataset)
     ready, pending = _ready_batches(fx, dataset)
     if not ready:
         raise ReleaseError(f"nothing to release for '{dataset}': no batch has final labels yet "
                            f"({len(pending)} pending)")
     table = build_release_table(fx, dataset, ready)
+    evidence = _evidence(fx, dataset, ready)
+    batches = fx.ledger.batches(dataset).set_index("batch_id")
+    n_expected = sum(len(pd.read_parquet(fx.paths.table("raw_items", dataset, b), columns=["item_id"])) for b in ready)
+    cert = certify(fx, spec, dataset, table, evidence, ready, n_expected)
+    if cert["blocking_failures"]:
+        raise ReleaseError(f"release of '{dataset}' refused: blocking quality checks failed:\n  - "
+                           + "\n  - ".join(cert["blocking_failures"])
+                           + "\nFix the labels (or the spec's quality thresholds) and release again.")
+    events = fx.ledger.events(dataset)
+    events = events[events["batch_id"].isin(ready)][EVENT_COLUMNS].reset_index(drop=True)
+    roots = batch_roots(events)
     prev = latest_release(fx, dataset)
     prev_table = pd.read_parquet(Path(prev["path"]) / DATA_FILE) if prev else None
     changes = _changes(prev_table, table)
+    per_split = changes_per_split(prev_table, table)
+    date = max(str(batches.loc[b, "created_at"]) for b in ready)[:10]
     out_root = fx.paths.releases / dataset
     out_root.mkdir(parents=True, exist_ok=True)
     tmp = out_root / f".tmp-{os.getpid()}"
@@ -144,24 +388,72 @@ def release(fx, dataset: str, run_id: str | None = None) -> dict:
         final = out_root / version
         if final.exists():
             raise ReleaseError(f"{final}: release {version} of '{dataset}' already exists; releases are immutable")
-        batches = fx.ledger.batches(dataset).set_index("batch_id")
+        if "jsonl" in formats:
+            (tmp / "labels.jsonl").write_text(table.to_json(orient="records", lines=True, force_ascii=False),
+                                              encoding="utf-8")
+        if "csv" in formats:
+            table.to_csv(tmp / "labels.csv", index=False, lineterminator="\n")
+        splits = sorted(table["split"].unique())
+        (tmp / "data").mkdir()
+        for s in splits:
+            table[table["split"] == s].reset_index(drop=True).to_parquet(tmp / "data" / f"{s}.parquet", index=False)
+        (tmp / "standard").mkdir()
+        shutil.copyfile(STANDARDS_DIR / f"{spec.quality.standard}.json", tmp / "standard" / f"{spec.quality.standard}.json")
+        (tmp / "provenance").mkdir()
+        events.to_parquet(tmp / "provenance" / "events.parquet", index=False)
+        (tmp / "quality").mkdir()
+        evidence.to_parquet(tmp / "quality" / "evidence.parquet", index=False)
+        cert = cert | {"version": version}
+        (tmp / "quality" / "certificate.json").write_text(_json(cert), encoding="utf-8")
+        (tmp / "quality" / "report.html").write_text(render(cert), encoding="utf-8")
+        m = cert["measures"]
+        audit = (m.get("audit") or {}).get("accuracy") or {}
+        model_versions = sorted(set(_model_labels(fx, dataset, ready).get("labeler_version", pd.Series(dtype=str))))
         manifest = {
             "dataset": dataset, "version": version, "bump_reason": reason,
-            "previous_version": prev["version"] if prev else None, "changes": changes,
+            "previous_version": prev["version"] if prev else None, "changes": changes, "changes_per_split": per_split,
             "license": spec.license, "spec_version": spec.version, "guideline_version": spec.guideline.version,
-            "quality_standard": DEFAULT_STANDARD, "items": len(table),
+            "classes": spec.class_names, "splits": dict(spec.splits), "date": date, "code_version": code_version(),
+            "quality_standard": {"name": spec.quality.standard, "file": f"standard/{spec.quality.standard}.json",
+                                 "sha256": cert["standard"]["sha256"]},
+            "items": len(table),
             "counts_per_class": table["label"].value_counts().sort_index().to_dict(),
             "counts_per_source": table["source"].value_counts().sort_index().to_dict(),
             "counts_per_split": table["split"].value_counts().sort_index().to_dict(),
             "batches": [{"batch_id": b, "source_sha256": batches.loc[b, "source_sha256"],
                          "items": int((table["batch_id"] == b).sum())} for b in ready],
+            "merkle_roots": roots,
+            "labelers": model_versions,
             "pending_batches": pending,
-            "files": {DATA_FILE: sha256_path(tmp / DATA_FILE)},
+            "formats": sorted(set(formats) | {"parquet"}),
+            "quality": {"passed": cert["passed"], "audit_accuracy": audit.get("estimate"), "audit_n": audit.get("n"),
+                        "audit_wilson": audit.get("wilson"), "completeness": m["completeness"]["estimate"],
+                        "pii_items_flagged": (m.get("pii") or {}).get("items_flagged"),
+                        "auto_accept_threshold": cert["auto_accept_guarantee"]["threshold"]},
         }
-        (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n", encoding="utf-8")
-        lines = [f"{sha256_path(tmp / n)}  {n}" for n in sorted(os.listdir(tmp))]
-        (tmp / "manifest-sha256.txt").write_text("\n".join(lines) + "\n", encoding="utf-8")
+        annotations = table["annotators"].map(lambda a: len(json.loads(a)) if isinstance(a, str) else 0)
+        answered = annotations[annotations > 0]
+        n_models = len({v.split("@")[0] for v in model_versions})
+        per_item = (f"{len(answered) / max(1, len(table)):.1%} of items answered by people "
+                    f"({answered.mean() if len(answered) else 0:.2f} answers each on average); every item "
+                    f"pre-labelled by {n_models} models")
+        manifest["files"] = {}
+        cro = C.croissant(manifest, spec, {n: sha256_path(tmp / n) for n in ("labels.parquet", "labels.jsonl",
+                                                                               "labels.csv") if (tmp / n).exists()},
+                          list(table.columns), model_versions or ["none"], per_item, date)
+        (tmp / "croissant.json").write_text(_json(cro), encoding="utf-8")
+        (tmp / "README.md").write_text(dataset_card(manifest, spec, cert, splits, date), encoding="utf-8")
+        old_log = ""
+        if prev and (Path(prev["path"]) / "CHANGELOG.md").exists():
+            old_log = (Path(prev["path"]) / "CHANGELOG.md").read_text(encoding="utf-8").split("\n", 2)[2]
+        (tmp / "CHANGELOG.md").write_text(f"# Changelog of {dataset}\n\n" + changelog_entry(manifest, per_split, date)
+                                          + ("\n" + old_log if old_log else ""), encoding="utf-8")
+        manifest["files"] = {n: sha256_path(tmp / n) for n in _files(tmp) if n not in ("manifest.json", LISTING)}
+        (tmp / "manifest.json").write_text(_json(manifest), encoding="utf-8")
+        (tmp / LISTING).write_text("".join(f"{sha256_path(tmp / n)}  {n}\n" for n in _files(tmp) if n != LISTING),
+                                   encoding="utf-8")
         manifest_sha = sha256_path(tmp / "manifest.json")
+        content_id = sha256_path(tmp / LISTING)
         try:
             os.rename(tmp, final)  # atomic: the version folder appears complete or not at all
         except OSError:
@@ -171,17 +463,27 @@ def release(fx, dataset: str, run_id: str | None = None) -> dict:
     fx.ledger.record_release(dict(dataset=dataset, version=version, path=str(final), manifest_sha256=manifest_sha,
                                   n_items=len(table), batches=canonical(ready), created_at=now()))
     return {"version": version, "path": str(final), "items": len(table), "bump": reason, "batches": ready,
-            "manifest_sha256": manifest_sha, "changes": changes}
+            "manifest_sha256": manifest_sha, "content_id": content_id, "changes": changes,
+            "standard": spec.quality.standard, "quality_passed": cert["passed"],
+            "merkle_roots": {b: r["merkle_root"] for b, r in roots.items()}}
 
 
+def _files(folder: Path) -> list[str]:
+    return sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file())
+
+
+# ----------------------------------------------------------------------------- verification (no database)
 def verify_release_files(path: str | Path) -> list[str]:
     """Recompute every hash of manifest-sha256.txt; return the problems (empty when all holds)."""
     path = Path(path)
-    listing = path / "manifest-sha256.txt"
+    listing = path / LISTING
     if not listing.exists():
-        return [f"{listing}: missing"]
+        return [f"{LISTING}: missing"]
     problems, listed = [], set()
-    for line in listing.read_text(encoding="utf-8").splitlines():
+    for n, line in enumerate(listing.read_text(encoding="utf-8").splitlines(), start=1):
+        if "  " not in line:
+            problems.append(f"{LISTING}: line {n} is not '<sha256>  <path>'")
+            continue
         digest, name = line.split("  ", 1)
         listed.add(name)
         f = path / name
@@ -189,8 +491,139 @@ def verify_release_files(path: str | Path) -> list[str]:
             problems.append(f"{name}: listed in the manifest but missing")
         elif sha256_path(f) != digest:
             problems.append(f"{name}: sha256 differs from the manifest (the file was changed)")
-    for f in sorted(path.rglob("*")):
-        rel = str(f.relative_to(path))
-        if f.is_file() and rel != "manifest-sha256.txt" and rel not in listed:
+    for rel in _files(path):
+        if rel != LISTING and rel not in listed:
             problems.append(f"{rel}: not listed in the manifest (an extra file)")
     return problems
+
+
+def verify_release(path: str | Path, run_standard: bool = True) -> dict:
+    """Verify a release folder with no database: hashes, the quality standard re-run on its data, event
+    hashes and Merkle roots, counts against the manifest and the certificate's audit figures.
+
+    Returns {"ok": bool, "problems": [...], "summary": {...}}; each problem names the file at fault.
+    """
+    from factory import quality as Q
+    from factory.provenance import batch_roots, verify_event_hashes
+
+    path = Path(path)
+    problems = verify_release_files(path)
+    summary: dict[str, Any] = {"path": str(path)}
+    try:
+        manifest = json.loads((path / "manifest.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        return {"ok": False, "problems": problems + [f"manifest.json: unreadable ({e})"], "summary": summary}
+    summary |= {"dataset": manifest.get("dataset"), "version": manifest.get("version"), "items": manifest.get("items")}
+    try:
+        table = pd.read_parquet(path / DATA_FILE)
+    except Exception as e:  # a tampered or truncated Parquet file is reported, not raised
+        return {"ok": False, "problems": problems + [f"{DATA_FILE}: unreadable ({type(e).__name__}: {e})"],
+                "summary": summary}
+    if len(table) != manifest.get("items"):
+        problems.append(f"{DATA_FILE}: {len(table)} rows but manifest.json says {manifest.get('items')} items")
+    counts = table["label"].value_counts().sort_index().to_dict()
+    if counts != manifest.get("counts_per_class"):
+        problems.append(f"{DATA_FILE}: counts per class {counts} differ from manifest.json")
+    std = manifest.get("quality_standard") or {"name": DEFAULT_STANDARD}
+    std_name = std["name"] if isinstance(std, dict) else str(std)
+    summary["standard"] = std_name
+    if run_standard and "classes" in manifest:
+        std_file = path / "standard" / f"{std_name}.json"
+        if not std_file.exists():
+            problems.append(f"standard/{std_name}.json: missing; the release's quality standard cannot be re-run")
+        else:
+            outcome = _validate_with_file(table, std_file, {"classes": manifest["classes"], "n_items": manifest["items"]})
+            summary["expectations"] = {"passed": sum(o.success for o in outcome.outcomes), "total": len(outcome.outcomes)}
+            problems += [f"{DATA_FILE}: standard {std_name}: {o.message()}" for o in outcome.outcomes if not o.success]
+    ev_path = path / "provenance" / "events.parquet"
+    if ev_path.exists() and "merkle_roots" in manifest:
+        try:
+            events = pd.read_parquet(ev_path)
+        except Exception as e:
+            events = None
+            problems.append(f"provenance/events.parquet: unreadable ({type(e).__name__})")
+        if events is not None:
+            problems += [f"provenance/events.parquet: {p}" for p in verify_event_hashes(events)[:20]]
+            roots = batch_roots(events)
+            for b, r in manifest["merkle_roots"].items():
+                if roots.get(b, {}).get("merkle_root") != r["merkle_root"]:
+                    problems.append(f"provenance/events.parquet: batch {b}: Merkle root differs from manifest.json")
+            summary["events"] = int(len(events))
+            summary["merkle_roots"] = len(manifest["merkle_roots"])
+    cert_path, ev2 = path / "quality" / "certificate.json", path / "quality" / "evidence.parquet"
+    if cert_path.exists() and ev2.exists():
+        try:
+            cert = json.loads(cert_path.read_text(encoding="utf-8"))
+            evidence = pd.read_parquet(ev2)
+            audit = evidence[evidence["route"] == "audit"]
+            recomputed = Q.accuracy(audit["label"].astype(str), audit["fused_label"].astype(str),
+                                    cert["confidence_level"])
+            stated = (cert["measures"].get("audit") or {}).get("accuracy")
+            if stated is not None and (stated["k"], stated["n"]) != (recomputed["k"], recomputed["n"]):
+                problems.append(f"quality/certificate.json: audit accuracy {stated['k']}/{stated['n']} does not match "
+                                f"quality/evidence.parquet ({recomputed['k']}/{recomputed['n']})")
+            summary["quality_passed"] = cert.get("passed")
+            summary["audit_accuracy"] = recomputed["estimate"]
+        except Exception as e:
+            problems.append(f"quality/certificate.json: cannot be rechecked ({type(e).__name__}: {e})")
+    summary["files"] = len(_files(path))
+    return {"ok": not problems, "problems": problems, "summary": summary}
+
+
+def _validate_with_file(df: pd.DataFrame, std_file: Path, params: dict):
+    """Run a standard given as a file (the release's own copy), not the factory's checks/standards folder."""
+    from checks import standards as S
+
+    doc = json.loads(std_file.read_text(encoding="utf-8"))
+    name = f"{doc['id']}-{doc['version']}"
+    suite = "release" if "release" in doc["suites"] else "final_labels"
+    decl = doc["suites"][suite]
+    original = S.expectations
+
+    def from_file(s: str, standard: str = name) -> list[dict]:
+        return decl if (s, standard) == (suite, name) else original(s, standard)
+    S.expectations = from_file  # the copy in the release is authoritative, even if the repo's file changed
+    try:
+        return S.validate(df, suite, params, standard=name)
+    finally:
+        S.expectations = original
+
+
+# ----------------------------------------------------------------------------- listing and comparing
+def release_dirs(releases_root: str | Path, dataset: str) -> list[Path]:
+    """The version folders of a dataset, oldest version first."""
+    d = Path(releases_root) / dataset
+    if not d.is_dir():
+        return []
+    out = []
+    for p in d.iterdir():
+        try:
+            out.append((_semver(p.name), p))
+        except ValueError:
+            continue
+    return [p for _, p in sorted(out)]
+
+
+def show(path: str | Path) -> dict:
+    """A release's manifest, content id (sha256 of manifest-sha256.txt) and certificate verdict."""
+    path = Path(path)
+    m = json.loads((path / "manifest.json").read_text(encoding="utf-8"))
+    m["content_id"] = sha256_path(path / LISTING) if (path / LISTING).exists() else None
+    return m
+
+
+def diff(path_a: str | Path, path_b: str | Path) -> dict:
+    """What changed from release A to release B: counts overall and per split, plus example item ids."""
+    a = pd.read_parquet(Path(path_a) / DATA_FILE)
+    b = pd.read_parquet(Path(path_b) / DATA_FILE)
+    ai, bi = a.set_index("item_id"), b.set_index("item_id")
+    common = ai.index.intersection(bi.index)
+    relab = common[(ai.loc[common, "label"] != bi.loc[common, "label"]).to_numpy()]
+    moved = common[(ai.loc[common, "split"] != bi.loc[common, "split"]).to_numpy()]
+    return {"from": show(path_a)["version"], "to": show(path_b)["version"], "changes": _changes(a, b),
+            "changes_per_split": changes_per_split(a, b),
+            "examples": {"added": sorted(set(bi.index) - set(ai.index))[:10],
+                         "removed": sorted(set(ai.index) - set(bi.index))[:10],
+                         "relabelled": [{"item_id": i, "from": ai.at[i, "label"], "to": bi.at[i, "label"]}
+                                        for i in sorted(relab)[:10]],
+                         "moved": sorted(moved)[:10]}}
