@@ -480,10 +480,5 @@ from factory.cli_release import release_group  # noqa: E402  (releases, lineage,
 main.add_command(release_group)
 
 
-from factory.cli_release import release_group  # noqa: E402  (releases, lineage, feed)
-
-main.add_command(release_group)
-
-
 if __name__ == "__main__":
     main()
