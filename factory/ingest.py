@@ -191,11 +191,37 @@ def _folder_digest(folder: Path) -> str:
     return h.hexdigest()
 
 
+ARCHIVES = (".zip", ".tar", ".gz", ".tgz", ".bz2", ".xz", ".zst", ".7z", ".rar", ".jar")
+
+
+def inbox_path(inbox: str | Path, name: str) -> Path:
+    """The entry `name` of an inbox folder, refusing any name or symlink that leads outside the inbox."""
+    inbox = Path(inbox)
+    if not name or name in (".", "..") or "\0" in name or Path(name).is_absolute() or ".." in Path(name).parts:
+        raise IngestError(f"{inbox}/{name}: the name leaves the inbox ('..' or an absolute path); "
+                          f"nothing was ingested, rename the file")
+    path = inbox / name
+    real_inbox = inbox.resolve()
+    if not path.resolve().is_relative_to(real_inbox):
+        raise IngestError(f"{path}: a symlink pointing outside the inbox ({path.resolve()}); nothing was "
+                          f"ingested, copy the file into the inbox instead")
+    if path.is_dir():
+        for p in path.rglob("*"):
+            if not p.resolve().is_relative_to(real_inbox):
+                raise IngestError(f"{p}: a symlink pointing outside the inbox ({p.resolve()}); nothing was "
+                                  f"ingested, copy the file into the inbox instead")
+    return path
+
+
 def read_source(path: Path, spec: DatasetSpec):
     """Yield (row, record | None, field, reason, raw) for each row of a supported source."""
     if path.is_dir():
         return _rows_textdir(path, spec)
     suffix = path.suffix.lower()
+    if suffix in ARCHIVES:
+        raise IngestError(f"{path}: archives are not accepted (no archive is ever unpacked, so no archive bomb "
+                          f"can expand); unpack it yourself and ingest the CSV, JSONL, Parquet file or folder "
+                          f"of .txt files inside; nothing was ingested")
     if suffix == ".csv":
         return _rows_csv(path, spec)
     if suffix in (".jsonl", ".ndjson"):
