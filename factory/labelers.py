@@ -112,8 +112,6 @@ def _canonical(value: Any) -> Any:
         value = value.item()
     if value is None or value is pd.NA or (isinstance(value, float) and math.isnan(value)):
         return None
-    if isinstance(value, float) and value.is_integer():
-        return float(value)  # keep 3.0 and 3 distinct from labels, but equal across runs
     if isinstance(value, (str, int, float, bool)):
         return value
     return str(value)
@@ -726,12 +724,12 @@ def _model_tokens(tokens: list[str]) -> set[str]:
 class _PairVectorizers:
     """TF-IDF (word and char) fitted on both sides of the training pairs, for cosine features."""
 
-    def __init__(self, left: list[str], right: list[str], seed: int) -> None:
+    def __init__(self, left: list[str], right: list[str], with_char: bool = True) -> None:
         corpus = left + right
         self.word = TfidfVectorizer(token_pattern=_TOKEN_RE.pattern, sublinear_tf=True, dtype=np.float32)
         self.char = _CharNgramTfidf(ngram_range=(2, 4), n_features=2**18, max_chars=None)
         self.word_ok = self._fit(self.word, corpus)
-        self.char_ok = self._fit(self.char, corpus)
+        self.char_ok = with_char and self._fit(self.char, corpus)
 
     @staticmethod
     def _fit(vectorizer: Any, corpus: list[str]) -> bool:
@@ -755,7 +753,7 @@ def pair_features(items: pd.DataFrame, vectorizers: _PairVectorizers | None = No
     left = _texts(items, "left_text")
     right = _texts(items, "right_text")
     if vectorizers is None:
-        vectorizers = _PairVectorizers(left, right, seed=0)
+        vectorizers = _PairVectorizers(left, right)
     n = len(items)
     feats = {name: np.zeros(n) for name in PAIR_FEATURE_NAMES}
     feats["word_tfidf_cosine"] = _PairVectorizers.cosine(vectorizers.word, vectorizers.word_ok, left, right)
@@ -792,11 +790,13 @@ class _PairLabeler(Labeler):
         return pair_features(items, self.pair_vectorizers_)
 
     def _fit_vectorizers(self, items: pd.DataFrame) -> pd.DataFrame:
-        self.pair_vectorizers_ = _PairVectorizers(_texts(items, "left_text"), _texts(items, "right_text"), self.seed)
+        self.pair_vectorizers_ = _PairVectorizers(_texts(items, "left_text"), _texts(items, "right_text"))
         return self._pair_frame(items)
 
     def _explain_items(self, items, predicted, top):
-        # Evidence for a pair decision is what the two sides share: model-like tokens first, then rare words.
+        # Evidence for a pair decision is what the two sides share: model-number tokens first (in the
+        # surface form of each side, so a UI can highlight "WH-1000XM4" on one and "wh1000xm4" on the
+        # other), then shared words, rarest first. Tokens are lower-cased.
         idf = {}
         if self.pair_vectorizers_.word_ok:
             vocab = self.pair_vectorizers_.word.vocabulary_
@@ -806,9 +806,10 @@ class _PairLabeler(Labeler):
         out = []
         for a, b in zip(_texts(items, "left_text"), _texts(items, "right_text")):
             ta, tb = _tokens(a), _tokens(b)
-            shared = set(ta) & set(tb)
-            ranked = sorted(shared, key=lambda t: (not any(ch.isdigit() for ch in t), -idf.get(t, default_idf), t))
-            out.append(ranked[:top])
+            shared_models = _model_tokens(ta) & _model_tokens(tb)
+            surfaces = [t for t in dict.fromkeys(ta + tb) if _model_tokens([t]) & shared_models]
+            words = sorted((set(ta) & set(tb)) - set(surfaces), key=lambda t: (-idf.get(t, default_idf), t))
+            out.append(list(dict.fromkeys(surfaces + words))[:top])
         return out
 
 
@@ -895,7 +896,9 @@ class PairCharNgramLogReg(_PairLabeler):
 
     def _fit_model(self, items: pd.DataFrame, y: np.ndarray) -> None:
         p = self.params
-        self.pair_vectorizers_ = _PairVectorizers(_texts(items, "left_text"), _texts(items, "right_text"), self.seed)
+        # Word IDF only, for explain().
+        self.pair_vectorizers_ = _PairVectorizers(_texts(items, "left_text"), _texts(items, "right_text"),
+                                                  with_char=False)
         self.char_ = _CharNgramTfidf(p["ngram_range"], p["n_features"], p["max_chars"])
         self.char_.fit_transform(_texts(items, "left_text") + _texts(items, "right_text"))
         X = self._features(items)

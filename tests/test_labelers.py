@@ -423,3 +423,16 @@ def test_pair_features_compare_the_two_sides():
     assert features.iloc[2]["both_empty"] == 1.0
     assert features.iloc[3]["model_token_shared"] == 0.0  # QC45 is not QC35
     assert features.drop(columns=["price_ratio", "price_log_diff"]).notna().all().all()
+
+
+def test_pair_explain_highlights_shared_model_numbers_on_both_sides():
+    items = pd.DataFrame({
+        "item_id": [1, 2, 3],
+        "left_text": ["Sony WH-1000XM4 headphones black", "Apple iPad Air 64GB", "Bose QC45"],
+        "right_text": ["sony wh1000xm4 wireless headphones", "Samsung Galaxy Tab S8", "Bose QC35 II"],
+    })
+    for labeler in make_labelers("pair", seed=0):
+        labeler.fit(items, ["match", "no_match", "no_match"], PAIR_CLASSES)
+        first, second, third = labeler.explain(items, top=3)
+        assert first[:2] == ["wh-1000xm4", "wh1000xm4"], labeler.name
+        assert second == [] and third == ["bose"]
