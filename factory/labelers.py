@@ -28,7 +28,6 @@ import hashlib
 import json
 import math
 import re
-import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -618,7 +617,7 @@ class LsaKnn(Labeler):
 
     name = "lsa_knn"
     family = "lsa-knn"
-    version = "1.1.0"
+    version = "1.2.0"
 
     @classmethod
     def default_params(cls) -> dict[str, Any]:
@@ -682,6 +681,11 @@ class LsaKnn(Labeler):
             # Smoothing keeps a vote of k neighbours from claiming certainty.
             votes += p["vote_smoothing"]
             out[start:start + len(sims)] = votes / votes.sum(axis=1, keepdims=True)
+        # A text with no known word has no neighbours worth the name: answer the class prior.
+        no_signal = ~np.isfinite(Z).all(axis=1) | (np.abs(Z).sum(axis=1) == 0)
+        if no_signal.any():
+            prior = self._prior[present] / self._prior[present].sum()
+            out[no_signal] = prior
         return out
 
     def _explain_items(self, items, predicted, top):
@@ -702,7 +706,8 @@ class LsaKnn(Labeler):
 
 # --------------------------------------------------------------------------- pair (entity matching) families
 
-_TOKEN_RE = re.compile(r"[a-z0-9]+(?:[-./][a-z0-9]+)*")
+# Letters/digits (any script), keeping in-token "-./" so "wh-1000xm4" and "2.5" stay whole.
+_TOKEN_RE = re.compile(r"[^\W_]+(?:[-./][^\W_]+)*")
 
 PAIR_FEATURE_NAMES = [
     "word_tfidf_cosine", "char_tfidf_cosine", "token_jaccard", "token_containment",
@@ -818,7 +823,7 @@ class PairSimilarityLogReg(_PairLabeler):
 
     name = "pair_sim_logreg"
     family = "pair-sim-logreg"
-    version = "1.0.0"
+    version = "1.1.0"
 
     @classmethod
     def default_params(cls) -> dict[str, Any]:
@@ -844,7 +849,7 @@ class PairSimilarityBoosting(_PairLabeler):
 
     name = "pair_sim_gbdt"
     family = "pair-sim-gbdt"
-    version = "1.0.0"
+    version = "1.1.0"
 
     @classmethod
     def default_params(cls) -> dict[str, Any]:
@@ -880,7 +885,7 @@ class PairCharNgramLogReg(_PairLabeler):
 
     name = "pair_char_logreg"
     family = "pair-char-logreg"
-    version = "1.0.0"
+    version = "1.1.0"
 
     @classmethod
     def default_params(cls) -> dict[str, Any]:
