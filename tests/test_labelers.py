@@ -230,6 +230,10 @@ def test_empty_texts_train_and_predict(bbc):
         assert proba.shape == (3, 5) and np.isfinite(proba).all()
         np.testing.assert_allclose(proba.sum(axis=1), 1.0)
         assert labeler.explain(queries) == [[], [], []]
+        # No words, no evidence: every empty query gets the same row.
+        np.testing.assert_allclose(proba[1:], proba[[0, 0]], atol=1e-12)
+        if labeler.name == "lsa_knn":  # no neighbours to vote: the seed's most frequent class leads
+            assert CLASSES[proba[0].argmax()] == with_blanks["label"].value_counts().idxmax()
     all_empty = pd.DataFrame({"item_id": ["x", "y", "z"], "text": ["", "", ""]})
     for labeler in make_labelers(seed=0):
         labeler.fit(all_empty, ["business", "tech", "tech"], CLASSES)
