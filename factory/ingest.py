@@ -72,6 +72,9 @@ def _decode(path: Path) -> str:
     raw = path.read_bytes()
     if not raw.strip():
         raise IngestError(f"{path}: the file is empty; nothing was ingested")
+    if raw.startswith((b"\xff\xfe", b"\xfe\xff")):
+        raise IngestError(f"{path}: UTF-16 (it starts with a UTF-16 byte-order mark); re-encode the file as UTF-8 "
+                          f"(e.g. `iconv -f UTF-16 -t UTF-8`); nothing was ingested")
     try:
         return raw.decode("utf-8-sig")  # a UTF-8 BOM is accepted and removed
     except UnicodeDecodeError as e:
@@ -96,6 +99,9 @@ def _check_columns(path: Path, columns: list[str], spec: DatasetSpec) -> None:
 
 def _rows_csv(path: Path, spec: DatasetSpec):
     text = _decode(path)
+    # read over-long fields whole (the file is in memory already) so they are quarantined with their length;
+    # at the default 128 KB limit the reader would stop inside a quoted field and parse its rest as rows
+    csv.field_size_limit(max(csv.field_size_limit(), 2**31 - 1))
     reader = csv.reader(io.StringIO(text, newline=""))
     try:
         header = next(reader)
