@@ -342,16 +342,6 @@ def _softmax_rows(L: np.ndarray) -> np.ndarray:
     return L
 
 
-def _softmax_rows_ll(L: np.ndarray) -> tuple[np.ndarray, float]:
-    """Row softmax (in place) and the summed log-normaliser (the data log-likelihood)."""
-    m = L.max(axis=1, keepdims=True)
-    L -= m
-    np.exp(L, out=L)
-    z = L.sum(axis=1, keepdims=True)
-    L /= z
-    return L, float(m.sum() + np.log(z).sum())
-
-
 def _vote_counts(enc: _Encoded, K: int, n_items: int, mass: np.ndarray | None, labels: np.ndarray, items: np.ndarray) -> np.ndarray:
     """(items, K) vote mass; mass None means one vote per entry (skips a 1M-float multiply)."""
     return np.bincount(items * K + labels, weights=mass, minlength=n_items * K).reshape(n_items, K)
