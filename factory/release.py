@@ -267,6 +267,32 @@ def certify(fx, spec, dataset: str, table: pd.DataFrame, evidence: pd.DataFrame,
     }
 
 
+def measure_batch(fx, dataset: str, batch_id: str) -> dict:
+    """Measured quality of one batch (factory/quality.py) with the spec's gates and the batch's Merkle root.
+
+    For the batch_quality asset: {"measures", "gates", "passed", "merkle_root", "events", "standard"}.
+    """
+    from factory import quality as Q
+    from factory.provenance import merkle_root
+
+    spec = fx.spec(dataset)
+    final = pd.read_parquet(fx.paths.table("final_labels", dataset, batch_id))
+    for c in ("route", "fused_label"):
+        if c not in final:
+            final[c] = None
+    n_raw = len(pd.read_parquet(fx.paths.table("raw_items", dataset, batch_id), columns=["item_id"]))
+    human = _human_answers(fx, dataset, set(final["item_id"]))
+    models = _model_labels(fx, dataset, [batch_id])
+    measures = Q.measure(final[["item_id", "label", "source", "route", "fused_label"]], spec.class_names,
+                         human=human, models=models[["item_id", "labeler", "label"]] if len(models) else None,
+                         prior=spec.prior, n_items=n_raw, level=spec.quality.confidence_level)
+    gates = Q.evaluate_gates(measures, spec.quality)
+    events = fx.ledger.events(dataset, batch_id=batch_id)
+    return {"standard": spec.quality.standard, "measures": measures, "gates": gates,
+            "passed": not any(g["passed"] is False for g in gates),
+            "merkle_root": merkle_root(events["hash"].tolist()), "events": int(len(events))}
+
+
 # ----------------------------------------------------------------------------- writing
 def _json(obj: Any) -> str:
     return json.dumps(obj, indent=2, sort_keys=True, ensure_ascii=False, default=str) + "\n"
