@@ -168,9 +168,24 @@ def build_dataset_assets(dataset: str) -> list:
     @dg.asset(key=key("batch_quality"), group_name="qa", partitions_def=parts, deps=[final_key],
               description="Measured quality of the batch: routing shares and the audit sample's agreement.")
     def batch_quality(context: dg.AssetExecutionContext, factory: FactoryResource) -> dg.MaterializeResult:
-        s = P.batch_summary(factory.factory(), dataset, context.partition_key)
-        return dg.MaterializeResult(metadata={k: dg.MetadataValue.json(v) if isinstance(v, dict) else v
-                                              for k, v in s.items() if v is not None})
+        fx = factory.factory()
+        s = P.batch_summary(fx, dataset, context.partition_key)
+        q = R.measure_batch(fx, dataset, context.partition_key)
+        fx.ledger.record_check(dataset, context.partition_key, "batch_quality", q["standard"], q["passed"],
+                               {"standard": q["standard"], "gates": q["gates"], "expectations": []}, context.run_id)
+        m = q["measures"]
+        audit = (m.get("audit") or {}).get("accuracy") or {}
+        labelers = (m.get("agreement") or {}).get("labelers") or {}
+        meta = {k: dg.MetadataValue.json(v) if isinstance(v, dict) else v for k, v in s.items() if v is not None}
+        meta |= {"standard": q["standard"], "merkle_root": q["merkle_root"], "events": q["events"],
+                 "audit_accuracy": dg.MetadataValue.json(audit), "completeness": m["completeness"]["estimate"],
+                 "machine_people_kappa": (m.get("machine_vs_people") or {}).get("cohen_kappa"),
+                 "labelers_fleiss_kappa": labelers.get("fleiss_kappa"),
+                 "labelers_krippendorff_alpha": labelers.get("krippendorff_alpha"),
+                 "gates": dg.MetadataValue.json(q["gates"]), "gates_passed": q["passed"]}
+        # the batch's Merkle root over its ledger events is its data version: any new or changed event changes it
+        return dg.MaterializeResult(data_version=dg.DataVersion(q["merkle_root"][:16]),
+                                    metadata={k: v for k, v in meta.items() if v is not None})
 
     @dg.asset(key=key("dataset_release"), group_name="release", deps=[final_key],
               description="An immutable, versioned release folder of every batch that passed its blocking checks.")
@@ -183,7 +198,9 @@ def build_dataset_assets(dataset: str) -> list:
             data_version=dg.DataVersion(rel["version"]),
             metadata={"version": rel["version"], "path": rel["path"], "items": rel["items"],
                       "bump": rel["bump"], "batches": dg.MetadataValue.json(rel["batches"]),
-                      "manifest_sha256": rel["manifest_sha256"]})
+                      "manifest_sha256": rel["manifest_sha256"], "content_id": rel["content_id"],
+                      "standard": rel["standard"], "quality_passed": rel["quality_passed"],
+                      "merkle_roots": dg.MetadataValue.json(rel["merkle_roots"])})
 
     return [dataset_spec, raw_items, seed_tasks, labelers, model_predictions, fused_labels, review_tasks,
             final_labels, batch_quality, dataset_release]
