@@ -85,7 +85,7 @@ def test_people_in_the_loop_through_the_cli(cli, fx, bbc_small, truth, tmp_path,
     rel = fx.ledger.releases("news").iloc[0]["path"]
     assert "every file matches" in cli("verify-release", rel).output
     assert "ok:" in cli("verify", "--dataset", "news").output
-    trace = json.loads(cli("trace", listing[0]["item_id"], "--dataset", "news", "--json").output)
+    trace = json.loads(cli("trace", listing[0]["item_id"], "--dataset", "news", "--json").output)["events"]
     kinds = [e["kind"] for e in trace]
     assert kinds[0] == "human" and "model" in kinds and kinds[-1] == "final"
     (Path(rel) / "labels.parquet").write_bytes(b"tampered")
