@@ -154,6 +154,8 @@ def test_quality_spec_rejects_unknown_gates_and_standards():
         parse_spec(news_spec(quality={"blocking": ["vibes"]}))
     with pytest.raises(SpecError, match="unknown quality standard 'nope'"):
         parse_spec(news_spec(quality={"standard": "nope"}))
+    from checks.standards import DEFAULT_STANDARD
+
     s = parse_spec(news_spec())
-    assert s.quality.standard == "factory-default-1.0.0" and s.delivery.tokenizer == "whitespace-cjk"
+    assert s.quality.standard == DEFAULT_STANDARD and s.delivery.tokenizer == "whitespace-cjk"
     assert (s.quality.auto_accept.epsilon, s.quality.auto_accept.delta) == (0.05, 0.1)
