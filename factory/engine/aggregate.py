@@ -33,7 +33,10 @@ Methods
               ``prior_strength`` pseudo-answers on top of the diagonal-leaning prior.
               Works for humans, models (soft answers) and both mixed.  The prior values
               were chosen on the ``dog`` crowd set only (see benchmarks/aggregation.py);
-              there the best shrinkage was 0, so by default auto equals ``ds``.
+              there the best shrinkage was 0, so by default auto equals ``ds``.  For sparse
+              crowds (a few dozen answers per worker) pass ``prior_strength="eb"``: the
+              strength is then estimated per class by maximising the Dirichlet-multinomial
+              evidence of the workers' counts, which keeps DS from over-fitting each worker.
 """
 
 from __future__ import annotations
@@ -67,7 +70,9 @@ DEFAULTS: dict[str, Any] = {
     "ds_alpha": 0.1,  # Dirichlet pseudo-count per off-diagonal confusion cell
     "ds_diag": 0.5,  # Dirichlet pseudo-count on the diagonal: workers start better than chance,
     # so a one-answer worker's answer stays evidence and a class nobody chose stays unlikely
-    "prior_strength": 0.0,  # auto: pseudo-answers per confusion row drawn from the pooled matrix (dog-tuned: 0)
+    # auto: pseudo-answers per confusion row drawn from the pooled matrix of all workers, or
+    # "eb" to estimate it per class from the data (type-II ML); 0 was best on dog, the tuning set
+    "prior_strength": 0.0,
     "class_alpha": 1.0,  # Dirichlet pseudo-count per class on the class prior
     "soft_bins": 4,  # DS family: a soft answer is (argmax, confidence quartile within its worker)
     "loglinear_iter": 5,
@@ -409,6 +414,26 @@ def _design_matrix(
     )
 
 
+_EB_GRID = np.logspace(-1, 3, 29)
+
+
+def _eb_strength(C: np.ndarray, pooled: np.ndarray, base: np.ndarray) -> np.ndarray:
+    """Per true class, the shrinkage strength s maximising the Dirichlet-multinomial evidence.
+
+    Type-II maximum likelihood over a log grid: each worker's expected counts C[w, k, :]
+    are treated as draws from DirMult(s * pooled[k] + base); workers that agree with each
+    other get a large s (strong pooling), workers that differ get a small one.
+    """
+    from scipy.special import gammaln
+
+    n_wk = C.sum(axis=2)  # (W, K)
+    a = _EB_GRID[:, None, None, None] * pooled[None, None] + (base if base.ndim == 3 else base[None])[None]  # (G, W|1, K, J)
+    a0 = a.sum(axis=3)  # (G, W|1, K)
+    ll = (gammaln(a0) - gammaln(a0 + n_wk[None])).sum(axis=1)  # (G, K)
+    ll += (gammaln(a + C[None]) - gammaln(a)).sum(axis=(1, 3))
+    return _EB_GRID[np.argmax(ll, axis=0)]
+
+
 def _em(
     A: sparse.csr_matrix,
     n_workers: int,
@@ -470,7 +495,11 @@ def _em(
             if mode == "hier":
                 pooled = C.sum(axis=0) + (base if base.ndim == 2 else base.mean(axis=0))
                 pooled /= pooled.sum(axis=1, keepdims=True)
-                alpha = float(opts["prior_strength"]) * pooled[None] + base
+                if opts["prior_strength"] == "eb":
+                    strength = _eb_strength(C, pooled, base)[None, :, None]
+                else:
+                    strength = float(opts["prior_strength"])
+                alpha = strength * pooled[None] + base
             else:
                 alpha = base
             num = C + alpha
