@@ -292,7 +292,8 @@ def lineage(release_path: str | Path) -> dict:
                   "factory:guidelineVersion": m.get("guideline_version")})
     graph.append({"@id": "urn:factory:software:annotation-factory", "@type": ["prov:Agent", "prov:SoftwareAgent"],
                   "factory:codeVersion": m.get("code_version")})
-    roots = m.get("merkle_roots", {})
+    roots_file = path / "provenance" / "merkle-roots.json"
+    roots = json.loads(roots_file.read_text(encoding="utf-8")) if roots_file.exists() else m.get("merkle_roots", {})
     for b in m["batches"]:
         bid = b["batch_id"]
         graph.append({"@id": f"urn:factory:{ds}:batch:{bid}", "@type": "prov:Entity",

@@ -14,19 +14,24 @@ Layout of a release folder (every file listed in manifest-sha256.txt, BagIt styl
     croissant.json            Croissant 1.1 metadata with the RAI annotation fields
     README.md                 dataset card with a Hugging Face YAML header
     CHANGELOG.md              per-split counts added/removed/relabelled, reason of each bump
-    manifest.json             counts, versions, quality summary, Merkle root per batch, sha256 of each file
+    manifest.json             counts, versions, quality summary, sha256 of each data/metadata file
     standard/<id-version>.json  the quality standard the release was checked against (re-run by verify)
     quality/certificate.json  every measure with its intervals, the gates, the auto-accept guarantee
     quality/report.html       the same as figures
     quality/evidence.parquet  per item: route, machine label and confidence (what the certificate rests on)
-    provenance/events.parquet every ledger event of the released batches (recheckable hashes)
-    manifest-sha256.txt       "<sha256>  <path>" for every other file
+    manifest-sha256.txt       "<sha256>  <path>" for every file above (BagIt payload manifest)
+    provenance/events.parquet every ledger event of the released batches (recheckable chain hashes)
+    provenance/merkle-roots.json  the Merkle root of each batch over its events' chain hashes
+    tagmanifest-sha256.txt    "<sha256>  <path>" for manifest-sha256.txt and provenance/* (BagIt tag manifest)
 
-Determinism: the same ledger state gives the same bytes.  The only dates inside a release are
-``datePublished`` in croissant.json and ``date`` in README.md/CHANGELOG.md: the ingest date of the
-newest released batch (from the ledger, not the clock).  Event timestamps inside
-provenance/events.parquet are ledger facts, not release-time clocks.  The wall-clock time of the
-release is kept in the ledger's releases table only.
+Determinism: the same labels give the same bytes, and the content id (sha256 of manifest-sha256.txt)
+names the content.  The only dates are ``datePublished`` in croissant.json and ``date`` in
+manifest.json/README.md/CHANGELOG.md: the ingest date of the newest released batch (from the ledger,
+not the clock).  The one place with run-specific facts is ``provenance/`` (event ids, event
+timestamps, Dagster run ids, hence the Merkle roots) and the tag manifest that covers it: two
+independent runs that produce the same labels (e.g. a crashed-and-resumed run and an uninterrupted
+one) give identical files everywhere else.  The wall-clock time of the release is kept in the
+ledger's releases table only.
 """
 from __future__ import annotations
 
@@ -45,6 +50,8 @@ from factory.ledger import canonical, now
 
 DATA_FILE = "labels.parquet"
 LISTING = "manifest-sha256.txt"
+TAG_LISTING = "tagmanifest-sha256.txt"
+RUN_SPECIFIC = ("provenance/",)  # files whose bytes depend on the run (ids, timestamps), not on the labels
 FORMATS = ("parquet", "jsonl", "csv")
 EVENT_COLUMNS = ["seq", "event_id", "dataset", "batch_id", "item_id", "task_id", "kind", "actor", "label",
                  "confidence", "payload", "supersedes", "spec_version", "guideline_version", "run_id",
@@ -448,7 +455,7 @@ def release(fx, dataset: str, run_id: str | None = None, formats: tuple[str, ...
             "counts_per_split": table["split"].value_counts().sort_index().to_dict(),
             "batches": [{"batch_id": b, "source_sha256": batches.loc[b, "source_sha256"],
                          "items": int((table["batch_id"] == b).sum())} for b in ready],
-            "merkle_roots": roots,
+            "merkle_roots_file": "provenance/merkle-roots.json",
             "labelers": model_versions,
             "pending_batches": pending,
             "formats": sorted(set(formats) | {"parquet"}),
@@ -474,10 +481,11 @@ def release(fx, dataset: str, run_id: str | None = None, formats: tuple[str, ...
             old_log = (Path(prev["path"]) / "CHANGELOG.md").read_text(encoding="utf-8").split("\n", 2)[2]
         (tmp / "CHANGELOG.md").write_text(f"# Changelog of {dataset}\n\n" + changelog_entry(manifest, per_split, date)
                                           + ("\n" + old_log if old_log else ""), encoding="utf-8")
-        manifest["files"] = {n: sha256_path(tmp / n) for n in _files(tmp) if n not in ("manifest.json", LISTING)}
+        manifest["files"] = {n: sha256_path(tmp / n) for n in _files(tmp)
+                             if n != "manifest.json" and not n.startswith(RUN_SPECIFIC)}
         (tmp / "manifest.json").write_text(_json(manifest), encoding="utf-8")
-        (tmp / LISTING).write_text("".join(f"{sha256_path(tmp / n)}  {n}\n" for n in _files(tmp) if n != LISTING),
-                                   encoding="utf-8")
+        (tmp / "provenance" / "merkle-roots.json").write_text(_json(roots), encoding="utf-8")
+        write_listings(tmp)
         manifest_sha = sha256_path(tmp / "manifest.json")
         content_id = sha256_path(tmp / LISTING)
         try:
@@ -498,27 +506,46 @@ def _files(folder: Path) -> list[str]:
     return sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file())
 
 
+def write_listings(folder: str | Path) -> None:
+    """(Re)write manifest-sha256.txt (every file but the run-specific ones) and tagmanifest-sha256.txt
+    (manifest-sha256.txt and provenance/*), BagIt style."""
+    folder = Path(folder)
+    names = [n for n in _files(folder) if n not in (LISTING, TAG_LISTING)]
+    payload = [n for n in names if not n.startswith(RUN_SPECIFIC)]
+    (folder / LISTING).write_text("".join(f"{sha256_path(folder / n)}  {n}\n" for n in payload), encoding="utf-8")
+    tags = [LISTING] + [n for n in names if n.startswith(RUN_SPECIFIC)]
+    (folder / TAG_LISTING).write_text("".join(f"{sha256_path(folder / n)}  {n}\n" for n in sorted(tags)),
+                                      encoding="utf-8")
+
+
 # ----------------------------------------------------------------------------- verification (no database)
 def verify_release_files(path: str | Path) -> list[str]:
-    """Recompute every hash of manifest-sha256.txt; return the problems (empty when all holds)."""
+    """Recompute every hash of manifest-sha256.txt and tagmanifest-sha256.txt; return the problems (empty
+    when all holds): a changed file, a listed file that is missing, a file no listing names."""
     path = Path(path)
-    listing = path / LISTING
-    if not listing.exists():
+    if not (path / LISTING).exists():
         return [f"{LISTING}: missing"]
-    problems, listed = [], set()
-    for n, line in enumerate(listing.read_text(encoding="utf-8").splitlines(), start=1):
-        if "  " not in line:
-            problems.append(f"{LISTING}: line {n} is not '<sha256>  <path>'")
+    problems, listed = [], {LISTING}
+    for listing in (LISTING, TAG_LISTING):
+        if not (path / listing).exists():
+            if listing == TAG_LISTING and not (path / "provenance").exists():
+                continue  # releases written before provenance was added have no tag manifest
+            problems.append(f"{listing}: missing")
             continue
-        digest, name = line.split("  ", 1)
-        listed.add(name)
-        f = path / name
-        if not f.exists():
-            problems.append(f"{name}: listed in the manifest but missing")
-        elif sha256_path(f) != digest:
-            problems.append(f"{name}: sha256 differs from the manifest (the file was changed)")
+        listed.add(listing)
+        for n, line in enumerate((path / listing).read_text(encoding="utf-8").splitlines(), start=1):
+            if "  " not in line:
+                problems.append(f"{listing}: line {n} is not '<sha256>  <path>'")
+                continue
+            digest, name = line.split("  ", 1)
+            listed.add(name)
+            f = path / name
+            if not f.exists():
+                problems.append(f"{name}: listed in the manifest but missing")
+            elif sha256_path(f) != digest:
+                problems.append(f"{name}: sha256 differs from the manifest (the file was changed)")
     for rel in _files(path):
-        if rel != LISTING and rel not in listed:
+        if rel not in listed:
             problems.append(f"{rel}: not listed in the manifest (an extra file)")
     return problems
 
@@ -562,7 +589,9 @@ def verify_release(path: str | Path, run_standard: bool = True) -> dict:
             summary["expectations"] = {"passed": sum(o.success for o in outcome.outcomes), "total": len(outcome.outcomes)}
             problems += [f"{DATA_FILE}: standard {std_name}: {o.message()}" for o in outcome.outcomes if not o.success]
     ev_path = path / "provenance" / "events.parquet"
-    if ev_path.exists() and "merkle_roots" in manifest:
+    roots_path = path / "provenance" / "merkle-roots.json"
+    stated_roots = json.loads(roots_path.read_text(encoding="utf-8")) if roots_path.exists() else None
+    if ev_path.exists() and stated_roots is not None:
         try:
             events = pd.read_parquet(ev_path)
         except Exception as e:
@@ -571,11 +600,14 @@ def verify_release(path: str | Path, run_standard: bool = True) -> dict:
         if events is not None:
             problems += [f"provenance/events.parquet: {p}" for p in verify_event_hashes(events)[:20]]
             roots = batch_roots(events)
-            for b, r in manifest["merkle_roots"].items():
+            for b, r in stated_roots.items():
                 if roots.get(b, {}).get("merkle_root") != r["merkle_root"]:
-                    problems.append(f"provenance/events.parquet: batch {b}: Merkle root differs from manifest.json")
+                    problems.append(f"provenance/events.parquet: batch {b}: Merkle root differs from "
+                                    f"provenance/merkle-roots.json")
+            missing = sorted({x["batch_id"] for x in manifest.get("batches", [])} - set(stated_roots))
+            problems += [f"provenance/merkle-roots.json: batch {b} of manifest.json has no Merkle root" for b in missing]
             summary["events"] = int(len(events))
-            summary["merkle_roots"] = len(manifest["merkle_roots"])
+            summary["merkle_roots"] = len(stated_roots)
     cert_path, ev2 = path / "quality" / "certificate.json", path / "quality" / "evidence.parquet"
     if cert_path.exists() and ev2.exists():
         try:
@@ -635,6 +667,9 @@ def show(path: str | Path) -> dict:
     path = Path(path)
     m = json.loads((path / "manifest.json").read_text(encoding="utf-8"))
     m["content_id"] = sha256_path(path / LISTING) if (path / LISTING).exists() else None
+    roots = path / "provenance" / "merkle-roots.json"
+    if roots.exists():
+        m["merkle_roots"] = json.loads(roots.read_text(encoding="utf-8"))
     return m
 
 

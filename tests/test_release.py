@@ -21,7 +21,8 @@ from factory.release import release, verify_release, verify_release_files
 
 EXPECTED_FILES = {"labels.parquet", "croissant.json", "README.md", "CHANGELOG.md", "manifest.json",
                   f"standard/{DEFAULT_STANDARD}.json", "quality/certificate.json", "quality/report.html",
-                  "quality/evidence.parquet", "provenance/events.parquet", "manifest-sha256.txt"}
+                  "quality/evidence.parquet", "provenance/events.parquet", "provenance/merkle-roots.json",
+                  "manifest-sha256.txt", "tagmanifest-sha256.txt"}
 
 
 CLASSES = ["business", "entertainment", "politics", "sports", "tech"]
@@ -125,7 +126,9 @@ def test_release_folder_has_every_file_and_verifies(world):
     files = {p.relative_to(path).as_posix() for p in path.rglob("*") if p.is_file()}
     assert EXPECTED_FILES <= files and any(f.startswith("data/") for f in files)
     listed = {line.split("  ", 1)[1] for line in (path / "manifest-sha256.txt").read_text().splitlines()}
-    assert listed == files - {"manifest-sha256.txt"}
+    tags = {line.split("  ", 1)[1] for line in (path / "tagmanifest-sha256.txt").read_text().splitlines()}
+    assert listed | tags == files - {"tagmanifest-sha256.txt"} and not listed & tags
+    assert tags == {"manifest-sha256.txt", "provenance/events.parquet", "provenance/merkle-roots.json"}
     res = verify_release(path)
     assert res["ok"], res["problems"]
     assert res["summary"]["expectations"]["passed"] == res["summary"]["expectations"]["total"] == 7
@@ -133,7 +136,8 @@ def test_release_folder_has_every_file_and_verifies(world):
     assert m["quality_standard"]["name"] == DEFAULT_STANDARD and m["items"] == 60
     # the Merkle root in the manifest is the root over the batch's events in the ledger
     ev = world["fx"].ledger.events("news")
-    assert m["merkle_roots"][world["b1"]]["merkle_root"] == batch_roots(ev)[world["b1"]]["merkle_root"]
+    roots = json.loads((path / "provenance" / "merkle-roots.json").read_text())
+    assert roots[world["b1"]]["merkle_root"] == batch_roots(ev)[world["b1"]]["merkle_root"]
     cert = json.loads((path / "quality" / "certificate.json").read_text())
     assert cert["standard"]["name"] == DEFAULT_STANDARD
     a = cert["measures"]["audit"]["accuracy"]
@@ -207,9 +211,8 @@ def test_verify_release_names_the_damaged_file(world, tmp_path, damage):
             t.loc[0, "label"] = "weather"
             t.to_parquet(d / "labels.parquet", index=False)
             want = f"labels.parquet: standard {DEFAULT_STANDARD}: label_in_schema: FAILED"
-        from factory.release import sha256_path
-        files = sorted(p.relative_to(d).as_posix() for p in d.rglob("*") if p.is_file() and p.name != "manifest-sha256.txt")
-        (d / "manifest-sha256.txt").write_text("".join(f"{sha256_path(d / f)}  {f}\n" for f in files))
+        from factory.release import write_listings
+        write_listings(d)
         assert verify_release_files(d) == []
     res = verify_release(d)
     assert not res["ok"] and any(p.startswith(want) for p in res["problems"]), res["problems"]
@@ -271,7 +274,7 @@ def test_versions_changelog_diff_and_refusals(world):
     assert any(e["kind"] == "model" and e["probabilities"] for e in story["events"])
     assert [r["version"] for r in story["releases"]] == ["1.1.0", "2.0.0"]
     m = story["merkle"]
-    root_in_release = json.loads((Path(r3["path"]) / "manifest.json").read_text())["merkle_roots"][b2]["merkle_root"]
+    root_in_release = json.loads((Path(r3["path"]) / "provenance" / "merkle-roots.json").read_text())[b2]["merkle_root"]
     assert m["batch_root_now"] == root_in_release
     assert verify_inclusion(m["leaf"], m["index"], m["batch_events"], m["proof"], root_in_release)
     text = cli.invoke(main, ["trace", t["item_id"], "--dataset", "news", "--root", root]).output
