@@ -1,6 +1,6 @@
 """The software-defined assets of one dataset: thin wrappers over factory.pipeline.
 
-Groups: design (dataset_spec), collection (raw_items), annotation (seed_tasks, labelers,
+Groups: design (dataset_spec), collection (raw_items), annotation (initial_tasks, labelers,
 model_predictions, fused_labels), review (review_tasks, final_labels), qa (batch_quality),
 release (dataset_release).  Every batch is a dynamic partition.
 """
@@ -29,10 +29,21 @@ def _fail(e: FactoryError) -> dg.Failure:
                       allow_retries=False)
 
 
-def build_dataset_assets(dataset: str) -> list:
+def _standard_of(dataset: str, root: str | None) -> str:
+    """The quality standard a dataset's spec names (the default if the spec cannot be read yet)."""
+    from factory.pipeline import Factory
+
+    try:
+        return Factory.at(root).spec(dataset).quality.standard
+    except FactoryError:
+        return DEFAULT_STANDARD
+
+
+def build_dataset_assets(dataset: str, root: str | None = None) -> list:
     """Every asset and check of one dataset, keyed under the dataset's name."""
     dn = dagster_name(dataset)
     parts = partitions_for(dataset)
+    standard = _standard_of(dataset, root)
 
     def key(name: str) -> dg.AssetKey:
         return dg.AssetKey([dn, name])
@@ -53,7 +64,7 @@ def build_dataset_assets(dataset: str) -> list:
     raw_key = key("raw_items")
 
     @dg.asset(key=raw_key, group_name="collection", partitions_def=parts, deps=[key("dataset_spec")],
-              check_specs=check_specs(raw_key, "raw_items"),
+              check_specs=check_specs(raw_key, "raw_items", standard),
               description="The batch's accepted items (content-hash ids); duplicates and quarantine in the ledger.")
     def raw_items(context: dg.AssetExecutionContext, factory: FactoryResource) -> dg.MaterializeResult:
         fx = factory.factory()
@@ -63,8 +74,8 @@ def build_dataset_assets(dataset: str) -> list:
         except FactoryError as e:
             raise _fail(e) from None
         batch = fx.ledger.batch(batch_id) or {}
-        outcome = validate(df, "raw_items")
-        fx.ledger.record_check(dataset, batch_id, "raw_items", DEFAULT_STANDARD, outcome.success,
+        outcome = validate(df, "raw_items", standard=standard)
+        fx.ledger.record_check(dataset, batch_id, "raw_items", standard, outcome.success,
                                outcome.to_dict(), context.run_id)
         return dg.MaterializeResult(
             data_version=dg.DataVersion(batch.get("source_sha256", "")[:16]),
@@ -74,16 +85,18 @@ def build_dataset_assets(dataset: str) -> list:
                       "path": str(fx.paths.table("raw_items", dataset, batch_id))},
             check_results=check_results(raw_key, outcome))
 
-    @dg.asset(key=key("seed_tasks"), group_name="annotation", partitions_def=parts, deps=[raw_key],
-              description="While the dataset has fewer human labels than spec.seed.size: a diverse sample sent to people.")
-    def seed_tasks(context: dg.AssetExecutionContext, factory: FactoryResource) -> dg.MaterializeResult:
+    @dg.asset(key=key("initial_tasks"), group_name="annotation", partitions_def=parts, deps=[raw_key],
+              description="Tasks people answer before the models run: every item k times (mode human-model) or, "
+                          "while the dataset has fewer human labels than spec.seed.size, a diverse seed sample.")
+    def initial_tasks(context: dg.AssetExecutionContext, factory: FactoryResource) -> dg.MaterializeResult:
         try:
-            t = P.seed_tasks(factory.factory(), dataset, context.partition_key, context.run_id)
+            t = P.initial_tasks(factory.factory(), dataset, context.partition_key, context.run_id)
         except FactoryError as e:
             raise _fail(e) from None
-        return dg.MaterializeResult(metadata={"seed_tasks": len(t)})
+        return dg.MaterializeResult(metadata={"tasks": len(t),
+                                              "by_kind": dg.MetadataValue.json(t["kind"].value_counts().to_dict())})
 
-    @dg.asset(key=key("labelers"), group_name="annotation", partitions_def=parts, deps=[key("seed_tasks")],
+    @dg.asset(key=key("labelers"), group_name="annotation", partitions_def=parts, deps=[key("initial_tasks")],
               description="Three labelers of different families trained on every human label so far; "
                           "the training-data hash is the data version.")
     def labelers(context: dg.AssetExecutionContext, factory: FactoryResource) -> dg.MaterializeResult:
@@ -142,7 +155,7 @@ def build_dataset_assets(dataset: str) -> list:
     final_key = key("final_labels")
 
     @dg.asset(key=final_key, group_name="review", partitions_def=parts, deps=[key("review_tasks")],
-              check_specs=check_specs(final_key, "final_labels"),
+              check_specs=check_specs(final_key, "final_labels", standard),
               description="Every item's final label (people's decision where they answered, else the fused label), "
                           "with its source and contributing events.")
     def final_labels(context: dg.AssetExecutionContext, factory: FactoryResource) -> dg.MaterializeResult:
@@ -153,15 +166,16 @@ def build_dataset_assets(dataset: str) -> list:
             out = P.final_labels(fx, dataset, batch_id, context.run_id)
         except FactoryError as e:
             raise _fail(e) from None
-        n_items = len(P.read_table(fx, "raw_items", dataset, batch_id))
-        outcome = validate(out, "final_labels", {"classes": spec.class_names, "n_items": n_items})
-        fx.ledger.record_check(dataset, batch_id, "final_labels", DEFAULT_STANDARD, outcome.success,
+        routes = P.read_table(fx, "routing", dataset, batch_id)
+        n_items = int((routes["route"] != "excluded").sum())  # excluded items get no label, by design
+        outcome = validate(out, "final_labels", {"classes": spec.class_names, "n_items": n_items}, standard=standard)
+        fx.ledger.record_check(dataset, batch_id, "final_labels", standard, outcome.success,
                                outcome.to_dict(), context.run_id)
         for o in outcome.blocking_failures:
             context.log.error(f"blocking expectation failed: {o.message()}")
         return dg.MaterializeResult(
             metadata={"items": len(out), "by_source": dg.MetadataValue.json(out["source"].value_counts().to_dict()),
-                      "standard": DEFAULT_STANDARD,
+                      "standard": standard,
                       "path": str(fx.paths.table("final_labels", dataset, batch_id))},
             check_results=check_results(final_key, outcome))
 
@@ -202,11 +216,11 @@ def build_dataset_assets(dataset: str) -> list:
                       "standard": rel["standard"], "quality_passed": rel["quality_passed"],
                       "merkle_roots": dg.MetadataValue.json(rel["merkle_roots"])})
 
-    return [dataset_spec, raw_items, seed_tasks, labelers, model_predictions, fused_labels, review_tasks,
+    return [dataset_spec, raw_items, initial_tasks, labelers, model_predictions, fused_labels, review_tasks,
             final_labels, batch_quality, dataset_release]
 
 
-PREPARE = ("dataset_spec", "raw_items", "seed_tasks")
+PREPARE = ("dataset_spec", "raw_items", "initial_tasks")
 ANNOTATE = ("labelers", "model_predictions", "fused_labels", "review_tasks")
 FINALISE = ("final_labels", "batch_quality")
 RELEASE = ("dataset_release",)

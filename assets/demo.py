@@ -13,7 +13,9 @@ from assets.runner import add_batch_partition, instance_for, run_stage
 from factory.datasets import load_bbc_news
 from factory.ingest import ingest, item_id_for
 from factory.pipeline import Factory, read_table
+from factory.pipeline import batch_summary
 from factory.simulate import SimulatedPool
+from factory.workforce import Workforce
 
 DATASET = "bbc-news"
 MARKER = ".factory-demo"
@@ -26,7 +28,7 @@ DEFINITIONS = {
 }
 
 
-def demo_spec(seed_size: int) -> dict:
+def demo_spec(seed_size: int, mode: str = "prelabel-human") -> dict:
     return {
         "name": DATASET,
         "description": "BBC News articles (2004-2005) labelled by topic: one of five sections.",
@@ -34,13 +36,16 @@ def demo_spec(seed_size: int) -> dict:
         "task": {"type": "classification", "input": "text", "metadata": []},
         "classes": [{"name": k, "definition": v} for k, v in DEFINITIONS.items()],
         "guideline": {"version": "1.0", "text": "Pick the section an editor would file the article under."},
-        "mode": "prelabel-human",
+        "mode": mode,
         "seed": {"size": seed_size},
         "quality": {"confidence_threshold": 0.9, "audit_rate": 0.02, "bias_ratio": 2.0, "min_accuracy": 0.9,
                     "max_quarantine_rate": 0.1},
         "review": {"budget": 0.5},
         "splits": {"train": 0.8, "validation": 0.1, "test": 0.1},
         "compliance": {"class": "general", "personal_information": []},
+        "human_model": {"overlap": 2, "flag_tier": "L2"},
+        "prelabel_model": {"accept_confidence": 0.8, "on_disagreement": "to-human", "audit_rate": 0.01},
+        "workforce": {"gold_rate": 0.02},
     }
 
 
@@ -55,13 +60,13 @@ def prepare_root(root: Path) -> None:
 
 
 def run_demo(root: Path, batches: int = 2, limit: int | None = None, seed_size: int = 100, seed: int = 0,
-             progress: Callable[[str], None] = print) -> dict:
+             mode: str = "prelabel-human", progress: Callable[[str], None] = print) -> dict:
     """Design -> ingest -> pre-label -> route -> simulated review -> checks -> release; returns the summary."""
     t0 = time.time()
     root = root.resolve()
     prepare_root(root)
     (root / "datasets").mkdir()
-    (root / "datasets" / f"{DATASET}.yaml").write_text(yaml.safe_dump(demo_spec(seed_size), sort_keys=False))
+    (root / "datasets" / f"{DATASET}.yaml").write_text(yaml.safe_dump(demo_spec(seed_size, mode), sort_keys=False))
     fx = Factory.at(root)
     instance = instance_for(root)
     news = load_bbc_news(seed=seed)
@@ -69,6 +74,7 @@ def run_demo(root: Path, batches: int = 2, limit: int | None = None, seed_size: 
         news = news.iloc[:limit]
     truth = {item_id_for(t): lab for t, lab in zip(news["text"], news["label"])}
     pool = SimulatedPool(truth, seed=seed)
+    pool.register(Workforce(fx.ledger))
     progress(f"[demo] {len(news)} BBC News articles in {batches} batch(es); {pool.noise_model}")
     inbox = root / "inbox"
     inbox.mkdir()
@@ -83,34 +89,54 @@ def run_demo(root: Path, batches: int = 2, limit: int | None = None, seed_size: 
         progress(f"[demo] ingested {path.name}: {rep.items} items, {rep.duplicates_within + rep.duplicates_across} "
                  f"duplicates, {len(rep.quarantined)} quarantined -> batch {rep.batch_id}")
         for stage in ("prepare", "annotate", "finalise"):
-            r = run_stage(root, DATASET, stage, instance, rep.batch_id)
+            for _round in range(5):  # people answer what each run opened, then the stage runs again
+                r = run_stage(root, DATASET, stage, instance, rep.batch_id)
+                if r.success or not r.waiting:
+                    break
+                n = pool.answer_open_tasks(fx.ledger, spec)
+                human_answers += n
+                progress(f"[demo]   {stage}: waiting for people -> {n} simulated answers")
             if not r.success:
                 raise RuntimeError(f"stage {stage} of batch {rep.batch_id} failed: {r.failures or r.failed_checks}")
-            # people answer what the stage opened: seed tasks after prepare, review/audit tasks after annotate
+            # people answer what the stage opened: seed/first labels after prepare, review tasks after annotate
             n = pool.answer_open_tasks(fx.ledger, spec) if stage != "finalise" else 0
             human_answers += n
-            what = {"prepare": "seed labels to train the labelers", "annotate": "routed items reviewed"}.get(stage)
+            what = {"prepare": "first labels (seed or every item)", "annotate": "routed items"}.get(stage)
             progress(f"[demo]   {stage}: ok ({time.time() - t0:.0f}s)" + (f"; {n} simulated answers: {what}" if n else ""))
+        if i == 0 and batches > 1:
+            # an expert sets up gold items from the first batch: honeypots for the next batches' queues
+            first = read_table(fx, "final_labels", DATASET, rep.batch_id)["item_id"].head(30)
+            Workforce(fx.ledger).add_gold(DATASET, {it: truth[it] for it in first}, source="simulated-expert")
     r = run_stage(root, DATASET, "release", instance)
     if not r.success:
         raise RuntimeError(f"release failed: {r.failures or r.failed_checks}")
     rel = fx.ledger.releases(DATASET).iloc[-1]
     final = pd.concat([read_table(fx, "final_labels", DATASET, b) for b in batch_ids], ignore_index=True)
     final["gold"] = final["item_id"].map(truth)
-    n = len(final)
-    auto = int((final["source"] == "auto").sum())
+    summaries = [batch_summary(fx, DATASET, b) for b in batch_ids]
+    paths: dict[str, int] = {}
+    for sm in summaries:
+        for k, v in sm["paths"].items():
+            paths[k] = paths.get(k, 0) + int(v)
+    n = int(sum(sm["items"] for sm in summaries))
+    auto = paths.get("auto", 0) + paths.get("verified", 0)  # accepted without a person looking
     summary = {
         "simulated": True,
         "noise_model": pool.noise_model,
         "dataset": DATASET,
+        "mode": mode,
         "batches": batch_ids,
         "items": n,
+        "paths": paths,
         "auto_accepted": round(auto / n, 4),
         "routed": round(1 - auto / n, 4),
+        "audit_sample": int(sum(sm["audit_sample"] for sm in summaries)),
         "human_answers": human_answers,
+        "human_minutes": round(sum(sm["human_minutes"] for sm in summaries), 1),
         "accuracy": round(float((final["label"] == final["gold"]).mean()), 4),
         "accuracy_auto_accepted": round(float((final.loc[final.source == "auto", "label"]
-                                               == final.loc[final.source == "auto", "gold"]).mean()), 4),
+                                               == final.loc[final.source == "auto", "gold"]).mean()), 4)
+        if (final.source == "auto").any() else None,
         "accuracy_models_only": round(float((final["fused_label"] == final["gold"]).mean()), 4),
         "release_version": rel["version"],
         "release_path": rel["path"],

@@ -47,9 +47,9 @@ class StageResult:
 
 
 def run_stage(root: Path, dataset: str, stage: str, instance: dg.DagsterInstance,
-              batch_id: str | None = None, log_level: str = "WARNING") -> StageResult:
+              batch_id: str | None = None, log_level: str = "CRITICAL") -> StageResult:
     """Materialise one stage (prepare, annotate, finalise, release) of a dataset for one batch."""
-    assets = build_dataset_assets(dataset)
+    assets = build_dataset_assets(dataset, str(root))
     keys = stage_keys(dataset, STAGES[stage])
     res = dg.materialize(assets, selection=keys, instance=instance, partition_key=batch_id if stage != "release" else None,
                          resources={"factory": FactoryResource(root=str(root))}, raise_on_error=False,

@@ -16,7 +16,7 @@ from typing import Any
 import pandas as pd
 
 STANDARDS_DIR = Path(__file__).parent / "standards"
-DEFAULT_STANDARD = "factory-default-1.0.0"
+DEFAULT_STANDARD = "factory-default-1.1.0"
 _lock = threading.Lock()
 
 

@@ -99,7 +99,45 @@ def raw_items(fx: Factory, dataset: str, batch_id: str) -> pd.DataFrame:
     return df
 
 
-# ----------------------------------------------------------------------------- seed
+# ----------------------------------------------------------------------------- modes and risk
+TRAINING_KINDS = ("seed", "annotate", "review", "audit", "second", "verify", "arbitrate")
+TIER_RANK = {"L1": 0, "L2": 1, "L3": 2, "expert": 3}
+
+
+def item_modes(spec: DatasetSpec, items: pd.DataFrame) -> pd.Series:
+    """The collaboration mode of each item: the spec's mode, or a slice rule's on its metadata."""
+    modes = pd.Series(spec.mode, index=items["item_id"].to_numpy(), dtype=object)
+    if spec.slices:
+        meta = items["meta"].map(json.loads).to_numpy()
+        for rule in reversed(spec.slices):  # the first matching rule wins
+            hit = np.array([m.get(rule.field) in rule.equals for m in meta], dtype=bool)
+            modes[hit] = rule.mode
+    return modes
+
+
+def max_tier(*tiers: str | None) -> str:
+    return max((t for t in tiers if t), key=lambda t: TIER_RANK[t], default="L1")
+
+
+def required_tier(spec: DatasetSpec, label: str | None, reasons: list[str]) -> str:
+    """The least tier allowed to answer a task, from the item's risk and difficulty (spec.workforce)."""
+    w = spec.workforce
+    return max_tier("L1",
+                    w.disagreement_tier if "disagreement" in reasons else None,
+                    w.uncertain_tier if "low_confidence" in reasons else None,
+                    w.class_tiers.get(str(label)) if label is not None else None,
+                    w.sensitive_tier if spec.compliance.grade != "general" else None)
+
+
+def _task(dataset: str, batch_id: str, item_id: str, kind: str, reasons: list[str], *, tier: str = "L1",
+          suggestion: str | None = None, run_id: str | None = None, round_: int = 1, domain: str | None = None) -> dict:
+    kid = kind if round_ == 1 else f"{kind}#{round_}"
+    return dict(task_id=task_id_for(dataset, batch_id, item_id, kid), dataset=dataset, batch_id=batch_id,
+                item_id=item_id, kind=kind, reasons=reasons, suggestion=suggestion, run_id=run_id,
+                required_tier=tier, domain=domain)
+
+
+# ----------------------------------------------------------------------------- people first
 def _features(texts: list[str]):
     from sklearn.feature_extraction.text import HashingVectorizer, TfidfTransformer
 
@@ -108,35 +146,57 @@ def _features(texts: list[str]):
 
 
 def human_labels(fx: Factory, dataset: str) -> pd.DataFrame:
-    """Every item's current human decision (majority of the latest answers per task), for training."""
+    """Every item's current human decision, for training: arbitrations, answers (majority), gold items."""
     dec = fx.ledger.human_decisions(dataset)
-    if dec.empty:
+    frames = []
+    if not dec.empty:
+        kinds = dec["payload"].map(lambda p: json.loads(p).get("task_kind"))
+        dec = dec[kinds.isin(TRAINING_KINDS)]
+        if not dec.empty:
+            agg = aggregate(dec.rename(columns={"actor": "worker_id"})[["item_id", "worker_id", "label"]], method="mv")
+            frames.append(agg[["label"]].reset_index())
+    from factory.workforce import Workforce
+
+    gold = Workforce(fx.ledger).gold(dataset)
+    if not gold.empty:
+        frames.append(gold[["item_id", "label"]])
+    if not frames:
         return pd.DataFrame(columns=["item_id", "label"])
-    agg = aggregate(dec.rename(columns={"actor": "worker_id"})[["item_id", "worker_id", "label"]], method="mv")
-    return agg[["label"]].reset_index()
+    # gold comes last and wins: a known answer beats a vote
+    return pd.concat(frames, ignore_index=True).drop_duplicates("item_id", keep="last").reset_index(drop=True)
 
 
-def seed_tasks(fx: Factory, dataset: str, batch_id: str, run_id: str | None = None, seed: int = 0) -> pd.DataFrame:
-    """Ask people to label a diverse seed sample while the dataset has fewer human labels than spec.seed.size."""
+def initial_tasks(fx: Factory, dataset: str, batch_id: str, run_id: str | None = None, seed: int = 0) -> pd.DataFrame:
+    """Tasks people answer before the models run.
+
+    Items in mode human-model: every item, `human_model.overlap` times (blind: one person per copy).
+    Items in the prelabel modes: while the dataset has fewer human labels than spec.seed.size, a
+    diverse seed sample (k-means++ on TF-IDF) to train the labelers.
+    """
     spec = fx.spec(dataset)
-    have = len(human_labels(fx, dataset))
-    open_seed = fx.ledger.tasks(dataset, status="open")
-    open_seed = int((open_seed["kind"] == "seed").sum()) if not open_seed.empty else 0
-    need = max(0, spec.seed.size - have - open_seed)
     items = read_table(fx, "raw_items", dataset, batch_id)
-    existing = fx.ledger.tasks(dataset, batch_id=batch_id)
-    existing = existing[existing["kind"] == "seed"] if not existing.empty else existing
-    if need == 0 or len(items) == 0:
-        return existing[["task_id", "item_id", "kind"]] if not existing.empty else pd.DataFrame(
-            columns=["task_id", "item_id", "kind"])
-    picks = select_seed(_features(items["text"].tolist()), min(need, len(items)), seed=seed)
-    rows = [dict(task_id=task_id_for(dataset, batch_id, items.item_id.iloc[i], "seed"), dataset=dataset,
-                 batch_id=batch_id, item_id=items.item_id.iloc[i], kind="seed",
-                 reasons=["seed: diverse sample to train the labelers"], suggestion=None, run_id=run_id)
-            for i in sorted(int(p) for p in picks)]
+    modes = item_modes(spec, items)
+    rows = []
+    tier = required_tier(spec, None, [])
+    hm = items[modes.to_numpy() == "human-model"]
+    for r in range(1, spec.human_model.overlap + 1):
+        rows += [_task(dataset, batch_id, i, "annotate", [f"human-model: first labels, copy {r} of "
+                                                          f"{spec.human_model.overlap}"], tier=tier, run_id=run_id,
+                       round_=r) for i in hm["item_id"]]
+    pre = items[modes.to_numpy() != "human-model"]
+    if len(pre):
+        have = len(human_labels(fx, dataset))
+        open_t = fx.ledger.tasks(dataset, status="open")
+        open_seed = int(open_t["kind"].isin(["seed", "annotate"]).sum()) if not open_t.empty else 0
+        need = max(0, spec.seed.size - have - open_seed - len(hm))
+        if need:
+            picks = select_seed(_features(pre["text"].tolist()), min(need, len(pre)), seed=seed)
+            rows += [_task(dataset, batch_id, pre["item_id"].iloc[int(i)], "seed",
+                           ["seed: diverse sample to train the labelers"], tier=tier, run_id=run_id)
+                     for i in sorted(picks)]
     fx.ledger.create_tasks(rows)
     out = fx.ledger.tasks(dataset, batch_id=batch_id)
-    return out[out["kind"] == "seed"][["task_id", "item_id", "kind"]]
+    return out[out["kind"].isin(["seed", "annotate"])][["task_id", "item_id", "kind", "status"]]
 
 
 # ----------------------------------------------------------------------------- labelers
@@ -162,9 +222,10 @@ def train_labelers(fx: Factory, dataset: str, batch_id: str | None = None, seed:
     spec = fx.spec(dataset)
     if batch_id is not None:
         open_tasks = fx.ledger.tasks(dataset, status="open")
-        open_seed = open_tasks[open_tasks["kind"] == "seed"] if not open_tasks.empty else open_tasks
-        if len(open_seed):
-            raise NotReadyError(f"waiting for people: {len(open_seed)} seed task(s) of '{dataset}' are open; "
+        first = open_tasks[(open_tasks["kind"] == "seed")
+                           | ((open_tasks["kind"] == "annotate") & (open_tasks["batch_id"] == batch_id))]
+        if len(first):
+            raise NotReadyError(f"waiting for people: {len(first)} seed/annotation task(s) of '{dataset}' are open; "
                                 f"answer them (`factory tasks list --dataset {dataset}`) and rerun")
     labels = human_labels(fx, dataset)
     if labels["label"].nunique() < 2:
@@ -244,82 +305,341 @@ def fuse(fx: Factory, dataset: str, batch_id: str, run_id: str | None = None) ->
 
 
 # ----------------------------------------------------------------------------- routing
+def _prelabel_human_routes(spec: DatasetSpec, fused: pd.DataFrame, model_labels: pd.DataFrame, seed_dist: dict,
+                           seed: int) -> pd.DataFrame:
+    budget = spec.review.items_allowed(len(fused))
+    r = route_batch(fused, model_labels.loc[fused.index], confidence_threshold=spec.quality.confidence_threshold,
+                    prior=spec.prior, seed_distribution=seed_dist or None, audit_rate=spec.quality.audit_rate,
+                    bias_ratio=spec.quality.bias_ratio, review_budget=budget, seed=seed)
+    return r.reset_index()[["item_id", "route", "label", "confidence", "reasons"]]
+
+
+def _prelabel_model_routes(spec: DatasetSpec, preds: pd.DataFrame, items: pd.Index, seed: int) -> pd.DataFrame:
+    """Labelers fused without the verifier; the verifier (a different family on other features) re-checks."""
+    classes = spec.class_names
+    names = sorted(preds["labeler"].unique())
+    verifier = _verifier_name(names)
+    p = preds[preds["item_id"].isin(items)]
+    prim = p[p["labeler"] != verifier].rename(columns={"labeler": "worker_id"})
+    fused = aggregate(prim[["item_id", "worker_id", "label", *prob_cols(classes)]], method="auto", classes=classes)
+    ver = p[p["labeler"] == verifier].set_index("item_id").reindex(fused.index)
+    conf_ok = (fused["confidence"] >= spec.prelabel_model.accept_confidence) & \
+              (ver["confidence"] >= spec.prelabel_model.accept_confidence)
+    agree = fused["label"].astype(str) == ver["label"].astype(str)
+    out = pd.DataFrame({"item_id": fused.index, "label": fused["label"].astype(str).to_numpy(),
+                        "confidence": fused["confidence"].to_numpy()})
+    ok = (agree & conf_ok).to_numpy()
+    out["route"] = np.where(ok, "verified", "review" if spec.prelabel_model.on_disagreement == "to-human" else "excluded")
+    out["reasons"] = [["verifier_agrees"] if o else
+                      [("verifier_disagrees" if not a else "below_accept_confidence"),
+                       f"verifier {verifier} says {v}"] for o, a, v in zip(ok, agree, ver["label"])]
+    # a minimum audit sample of the model-verified items always goes to people
+    verified = np.flatnonzero(ok)
+    n_audit = int(np.ceil(spec.prelabel_model.audit_rate * len(verified))) if len(verified) else 0
+    if n_audit:
+        pick = np.random.default_rng(seed).choice(verified, size=n_audit, replace=False)
+        out.loc[pick, "route"] = "audit"
+        out.loc[pick, "reasons"] = pd.Series([["audit"]] * n_audit, index=pick)
+    return out
+
+
+def _verifier_name(labeler_names: list[str]) -> str:
+    """The labeler kept out of the fusion in prelabel-model mode: the dense-feature family if present."""
+    for n in labeler_names:
+        if "lsa" in n or "knn" in n or "boost" in n:
+            return n
+    return labeler_names[-1]
+
+
+def _human_model_routes(fx: Factory, spec: DatasetSpec, dataset: str, batch_id: str, items: pd.DataFrame,
+                        fused: pd.DataFrame) -> pd.DataFrame:
+    """People labelled first; the engine's verification flags probable mislabels, gaps and rule anomalies."""
+    from factory.engine.verify import find_suspect_labels
+    from factory.labelers import cross_val_proba, make_labelers
+
+    classes = spec.class_names
+    dec = fx.ledger.human_decisions(dataset, batch_id=batch_id)
+    dec = dec[dec["item_id"].isin(items["item_id"])]
+    answered = dec.groupby("item_id").size()
+    missing = items.loc[~items["item_id"].isin(answered.index), "item_id"]
+    human = aggregate(dec.rename(columns={"actor": "worker_id"})[["item_id", "worker_id", "label"]],
+                      method="auto", classes=classes) if len(dec) else pd.DataFrame(columns=["label", "confidence"])
+    labelled = items[items["item_id"].isin(human.index)].set_index("item_id")
+    given = human.loc[labelled.index, "label"].astype(str)
+    rows = []
+    if len(labelled) >= 2:
+        oos = cross_val_proba(lambda: make_labelers(TASK_TYPE[spec.task.type])[0],
+                              labelled.reset_index()[["item_id", "text"]], given.tolist(), classes,
+                              folds=spec.human_model.verify_with)
+        sus = find_suspect_labels(given.tolist(), oos, classes,
+                                  fused_posterior=human.loc[labelled.index, prob_cols(classes)].to_numpy(),
+                                  index=labelled.index).reindex(labelled.index)
+    else:
+        sus = pd.DataFrame({"flag": False, "reasons": [[]] * len(labelled)}, index=labelled.index)
+    n_labels = dec.groupby("item_id")["label"].nunique()
+    meta = labelled["meta"].map(json.loads)
+    for item_id in labelled.index:
+        reasons = []
+        if bool(sus.at[item_id, "flag"]):
+            reasons.append("probable_mislabel")
+            reasons += [r for r in sus.at[item_id, "reasons"] if isinstance(r, str)][:2]
+        if n_labels.get(item_id, 1) > 1:
+            reasons.append("annotators_disagree")
+        for rule in spec.rules:
+            if meta[item_id].get(rule.field) in rule.equals and given[item_id] in rule.forbids:
+                reasons.append(f"rule:{rule.name}: '{given[item_id]}' is forbidden when {rule.field}="
+                               f"{meta[item_id].get(rule.field)}")
+        rows.append(dict(item_id=item_id, route="verify" if reasons else "annotated", label=given[item_id],
+                         confidence=float(human.at[item_id, "confidence"]), reasons=reasons or ["accepted"]))
+    for item_id in missing:  # everyone skipped it: a missing label goes up a tier
+        rows.append(dict(item_id=item_id, route="verify", label=str(fused.at[item_id, "label"]),
+                         confidence=float(fused.at[item_id, "confidence"]), reasons=["missing_label"]))
+    return pd.DataFrame(rows, columns=["item_id", "route", "label", "confidence", "reasons"])
+
+
 def review_tasks(fx: Factory, dataset: str, batch_id: str, run_id: str | None = None, seed: int = 0) -> pd.DataFrame:
-    """Route each fused item to people or auto-accept it, store the decision with its reasons, open tasks."""
+    """Route every item by its mode, store each decision with its reasons, open the tasks for people."""
     spec = fx.spec(dataset)
+    items = read_table(fx, "raw_items", dataset, batch_id)
+    modes = item_modes(spec, items)
     fused = read_table(fx, "fused_labels", dataset, batch_id).set_index("item_id")
     preds = read_table(fx, "model_predictions", dataset, batch_id)
     model_labels = preds.pivot(index="item_id", columns="labeler", values="label").reindex(fused.index)
-    seeded = fx.ledger.tasks(dataset, batch_id=batch_id)
-    seeded_items = set(seeded.loc[seeded["kind"] == "seed", "item_id"]) if not seeded.empty else set()
-    pool = fused.loc[~fused.index.isin(seeded_items)]
-    seed_dist = human_labels(fx, dataset)["label"].value_counts().to_dict()
-    budget = spec.review.items_allowed(len(pool))
-    routes = route_batch(pool, model_labels.loc[pool.index], confidence_threshold=spec.quality.confidence_threshold,
-                         prior=spec.prior, seed_distribution=seed_dist or None, audit_rate=spec.quality.audit_rate,
-                         bias_ratio=spec.quality.bias_ratio, review_budget=budget, seed=seed)
-    routes = routes.reset_index()
-    if seeded_items:
-        s = fused.loc[fused.index.isin(seeded_items)].reset_index()
-        routes = pd.concat([routes, pd.DataFrame({
-            "item_id": s["item_id"], "route": "seed", "label": s["label"], "confidence": s["confidence"],
-            "priority": 0.0, "reasons": [["seed: already sent to people to train the labelers"]] * len(s)})],
-            ignore_index=True)
+    existing = fx.ledger.tasks(dataset, batch_id=batch_id)
+    seeded = set(existing.loc[existing["kind"] == "seed", "item_id"]) if not existing.empty else set()
+    parts = []
+    ph = fused.index[(modes.reindex(fused.index) == "prelabel-human").to_numpy() & ~fused.index.isin(seeded)]
+    if len(ph):
+        seed_dist = human_labels(fx, dataset)["label"].value_counts().to_dict()
+        parts.append(_prelabel_human_routes(spec, fused.loc[ph], model_labels, seed_dist, seed))
+    pm = fused.index[(modes.reindex(fused.index) == "prelabel-model").to_numpy() & ~fused.index.isin(seeded)]
+    if len(pm):
+        parts.append(_prelabel_model_routes(spec, preds, pm, seed))
+    hm = items[(modes == "human-model").to_numpy()]
+    if len(hm):
+        parts.append(_human_model_routes(fx, spec, dataset, batch_id, hm, fused))
+    if seeded:
+        s = fused.loc[fused.index.isin(seeded)].reset_index()
+        parts.append(pd.DataFrame({"item_id": s["item_id"], "route": "seed", "label": s["label"],
+                                   "confidence": s["confidence"],
+                                   "reasons": [["seed: already sent to people to train the labelers"]] * len(s)}))
+    routes = pd.concat(parts, ignore_index=True)
     routes["reasons"] = routes["reasons"].map(list)
-    tbl = routes.assign(reasons=routes["reasons"].map(json.dumps))
-    write_table(tbl, fx.paths.table("routing", dataset, batch_id))
-    to_people = routes[routes["route"].isin(["review", "audit"])]
-    fx.ledger.create_tasks([dict(task_id=task_id_for(dataset, batch_id, r.item_id, r.route), dataset=dataset,
-                                 batch_id=batch_id, item_id=r.item_id, kind=r.route, reasons=r.reasons,
-                                 suggestion=str(r.label), run_id=run_id)
-                            for r in to_people.itertuples(index=False)])
+    routes["mode"] = routes["item_id"].map(modes)
+    routes["required_tier"] = [
+        (spec.human_model.flag_tier if r.route == "verify" else required_tier(spec, r.label, r.reasons))
+        for r in routes.itertuples(index=False)]
+    write_table(routes.assign(reasons=routes["reasons"].map(json.dumps)), fx.paths.table("routing", dataset, batch_id))
+    show = spec.review.show_model_suggestion
+    rows = [_task(dataset, batch_id, r.item_id, r.route, r.reasons, tier=r.required_tier, run_id=run_id,
+                  suggestion=str(r.label) if show and r.route != "verify" else None, domain=spec.workforce.domain)
+            for r in routes[routes["route"].isin(["review", "audit", "verify"])].itertuples(index=False)]
+    rows += _honeypots(fx, spec, dataset, batch_id, len(rows), run_id, seed)
+    fx.ledger.create_tasks(rows)
+    if (routes["route"] == "excluded").any():
+        ex = routes[routes["route"] == "excluded"]
+        fx.ledger.append_events(dataset, [dict(
+            batch_id=batch_id, item_id=r.item_id, kind="exclusion", actor="prelabel-model:verifier", label=None,
+            dedup_key=f"exclusion:{batch_id}:{r.item_id}", payload={"reasons": r.reasons},
+            **_meta(spec, run_id)) for r in ex.itertuples(index=False)])
     return routes
 
 
+def _honeypots(fx: Factory, spec: DatasetSpec, dataset: str, batch_id: str, n_tasks: int, run_id: str | None,
+               seed: int) -> list[dict]:
+    """Hidden gold items mixed into the batch's queue at spec.workforce.gold_rate (no suggestion shown)."""
+    from factory.workforce import Workforce
+
+    rate = spec.workforce.gold_rate
+    if not rate or not n_tasks:
+        return []
+    gold = Workforce(fx.ledger).gold(dataset)
+    if gold.empty:
+        return []
+    n = min(len(gold), max(1, int(round(rate * n_tasks))))
+    pick = gold.sample(n=n, random_state=seed)["item_id"]
+    return [_task(dataset, batch_id, i, "gold", ["honeypot"], run_id=run_id) for i in pick]
+
+
 # ----------------------------------------------------------------------------- final labels
-FINAL_SOURCES = ("auto", "calibrated", "annotated")
+FINAL_SOURCES = ("auto", "calibrated", "annotated", "verified", "arbitrated")
+HUMAN_RELIABILITY = 0.85  # one-coin accuracy assumed for a person without a gold record
+TARGET_POSTERIOR = 0.9
+MAX_ANSWERS = 3
+
+
+def combine(prior: np.ndarray, item_index: pd.Index, answers: pd.DataFrame, classes: list[str]) -> np.ndarray:
+    """Posterior of each item given a prior (model probabilities) and people's answers of known reliability.
+
+    One-coin update: an answer of reliability r multiplies its class by r and every other class by
+    (1 - r) / (k - 1).  Vectorised over answers with np.add.at in log space.
+    """
+    k = len(classes)
+    logp = np.log(np.clip(prior, 1e-6, 1.0))
+    if len(answers):
+        pos = item_index.get_indexer(answers["item_id"])
+        cls = pd.Index(classes).get_indexer(answers["label"].astype(str))
+        keep = (pos >= 0) & (cls >= 0)
+        r = np.clip(answers["reliability"].to_numpy(dtype=float)[keep], 0.5, 0.999)
+        other = np.log((1 - r) / (k - 1))
+        np.add.at(logp, pos[keep], other[:, None] * np.ones(k))
+        np.add.at(logp, (pos[keep], cls[keep]), np.log(r) - other)
+    logp -= logp.max(axis=1, keepdims=True)
+    p = np.exp(logp)
+    return p / p.sum(axis=1, keepdims=True)
+
+
+def _reliabilities(fx: Factory, dataset: str, who: pd.Series) -> pd.Series:
+    from factory.workforce import Workforce
+
+    scores = Workforce(fx.ledger).scores(dataset)
+    known = scores.set_index("annotator_id")["gold_accuracy"].dropna() if not scores.empty else pd.Series(dtype=float)
+    return who.map(known).fillna(HUMAN_RELIABILITY)
+
+
+def escalate(fx: Factory, dataset: str, batch_id: str, run_id: str | None = None) -> pd.DataFrame:
+    """Open second-opinion or expert-arbitration tasks where people and models have not settled an item.
+
+    The engine's adaptive routing (`decide`) reads the posterior of models + people: items below
+    the target get one more answer from someone who has not seen the item (at least tier L2); items
+    still unsettled after two answers go to an expert.  Returns the new tasks.
+    """
+    from factory.engine.routing import decide
+
+    spec = fx.spec(dataset)
+    classes = spec.class_names
+    routes = read_table(fx, "routing", dataset, batch_id).set_index("item_id")
+    fused = read_table(fx, "fused_labels", dataset, batch_id).set_index("item_id")
+    dec = fx.ledger.human_decisions(dataset, batch_id=batch_id)
+    if dec.empty:
+        return pd.DataFrame()
+    dec = dec[dec["item_id"].isin(routes.index) & dec["task_id"].notna()]
+    kinds = dec["payload"].map(lambda p: json.loads(p).get("task_kind"))
+    dec = dec[kinds.isin(TRAINING_KINDS)]
+    arbitrated = set(fx.ledger.events(dataset, batch_id=batch_id, kind="arbitration")["item_id"])
+    tasks = fx.ledger.tasks(dataset, batch_id=batch_id)
+    pending_arb = set(tasks.loc[tasks["kind"] == "arbitrate", "item_id"])
+    # an answer outside the current schema is a schema problem for the blocking checks, not a dispute
+    off_schema = set(dec.loc[~dec["label"].astype(str).isin(classes), "item_id"])
+    people = routes.index[routes.index.isin(dec["item_id"]) & ~routes.index.isin(arbitrated | pending_arb | off_schema)
+                          & (routes["route"] != "seed")]
+    if not len(people):
+        return pd.DataFrame()
+    d = dec[dec["item_id"].isin(people)].assign(reliability=lambda x: _reliabilities(fx, dataset, x["actor"]))
+    prior = fused.loc[people, prob_cols(classes)].to_numpy(copy=True)
+    if (routes.loc[people, "mode"] == "human-model").any():  # people first: the models' prior is kept weak
+        hm = (routes.loc[people, "mode"] == "human-model").to_numpy()
+        prior[hm] = 0.5 * prior[hm] + 0.5 / len(classes)
+    post = pd.DataFrame(combine(prior, people, d, classes), index=people, columns=prob_cols(classes))
+    n = d.groupby("item_id").size().reindex(people).fillna(0).astype(int)
+    base = routes.loc[people, "route"].map({"verify": spec.human_model.overlap + 1}).fillna(1).astype(int)
+    n_eff = n - base + 1
+    act = decide(post, n_eff, target=TARGET_POSTERIOR, budget_left=len(people),
+                 max_answers_per_item=MAX_ANSWERS, escalate_after=2, worker_reliability=HUMAN_RELIABILITY)
+    # people are never silently overruled: where the posterior's label is not the people's majority,
+    # another person looks (or, after two, an expert decides)
+    majority = (d.groupby(["item_id", "label"]).size().rename("n").reset_index()
+                .sort_values(["item_id", "n", "label"], ascending=[True, False, True])
+                .drop_duplicates("item_id").set_index("item_id")["label"].reindex(people))
+    top = pd.Series(np.asarray(classes, dtype=object)[post.to_numpy().argmax(axis=1)], index=people)
+    overruled = (top != majority) & (act["action"] == "accept")
+    act.loc[overruled, "action"] = np.where(n_eff[overruled] < 2, "ask", "escalate")
+    act.loc[overruled, "reasons"] = pd.Series([["people_and_models_disagree"]] * int(overruled.sum()),
+                                              index=act.index[overruled.to_numpy()], dtype=object)
+    new = []
+    for item_id, a in act.iterrows():
+        rnd = int(n[item_id]) + 1
+        if a["action"] == "ask":
+            new.append(_task(dataset, batch_id, item_id, "second", ["second_opinion"] + list(a["reasons"])[:2],
+                             tier=max_tier("L2", routes.at[item_id, "required_tier"]), run_id=run_id, round_=rnd))
+        elif a["action"] == "escalate":
+            new.append(_task(dataset, batch_id, item_id, "arbitrate", ["unresolved"] + list(a["reasons"])[:2],
+                             tier="expert", run_id=run_id, domain=spec.workforce.domain))
+    fx.ledger.create_tasks(new)
+    return pd.DataFrame(new)
 
 
 def final_labels(fx: Factory, dataset: str, batch_id: str, run_id: str | None = None) -> pd.DataFrame:
-    """Every item's final label: people's decision where they answered, else the fused label."""
+    """Every item's final label and path: auto, verified, annotated, calibrated or arbitrated.
+
+    auto: the fused label, nobody looked (prelabel-human); verified: the independent verifier model
+    agreed, nobody looked (prelabel-model); annotated and calibrated: see `_human_source`;
+    arbitrated: an expert's final decision.
+
+    Excluded items (prelabel-model disagreements under on_disagreement=exclude) get no label; their
+    exclusion event in the ledger says why.  Waits (NotReadyError) while tasks are open, and opens
+    second-opinion or arbitration tasks first when people and models have not settled an item.
+    """
     spec = fx.spec(dataset)
-    tasks = fx.ledger.tasks(dataset, batch_id=batch_id)
-    open_tasks = tasks[tasks["status"] == "open"]
-    if len(open_tasks):
-        raise NotReadyError(f"waiting for people: {len(open_tasks)} of {len(tasks)} task(s) of batch {batch_id} "
+    classes = spec.class_names
+
+    def open_tasks():
+        t = fx.ledger.tasks(dataset, batch_id=batch_id)
+        return t, t[(t["status"] == "open") & (t["kind"] != "gold")]
+
+    tasks, waiting = open_tasks()
+    if len(waiting):
+        raise NotReadyError(f"waiting for people: {len(waiting)} of {len(tasks)} task(s) of batch {batch_id} "
                             f"are open (`factory tasks list --batch {batch_id}`)")
+    new = escalate(fx, dataset, batch_id, run_id)
+    if len(new):
+        kinds = new["kind"].value_counts().to_dict()
+        raise NotReadyError(f"waiting for people: opened {kinds.get('second', 0)} second-opinion and "
+                            f"{kinds.get('arbitrate', 0)} arbitration task(s) for items people and models have "
+                            f"not settled (`factory tasks list --batch {batch_id}`)")
+    tasks = fx.ledger.tasks(dataset, batch_id=batch_id)
     routes = read_table(fx, "routing", dataset, batch_id).set_index("item_id")
     fused = read_table(fx, "fused_labels", dataset, batch_id).set_index("item_id")
-    events = fx.ledger.events(dataset, batch_id=batch_id, kind=["model", "fusion"])
-    machine_events = events.groupby("item_id")["event_id"].agg(list)
+    keep = routes.index[routes["route"] != "excluded"]
+    fused = fused.loc[fused.index.intersection(keep)]
+    events = fx.ledger.events(dataset, batch_id=batch_id, kind=["model", "fusion", "arbitration"])
+    machine_events = events[events["kind"] != "arbitration"].groupby("item_id")["event_id"].agg(list)
+    arbitration = events[events["kind"] == "arbitration"].groupby("item_id").tail(1).set_index("item_id")
     decisions = fx.ledger.human_decisions(dataset, batch_id=batch_id)
     out = pd.DataFrame(index=fused.index)
     out["batch_id"] = batch_id
     out["label"] = fused["label"].astype(str)
     out["confidence"] = fused["confidence"].astype(float)
-    out["source"] = "auto"
-    out["route"] = routes["route"].reindex(out.index)
+    route = routes["route"].reindex(out.index)
+    out["source"] = np.where(route == "verified", "verified", "auto")
+    out["route"] = route
+    out["mode"] = routes["mode"].reindex(out.index)
     out["fused_label"] = fused["label"].astype(str)
     out["fused_confidence"] = fused["confidence"].astype(float)
     human_events = pd.Series([[] for _ in range(len(out))], index=out.index, dtype=object)
     out["annotators"] = "[]"
     if not decisions.empty:
-        d = decisions[decisions["item_id"].isin(out.index)].assign(
-            task_kind=lambda x: x["task_id"].map(tasks.set_index("task_id")["kind"]))
-        # majority of the people's current answers per item; ties go to the alphabetically first label
-        votes = d.groupby(["item_id", "label"]).size().rename("n").reset_index()
-        votes["total"] = votes.groupby("item_id")["n"].transform("sum")
-        top = votes.sort_values(["item_id", "n", "label"], ascending=[True, False, True]).drop_duplicates("item_id")
-        top = top.set_index("item_id")
-        per_item = d.groupby("item_id").agg(all_seed=("task_kind", lambda k: bool((k == "seed").all())),
-                                            annotators=("actor", lambda a: json.dumps(sorted(set(a)))),
-                                            events=("event_id", list))
-        idx = top.index
-        out.loc[idx, "label"] = top["label"].astype(str)
-        out.loc[idx, "confidence"] = (top["n"] / top["total"]).astype(float)
-        out.loc[idx, "source"] = per_item.loc[idx, "all_seed"].map({True: "annotated", False: "calibrated"})
+        d = decisions[decisions["item_id"].isin(out.index)].copy()
+        d["task_kind"] = d["task_id"].map(tasks.set_index("task_id")["kind"])
+        d = d[d["task_kind"].isin(TRAINING_KINDS)]
+    else:
+        d = decisions
+    if len(d):
+        d = d.assign(reliability=_reliabilities(fx, dataset, d["actor"]))
+        idx = pd.Index(sorted(d["item_id"].unique()))
+        prior = fused.loc[idx, prob_cols(classes)].to_numpy(copy=True)
+        hm = (out.loc[idx, "mode"] == "human-model").to_numpy()
+        prior[hm] = 0.5 * prior[hm] + 0.5 / len(classes)  # people first: a weak model prior
+        post = combine(prior, idx, d, classes)
+        out.loc[idx, "label"] = np.asarray(classes, dtype=object)[post.argmax(axis=1)]
+        out.loc[idx, "confidence"] = post.max(axis=1)
+        per_item = d.groupby("item_id").agg(
+            kinds=("task_kind", lambda k: set(k)),
+            annotators=("actor", lambda a: json.dumps(sorted(set(a)))),
+            events=("event_id", list))
+        out.loc[idx, "source"] = per_item.loc[idx, "kinds"].map(_human_source).to_numpy()
+        # people's answers outside the current schema are kept as given, for the blocking check to name
+        off = d[~d["label"].astype(str).isin(classes)].groupby("item_id")["label"].agg(lambda x: x.mode().iloc[0])
+        out.loc[off.index, "label"] = off.astype(str)
         out.loc[idx, "annotators"] = per_item.loc[idx, "annotators"]
         human_events.loc[idx] = per_item.loc[idx, "events"]
+    arb = arbitration.index.intersection(out.index)
+    if len(arb):
+        out.loc[arb, "label"] = arbitration.loc[arb, "label"].astype(str)
+        out.loc[arb, "confidence"] = 1.0
+        out.loc[arb, "source"] = "arbitrated"
+        for i in arb:
+            human_events.at[i] = human_events.at[i] + [arbitration.at[i, "event_id"]]
     machine = machine_events.reindex(out.index)
     event_lists = [(m if isinstance(m, list) else []) + h for m, h in zip(machine, human_events)]
     out["event_ids"] = [json.dumps(e) for e in event_lists]
@@ -339,16 +659,47 @@ def final_labels(fx: Factory, dataset: str, batch_id: str, run_id: str | None = 
     return out
 
 
+def _human_source(kinds: set) -> str:
+    """annotated: people labelled first (seed, human-model); calibrated: a person checked a machine's or a
+    colleague's label (review, audit, second opinion, a flagged label re-checked by a higher tier)."""
+    return "annotated" if kinds <= {"seed", "annotate"} else "calibrated"
+
+
 def batch_summary(fx: Factory, dataset: str, batch_id: str) -> dict:
-    """Counts per route and source, and the audit-sample agreement, for reports and asset metadata."""
+    """Per-batch report: items per path, people's answers and minutes, per-annotator figures, gold accuracy."""
+    spec = fx.spec(dataset)
     final = read_table(fx, "final_labels", dataset, batch_id)
+    routes = read_table(fx, "routing", dataset, batch_id)
+    tasks = fx.ledger.tasks(dataset, batch_id=batch_id)
+    answered = tasks[tasks["status"] == "answered"]
+    paths = {p: 0 for p in (*FINAL_SOURCES, "excluded")}
+    paths.update(final["source"].value_counts().to_dict())
+    paths["excluded"] = int((routes["route"] == "excluded").sum())
     audit = final[final["route"] == "audit"]
     agree = float((audit["label"] == audit["fused_label"]).mean()) if len(audit) else None
+    secs = spec.workforce.seconds_per_answer
+    minutes = float(answered["required_tier"].fillna("L1").map(lambda t: secs.get(t, secs.get("L1", 20))).sum() / 60)
+    per_annotator = {}
+    if len(answered):
+        lab = final.set_index("item_id")["label"]
+        a = answered.assign(final=answered["item_id"].map(lab))
+        for who, g in a.groupby("annotator"):
+            scored = g[g["final"].notna()]
+            per_annotator[str(who)] = {"answers": int(len(g)),
+                                       "agreement_with_final": round(float((scored["answer"] == scored["final"]).mean()), 4)
+                                       if len(scored) else None}
+    from factory.workforce import Workforce
+
+    gold = Workforce(fx.ledger).gold_answers(dataset)
     return {
-        "items": int(len(final)),
-        "by_source": final["source"].value_counts().to_dict(),
-        "by_route": final["route"].value_counts().to_dict(),
+        "items": int(len(final)) + paths["excluded"],
+        "paths": paths,
+        "by_route": routes["route"].value_counts().to_dict(),
+        "human_answers": int(len(answered)),
+        "human_minutes": round(minutes, 1),
         "audit_sample": int(len(audit)),
         "audit_agreement": agree,
+        "gold_accuracy": round(float(gold["correct"].mean()), 4) if len(gold) else None,
+        "per_annotator": per_annotator,
         "label_distribution": final["label"].value_counts().to_dict(),
     }

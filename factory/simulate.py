@@ -1,51 +1,103 @@
-"""Simulated reviewers for demos and benchmarks only (never used by the factory's own decisions).
+"""Simulated people for demos and benchmarks only (never used by the factory's own decisions).
 
 Noise model: reviewer r answers the item's gold label with probability acc_r, else a class drawn
 uniformly from the other classes; acc_r is drawn once per reviewer from U(acc_low, acc_high).
-Every answer is a real ledger event whose annotator id starts with "sim-".
+Experts answer right with probability `expert_accuracy` and always give a rationale.  Tasks are
+handed out with the factory's own dispatch rules (tier, blind overlap, nobody reviews their own
+label).  Every answer is a real ledger event whose annotator id starts with "sim-".
 """
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 
 import numpy as np
+import pandas as pd
 
 from factory.ledger import Ledger
 from factory.spec import DatasetSpec
+from factory.workforce import dispatch
 
 
 @dataclass
 class SimulatedPool:
-    """A pool of simulated reviewers who know the gold label and make uniform mistakes."""
+    """A pool of simulated reviewers (half L1, half L2) and experts who know the gold label."""
 
     truth: dict[str, str]
     n_reviewers: int = 5
     acc_low: float = 0.85
     acc_high: float = 0.97
+    n_experts: int = 1
+    expert_accuracy: float = 0.98
     seed: int = 0
 
     def __post_init__(self) -> None:
         self.rng = np.random.default_rng(self.seed)
         self.accuracy = {f"sim-{i + 1:02d}": float(a) for i, a in
                          enumerate(self.rng.uniform(self.acc_low, self.acc_high, self.n_reviewers))}
+        self.tier = {a: ("L1" if i < self.n_reviewers // 2 else "L2") for i, a in enumerate(self.accuracy)}
+        for i in range(self.n_experts):
+            self.accuracy[f"sim-expert-{i + 1}"] = self.expert_accuracy
+            self.tier[f"sim-expert-{i + 1}"] = "expert"
 
     @property
     def noise_model(self) -> str:
         return (f"simulated reviewers: {self.n_reviewers}, accuracy ~ U({self.acc_low}, {self.acc_high}) per "
-                f"reviewer, wrong answers uniform over the other classes")
+                f"reviewer, wrong answers uniform over the other classes; {self.n_experts} simulated expert(s) "
+                f"at {self.expert_accuracy}")
+
+    @property
+    def people(self) -> pd.DataFrame:
+        return pd.DataFrame({"annotator_id": list(self.tier), "tier": list(self.tier.values()), "status": "active",
+                             "max_open_tasks": 10 ** 9, "domains": "[]"})
+
+    def register(self, workforce) -> None:
+        """Put the simulated people in the annotator registry (idempotent)."""
+        have = set(workforce.list()["annotator_id"])
+        for a, t in self.tier.items():
+            if a not in have:
+                workforce.add(a, tier=t)
+
+    def _answer(self, who: str, item_id: str, classes: list[str]) -> str:
+        gold = self.truth[item_id]
+        if self.rng.random() < self.accuracy[who]:
+            return gold
+        return str(self.rng.choice([c for c in classes if c != gold]))
 
     def answer_open_tasks(self, ledger: Ledger, spec: DatasetSpec, batch_id: str | None = None) -> int:
-        """Answer every open task of the dataset (optionally one batch); returns how many were answered."""
+        """Answer every open task of the dataset (optionally of one batch); returns how many were answered."""
         open_tasks = ledger.tasks(spec.name, batch_id=batch_id, status="open")
+        if open_tasks.empty:
+            return 0
         classes = spec.class_names
-        names = list(self.accuracy)
-        for i, t in enumerate(open_tasks.itertuples(index=False)):
-            who = names[i % len(names)]
-            gold = self.truth[t.item_id]
-            if self.rng.random() < self.accuracy[who]:
-                label = gold
-            else:
-                label = self.rng.choice([c for c in classes if c != gold])
-            ledger.answer_task(t.task_id, str(label), who, classes, spec_version=spec.version,
-                               guideline_version=spec.guideline.version, source="simulated")
-        return len(open_tasks)
+        ev = ledger.events(spec.name, kind=["human", "correction"])
+        ev = ev[ev["item_id"].isin(open_tasks["item_id"])]
+        answered_by = ev.groupby("item_id")["actor"].agg(set).to_dict()
+        who = dispatch(open_tasks, self.people, answered_by, seed=int(self.rng.integers(1 << 30)))
+        answers, n = [], 0
+        for t in open_tasks.itertuples(index=False):
+            person = who.get(t.task_id)
+            if person is None:
+                continue
+            label = self._answer(person, t.item_id, classes)
+            if t.kind == "arbitrate":
+                ledger.arbitrate(spec.name, t.item_id, label, person,
+                                 f"simulated expert: read the item and the {len(answered_by.get(t.item_id, ()))} "
+                                 f"conflicting answers", classes, spec_version=spec.version,
+                                 guideline_version=spec.guideline.version)
+                n += 1
+                continue
+            answers.append({"task_id": t.task_id, "label": label, "annotator": person, "source": "simulated",
+                            "spec_version": spec.version, "guideline_version": spec.guideline.version})
+        if answers:
+            ledger.answer_tasks(answers, {spec.name: classes})
+        return n + len(answers)
+
+
+def gold_accuracy(truth: dict[str, str], final: pd.DataFrame) -> float:
+    """Share of final labels equal to the gold label (for reports of simulated runs)."""
+    return float((final["label"] == final["item_id"].map(truth)).mean())
+
+
+def describe(pool: SimulatedPool) -> str:
+    return json.dumps({"reviewers": pool.accuracy, "tiers": pool.tier})

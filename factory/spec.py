@@ -67,7 +67,7 @@ class QualitySpec(_Strict):
     # the quality standard (checks/standards/<id>-<version>.json) this dataset is checked against.
     # Issue-6 fields are left out of the dump (and so of the spec version) at their defaults: adding them
     # changed no existing spec's version.
-    standard: str = Field(default="factory-default-1.0.0", exclude_if=lambda v: v == "factory-default-1.0.0")
+    standard: str = Field(default="factory-default-1.1.0", exclude_if=lambda v: v == "factory-default-1.1.0")
     # measured quality (factory/quality.py): interval kind, level, thresholds, and which gates block a release
     interval: Literal["wilson", "clopper-pearson"] = Field(default="wilson", exclude_if=lambda v: v == "wilson")
     confidence_level: float = Field(default=0.95, gt=0.5, lt=1, exclude_if=lambda v: v == 0.95)
@@ -126,6 +126,69 @@ class DeliverySpec(_Strict):
     tokenizer: Literal["whitespace-cjk", "whitespace", "characters"] = "whitespace-cjk"
 
 
+Tier = Literal["L1", "L2", "L3", "expert"]
+Mode = Literal["prelabel-human", "human-model", "prelabel-model"]
+
+
+class HumanModelSpec(_Strict):
+    """Mode human-model: people label every item first (overlap k), models verify afterwards."""
+
+    overlap: int = Field(default=2, ge=1, le=10)
+    flag_tier: Tier = "L3"          # who re-checks a flagged item
+    verify_with: int = Field(default=3, ge=2, le=10)  # cross-validation folds for out-of-sample probabilities
+
+
+class PrelabelModelSpec(_Strict):
+    """Mode prelabel-model: labelers pre-label, an independent verifier model re-checks."""
+
+    accept_confidence: float = Field(default=0.9, ge=0, le=1)
+    on_disagreement: Literal["to-human", "exclude"] = "to-human"
+    audit_rate: float = Field(default=0.01, ge=0, le=1)
+
+
+class SliceRule(_Strict):
+    """Items whose metadata `field` equals one of `equals` are handled in `mode`."""
+
+    field: str
+    equals: tuple[str | int | float | bool, ...]
+    mode: Mode
+
+
+class LogicRule(_Strict):
+    """A logic rule on labels: when metadata `field` equals `equals`, the classes in `forbids` are anomalies."""
+
+    name: str = Field(min_length=1)
+    field: str
+    equals: tuple[str | int | float | bool, ...]
+    forbids: tuple[str, ...] = Field(min_length=1)
+
+
+class WorkforceSpec(_Strict):
+    """The tiered expert network: certification, honeypots, scores, risk-based dispatch."""
+
+    gold_rate: float = Field(default=0.0, ge=0, le=0.5)   # hidden gold items mixed into each batch's queue
+    test_size: int = Field(default=10, ge=1)               # qualification test length (gold items)
+    pass_threshold: dict[str, float] = Field(default_factory=lambda: {"L1": 0.7, "L2": 0.8, "L3": 0.9, "expert": 0.95})
+    suspend_below: float = Field(default=0.7, ge=0, le=1)
+    promote_above: float = Field(default=0.95, ge=0, le=1)
+    min_gold_answers: int = Field(default=10, ge=1)
+    seconds_per_answer: dict[str, float] = Field(default_factory=lambda: {"L1": 20, "L2": 30, "L3": 45, "expert": 90})
+    disagreement_tier: Tier = "L2"     # models disagree -> at least this tier
+    uncertain_tier: Tier = "L1"        # low fused confidence -> at least this tier
+    class_tiers: dict[str, Tier] = Field(default_factory=dict)  # a predicted class that needs a higher tier
+    sensitive_tier: Tier = "L2"        # compliance grade important/core -> at least this tier
+    domain: str | None = None          # the experts' domain that arbitrates this dataset
+    registered_only: bool = False      # refuse answers from people not in the registry
+
+    @model_validator(mode="after")
+    def _tiers(self) -> "WorkforceSpec":
+        for name, d in (("pass_threshold", self.pass_threshold), ("seconds_per_answer", self.seconds_per_answer)):
+            bad = [k for k in d if k not in ("L1", "L2", "L3", "expert")]
+            if bad:
+                raise ValueError(f"workforce.{name}: unknown tier(s) {bad}; use L1, L2, L3, expert")
+        return self
+
+
 class DatasetSpec(_Strict):
     name: str
     description: str = Field(min_length=1)
@@ -140,6 +203,11 @@ class DatasetSpec(_Strict):
     splits: dict[str, float] = Field(default_factory=lambda: {"train": 0.8, "validation": 0.1, "test": 0.1})
     compliance: ComplianceSpec = ComplianceSpec()
     delivery: DeliverySpec = Field(default=DeliverySpec(), exclude_if=lambda v: v == DeliverySpec())
+    human_model: HumanModelSpec = HumanModelSpec()
+    prelabel_model: PrelabelModelSpec = PrelabelModelSpec()
+    slices: tuple[SliceRule, ...] = ()
+    rules: tuple[LogicRule, ...] = ()
+    workforce: WorkforceSpec = WorkforceSpec()
 
     @field_validator("name")
     @classmethod
@@ -164,6 +232,14 @@ class DatasetSpec(_Strict):
             raise ValueError(f"classes: priors sum to {sum(priors):.3f}, they must sum to 1")
         if not self.splits or any(v < 0 for v in self.splits.values()) or abs(sum(self.splits.values()) - 1) > 1e-6:
             raise ValueError(f"splits: ratios {self.splits} must be non-negative and sum to 1")
+        unknown = sorted({c for r in self.rules for c in r.forbids} - set(names)
+                         | set(self.workforce.class_tiers) - set(names))
+        if unknown:
+            raise ValueError(f"rules/workforce.class_tiers name classes not in the schema: {unknown}")
+        meta = set(self.task.metadata)
+        bad_fields = sorted({r.field for r in (*self.rules, *self.slices)} - meta)
+        if bad_fields:
+            raise ValueError(f"rules/slices use field(s) {bad_fields} not declared in task.metadata")
         if self.task.input in self.task.metadata:
             raise ValueError("task.metadata must not repeat task.input")
         return self

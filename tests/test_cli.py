@@ -77,8 +77,12 @@ def test_people_in_the_loop_through_the_cli(cli, fx, bbc_small, truth, tmp_path,
 
     out = cli("run", "--dataset", "news", "--batch", batch).output
     assert "annotate: ok" in out
-    SimulatedPool(truth).answer_open_tasks(fx.ledger, fx.spec("news"))
-    out = cli("run", "--dataset", "news", "--batch", batch).output
+    pool = SimulatedPool(truth)
+    for _ in range(5):  # second opinions and arbitrations may be opened by finalise
+        pool.answer_open_tasks(fx.ledger, fx.spec("news"))
+        out = cli("run", "--dataset", "news", "--batch", batch, ok=False).output
+        if "finalise: ok" in out:
+            break
     assert "finalise: ok" in out
     out = cli("run", "--dataset", "news", "--stage", "release").output
     assert "release: ok" in out

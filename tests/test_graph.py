@@ -18,6 +18,16 @@ from tests.conftest import write_csv
 pytestmark = pytest.mark.slow
 
 
+def _finalise(fx, root, instance, pool, batch_id):
+    """Run finalise; while it waits for people (second opinions, arbitration), people answer."""
+    for _ in range(5):
+        r = run_stage(root, "news", "finalise", instance, batch_id)
+        if not r.waiting:
+            return r
+        assert pool.answer_open_tasks(fx.ledger, fx.spec("news")) > 0
+    return r
+
+
 def _run_batch(fx, root, instance, pool, path):
     spec = fx.spec("news")
     rep = ingest(path, spec, fx.ledger)
@@ -32,19 +42,20 @@ def _run_batch(fx, root, instance, pool, path):
 
 def test_whole_graph_from_spec_to_release(root, fx, bbc_small, truth, tmp_path):
     instance = instance_for(root)
-    pool = SimulatedPool(truth, acc_low=1.0, acc_high=1.0)  # perfect people: final labels checkable
+    pool = SimulatedPool(truth, acc_low=1.0, acc_high=1.0, expert_accuracy=1.0)  # perfect people
     rep = _run_batch(fx, root, instance, pool, write_csv(tmp_path / "b1.csv", bbc_small["text"][:100]))
-    r = run_stage(root, "news", "finalise", instance, rep.batch_id)
-    assert r.success and not r.failed_checks
+    r = _finalise(fx, root, instance, pool, rep.batch_id)
+    assert r.success and not r.failed_checks, r.failures
 
     routing = read_table(fx, "routing", "news", rep.batch_id)
     assert len(routing) == 100
     assert set(routing["route"]) <= {"auto", "review", "audit", "seed"}
+    assert set(routing["mode"]) == {"prelabel-human"}
     assert (routing["route"] == "seed").sum() == 40
     assert routing["reasons"].map(json.loads).map(len).gt(0)[routing["route"] != "auto"].all()
     final = read_table(fx, "final_labels", "news", rep.batch_id)
     assert final["item_id"].is_unique and len(final) == 100
-    assert set(final["source"]) <= {"auto", "calibrated", "annotated"}
+    assert set(final["source"]) <= {"auto", "calibrated", "annotated", "arbitrated"}
     human = final[final["source"] != "auto"]
     assert (human["label"] == human["item_id"].map(truth)).all()  # people were perfect
     assert (final["n_events"] >= 1).all()
@@ -58,7 +69,7 @@ def test_whole_graph_from_spec_to_release(root, fx, bbc_small, truth, tmp_path):
 
     # a second batch adds items only: a MINOR release, and the first release is untouched
     rep2 = _run_batch(fx, root, instance, pool, write_csv(tmp_path / "b2.csv", bbc_small["text"][100:]))
-    assert run_stage(root, "news", "finalise", instance, rep2.batch_id).success
+    assert _finalise(fx, root, instance, pool, rep2.batch_id).success
     assert run_stage(root, "news", "release", instance).success
     assert list(fx.ledger.releases("news")["version"]) == ["1.0.0", "1.1.0"]
     assert verify_release_files(rel["path"]) == []
@@ -71,8 +82,9 @@ def test_whole_graph_from_spec_to_release(root, fx, bbc_small, truth, tmp_path):
 
 def test_blocking_check_stops_the_release(root, fx, bbc_small, truth, tmp_path):
     instance = instance_for(root)
-    pool = SimulatedPool(truth, acc_low=1.0, acc_high=1.0)
+    pool = SimulatedPool(truth, acc_low=1.0, acc_high=1.0, expert_accuracy=1.0)
     rep = _run_batch(fx, root, instance, pool, write_csv(tmp_path / "b1.csv", bbc_small["text"][:100]))
+    assert _finalise(fx, root, instance, pool, rep.batch_id).success
     # the team drops a class from the schema after people used it: final labels fall outside the schema
     spec_path = root / "datasets" / "news.yaml"
     data = yaml.safe_load(spec_path.read_text())

@@ -1,0 +1,289 @@
+"""The tiered expert network: annotator registry, certification, continuous evaluation, dispatch rules.
+
+Annotators are pseudonymous ids with a tier (L1 < L2 < L3 < expert), domains and languages.  Every
+change of an annotator (added, certified, failed a test, suspended, reinstated, proposed for promotion,
+promoted) is an event with its reason; the registry row is the current state derived from them.
+Gold items (known answers) serve qualification tests and hidden honeypots; their true label never
+reaches an annotator (tasks carry no suggestion for them).
+"""
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+import sqlalchemy as sa
+
+from factory.errors import TaskError
+from factory.ledger import Ledger, canonical, now
+from factory.quality import wilson_interval
+
+TIERS = ("L1", "L2", "L3", "expert")
+RANK = {t: i for i, t in enumerate(TIERS)}
+
+wf_metadata = sa.MetaData()
+
+annotators = sa.Table(
+    "annotators", wf_metadata,
+    sa.Column("annotator_id", sa.String(64), primary_key=True),
+    sa.Column("tier", sa.String(16), nullable=False),
+    sa.Column("domains", sa.Text, nullable=False),
+    sa.Column("languages", sa.Text, nullable=False),
+    sa.Column("status", sa.String(16), nullable=False),  # active | suspended
+    sa.Column("max_open_tasks", sa.Integer, nullable=False),
+    sa.Column("created_at", sa.String(32), nullable=False),
+)
+
+annotator_events = sa.Table(
+    "annotator_events", wf_metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("annotator_id", sa.String(64), nullable=False, index=True),
+    sa.Column("kind", sa.String(32), nullable=False),
+    sa.Column("reason", sa.Text, nullable=False),
+    sa.Column("data", sa.Text, nullable=False),
+    sa.Column("created_at", sa.String(32), nullable=False),
+)
+
+gold_items = sa.Table(
+    "gold_items", wf_metadata,
+    sa.Column("dataset", sa.String(64), primary_key=True),
+    sa.Column("item_id", sa.String(64), primary_key=True),
+    sa.Column("label", sa.String(128), nullable=False),
+    sa.Column("source", sa.String(64), nullable=False),
+    sa.Column("created_at", sa.String(32), nullable=False),
+)
+
+
+@dataclass(frozen=True)
+class Policy:
+    """Thresholds of the workforce (from the spec's `workforce` section)."""
+
+    pass_threshold: dict[str, float]
+    test_size: int = 10
+    suspend_below: float = 0.7
+    promote_above: float = 0.95
+    min_gold_answers: int = 10
+
+
+def tier_at_least(tier: str, required: str) -> bool:
+    return RANK[tier] >= RANK[required]
+
+
+class Workforce:
+    """Registry and evaluation of the people who answer tasks, stored beside the ledger."""
+
+    def __init__(self, ledger: Ledger):
+        self.ledger = ledger
+        wf_metadata.create_all(ledger.engine)
+
+    # ------------------------------------------------------------------ registry
+    def add(self, annotator_id: str, tier: str = "L1", domains: Iterable[str] = (), languages: Iterable[str] = (),
+            max_open_tasks: int = 50) -> dict:
+        """Register a pseudonymous annotator (tier L1 until certified higher, unless given)."""
+        if tier not in RANK:
+            raise TaskError(f"tier '{tier}' unknown; use one of {list(TIERS)}")
+        if not annotator_id or any(ch.isspace() for ch in annotator_id):
+            raise TaskError(f"annotator id '{annotator_id}' must be a non-empty pseudonym without spaces")
+        with self.ledger.engine.begin() as c:
+            if c.execute(sa.select(annotators.c.annotator_id).where(annotators.c.annotator_id == annotator_id)).first():
+                raise TaskError(f"annotator '{annotator_id}' already exists; see `factory annotators show {annotator_id}`")
+            row = dict(annotator_id=annotator_id, tier=tier, domains=canonical(sorted(domains)),
+                       languages=canonical(sorted(languages)), status="active", max_open_tasks=max_open_tasks,
+                       created_at=now())
+            c.execute(annotators.insert().values(**row))
+            self._event(c, annotator_id, "added", f"registered at tier {tier}", {"tier": tier})
+        return self.get(annotator_id)
+
+    def get(self, annotator_id: str) -> dict:
+        with self.ledger.reader.connect() as c:
+            row = c.execute(sa.select(annotators).where(annotators.c.annotator_id == annotator_id)).mappings().first()
+        if row is None:
+            raise TaskError(f"annotator '{annotator_id}' is not registered; add them with `factory annotators add`")
+        d = dict(row)
+        d["domains"], d["languages"] = json.loads(d["domains"]), json.loads(d["languages"])
+        return d
+
+    def list(self) -> pd.DataFrame:
+        with self.ledger.reader.connect() as c:
+            return pd.DataFrame(c.execute(sa.select(annotators).order_by(annotators.c.annotator_id)).mappings().all(),
+                                columns=[col.name for col in annotators.c])
+
+    def events(self, annotator_id: str | None = None) -> pd.DataFrame:
+        q = sa.select(annotator_events).order_by(annotator_events.c.id)
+        if annotator_id:
+            q = q.where(annotator_events.c.annotator_id == annotator_id)
+        with self.ledger.reader.connect() as c:
+            return pd.DataFrame(c.execute(q).mappings().all(), columns=[col.name for col in annotator_events.c])
+
+    def _event(self, c, annotator_id: str, kind: str, reason: str, data: dict | None = None) -> None:
+        c.execute(annotator_events.insert().values(annotator_id=annotator_id, kind=kind, reason=reason,
+                                                   data=canonical(data or {}), created_at=now()))
+
+    def _set(self, annotator_id: str, kind: str, reason: str, data: dict | None = None, **values) -> None:
+        with self.ledger.engine.begin() as c:
+            if values:
+                c.execute(annotators.update().where(annotators.c.annotator_id == annotator_id).values(**values))
+            self._event(c, annotator_id, kind, reason, data)
+
+    def suspend(self, annotator_id: str, reason: str) -> None:
+        self.get(annotator_id)
+        self._set(annotator_id, "suspended", reason, status="suspended")
+
+    def reinstate(self, annotator_id: str, reason: str) -> None:
+        self.get(annotator_id)
+        self._set(annotator_id, "reinstated", reason, status="active")
+
+    def promote(self, annotator_id: str, tier: str, reason: str) -> None:
+        cur = self.get(annotator_id)
+        if tier not in RANK:
+            raise TaskError(f"tier '{tier}' unknown; use one of {list(TIERS)}")
+        self._set(annotator_id, "promoted", reason, {"from": cur["tier"], "to": tier}, tier=tier)
+
+    # ------------------------------------------------------------------ gold
+    def add_gold(self, dataset: str, labels: dict[str, str], source: str = "expert") -> int:
+        """Declare items with known answers (for qualification tests and hidden honeypots)."""
+        have = set(self.gold(dataset)["item_id"])
+        rows = [dict(dataset=dataset, item_id=i, label=str(lab), source=source, created_at=now())
+                for i, lab in labels.items() if i not in have]
+        if rows:
+            with self.ledger.engine.begin() as c:
+                c.execute(gold_items.insert(), rows)
+        return len(rows)
+
+    def gold(self, dataset: str) -> pd.DataFrame:
+        with self.ledger.reader.connect() as c:
+            return pd.DataFrame(c.execute(sa.select(gold_items).where(gold_items.c.dataset == dataset)).mappings().all(),
+                                columns=[col.name for col in gold_items.c])
+
+    # ------------------------------------------------------------------ certification and scores
+    def gold_answers(self, dataset: str) -> pd.DataFrame:
+        """Every human answer given on a gold item, with whether it was right."""
+        gold = self.gold(dataset)
+        if gold.empty:
+            return pd.DataFrame(columns=["annotator", "item_id", "label", "gold", "correct", "task_kind"])
+        dec = self.ledger.events(dataset, kind="human")
+        dec = dec[dec["item_id"].isin(gold["item_id"])]
+        out = dec.rename(columns={"actor": "annotator"}).merge(
+            gold[["item_id", "label"]].rename(columns={"label": "gold"}), on="item_id")
+        out["correct"] = out["label"] == out["gold"]
+        out["task_kind"] = out["payload"].map(lambda p: json.loads(p).get("task_kind"))
+        return out[["annotator", "item_id", "label", "gold", "correct", "task_kind"]]
+
+    def grade(self, dataset: str, annotator_id: str, tier: str, policy: Policy) -> dict:
+        """Grade a qualification test: gold accuracy (Wilson interval) against the tier's pass threshold."""
+        cur = self.get(annotator_id)
+        ans = self.gold_answers(dataset)
+        ans = ans[(ans["annotator"] == annotator_id) & (ans["task_kind"] == "qualification")]
+        if len(ans) < policy.test_size:
+            raise TaskError(f"annotator '{annotator_id}' answered {len(ans)} of the {policy.test_size} "
+                            f"qualification items of '{dataset}'; grade after the test is complete")
+        k, n = int(ans["correct"].sum()), len(ans)
+        lo, hi = wilson_interval(k, n)
+        need = policy.pass_threshold[tier]
+        passed = k / n >= need
+        data = {"tier": tier, "correct": k, "answers": n, "accuracy": k / n, "wilson": [lo, hi], "threshold": need}
+        if passed:
+            new_tier = tier if RANK[tier] > RANK[cur["tier"]] else cur["tier"]
+            self._set(annotator_id, "certified", f"passed the {tier} test of '{dataset}': {k}/{n} correct "
+                      f"(≥ {need:.0%})", data, tier=new_tier)
+        else:
+            self._set(annotator_id, "failed_certification", f"failed the {tier} test of '{dataset}': {k}/{n} "
+                      f"correct (< {need:.0%})", data)
+        return data | {"passed": passed}
+
+    def scores(self, dataset: str, reliability: pd.Series | None = None) -> pd.DataFrame:
+        """Per annotator: gold accuracy with its Wilson interval, and the engine's reliability estimate."""
+        ans = self.gold_answers(dataset)
+        people = self.list()
+        rows = []
+        for a in people.itertuples(index=False):
+            mine = ans[ans["annotator"] == a.annotator_id]
+            k, n = int(mine["correct"].sum()), len(mine)
+            lo, hi = wilson_interval(k, n) if n else (0.0, 1.0)
+            rows.append(dict(annotator_id=a.annotator_id, tier=a.tier, status=a.status, gold_answers=n,
+                             gold_accuracy=(k / n) if n else np.nan, gold_low=lo, gold_high=hi,
+                             reliability=float(reliability.get(a.annotator_id, np.nan)) if reliability is not None
+                             else np.nan))
+        return pd.DataFrame(rows)
+
+    def evaluate(self, dataset: str, policy: Policy, reliability: pd.Series | None = None) -> list[dict]:
+        """Suspend annotators whose gold accuracy is surely below the floor; propose promotions above the bar.
+
+        "Surely" means the whole Wilson interval: suspended when its upper bound is below
+        `suspend_below`, proposed for promotion when its lower bound is above `promote_above`.
+        """
+        changes = []
+        proposed = set(self.events().query("kind == 'promotion_proposed'")["annotator_id"]) if not self.events().empty else set()
+        for s in self.scores(dataset, reliability).itertuples(index=False):
+            if s.gold_answers < policy.min_gold_answers:
+                continue
+            if s.status == "active" and s.gold_high < policy.suspend_below:
+                reason = (f"gold accuracy {s.gold_accuracy:.0%} on {s.gold_answers} answers, Wilson interval "
+                          f"[{s.gold_low:.2f}, {s.gold_high:.2f}] entirely below {policy.suspend_below:.0%}")
+                self.suspend(s.annotator_id, reason)
+                changes.append({"annotator_id": s.annotator_id, "kind": "suspended", "reason": reason})
+            elif (s.status == "active" and s.gold_low > policy.promote_above and s.tier != "expert"
+                  and s.annotator_id not in proposed):
+                nxt = TIERS[RANK[s.tier] + 1]
+                reason = (f"gold accuracy {s.gold_accuracy:.0%} on {s.gold_answers} answers, Wilson lower bound "
+                          f"{s.gold_low:.2f} above {policy.promote_above:.0%}: propose {s.tier} -> {nxt}")
+                self._set(s.annotator_id, "promotion_proposed", reason, {"to": nxt})
+                changes.append({"annotator_id": s.annotator_id, "kind": "promotion_proposed", "reason": reason})
+        return changes
+
+    # ------------------------------------------------------------------ dispatch rules
+    def check_can_answer(self, annotator_id: str, task: dict, item_answered_by: Sequence[str] = (),
+                         domain: str | None = None) -> dict:
+        """Refuse an answer from a suspended, unqualified, unassigned annotator or on their own label."""
+        a = self.get(annotator_id)
+        if a["status"] != "active":
+            raise TaskError(f"annotator '{annotator_id}' is suspended and cannot answer task '{task['task_id']}'; "
+                            f"see `factory annotators show {annotator_id}`")
+        need = task.get("required_tier") or "L1"
+        if not tier_at_least(a["tier"], need):
+            raise TaskError(f"task '{task['task_id']}' needs tier {need}; annotator '{annotator_id}' is {a['tier']}")
+        if domain and a["domains"] and domain not in a["domains"] and need == "expert":
+            raise TaskError(f"task '{task['task_id']}' needs an expert of domain '{domain}'; "
+                            f"'{annotator_id}' covers {a['domains']}")
+        assigned = task.get("assigned_to")
+        if assigned and assigned != annotator_id:
+            raise TaskError(f"task '{task['task_id']}' is assigned to someone else, not to '{annotator_id}'")
+        if annotator_id in set(item_answered_by) and task.get("kind") in ("review", "verify", "arbitrate", "second"):
+            raise TaskError(f"task '{task['task_id']}' reviews a label that '{annotator_id}' gave; nobody "
+                            f"reviews their own label")
+        return a
+
+
+def dispatch(tasks: pd.DataFrame, people: pd.DataFrame, answered_by: dict[str, set[str]],
+             open_load: dict[str, int] | None = None, seed: int = 0) -> pd.Series:
+    """Assign open tasks to qualified, available annotators with load balancing (push dispatch).
+
+    `tasks` has task_id, item_id, kind, required_tier (and optionally domain); `people` is the
+    registry; `answered_by` maps item_id to the annotators who already answered (or were assigned)
+    that item, so overlap stays blind (one person per item) and nobody reviews their own label.
+    Returns task_id -> annotator_id (tasks nobody can take are left out).
+    """
+    rng = np.random.default_rng(seed)
+    load = dict(open_load or {})
+    active = people[people["status"] == "active"]
+    out: dict[str, str] = {}
+    seen = {k: set(v) for k, v in answered_by.items()}
+    order = rng.permutation(len(tasks))
+    for i in order:
+        t = tasks.iloc[i]
+        need = t.get("required_tier") or "L1"
+        cands = [p for p in active.itertuples(index=False)
+                 if tier_at_least(p.tier, need) and p.annotator_id not in seen.get(t["item_id"], set())
+                 and load.get(p.annotator_id, 0) < p.max_open_tasks
+                 and (need != "expert" or not t.get("domain") or not json.loads(p.domains)
+                      or t.get("domain") in json.loads(p.domains))]
+        if not cands:
+            continue
+        # the lowest sufficient tier first (experts stay free for what needs them), then the least loaded
+        best = min(cands, key=lambda p: (RANK[p.tier], load.get(p.annotator_id, 0), p.annotator_id))
+        out[t["task_id"]] = best.annotator_id
+        load[best.annotator_id] = load.get(best.annotator_id, 0) + 1
+        seen.setdefault(t["item_id"], set()).add(best.annotator_id)
+    return pd.Series(out, dtype=object)
