@@ -10,10 +10,12 @@ not rejected; the family-wise error of this fixed sequence is <= delta, so the l
 has true error <= epsilon with probability >= 1 - delta.  No threshold is certified when even the
 first tested one fails: then nothing is auto-accepted (``threshold is None``).
 
-The sequence starts at the highest candidate with at least ``n_min = ceil(log(delta) / log(1 - epsilon))``
-verified items above it (the fewest on which zero errors can certify epsilon).  That start depends only on
-the confidences, never on which items were wrong; with error falling as confidence rises it can only make
-the test more conservative, and the simulation tests check the guarantee empirically.
+The sequence starts at the highest candidate with at least ``max(n_min, ceil(0.1 * n))`` verified items
+above it, where ``n_min = ceil(log(delta) / log(1 - epsilon))`` is the fewest on which zero errors can
+certify epsilon and n is the sample size: one unlucky error among the first few dozen items would
+otherwise stop the whole sequence.  That start depends only on the confidences and the sample size,
+never on which items were wrong; with error falling as confidence rises it can only make the test more
+conservative, and the simulation tests check the guarantee empirically.
 
 What the sample must be: items verified by people, drawn at random (e.g. the audit sample) from the
 same population the threshold will be applied to, with ``correct`` = machine label equals people's label.
@@ -48,6 +50,7 @@ class ThresholdChoice:
     sample_sha256: str  # hash of the (confidence, correct) pairs, for provenance
     method: str = METHOD
     n_min: int = 0
+    start_n: int = 0  # verified items above the first tested threshold
     tested: list[dict] = field(default_factory=list)  # every hypothesis tested, in order
 
     @property
@@ -86,8 +89,9 @@ def choose_threshold(confidence: Sequence[float] | np.ndarray, correct: Sequence
         Thresholds to consider, fixed before seeing the data (default: 0.000, 0.001, ..., 1.000).
     min_accept
         Start the sequence only where at least this many verified items lie above the threshold
-        (default and minimum: n_min).  A later start trades the highest thresholds for robustness
-        against one early unlucky error stopping the sequence; it must not depend on `correct`.
+        (default max(n_min, 10 % of the sample); never below n_min).  A later start trades the highest
+        thresholds for robustness against one early unlucky error stopping the sequence; it must not
+        depend on `correct`.
 
     Returns
     -------
@@ -116,7 +120,8 @@ def choose_threshold(confidence: Sequence[float] | np.ndarray, correct: Sequence
     digest = sample_hash(conf, ok)
     tested: list[dict] = []
     best = None
-    for j in np.flatnonzero(n_at >= max(n_min, min_accept or 0)):
+    start = max(n_min, min_accept if min_accept is not None else int(math.ceil(0.1 * len(conf))))
+    for j in np.flatnonzero(n_at >= start):
         rec = {"threshold": float(grid[j]), "n": int(n_at[j]), "errors": int(k_at[j]),
                "upper_bound": round(float(ub_at[j]), 6), "rejected": bool(ub_at[j] <= epsilon)}
         tested.append(rec)
@@ -124,6 +129,7 @@ def choose_threshold(confidence: Sequence[float] | np.ndarray, correct: Sequence
             break
         best = j
     if best is None:
-        return ThresholdChoice(None, epsilon, delta, None, 0, 0, len(conf), digest, n_min=n_min, tested=tested)
+        return ThresholdChoice(None, epsilon, delta, None, 0, 0, len(conf), digest, n_min=n_min, start_n=start,
+                               tested=tested)
     return ThresholdChoice(float(grid[best]), epsilon, delta, round(float(ub_at[best]), 6), int(n_at[best]),
-                           int(k_at[best]), len(conf), digest, n_min=n_min, tested=tested)
+                           int(k_at[best]), len(conf), digest, n_min=n_min, start_n=start, tested=tested)

@@ -62,19 +62,22 @@ def test_naive_threshold_violates_where_the_guarantee_does_not(true_risk):
 
 def test_choice_records_bound_and_sample():
     rng = np.random.default_rng(0)
-    c, ok = _population(rng, 1000)
+    c, ok = _population(rng, 2000)
     ch = choose_threshold(c, ok, 0.05, 0.1)
     assert ch.threshold is not None and ch.upper_bound <= 0.05
     assert ch.n_accepted == int((c >= ch.threshold).sum())
     assert ch.errors_accepted == int((~ok[c >= ch.threshold]).sum())
-    assert ch.n_sample == 1000 and len(ch.sample_sha256) == 64
+    assert ch.n_sample == 2000 and len(ch.sample_sha256) == 64
     assert ch.tested[-1]["rejected"] is False or ch.tested[-1]["threshold"] == 0.0
-    assert ch.n_min == 45  # ceil(log 0.1 / log 0.95)
+    assert ch.n_min == 45 and ch.start_n == 200  # ceil(log 0.1 / log 0.95); 10 % of the sample
+    assert ch.tested[0]["n"] >= 200 and all(t["rejected"] for t in ch.tested[:-1])
     d = ch.to_dict()
     assert d["threshold"] == ch.threshold and isinstance(d["tested"], int)
     # the same sample in another order gives the same answer and hash
-    p = rng.permutation(1000)
+    p = rng.permutation(2000)
     assert choose_threshold(c[p], ok[p], 0.05, 0.1) == ch
+    # an explicit earlier start is honoured but never below n_min
+    assert choose_threshold(c, ok, 0.05, 0.1, min_accept=10).start_n == 45
 
 
 def test_too_little_evidence_accepts_nothing():
