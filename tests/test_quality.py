@@ -159,3 +159,8 @@ def test_quality_spec_rejects_unknown_gates_and_standards():
     s = parse_spec(news_spec())
     assert s.quality.standard == DEFAULT_STANDARD and s.delivery.tokenizer == "whitespace-cjk"
     assert (s.quality.auto_accept.epsilon, s.quality.auto_accept.delta) == (0.05, 0.1)
+    # defaults stay out of the dump, so adding these fields changed no existing spec's version
+    dump = s.model_dump(mode="json", by_alias=True)
+    assert "delivery" not in dump and not {"standard", "auto_accept", "blocking", "gold"} & set(dump["quality"])
+    tuned = parse_spec(news_spec(quality={"min_kappa": 0.6}))
+    assert tuned.version != s.version and tuned.model_dump(mode="json")["quality"]["min_kappa"] == 0.6

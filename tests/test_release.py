@@ -164,6 +164,22 @@ def test_same_ledger_state_gives_byte_identical_release(world):
     assert rel2["content_id"] == world["rel"]["content_id"]
 
 
+def test_independent_runs_with_the_same_labels_differ_only_in_provenance(world, tmp_path):
+    # a second factory makes the same labels in other runs (new event ids, timestamps, run ids)
+    root = tmp_path / "other"
+    (root / "datasets").mkdir(parents=True)
+    shutil.copy(world["root"] / "datasets" / "news.yaml", root / "datasets" / "news.yaml")
+    fx = Factory.at(root)
+    run_batch(fx, world["df"]["text"][:60], world["truth"], tmp_path / "b1.csv")
+    other = Path(release(fx, "news")["path"])
+    mine = Path(world["rel"]["path"])
+    assert (other / "manifest-sha256.txt").read_bytes() == (mine / "manifest-sha256.txt").read_bytes()
+    differ = sorted(p.relative_to(mine).as_posix() for p in mine.rglob("*") if p.is_file()
+                    and (mine / p.relative_to(mine)).read_bytes() != (other / p.relative_to(mine)).read_bytes())
+    assert differ == ["provenance/events.parquet", "provenance/merkle-roots.json", "tagmanifest-sha256.txt"]
+    assert verify_release(other)["ok"]
+
+
 def test_croissant_validates_with_mlcroissant(world):
     try:
         import mlcroissant  # noqa: F401
