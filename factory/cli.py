@@ -237,22 +237,25 @@ def tasks_list(dataset, batch_id, status, root, as_json, text) -> None:
 @click.argument("task_id")
 @click.argument("label")
 @click.option("--annotator", required=True, help="Pseudonymous id of the person answering.")
+@click.option("--rationale", default=None, help="Why: required for an expert arbitration task.")
 @click.option("--correct", is_flag=True, help="Correct an earlier answer (a new event superseding it).")
 @click.option("--root", default=None, help=ROOT_HELP)
-def tasks_answer(task_id: str, label: str, annotator: str, correct: bool, root: str | None) -> None:
-    """Answer TASK_ID with LABEL (one of the dataset's classes)."""
-    fx = _fx(root)
-    t = fx.ledger.task(task_id)
-    if t is None:
-        _fail(f"task '{task_id}': no such task; list open tasks with `factory tasks list`")
+def tasks_answer(task_id: str, label: str, annotator: str, rationale: str | None, correct: bool,
+                 root: str | None) -> None:
+    """Answer TASK_ID with LABEL (one of the dataset's classes).
+
+    The workforce rules apply: a suspended or under-tier annotator, a task leased to someone else,
+    a review of one's own label and an arbitration without a rationale are refused and logged.
+    """
+    from factory.workforce import submit
+
     try:
-        spec = fx.spec(t["dataset"])
-        res = fx.ledger.answer_task(task_id, label, annotator, spec.class_names, spec_version=spec.version,
-                                    guideline_version=spec.guideline.version, correct=correct)
+        res = submit(_fx(root), task_id, label, annotator, rationale=rationale, correct=correct)
     except FactoryError as e:
         _fail(e)
-    click.echo(f"task {task_id}: {'same answer already recorded' if res['duplicate'] else 'recorded'} "
-               f"'{label}' by {annotator} (event {res['event_id']})")
+    what = "arbitration recorded" if res.get("arbitration") else (
+        "same answer already recorded" if res.get("duplicate") else "recorded")
+    click.echo(f"task {task_id}: {what} '{label}' by {annotator} (event {res['event_id']})")
 
 
 @tasks.command("import")
@@ -306,10 +309,11 @@ def tasks_import(csv_path: str, root: str | None) -> None:
         plan.append((tid, r.label, r.annotator, spec))
     if problems:
         _fail(f"{csv_path}: nothing imported, {len(problems)} bad row(s):\n  " + "\n  ".join(problems[:50]))
-    with click.progressbar(plan, label="importing answers") as bar:
-        for tid, label, who, spec in bar:
-            fx.ledger.answer_task(tid, label, who, spec.class_names, spec_version=spec.version,
-                                  guideline_version=spec.guideline.version, source="import")
+    # one transaction: every answer is written or none
+    fx.ledger.answer_tasks([{"task_id": tid, "label": label, "annotator": who, "source": "import",
+                             "spec_version": spec.version, "guideline_version": spec.guideline.version}
+                            for tid, label, who, spec in plan],
+                           {ds: sp.class_names for ds, sp in specs.items()})
     click.echo(f"imported {len(plan)} answers from {csv_path}")
 
 
@@ -393,8 +397,10 @@ def trace(item_id: str, dataset: str, root: str | None, as_json: bool, events_on
 @click.option("--batches", "n_batches", default=2, show_default=True, help="How many batches to split the corpus into.")
 @click.option("--limit", default=None, type=int, help="Use only the first N articles (default: all 2,225).")
 @click.option("--seed-size", default=100, show_default=True, help="Human seed labels before the models train.")
+@click.option("--mode", type=click.Choice(["prelabel-human", "human-model", "prelabel-model"]),
+              default="prelabel-human", show_default=True, help="The collaboration mode of the demo dataset.")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON (progress goes to stderr).")
-def demo(root: str, n_batches: int, limit: int | None, seed_size: int, as_json: bool) -> None:
+def demo(root: str, n_batches: int, limit: int | None, seed_size: int, mode: str, as_json: bool) -> None:
     """Run the whole flow on BBC News with SIMULATED reviewers, through the real Dagster assets.
 
     Noise model of the simulated reviewers: each has an accuracy drawn from U(0.85, 0.97); a wrong
@@ -406,14 +412,16 @@ def demo(root: str, n_batches: int, limit: int | None, seed_size: int, as_json: 
     def progress(msg: str) -> None:
         click.echo(msg, err=as_json)
 
-    summary = run_demo(Path(root), batches=n_batches, limit=limit, seed_size=seed_size, progress=progress)
+    summary = run_demo(Path(root), batches=n_batches, limit=limit, seed_size=seed_size, mode=mode, progress=progress)
     if as_json:
         click.echo(json.dumps(summary, indent=2))
         return
     click.echo("\n=== demo summary (reviewers are SIMULATED) ===")
     click.echo(f"items                 {summary['items']}")
     click.echo(f"auto-accepted         {summary['auto_accepted']:.1%}")
-    click.echo(f"routed to people      {summary['routed']:.1%}  ({summary['human_answers']} simulated answers)")
+    click.echo(f"routed to people      {summary['routed']:.1%}  ({summary['human_answers']} simulated answers, "
+               f"~{summary['human_minutes']:.0f} person-minutes)")
+    click.echo("paths                 " + ", ".join(f"{k} {v}" for k, v in summary["paths"].items()))
     click.echo(f"accuracy vs gold      {summary['accuracy']:.2%}  (auto-accepted only: "
                f"{summary['accuracy_auto_accepted']:.2%}; models alone: {summary['accuracy_models_only']:.2%})")
     click.echo(f"release               {summary['release_version']} at {summary['release_path']}")
@@ -478,6 +486,14 @@ main.add_command(import_group)
 from factory.cli_release import release_group  # noqa: E402  (releases, lineage, feed)
 
 main.add_command(release_group)
+
+
+from factory.cli_people import annotators, gold, guideline, status  # noqa: E402  (people commands)
+
+main.add_command(annotators)
+main.add_command(gold)
+main.add_command(guideline)
+main.add_command(status)
 
 
 if __name__ == "__main__":

@@ -81,9 +81,12 @@ def task_id_for(dataset: str, batch_id: str, item_id: str, kind: str) -> str:
 # ----------------------------------------------------------------------------- design
 def record_spec(fx: Factory, dataset: str) -> DatasetSpec:
     """Validate the dataset's spec file and record its version in the ledger."""
+    from factory.guidelines import requeue_on_bump
+
     spec = fx.spec(dataset)
     fx.ledger.record_spec(dataset, spec.version, spec.guideline.version,
                           spec.model_dump(mode="json", by_alias=True))
+    requeue_on_bump(fx, dataset)  # a guideline bump re-queues the items its open questions affect
     return spec
 
 
@@ -100,7 +103,7 @@ def raw_items(fx: Factory, dataset: str, batch_id: str) -> pd.DataFrame:
 
 
 # ----------------------------------------------------------------------------- modes and risk
-TRAINING_KINDS = ("seed", "annotate", "review", "audit", "second", "verify", "arbitrate")
+TRAINING_KINDS = ("seed", "annotate", "review", "audit", "second", "verify", "arbitrate", "requeue")
 TIER_RANK = {"L1": 0, "L2": 1, "L3": 2, "expert": 3}
 
 
@@ -521,6 +524,7 @@ def escalate(fx: Factory, dataset: str, batch_id: str, run_id: str | None = None
     pending_arb = set(tasks.loc[tasks["kind"] == "arbitrate", "item_id"])
     # an answer outside the current schema is a schema problem for the blocking checks, not a dispute
     off_schema = set(dec.loc[~dec["label"].astype(str).isin(classes), "item_id"])
+    off_schema |= set(dec.loc[kinds.reindex(dec.index) == "requeue", "item_id"])  # decided under the new guideline
     people = routes.index[routes.index.isin(dec["item_id"]) & ~routes.index.isin(arbitrated | pending_arb | off_schema)
                           & (routes["route"] != "seed")]
     if not len(people):
@@ -633,6 +637,10 @@ def final_labels(fx: Factory, dataset: str, batch_id: str, run_id: str | None = 
         out.loc[off.index, "label"] = off.astype(str)
         out.loc[idx, "annotators"] = per_item.loc[idx, "annotators"]
         human_events.loc[idx] = per_item.loc[idx, "events"]
+    if len(d):  # an answer under a bumped guideline (requeue) supersedes the answers given before it
+        rq = d[d["task_kind"] == "requeue"].sort_values("seq").groupby("item_id").tail(1).set_index("item_id")
+        out.loc[rq.index, "label"] = rq["label"].astype(str)
+        out.loc[rq.index, "source"] = "calibrated"
     arb = arbitration.index.intersection(out.index)
     if len(arb):
         out.loc[arb, "label"] = arbitration.loc[arb, "label"].astype(str)
@@ -656,6 +664,9 @@ def final_labels(fx: Factory, dataset: str, batch_id: str, run_id: str | None = 
                        confidence=r.confidence, dedup_key=f"final:{batch_id}:{r.item_id}:{digest}",
                        payload={"source": r.source, "events": json.loads(r.event_ids)}, **meta))
     fx.ledger.append_events(dataset, ev)
+    from factory.workforce import Policy, Workforce
+
+    Workforce(fx.ledger).evaluate(dataset, Policy.from_spec(spec))  # continuous evaluation after every batch
     return out
 
 
@@ -691,6 +702,12 @@ def batch_summary(fx: Factory, dataset: str, batch_id: str) -> dict:
     from factory.workforce import Workforce
 
     gold = Workforce(fx.ledger).gold_answers(dataset)
+    # the labelers' accuracy on this batch's human-checked items: labels they never trained on (feedback loop)
+    held = final[final["source"].isin(["calibrated", "arbitrated"])].set_index("item_id")["label"]
+    preds = read_table(fx, "model_predictions", dataset, batch_id)
+    preds = preds[preds["item_id"].isin(held.index)]
+    labeler_acc = {v: {"accuracy": round(float((g["label"].to_numpy() == held.loc[g["item_id"]].to_numpy()).mean()), 4),
+                       "n": int(len(g))} for v, g in preds.groupby("labeler_version")} if len(preds) else {}
     return {
         "items": int(len(final)) + paths["excluded"],
         "paths": paths,
@@ -702,4 +719,6 @@ def batch_summary(fx: Factory, dataset: str, batch_id: str) -> dict:
         "gold_accuracy": round(float(gold["correct"].mean()), 4) if len(gold) else None,
         "per_annotator": per_annotator,
         "label_distribution": final["label"].value_counts().to_dict(),
+        "auto_accepted_share": round((paths["auto"] + paths["verified"]) / max(1, int(len(final)) + paths["excluded"]), 4),
+        "labeler_accuracy_heldout": labeler_acc,
     }

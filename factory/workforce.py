@@ -66,6 +66,12 @@ class Policy:
     promote_above: float = 0.95
     min_gold_answers: int = 10
 
+    @classmethod
+    def from_spec(cls, spec) -> "Policy":
+        w = spec.workforce
+        return cls(pass_threshold=dict(w.pass_threshold), test_size=w.test_size, suspend_below=w.suspend_below,
+                   promote_above=w.promote_above, min_gold_answers=w.min_gold_answers)
+
 
 def tier_at_least(tier: str, required: str) -> bool:
     return RANK[tier] >= RANK[required]
@@ -287,3 +293,81 @@ def dispatch(tasks: pd.DataFrame, people: pd.DataFrame, answered_by: dict[str, s
         load[best.annotator_id] = load.get(best.annotator_id, 0) + 1
         seen.setdefault(t["item_id"], set()).add(best.annotator_id)
     return pd.Series(out, dtype=object)
+
+
+def _lease_holder(ledger: Ledger, task_id: str) -> str | None:
+    """Who holds an unexpired lease on the task (the workbench's assignment), if anyone."""
+    a = ledger.assignment(task_id) if hasattr(ledger, "assignment") else None
+    if a and a.get("lease_until", "") >= now():
+        return a["assignee"]
+    return None
+
+
+def open_qualification(fx, dataset: str, annotator_id: str, tier: str, n: int, seed: int = 0) -> list[str]:
+    """Open a qualification test: n gold items as tasks leased to `annotator_id` alone (no answer shown)."""
+    from factory.ledger import task_assignments
+    from factory.pipeline import _task
+
+    wf = Workforce(fx.ledger)
+    wf.get(annotator_id)
+    gold = wf.gold(dataset)
+    if len(gold) < n:
+        raise TaskError(f"dataset '{dataset}' has {len(gold)} gold item(s); a qualification test needs {n} "
+                        f"(add them with `factory gold add FILE --dataset {dataset}`)")
+    pick = gold.sample(n=n, random_state=seed)["item_id"].tolist()
+    rows = [_task(dataset, "qualification", i, "qualification", [f"qualification test {tier} for {annotator_id}"],
+                  tier="L1", round_=hash((annotator_id, tier)) % 10_000 + 2) for i in pick]
+    fx.ledger.create_tasks(rows)
+    far = "9999-12-31T00:00:00+00:00"
+    with fx.ledger.engine.begin() as c:
+        for r in rows:
+            if c.execute(sa.select(task_assignments.c.task_id).where(task_assignments.c.task_id == r["task_id"])).first():
+                continue
+            c.execute(task_assignments.insert().values(task_id=r["task_id"], assignee=annotator_id, assigned_at=now(),
+                                                       lease_until=far, n_assignments=1))
+    return [r["task_id"] for r in rows]
+
+
+def submit(fx, task_id: str, label: str, annotator: str, *, rationale: str | None = None, correct: bool = False,
+           source: str = "cli") -> dict:
+    """Record a person's answer after the workforce rules: the one entry point for people's answers.
+
+    Refused (TaskError, and logged as a `refused_answer` event of a registered annotator): a suspended
+    or under-tier annotator, a task leased to someone else, a review of one's own label, an
+    arbitration by someone who is not a registered expert or without a rationale, and anyone not in
+    the registry when the spec says `workforce.registered_only`.
+    """
+    ledger = fx.ledger
+    t = ledger.task(task_id)
+    if t is None:
+        raise TaskError(f"task '{task_id}': no such task; list open tasks with `factory tasks list`")
+    spec = fx.spec(t["dataset"])
+    wf = Workforce(ledger)
+    registered = set(wf.list()["annotator_id"])
+    holder = _lease_holder(ledger, task_id)
+    try:
+        if annotator in registered:
+            ev = ledger.events(t["dataset"], item_id=t["item_id"], kind=["human", "correction"])
+            others = set(ev.loc[ev["task_id"] != task_id, "actor"])
+            wf.check_can_answer(annotator, dict(t, assigned_to=holder), others, spec.workforce.domain)
+        elif spec.workforce.registered_only or t["kind"] in ("arbitrate", "qualification"):
+            raise TaskError(f"'{annotator}' is not in the annotator registry; "
+                            + ("an arbitration needs a registered expert" if t["kind"] == "arbitrate" else
+                               f"dataset '{t['dataset']}' accepts answers from registered annotators only")
+                            + f" (`factory annotators add {annotator}`)")
+        elif holder and holder != annotator:
+            raise TaskError(f"task '{task_id}' is assigned to someone else, not to '{annotator}'")
+        if t["kind"] == "arbitrate":
+            if not rationale or not rationale.strip():
+                raise TaskError(f"task '{task_id}' is an expert arbitration: the decision needs a rationale "
+                                f"(--rationale \"why this label\")")
+            res = ledger.arbitrate(t["dataset"], t["item_id"], label, annotator, rationale, spec.class_names,
+                                   spec_version=spec.version, guideline_version=spec.guideline.version)
+            return {"event_id": res["event_id"], "duplicate": False, "arbitration": True}
+    except TaskError as e:
+        if annotator in registered:
+            with ledger.engine.begin() as c:
+                wf._event(c, annotator, "refused_answer", str(e), {"task_id": task_id})
+        raise
+    return ledger.answer_task(task_id, label, annotator, spec.class_names, spec_version=spec.version,
+                              guideline_version=spec.guideline.version, correct=correct, source=source)

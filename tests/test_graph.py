@@ -72,6 +72,10 @@ def test_whole_graph_from_spec_to_release(root, fx, bbc_small, truth, tmp_path):
     assert _finalise(fx, root, instance, pool, rep2.batch_id).success
     assert run_stage(root, "news", "release", instance).success
     assert list(fx.ledger.releases("news")["version"]) == ["1.0.0", "1.1.0"]
+    # feedback loop: batch 1's calibrated labels retrained the labelers; batch 2 used the new versions
+    v1 = set(read_table(fx, "model_predictions", "news", rep.batch_id)["labeler_version"])
+    v2 = set(read_table(fx, "model_predictions", "news", rep2.batch_id)["labeler_version"])
+    assert len(v1) == len(v2) == 3 and not v1 & v2
     assert verify_release_files(rel["path"]) == []
 
     # Dagster recorded the materialisations and the checks
