@@ -61,9 +61,11 @@ def _single_thread_blas():
     and on a busy machine a 2-thread OpenBLAS made the 1M-answer EM 4x slower."""
     return threadpool_limits(limits=1, user_api="blas") if threadpool_limits else nullcontext()
 
+
 METHODS = ("auto", "mv", "weighted", "ds", "one_coin", "loglinear")
 
-# Fixed defaults (chosen before scoring any benchmark; see benchmarks/aggregation.py).
+# Fixed defaults: the prior values were chosen on the dog crowd set only, never on product
+# (see benchmarks/aggregation.py and benchmarks/RESULTS-aggregation.md).
 DEFAULTS: dict[str, Any] = {
     "max_iter": 100,  # EM iteration cap (same as crowd-kit's benchmarks)
     "tol": 1e-5,  # stop when the evidence lower bound per answer improves less than this
