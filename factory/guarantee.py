@@ -29,11 +29,13 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
+from scipy import stats
 
 from factory.quality import clopper_pearson_upper
 
 METHOD = "fixed-sequence testing of Clopper-Pearson upper bounds, high to low confidence (Learn-then-Test)"
 DEFAULT_GRID = tuple(np.round(np.linspace(1.0, 0.0, 1001), 3).tolist())
+_DEFAULT_GRID_DESC = np.array(sorted(set(DEFAULT_GRID), reverse=True))
 
 
 @dataclass(frozen=True)
@@ -107,29 +109,30 @@ def choose_threshold(confidence: Sequence[float] | np.ndarray, correct: Sequence
         raise ValueError(f"choose_threshold: confidence {conf.shape} and correct {ok.shape} must be 1-d of equal length")
     if np.isnan(conf).any():
         raise ValueError("choose_threshold: confidence contains NaN")
-    grid = np.array(sorted(set(float(c) for c in (candidates if candidates is not None else DEFAULT_GRID)),
-                           reverse=True))
+    grid = _DEFAULT_GRID_DESC if candidates is None else np.array(sorted({float(c) for c in candidates}, reverse=True))
     n_min = int(math.ceil(math.log(delta) / math.log(1 - epsilon)))
     order = np.argsort(-conf, kind="stable")
     c_sorted, err_cum = conf[order], np.cumsum(~ok[order])
     # items with confidence >= t: the count of sorted-descending confidences >= t
     n_at = np.searchsorted(-c_sorted, -grid, side="right")
     k_at = np.where(n_at > 0, err_cum[np.maximum(n_at - 1, 0)], 0)
-    ub_at = clopper_pearson_upper(k_at, n_at, delta)
-    ub_at = np.atleast_1d(ub_at)
-    digest = sample_hash(conf, ok)
-    tested: list[dict] = []
-    best = None
+    # H_t is rejected when the exact binomial p-value P(Bin(n, epsilon) <= k) is <= delta, which is the same
+    # event as "Clopper-Pearson upper bound at level 1 - delta <= epsilon" (and far cheaper than inverting)
+    p_at = stats.binom.cdf(k_at, n_at, epsilon)
     start = max(n_min, min_accept if min_accept is not None else int(math.ceil(0.1 * len(conf))))
-    for j in np.flatnonzero(n_at >= start):
-        rec = {"threshold": float(grid[j]), "n": int(n_at[j]), "errors": int(k_at[j]),
-               "upper_bound": round(float(ub_at[j]), 6), "rejected": bool(ub_at[j] <= epsilon)}
-        tested.append(rec)
-        if not rec["rejected"]:
-            break
-        best = j
+    idx = np.flatnonzero(n_at >= start)
+    reject = p_at[idx] <= delta
+    stop = int(np.argmin(reject)) if not reject.all() else len(idx)
+    tested_idx = idx[:stop + 1]
+    ub = np.atleast_1d(clopper_pearson_upper(k_at[tested_idx], n_at[tested_idx], delta))
+    digest = sample_hash(conf, ok)
+    tested = [{"threshold": float(grid[j]), "n": int(n_at[j]), "errors": int(k_at[j]),
+               "p_value": round(float(p_at[j]), 6), "upper_bound": round(float(u), 6), "rejected": bool(p_at[j] <= delta)}
+              for j, u in zip(tested_idx, ub)]
+    best = idx[stop - 1] if stop > 0 else None
+    ub_best = float(ub[stop - 1]) if stop > 0 else None
     if best is None:
         return ThresholdChoice(None, epsilon, delta, None, 0, 0, len(conf), digest, n_min=n_min, start_n=start,
                                tested=tested)
-    return ThresholdChoice(float(grid[best]), epsilon, delta, round(float(ub_at[best]), 6), int(n_at[best]),
+    return ThresholdChoice(float(grid[best]), epsilon, delta, round(ub_best, 6), int(n_at[best]),
                            int(k_at[best]), len(conf), digest, n_min=n_min, start_n=start, tested=tested)
