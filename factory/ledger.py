@@ -102,6 +102,9 @@ tasks = sa.Table(
     sa.Column("run_id", sa.String(64)),
 )
 
+# the workbench's queue walks open tasks in this order (ORDER BY ... LIMIT 1 without a sort)
+sa.Index("ix_tasks_queue", tasks.c.created_at, tasks.c.task_id)
+
 # who holds a task right now (a lease); mutable working state, not part of the hash-chained record
 task_assignments = sa.Table(
     "task_assignments", metadata,
@@ -391,9 +394,12 @@ class Ledger:
             rows.append(row)
         if not rows:
             return 0
-        c.execute(label_events.insert(), rows)
-        last_seq = c.execute(sa.select(sa.func.max(label_events.c.seq)).where(
-            label_events.c.dataset == dataset)).scalar_one()
+        if len(rows) == 1:  # one event (a person's answer): its seq is known, no scan of the dataset for the max
+            last_seq = c.execute(label_events.insert(), rows[0]).inserted_primary_key[0]
+        else:
+            c.execute(label_events.insert(), rows)
+            last_seq = c.execute(sa.select(sa.func.max(label_events.c.seq)).where(
+                label_events.c.dataset == dataset)).scalar_one()
         if head:
             c.execute(chain_heads.update().where(chain_heads.c.dataset == dataset).values(seq=last_seq, hash=prev))
         else:
@@ -455,10 +461,12 @@ class Ledger:
         return sa.select(r.c.supersedes).where(r.c.kind == "retraction", r.c.supersedes.is_not(None))
 
     def _open_condition(self):
-        """SQL condition on `tasks`: no live (non-retracted) human answer yet."""
+        """SQL condition on `tasks`: no live (non-retracted) human answer yet (probes use ix_events_task only)."""
         e = label_events.alias("answers")
-        return ~sa.exists().where(e.c.task_id == tasks.c.task_id, e.c.kind == "human",
-                                  e.c.event_id.not_in(self._retracted_ids()))
+        r = label_events.alias("retractions")
+        undone = sa.exists().where(r.c.task_id == e.c.task_id, r.c.kind == "retraction",
+                                   r.c.supersedes == e.c.event_id)
+        return ~sa.exists().where(e.c.task_id == tasks.c.task_id, e.c.kind == "human", ~undone)
 
     def tasks(self, dataset: str | None = None, batch_id: str | None = None,
               status: str | None = None) -> pd.DataFrame:
@@ -615,6 +623,31 @@ class Ledger:
         return ev.sort_values("seq").groupby("task_id", as_index=False).tail(1).reset_index(drop=True)
 
     # ----------------------------------------------------------------- assignment, undo, skip, arbitration
+    def _queue_sql(self, has_dataset: bool, kinds: tuple, exclude_kinds: tuple):
+        """The two statements of `next_task`, built once per filter shape (building SQL costs more than running it)."""
+        key = (has_dataset, kinds, exclude_kinds)
+        cache = self.__dict__.setdefault("_queue_statements", {})
+        if key not in cache:
+            a = task_assignments
+            me, ts = sa.bindparam("me"), sa.bindparam("ts")
+            scope = [self._open_condition()]
+            if has_dataset:
+                scope.append(tasks.c.dataset == sa.bindparam("dataset"))
+            if kinds:
+                scope.append(tasks.c.kind.in_(list(kinds)))
+            if exclude_kinds:
+                scope.append(tasks.c.kind.not_in(list(exclude_kinds)))
+            held = (sa.select(tasks).join(a, a.c.task_id == tasks.c.task_id)
+                    .where(a.c.assignee == me, a.c.lease_until >= ts, *scope).order_by(a.c.assigned_at).limit(1))
+            s = label_events.alias("skips")
+            skipped = sa.exists().where(s.c.task_id == tasks.c.task_id, s.c.kind == "skip", s.c.actor == me)
+            free = (sa.select(tasks, a.c.task_id.label("leased"))
+                    .select_from(tasks.outerjoin(a, a.c.task_id == tasks.c.task_id))
+                    .where(sa.or_(a.c.task_id.is_(None), a.c.lease_until < ts, a.c.assignee == me), ~skipped, *scope)
+                    .order_by(tasks.c.created_at, tasks.c.task_id).limit(1))
+            cache[key] = (held, free)
+        return cache[key]
+
     def next_task(self, annotator: str, *, dataset: str | None = None, kinds: Sequence[str] | None = None,
                   exclude_kinds: Sequence[str] | None = None, lease_seconds: float = 600) -> dict | None:
         """Lease the next open task to `annotator` (or renew the one they hold); None when nothing is left.
@@ -623,33 +656,20 @@ class Ledger:
         reassigned, and the first holder's late answer is refused (TaskConflict).  Tasks the
         annotator skipped are not offered to them again.
         """
+        held_sql, free_sql = self._queue_sql(bool(dataset), tuple(kinds or ()), tuple(exclude_kinds or ()))
+        a = task_assignments
         for _attempt in range(8):
             start = datetime.now(timezone.utc)
             ts = start.isoformat(timespec="microseconds")
             until = (start + timedelta(seconds=lease_seconds)).isoformat(timespec="microseconds")
-            a = task_assignments
+            params = {"me": annotator, "ts": ts, **({"dataset": dataset} if dataset else {})}
             try:
                 with self.engine.begin() as c:
-                    scope = [self._open_condition()]
-                    if dataset:
-                        scope.append(tasks.c.dataset == dataset)
-                    if kinds:
-                        scope.append(tasks.c.kind.in_(list(kinds)))
-                    if exclude_kinds:
-                        scope.append(tasks.c.kind.not_in(list(exclude_kinds)))
-                    held = c.execute(sa.select(tasks).join(a, a.c.task_id == tasks.c.task_id).where(
-                        a.c.assignee == annotator, a.c.lease_until >= ts, *scope)
-                        .order_by(a.c.assigned_at).limit(1)).mappings().first()
+                    held = c.execute(held_sql, params).mappings().first()
                     if held is not None:
                         c.execute(a.update().where(a.c.task_id == held["task_id"]).values(lease_until=until))
                         return dict(held, assignee=annotator, lease_until=until)
-                    s = label_events.alias("skips")
-                    skipped = sa.exists().where(s.c.task_id == tasks.c.task_id, s.c.kind == "skip",
-                                                s.c.actor == annotator)
-                    row = c.execute(sa.select(tasks, a.c.task_id.label("leased")).select_from(
-                        tasks.outerjoin(a, a.c.task_id == tasks.c.task_id)).where(
-                        sa.or_(a.c.task_id.is_(None), a.c.lease_until < ts, a.c.assignee == annotator),
-                        ~skipped, *scope).order_by(tasks.c.created_at, tasks.c.task_id).limit(1)).mappings().first()
+                    row = c.execute(free_sql, params).mappings().first()
                     if row is None:
                         return None
                     row = dict(row)

@@ -84,7 +84,9 @@ def check_csrf(user: User, supplied: str | None) -> None:
 def needs(*roles: str, write: bool = False):
     """FastAPI dependency: the request's user, who must have one of `roles` (401/403 otherwise)."""
 
-    def dependency(request: Request, _cred: HTTPAuthorizationCredentials | None = Depends(bearer_scheme)) -> User:
+    # async: a sync dependency would cost a thread hop per request (the token lookup is cached in memory)
+    async def dependency(request: Request,
+                         _cred: HTTPAuthorizationCredentials | None = Depends(bearer_scheme)) -> User:
         auth: Authenticator = request.app.state.auth
         user = auth.user(request)
         if user is None:

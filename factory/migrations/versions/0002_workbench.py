@@ -1,4 +1,5 @@
-"""Workbench: task leases (task_assignments), an index on label events by actor, users, web sessions and
+"""Workbench: task leases (task_assignments), indexes for the queue (tasks by creation) and for label events by
+actor, users, web sessions and
 failed logins (factory/users.py).
 
 Revision ID: 0002
@@ -35,6 +36,8 @@ def upgrade() -> None:
         )
     if not _has_index("task_assignments", "ix_task_assignments_assignee"):
         op.create_index("ix_task_assignments_assignee", "task_assignments", ["assignee"])
+    if not _has_index("tasks", "ix_tasks_queue"):
+        op.create_index("ix_tasks_queue", "tasks", ["created_at", "task_id"])
     if not _has_index("label_events", "ix_events_actor"):
         op.create_index("ix_events_actor", "label_events", ["actor", "kind"])
     if not _has("users"):
@@ -68,5 +71,6 @@ def upgrade() -> None:
 
 def downgrade() -> None:
     op.drop_index("ix_events_actor", table_name="label_events")
+    op.drop_index("ix_tasks_queue", table_name="tasks")
     for name in ("login_failures", "web_sessions", "users", "task_assignments"):
         op.drop_table(name)

@@ -1,0 +1,321 @@
+"""Workbench load benchmark: 50 concurrent simulated annotators submit 5,000 answers through the real HTTP API.
+
+Setup (seeded, synthetic): a factory root with one dataset of 5 classes, 5,000 short synthetic items
+(one review task each, created directly in the ledger), 50 annotator users with API tokens.  The
+server is `factory serve` started as a subprocess on 127.0.0.1 only (uvicorn, `--workers` processes,
+default 1) over the embedded SQLite ledger (WAL).  The clients run in this process: one thread per
+annotator with its own keep-alive connection (stdlib http.client: an httpx.AsyncClient pool was
+profiled to be the bottleneck, 20 answers/s with both processes mostly idle), each looping
+`GET /api/tasks/next` then `POST /api/tasks/{id}/answer` with a fresh submission_id.  1% of the
+submissions are resent with the same submission_id to exercise idempotency (must answer 200).
+
+Two runs, each on a fresh factory and server:
+* paced: each annotator thinks ~Exp(mean 1 s) between answers (people read for several seconds, so
+  this is already ~5x faster than a real team of 50; offered load ~45 answers/s);
+* saturation: no think time, a closed loop; every annotator always has a request in flight, so by
+  Little's law latency = 50 / throughput: this run measures the ceiling, not the latency people see.
+
+Checks after the run (from the ledger, not from the client's bookkeeping): exactly 5,000 human
+events, one per task, each by the annotator whose submission got 201; no duplicate event for a
+resent submission; the hash chain verifies.
+
+Reported: throughput (answers per second over the whole run), p50/p95/p99 latency of the answer
+POST (the "submit latency" of the issue) and of GET next, HTTP status counts, CPU count.
+Goal (issue 5): p95 submit latency <= 50 ms on a 2-core machine.
+
+Run: ``python -m benchmarks.workbench --out bench-out [--answers 5000 --annotators 50 --workers 1]``
+or ``factory bench workbench --out bench-out``.
+"""
+from __future__ import annotations
+
+import argparse
+import http.client
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from pathlib import Path
+
+import numpy as np
+
+NAME = "workbench"
+CLASSES = ["business", "entertainment", "politics", "sports", "tech"]
+WORDS = ("market shares bank film music election minister match goal league software chip phone "
+         "profit actor vote striker network award budget court player data").split()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def build_factory(root: Path, n_tasks: int, n_annotators: int, seed: int = 0) -> tuple[dict, dict]:
+    """A factory root with `n_tasks` open review tasks and `n_annotators` users; returns (tokens, truth)."""
+    import pandas as pd
+    import yaml
+
+    from factory.ingest import ingest
+    from factory.pipeline import Factory
+    from factory.users import UserStore
+
+    rng = np.random.default_rng(seed)
+    (root / "datasets").mkdir(parents=True, exist_ok=True)
+    spec = {"name": "load", "description": "synthetic load test", "license": "CC0-1.0",
+            "classes": [{"name": c, "definition": f"about {c}"} for c in CLASSES],
+            "guideline": {"version": "1.0", "text": "Pick the topic."}}
+    (root / "datasets" / "load.yaml").write_text(yaml.safe_dump(spec))
+    fx = Factory.at(root)
+    texts = [f"item {i}: " + " ".join(rng.choice(WORDS, size=12)) for i in range(n_tasks)]
+    csv = root / "load.csv"
+    pd.DataFrame({"text": texts}).to_csv(csv, index=False)
+    batch = ingest(csv, fx.spec("load"), fx.ledger).batch_id
+    items = fx.ledger.items("load", batch_id=batch)
+    truth = {}
+    rows = []
+    for i, r in enumerate(items.itertuples()):
+        tid = f"t{i:06d}"
+        truth[tid] = CLASSES[int(rng.integers(len(CLASSES)))]
+        rows.append(dict(task_id=tid, dataset="load", batch_id=batch, item_id=r.item_id, kind="review",
+                         reasons=["low_confidence"], suggestion=truth[tid], created_at=f"2026-01-01T00:00:00.{i:06d}"))
+    fx.ledger.create_tasks(rows)
+    store = UserStore.for_ledger(fx.ledger)
+    tokens = {f"ann-{k:02d}": store.add(f"ann-{k:02d}", "annotator") for k in range(n_annotators)}
+    fx.ledger.engine.dispose()
+    fx.ledger.reader.dispose()
+    return tokens, truth
+
+
+def _annotator(name: str, token: str, port: int, truth: dict, stats: dict, stop_at: int, rng, think_s: float) -> None:
+    """One simulated person: take the next task, answer it, think, repeat (own keep-alive connection)."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
+    headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/json"}
+
+    def call(method: str, path: str, body: dict | None = None) -> tuple[int, bytes, float]:
+        t0 = time.perf_counter()
+        conn.request(method, path, body=None if body is None else json.dumps(body), headers=headers)
+        r = conn.getresponse()
+        data = r.read()
+        return r.status, data, (time.perf_counter() - t0) * 1000
+
+    def count(key: str) -> None:
+        with stats["lock"]:
+            stats["status"][key] = stats["status"].get(key, 0) + 1
+
+    if think_s:
+        time.sleep(rng.uniform(0, think_s))  # people do not all start in the same millisecond
+    while stats["answered"] < stop_at:
+        status, data, ms = call("GET", "/api/tasks/next")
+        stats["next_ms"].append(ms)
+        count(f"next {status}")
+        if status == 204:
+            return
+        if status != 200:
+            stats["errors"].append(f"next: {status} {data[:200]!r}")
+            return
+        tid = json.loads(data)["task_id"]
+        body = {"label": truth[tid], "submission_id": uuid.uuid4().hex}
+        status, data, ms = call("POST", f"/api/tasks/{tid}/answer", body)
+        stats["submit_ms"].append(ms)
+        count(f"answer {status}")
+        if status == 201:
+            event_id = json.loads(data)["event_id"]
+            with stats["lock"]:
+                stats["answered"] += 1
+                stats["accepted"][tid] = (name, event_id)
+            if rng.random() < 0.01:  # a client retry: the same submission again must be a no-op
+                status2, data2, _ = call("POST", f"/api/tasks/{tid}/answer", body)
+                count(f"retry {status2}")
+                if status2 != 200 or json.loads(data2)["event_id"] != event_id:
+                    stats["errors"].append(f"retry of {tid} answered {status2}")
+        else:
+            stats["errors"].append(f"answer {tid}: {status} {data[:200]!r}")
+        if think_s:  # reading the next item: exponential think time
+            time.sleep(float(rng.exponential(think_s)))
+    conn.close()
+
+
+def _drive(port: int, tokens: dict, truth: dict, answers: int, seed: int, think_s: float = 0.0) -> dict:
+    """Run one thread per annotator until `answers` answers are accepted (or the queue is empty)."""
+    stats = {"answered": 0, "submit_ms": [], "next_ms": [], "status": {}, "accepted": {}, "errors": [],
+             "lock": threading.Lock()}
+    threads = [threading.Thread(target=_annotator, args=(n, tok, port, truth, stats, answers,
+                                                         np.random.default_rng(seed + k), think_s), daemon=True)
+               for k, (n, tok) in enumerate(tokens.items())]
+    t0 = time.perf_counter()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    stats["seconds"] = time.perf_counter() - t0
+    return stats
+
+
+def _cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of a process (Linux /proc), 0 where unavailable."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, IndexError, ValueError):
+        return 0.0
+
+
+def _pct(values: list[float], q: float) -> float:
+    return float(np.percentile(np.asarray(values), q)) if values else float("nan")
+
+
+def _phase(answers: int, annotators: int, workers: int, think_s: float, seed: int, keep: bool) -> tuple[dict, dict]:
+    """One load run on a fresh factory and a fresh server; returns (result, raw latencies)."""
+    from factory.pipeline import Factory
+
+    root = Path(tempfile.mkdtemp(prefix="workbench-bench-"))
+    print(f"[workbench] building a factory with {answers:,} tasks and {annotators} annotators in {root}", flush=True)
+    tokens, truth = build_factory(root, answers, annotators, seed)
+    port = _free_port()
+    env = dict(os.environ, FACTORY_HOME=str(root), PYTHONUNBUFFERED="1")
+    env.pop("FACTORY_DATABASE_URL", None)
+    server = subprocess.Popen([sys.executable, "-m", "factory.cli", "serve", "--host", "127.0.0.1", "--port", str(port),
+                               "--root", str(root), "--workers", str(workers)], env=env,
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        import httpx
+
+        deadline = time.time() + 60
+        while True:
+            try:
+                if httpx.get(base + "/openapi.json", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if server.poll() is not None or time.time() > deadline:
+                raise RuntimeError(f"the server did not start:\n{server.stdout.read() if server.stdout else ''}")
+            time.sleep(0.2)
+        mode = f"think time ~Exp(mean {think_s:g} s)" if think_s else "no think time (closed loop, saturation)"
+        print(f"[workbench] server up on {base} ({workers} worker(s)); {annotators} annotators, {mode}", flush=True)
+        cpu0 = (_cpu_seconds(server.pid), _cpu_seconds(os.getpid()))
+        stats = _drive(port, tokens, truth, answers, seed, think_s)
+        cpu1 = (_cpu_seconds(server.pid), _cpu_seconds(os.getpid()))
+    finally:
+        server.terminate()
+        try:
+            server.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            server.kill()
+    # the ledger is the judge: count what was written, not what the clients believe
+    fx = Factory.at(root)
+    human = fx.ledger.events("load", kind="human")
+    per_task = human.groupby("task_id").size()
+    accepted = stats["accepted"]
+    by_task = dict(zip(human["task_id"], zip(human["actor"], human["event_id"])))
+    mismatched = sum(1 for tid, (who, eid) in accepted.items() if by_task.get(tid) != (who, eid))
+    open_left = int((fx.ledger.tasks("load")["status"] == "open").sum())
+    chain = fx.ledger.verify_chain("load")
+    lost = len(accepted) - int(human["event_id"].isin({e for _, e in accepted.values()}).sum())
+    wall = stats["seconds"]
+    result = {
+        "think_time_s": think_s, "answers_target": answers, "annotators": annotators, "server_workers": workers,
+        "seconds": round(wall, 3), "accepted_201": len(accepted), "ledger_human_events": int(len(human)),
+        "tasks_answered_twice": int((per_task > 1).sum()), "tasks_left_open": open_left,
+        "lost_answers": lost, "mismatched_answers": mismatched, "chain_ok": bool(chain["ok"]),
+        "throughput_answers_per_s": round(len(accepted) / wall, 1),
+        "submit_ms": {"p50": round(_pct(stats["submit_ms"], 50), 2), "p95": round(_pct(stats["submit_ms"], 95), 2),
+                      "p99": round(_pct(stats["submit_ms"], 99), 2), "max": round(max(stats["submit_ms"]), 2)},
+        "next_ms": {"p50": round(_pct(stats["next_ms"], 50), 2), "p95": round(_pct(stats["next_ms"], 95), 2)},
+        "server_cpu_share": round((cpu1[0] - cpu0[0]) / wall, 3), "client_cpu_share": round((cpu1[1] - cpu0[1]) / wall, 3),
+        "server_cpu_ms_per_answer": round(1000 * (cpu1[0] - cpu0[0]) / max(len(accepted), 1), 2),
+        "http_status": stats["status"], "errors": stats["errors"][:20], "n_errors": len(stats["errors"]),
+    }
+    result["no_lost_or_duplicated"] = (result["ledger_human_events"] == answers == result["accepted_201"]
+                                       and not result["tasks_answered_twice"] and not lost and not mismatched
+                                       and open_left == 0 and result["chain_ok"])
+    fx.ledger.engine.dispose()
+    fx.ledger.reader.dispose()
+    if not keep:
+        shutil.rmtree(root, ignore_errors=True)
+    print(f"[workbench] {json.dumps({k: result[k] for k in ('throughput_answers_per_s', 'submit_ms', 'next_ms', 'server_cpu_share', 'client_cpu_share', 'no_lost_or_duplicated')})}", flush=True)
+    return result, {"submit_ms": stats["submit_ms"], "next_ms": stats["next_ms"]}
+
+
+def run(out: Path, data: Path | None = None, answers: int = 5000, annotators: int = 50, workers: int = 1,
+        think_ms: float = 1000, saturation: bool = True, keep: bool = False, seed: int = 0, **opts) -> dict:
+    """Paced run (annotators think ~`think_ms` between answers) and, if `saturation`, a closed-loop run without
+    think time; write out/workbench.json and out/workbench.png; return the result dict."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    answers, annotators, workers = int(answers), int(annotators), int(workers)
+    phases, raw = {}, {}
+    phases["paced"], raw["paced"] = _phase(answers, annotators, workers, think_ms / 1000, seed, keep)
+    if saturation:
+        phases["saturation"], raw["saturation"] = _phase(answers, annotators, workers, 0.0, seed, keep)
+    result = {"cpus": os.cpu_count(), "database": "sqlite (WAL)", "goal_p95_ms": 50.0, "phases": phases,
+              "no_lost_or_duplicated": all(p["no_lost_or_duplicated"] for p in phases.values())}
+    (out / f"{NAME}.json").write_text(json.dumps(result, indent=2))
+    fig, ax = plt.subplots(1, len(phases), figsize=(6 * len(phases), 4.2), squeeze=False)
+    for a, (name, ph) in zip(ax[0], phases.items()):
+        for k, label in (("submit_ms", "POST answer"), ("next_ms", "GET next")):
+            v = np.sort(np.asarray(raw[name][k]))
+            a.plot(v, np.arange(1, len(v) + 1) / len(v), label=label)
+        a.axvline(50, color="red", ls="--", lw=1, label="goal: p95 <= 50 ms")
+        a.axhline(0.95, color="grey", ls=":", lw=1)
+        a.set_xscale("log")
+        a.set_xlabel("latency (ms, log scale)")
+        a.set_ylabel("share of requests")
+        think = f"think ~{ph['think_time_s']:g} s" if ph["think_time_s"] else "no think time"
+        a.set_title(f"{name}: {annotators} annotators, {think}\n{ph['throughput_answers_per_s']} answers/s, "
+                    f"submit p50 {ph['submit_ms']['p50']:.0f} / p95 {ph['submit_ms']['p95']:.0f} ms", fontsize=10)
+        a.legend(fontsize=8)
+    fig.suptitle(f"workbench API, SQLite ledger, {workers} uvicorn worker(s), {os.cpu_count()} CPUs", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(out / f"{NAME}.png", dpi=110)
+    plt.close(fig)
+    return result
+
+
+def summary_rows(result: dict) -> list[tuple[str, str, str]]:
+    """(metric, value, goal and whether met) rows for a Markdown table."""
+    rows = [("no lost or duplicated answer", str(result["no_lost_or_duplicated"]),
+             "must hold: " + ("met" if result["no_lost_or_duplicated"] else "MISSED"))]
+    for name, ph in result["phases"].items():
+        think = f"think ~{ph['think_time_s']:g} s" if ph["think_time_s"] else "no think time"
+        p95 = ph["submit_ms"]["p95"]
+        rows += [
+            (f"{name} ({ph['annotators']} annotators, {think})", f"{ph['ledger_human_events']:,} answers in "
+             f"{ph['seconds']:.0f} s = {ph['throughput_answers_per_s']} answers/s", ""),
+            (f"{name}: submit latency p50 / p95", f"{ph['submit_ms']['p50']:.1f} / {p95:.1f} ms",
+             f"p95 <= 50 ms: {'met' if p95 <= 50 else 'MISSED'}"),
+            (f"{name}: next latency p50 / p95", f"{ph['next_ms']['p50']:.1f} / {ph['next_ms']['p95']:.1f} ms", ""),
+        ]
+    return rows
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--out", type=Path, required=True, help="folder for workbench.json and workbench.png")
+    ap.add_argument("--data", type=Path, default=None, help="unused (synthetic data)")
+    ap.add_argument("--answers", type=int, default=5000)
+    ap.add_argument("--annotators", type=int, default=50)
+    ap.add_argument("--workers", type=int, default=1, help="uvicorn worker processes")
+    ap.add_argument("--think-ms", type=float, default=1000, help="mean think time of the paced run")
+    ap.add_argument("--no-saturation", action="store_true", help="skip the closed-loop run without think time")
+    ap.add_argument("--keep", action="store_true", help="keep the temporary factory roots")
+    args = ap.parse_args(argv)
+    result = run(args.out, args.data, answers=args.answers, annotators=args.annotators, workers=args.workers,
+                 think_ms=args.think_ms, saturation=not args.no_saturation, keep=args.keep)
+    for row in summary_rows(result):
+        print(" | ".join(row))
+
+
+if __name__ == "__main__":
+    main()
