@@ -466,8 +466,6 @@ def _honeypots(fx: Factory, spec: DatasetSpec, dataset: str, batch_id: str, n_ta
 
 # ----------------------------------------------------------------------------- final labels
 FINAL_SOURCES = ("auto", "calibrated", "annotated", "verified", "arbitrated")
-HUMAN_RELIABILITY = 0.85  # one-coin accuracy assumed for a person without a gold record
-TARGET_POSTERIOR = 0.9
 MAX_ANSWERS = 3
 
 
@@ -493,18 +491,23 @@ def combine(prior: np.ndarray, item_index: pd.Index, answers: pd.DataFrame, clas
 
 
 def _reliabilities(fx: Factory, dataset: str, who: pd.Series) -> pd.Series:
+    """Each person's one-coin accuracy: gold accuracy once they have enough gold answers, else the spec's default."""
     from factory.workforce import Workforce
 
+    spec = fx.spec(dataset)
     scores = Workforce(fx.ledger).scores(dataset)
-    known = scores.set_index("annotator_id")["gold_accuracy"].dropna() if not scores.empty else pd.Series(dtype=float)
-    return who.map(known).fillna(HUMAN_RELIABILITY)
+    if scores.empty:
+        return pd.Series(spec.workforce.default_reliability, index=who.index)
+    enough = scores[scores["gold_answers"] >= spec.workforce.min_gold_answers]
+    known = enough.set_index("annotator_id")["gold_accuracy"]
+    return who.map(known).fillna(spec.workforce.default_reliability)
 
 
 def escalate(fx: Factory, dataset: str, batch_id: str, run_id: str | None = None) -> pd.DataFrame:
     """Open second-opinion or expert-arbitration tasks where people and models have not settled an item.
 
     The engine's adaptive routing (`decide`) reads the posterior of models + people: items below
-    the target get one more answer from someone who has not seen the item (at least tier L2); items
+    the target (spec.quality.min_accuracy) get one more answer from someone who has not seen the item (at least tier L2); items
     still unsettled after two answers go to an expert.  Returns the new tasks.
     """
     from factory.engine.routing import decide
@@ -538,8 +541,9 @@ def escalate(fx: Factory, dataset: str, batch_id: str, run_id: str | None = None
     n = d.groupby("item_id").size().reindex(people).fillna(0).astype(int)
     base = routes.loc[people, "route"].map({"verify": spec.human_model.overlap + 1}).fillna(1).astype(int)
     n_eff = n - base + 1
-    act = decide(post, n_eff, target=TARGET_POSTERIOR, budget_left=len(people),
-                 max_answers_per_item=MAX_ANSWERS, escalate_after=2, worker_reliability=HUMAN_RELIABILITY)
+    act = decide(post, n_eff, target=spec.quality.min_accuracy, budget_left=len(people),
+                 max_answers_per_item=MAX_ANSWERS, escalate_after=2,
+                 worker_reliability=spec.workforce.default_reliability)
     # people are never silently overruled: where the posterior's label is not the people's majority,
     # another person looks (or, after two, an expert decides)
     majority = (d.groupby(["item_id", "label"]).size().rename("n").reset_index()

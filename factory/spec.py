@@ -179,6 +179,7 @@ class WorkforceSpec(_Strict):
     sensitive_tier: Tier = "L2"        # compliance grade important/core -> at least this tier
     domain: str | None = None          # the experts' domain that arbitrates this dataset
     registered_only: bool = False      # refuse answers from people not in the registry
+    default_reliability: float = Field(default=0.9, gt=0.5, lt=1)  # assumed accuracy of a person without gold record
 
     @model_validator(mode="after")
     def _tiers(self) -> "WorkforceSpec":
