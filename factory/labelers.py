@@ -54,6 +54,7 @@ __all__ = [
     "PairSimilarityBoosting",
     "PairCharNgramLogReg",
     "make_labelers",
+    "labeler_suite_version",
     "training_hash",
     "cross_val_proba",
     "pair_features",
@@ -355,7 +356,12 @@ class Labeler:
         model_file = folder / _MODEL_FILE
         if not model_file.is_file():
             raise FileNotFoundError(f"{model_file} not found: is {folder} a folder written by Labeler.save()?")
-        labeler = joblib.load(model_file)
+        try:
+            labeler = joblib.load(model_file)
+        except (AttributeError, ModuleNotFoundError, ImportError) as exc:
+            # A class renamed or removed since the save: the model is stale, not corrupt.
+            raise ValueError(f"{model_file} was saved by another version of factory.labelers ({exc}); "
+                             "retrain the labelers (key cached models by labeler_suite_version())") from exc
         if not isinstance(labeler, cls):
             raise TypeError(f"{model_file} holds a {type(labeler).__name__}, not a {cls.__name__}")
         info_file = folder / _INFO_FILE
@@ -936,6 +942,14 @@ def make_labelers(task_type: str = "classification", seed: int = 0) -> list[Labe
     if task_type not in _FAMILIES:
         raise ValueError(f"unknown task_type {task_type!r}; expected one of {list(_FAMILIES)}")
     return [cls(seed=seed) for cls in _FAMILIES[task_type]]
+
+
+def labeler_suite_version(task_type: str = "classification") -> str:
+    """'name@version+...' of the labelers `make_labelers(task_type)` builds: put it in model cache keys
+    so a code change retrains instead of reusing (or failing to unpickle) models from older code."""
+    if task_type not in _FAMILIES:
+        raise ValueError(f"unknown task_type {task_type!r}; expected one of {list(_FAMILIES)}")
+    return "+".join(f"{cls.name}@{cls.version}" for cls in _FAMILIES[task_type])
 
 
 def cross_val_proba(make: Callable[[], Labeler], items: pd.DataFrame, labels: Sequence, classes: Sequence,

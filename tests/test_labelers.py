@@ -327,6 +327,24 @@ def test_save_load_roundtrip_gives_identical_probabilities(bbc, fitted, tmp_path
         Labeler.load(tmp_path / "nowhere")
 
 
+def test_stale_model_file_asks_for_retraining(tmp_path, monkeypatch):
+    import factory.labelers as labelers_module
+
+    class RetiredLabeler(WordTfidfLogReg):  # stands for a class that a later version removes
+        pass
+
+    RetiredLabeler.__qualname__ = RetiredLabeler.__name__ = "RetiredLabeler"
+    monkeypatch.setattr(labelers_module, "RetiredLabeler", RetiredLabeler, raising=False)
+    RetiredLabeler.__module__ = "factory.labelers"
+    items = pd.DataFrame({"item_id": [1, 2], "text": ["stocks fell", "the match ended"]})
+    RetiredLabeler().fit(items, ["business", "sports"], CLASSES).save(tmp_path / "old")
+    monkeypatch.delattr(labelers_module, "RetiredLabeler")
+    with pytest.raises(ValueError, match="retrain"):
+        Labeler.load(tmp_path / "old")
+    suite = labelers_module.labeler_suite_version("classification")
+    assert all(f"{lb.name}@{lb.version}" in suite for lb in make_labelers("classification"))
+
+
 def test_training_hash_ignores_row_order_and_sees_every_label_and_text(bbc):
     train, _ = bbc
     items, labels = train.iloc[:30], train["label"].tolist()[:30]
