@@ -101,6 +101,9 @@ def run(out: Path, data: Path | None = None, seeds: int | None = None, **opts) -
     o = dict(DEFAULTS) | {k: v for k, v in opts.items() if v is not None}
     o["seeds"] = seeds or o["seeds"]
     t0 = time.time()
+    data = Path(data)
+    if (data / "product").is_dir():  # the crowd folder itself was given
+        data = data / "product"
     items, task_type, answers, truth = load_folder(Path(data))
     if task_type != "pair":
         raise ValueError(f"guarantee: {data} is a {task_type} folder; this benchmark uses the product pair folder")
@@ -151,13 +154,14 @@ def _plot(df: pd.DataFrame, path: Path) -> None:
     eps_values = sorted(df["epsilon"].unique())
     fig, axes = plt.subplots(1, len(eps_values) + 1, figsize=(4.2 * (len(eps_values) + 1), 3.6))
     for ax, eps in zip(axes, eps_values):
-        g = df[df["epsilon"] == eps]
+        g = df[(df["epsilon"] == eps) & df["threshold"].notna()]  # runs that certified no threshold accept nothing
         ax.scatter(g["seed"], g["realised_error_vs_truth"], label="vs truth", color="#4c72b0")
         ax.scatter(g["seed"], g["realised_error_vs_people"], label="vs people's majority", color="#dd8452", marker="x")
         ax.axhline(eps, color="red", linestyle="--", label=f"epsilon = {eps:g}")
         ax.set_xlabel("seed")
         ax.set_ylabel("error among auto-accepted")
-        ax.set_title(f"realised error per run, eps = {eps:g}")
+        none = int(((df["epsilon"] == eps) & df["threshold"].isna()).sum())
+        ax.set_title(f"realised error per run, eps = {eps:g}" + (f"\n({none} runs certified no threshold)" if none else ""))
         ax.legend(fontsize=7)
     b = axes[-1]
     for eps in eps_values:
