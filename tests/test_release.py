@@ -259,8 +259,13 @@ def test_versions_changelog_diff_and_refusals(world):
     new = "tech" if t["label"] != "tech" else "sports"
     fx.ledger.answer_task(t["task_id"], new, "ann-fix", fx.spec("news").class_names, correct=True)
     finalise(fx, b2)
-    r3 = release(fx, "news")
+    r3 = release(fx, "news", formats=("parquet", "jsonl", "csv"))
     assert r3["version"] == "2.0.0" and r3["changes"]["relabelled"] == 1
+    p3 = Path(r3["path"])
+    jl = pd.read_json(p3 / "labels.jsonl", lines=True, dtype=False)
+    assert len(jl) == len(pd.read_csv(p3 / "labels.csv")) == 90 and list(jl["item_id"]) == sorted(jl["item_id"])
+    dist = {d["name"] for d in json.loads((p3 / "croissant.json").read_text())["distribution"]}
+    assert dist == {"labels.parquet", "labels.jsonl", "labels.csv"} and verify_release(p3)["ok"]
     log = (Path(r3["path"]) / "CHANGELOG.md").read_text()
     assert "major: relabels" in log
     per_split = json.loads((Path(r3["path"]) / "manifest.json").read_text())["changes_per_split"]
