@@ -220,7 +220,7 @@ class TrainedLabelers:
 
 def train_labelers(fx: Factory, dataset: str, batch_id: str | None = None, seed: int = 0) -> TrainedLabelers:
     """Train (or reuse, if the same human labels were seen before) the differentiated labelers."""
-    from factory.labelers import Labeler, make_labelers, training_hash
+    from factory.labelers import Labeler, labeler_suite_version, make_labelers, training_hash
 
     spec = fx.spec(dataset)
     if batch_id is not None:
@@ -237,8 +237,10 @@ def train_labelers(fx: Factory, dataset: str, batch_id: str | None = None, seed:
     items = fx.ledger.items(dataset, item_ids=labels["item_id"].tolist())
     train = labels.merge(items[["item_id", "text"]], on="item_id").sort_values("item_id").reset_index(drop=True)
     th = training_hash(train[["item_id", "text"]], train["label"].tolist())
-    folder = fx.paths.models / dataset / th
     task_type = TASK_TYPE[spec.task.type]
+    # keyed by the code's labeler versions too: changed labeler code never reuses models trained by old code
+    suite = hashlib.sha256(str(labeler_suite_version(task_type)).encode()).hexdigest()[:8]
+    folder = fx.paths.models / dataset / f"{th}-{suite}"
     if (folder / "labelers.json").exists():
         names = json.loads((folder / "labelers.json").read_text())
         return TrainedLabelers(th, [Labeler.load(folder / n) for n in names], len(train), reused=True)
