@@ -271,6 +271,11 @@ def run_seed(items, task_type, answers, truth, classes, opts, seed, budgets=BUDG
         acc = float(correct.mean())
         print(f"[replay] seed {seed} stop {stop:.2f}: {rp.used} answers ({rp.used / total:.1%}), "
               f"accuracy {acc:.4f}, {time.time() - t0:.0f}s", flush=True)
+        if opts.get("dump_dir"):
+            # fused state for error analysis (truth joined later, outside the loop)
+            state = post[["label", "confidence"]].assign(n_answers=rp.revealed.to_numpy())
+            Path(opts["dump_dir"]).mkdir(parents=True, exist_ok=True)
+            state.to_csv(Path(opts["dump_dir"]) / f"seed{seed}_stop{stop:.2f}.csv")
         for b in budgets:
             # a budget is recorded at its own stop, or at every later budget once the run asks for nothing more
             if abs(b - stop) < 1e-9 or (stopped and b > stop):
@@ -306,6 +311,8 @@ def run(out: Path, data: Path | None = None, seeds: int = 5, workers: int = 2, *
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     options = {**DEFAULTS, **{k: v for k, v in opts.items() if k in DEFAULTS and v is not None}}
+    if opts.get("dump_dir"):
+        options["dump_dir"] = str(opts["dump_dir"])
     t0 = time.time()
     items, task_type, answers, truth = load_folder(Path(data))
     classes = sorted(pd.unique(answers["label"]).tolist())
@@ -390,8 +397,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seeds", type=int, default=5, help="number of seeded runs (default 5)")
     parser.add_argument("--workers", type=int, default=2, help="parallel processes, one seed each (default 2)")
     parser.add_argument("--target", type=float, default=None, help=f"posterior to stop asking (default {DEFAULTS['target']})")
+    parser.add_argument("--dump", type=Path, default=None, help="write each round's fused labels here (error analysis)")
     args = parser.parse_args(argv)
-    result = run(args.out, args.data, seeds=args.seeds, workers=args.workers, target=args.target)
+    result = run(args.out, args.data, seeds=args.seeds, workers=args.workers, target=args.target, dump_dir=args.dump)
     for metric, value, goal in summary_rows(result):
         print(f"| {metric} | {value} | {goal} |")
 
