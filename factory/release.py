@@ -39,6 +39,7 @@ import hashlib
 import json
 import os
 import shutil
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -585,6 +586,9 @@ def verify_release(path: str | Path, run_standard: bool = True) -> dict:
         if not std_file.exists():
             problems.append(f"standard/{std_name}.json: missing; the release's quality standard cannot be re-run")
         else:
+            stated = std.get("sha256") if isinstance(std, dict) else None
+            if stated and sha256_path(std_file) != stated:
+                problems.append(f"standard/{std_name}.json: sha256 differs from the standard named in manifest.json")
             outcome = _validate_with_file(table, std_file, {"classes": manifest["classes"], "n_items": manifest["items"]})
             summary["expectations"] = {"passed": sum(o.success for o in outcome.outcomes), "total": len(outcome.outcomes)}
             problems += [f"{DATA_FILE}: standard {std_name}: {o.message()}" for o in outcome.outcomes if not o.success]
@@ -628,6 +632,9 @@ def verify_release(path: str | Path, run_standard: bool = True) -> dict:
     return {"ok": not problems, "problems": problems, "summary": summary}
 
 
+_verify_lock = threading.Lock()
+
+
 def _validate_with_file(df: pd.DataFrame, std_file: Path, params: dict):
     """Run a standard given as a file (the release's own copy), not the factory's checks/standards folder."""
     from checks import standards as S
@@ -636,15 +643,16 @@ def _validate_with_file(df: pd.DataFrame, std_file: Path, params: dict):
     name = f"{doc['id']}-{doc['version']}"
     suite = "release" if "release" in doc["suites"] else "final_labels"
     decl = doc["suites"][suite]
-    original = S.expectations
+    with _verify_lock:  # one patched lookup at a time; other suites and standards pass through untouched
+        original = S.expectations
 
-    def from_file(s: str, standard: str = name) -> list[dict]:
-        return decl if (s, standard) == (suite, name) else original(s, standard)
-    S.expectations = from_file  # the copy in the release is authoritative, even if the repo's file changed
-    try:
-        return S.validate(df, suite, params, standard=name)
-    finally:
-        S.expectations = original
+        def from_file(s: str, standard: str = name) -> list[dict]:
+            return decl if (s, standard) == (suite, name) else original(s, standard)
+        S.expectations = from_file  # the copy in the release is authoritative, even if the repo's file changed
+        try:
+            return S.validate(df, suite, params, standard=name)
+        finally:
+            S.expectations = original
 
 
 # ----------------------------------------------------------------------------- listing and comparing

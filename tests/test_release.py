@@ -202,7 +202,7 @@ def test_croissant_validates_with_mlcroissant(world):
     assert rec["labels/label"].decode() in {"business", "entertainment", "politics", "sports", "tech"}
 
 
-@pytest.mark.parametrize("damage", ["tamper", "missing", "extra", "event", "standard"])
+@pytest.mark.parametrize("damage", ["tamper", "missing", "extra", "event", "standard", "weakened"])
 def test_verify_release_names_the_damaged_file(world, tmp_path, damage):
     src = Path(world["rel"]["path"])
     d = tmp_path / "copy"
@@ -222,7 +222,13 @@ def test_verify_release_names_the_damaged_file(world, tmp_path, damage):
             ev.loc[3, "label"] = "tech" if ev.loc[3, "label"] != "tech" else "sports"
             ev.to_parquet(d / "provenance" / "events.parquet", index=False)
             want = "provenance/events.parquet: event"
-        else:  # a weakened standard copy cannot hide a broken data file: relabel outside the schema
+        elif damage == "weakened":  # the standard copy is swapped for a laxer one: it no longer matches the manifest
+            f = d / "standard" / f"{DEFAULT_STANDARD}.json"
+            doc = json.loads(f.read_text())
+            doc["suites"]["final_labels"] = doc["suites"]["final_labels"][1:]
+            f.write_text(json.dumps(doc))
+            want = f"standard/{DEFAULT_STANDARD}.json: sha256 differs from the standard named in manifest.json"
+        else:  # the data is broken behind a rewritten listing: re-running the standard catches it
             t = pd.read_parquet(d / "labels.parquet")
             t.loc[0, "label"] = "weather"
             t.to_parquet(d / "labels.parquet", index=False)
