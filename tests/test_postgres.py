@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import threading
+from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
@@ -111,3 +112,80 @@ def test_concurrent_answers_to_one_task_on_postgresql(pg_url):
     accepted = [o for o in outcomes if isinstance(o, dict) and not o["duplicate"]]
     assert len(accepted) == 1, outcomes  # one answer wins, the others are told it was answered
     assert len(L.events("d", kind="human")) == 1 and L.verify_chain("d")["ok"]
+
+
+# ----------------------------------------------------------------------------- scale-out on a PostgreSQL instance
+@pytest.mark.slow
+def test_four_batches_at_once_on_a_postgresql_instance(pg_database, tmp_path, monkeypatch, bbc_small, truth):
+    """deploy/dagster.yaml instance, ledger on PostgreSQL, multiprocess executor, four concurrent runs."""
+    import json
+    import os
+    import shutil
+    import subprocess
+    import sys
+    import time
+
+    import dagster as dg
+    import yaml
+
+    from assets.definitions import EXECUTOR
+    from assets.runner import add_batch_partition, run_stage
+    from factory import pipeline as P
+    from factory.ingest import ingest
+    from factory.simulate import SimulatedPool
+    from tests.conftest import news_spec, write_csv
+
+    dagster_url, ledger_url = pg_database("dagster"), pg_database("ledger")
+    upgrade(ledger_url)
+    root, home = tmp_path / "factory", tmp_path / "dagster_home"
+    (root / "datasets").mkdir(parents=True)
+    (root / "datasets" / "news.yaml").write_text(yaml.safe_dump(news_spec(seed_size=20)))
+    home.mkdir()
+    shutil.copy(Path(__file__).parents[1] / "deploy" / "dagster.yaml", home / "dagster.yaml")
+    for k, v in {"FACTORY_HOME": str(root), "FACTORY_DATABASE_URL": ledger_url, "DAGSTER_HOME": str(home),
+                 "DAGSTER_POSTGRES_URL": dagster_url}.items():
+        monkeypatch.setenv(k, v)
+
+    fx = P.Factory.at(root)
+    texts = bbc_small["text"].tolist()
+    assert EXECUTOR.name == "multiprocess"
+    with dg.DagsterInstance.get() as instance:
+        assert type(instance.run_storage).__name__ == "PostgresRunStorage"
+        # a first batch brings the seed sample; people answer it; then four batches are prepared
+        seed_batch = ingest(write_csv(tmp_path / "seed.csv", texts[:30]), fx.spec("news"), fx.ledger).batch_id
+        add_batch_partition(instance, "news", seed_batch)
+        assert run_stage(root, "news", "prepare", instance, seed_batch).success
+        SimulatedPool(truth, acc_low=1.0, acc_high=1.0).answer_open_tasks(fx.ledger, fx.spec("news"))
+        batches = []
+        for i in range(4):
+            b = ingest(write_csv(tmp_path / f"b{i}.csv", texts[30 + 20 * i: 50 + 20 * i]), fx.spec("news"),
+                       fx.ledger).batch_id
+            add_batch_partition(instance, "news", b)
+            assert run_stage(root, "news", "prepare", instance, b).success
+            batches.append(b)
+        # four runs at once, each in its own process as a run launcher would start them (Dagster's
+        # in-process execute_job is not thread-safe), each with the definitions' multiprocess executor
+        exe = Path(sys.executable).parent / "dagster"
+        t0 = time.time()
+        procs = {b: subprocess.Popen([str(exe), "job", "execute", "-m", "assets.definitions", "-a", "defs",
+                                      "-j", "news_annotate", "--tags", json.dumps({"dagster/partition": b})],
+                                     cwd=str(Path(__file__).parents[1]), env=dict(os.environ),
+                                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+                 for b in batches}
+        outputs = {b: p.communicate(timeout=300)[0].decode(errors="replace") for b, p in procs.items()}
+        elapsed = time.time() - t0
+        assert all(p.returncode == 0 for p in procs.values()), {b: o[-2000:] for b, o in outputs.items()}
+        runs = [r for r in instance.get_run_records() if r.dagster_run.job_name == "news_annotate"]
+        assert len(runs) == 4 and all(r.dagster_run.status == dg.DagsterRunStatus.SUCCESS for r in runs)
+        assert {r.dagster_run.tags["dagster/partition"] for r in runs} == set(batches)
+        # the four runs overlapped in time: each started before any of them ended
+        assert max(r.start_time for r in runs) < min(r.end_time for r in runs), elapsed
+        logs = instance.all_logs(runs[0].dagster_run.run_id)
+        assert any("multiprocess executor" in (e.message or "") for e in logs)
+
+    for b in batches:
+        assert fx.paths.table("routing", "news", b).exists()
+        assert len(fx.ledger.events("news", batch_id=b, kind="model")) == 20 * 3
+        assert len(fx.ledger.events("news", batch_id=b, kind="fusion")) == 20
+    assert fx.ledger.events("news")["dedup_key"].dropna().is_unique
+    assert fx.ledger.verify_chain("news")["ok"]
