@@ -519,6 +519,16 @@ def write_listings(folder: str | Path) -> None:
                                       encoding="utf-8")
 
 
+def content_digests(path: str | Path) -> dict[str, str]:
+    """sha256 of every file of a release except the run-specific ones (provenance/ and the tag manifest).
+
+    Two runs that produce the same labels (e.g. a crashed-and-resumed run and an uninterrupted one) give
+    equal content_digests; their provenance differs by design (event ids, timestamps, run ids).
+    """
+    path = Path(path)
+    return {n: sha256_path(path / n) for n in _files(path) if n != TAG_LISTING and not n.startswith(RUN_SPECIFIC)}
+
+
 # ----------------------------------------------------------------------------- verification (no database)
 def verify_release_files(path: str | Path) -> list[str]:
     """Recompute every hash of manifest-sha256.txt and tagmanifest-sha256.txt; return the problems (empty
