@@ -99,9 +99,21 @@ def _annotator(name: str, token: str, port: int, truth: dict, stats: dict, stop_
 
     def call(method: str, path: str, body: dict | None = None) -> tuple[int, bytes, float]:
         t0 = time.perf_counter()
-        conn.request(method, path, body=None if body is None else json.dumps(body), headers=headers)
-        r = conn.getresponse()
-        data = r.read()
+        for attempt in (1, 2):
+            try:
+                conn.request(method, path, body=None if body is None else json.dumps(body), headers=headers)
+                r = conn.getresponse()
+                data = r.read()
+                break
+            except (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError):
+                # the server closed an idle keep-alive connection (uvicorn: after 5 s); reconnect and resend,
+                # which is safe: GET next renews the same lease, an answer is idempotent by submission_id
+                conn.close()
+                if attempt == 2:
+                    raise
+                with stats["lock"]:
+                    stats["reconnects"] += 1
+                t0 = time.perf_counter()
         return r.status, data, (time.perf_counter() - t0) * 1000
 
     def count(key: str) -> None:
@@ -124,7 +136,7 @@ def _annotator(name: str, token: str, port: int, truth: dict, stats: dict, stop_
         status, data, ms = call("POST", f"/api/tasks/{tid}/answer", body)
         stats["submit_ms"].append(ms)
         count(f"answer {status}")
-        if status == 201:
+        if status == 201 or (status == 200 and tid not in stats["accepted"]):  # 200: resent after a reconnect
             event_id = json.loads(data)["event_id"]
             with stats["lock"]:
                 stats["answered"] += 1
@@ -144,7 +156,7 @@ def _annotator(name: str, token: str, port: int, truth: dict, stats: dict, stop_
 def _drive(port: int, tokens: dict, truth: dict, answers: int, seed: int, think_s: float = 0.0) -> dict:
     """Run one thread per annotator until `answers` answers are accepted (or the queue is empty)."""
     stats = {"answered": 0, "submit_ms": [], "next_ms": [], "status": {}, "accepted": {}, "errors": [],
-             "lock": threading.Lock()}
+             "reconnects": 0, "lock": threading.Lock()}
     threads = [threading.Thread(target=_annotator, args=(n, tok, port, truth, stats, answers,
                                                          np.random.default_rng(seed + k), think_s), daemon=True)
                for k, (n, tok) in enumerate(tokens.items())]
@@ -199,9 +211,11 @@ def _phase(answers: int, annotators: int, workers: int, think_s: float, seed: in
             time.sleep(0.2)
         mode = f"think time ~Exp(mean {think_s:g} s)" if think_s else "no think time (closed loop, saturation)"
         print(f"[workbench] server up on {base} ({workers} worker(s)); {annotators} annotators, {mode}", flush=True)
+        load0 = os.getloadavg()[0]
         cpu0 = (_cpu_seconds(server.pid), _cpu_seconds(os.getpid()))
         stats = _drive(port, tokens, truth, answers, seed, think_s)
         cpu1 = (_cpu_seconds(server.pid), _cpu_seconds(os.getpid()))
+        load1 = os.getloadavg()[0]
     finally:
         server.terminate()
         try:
@@ -221,7 +235,7 @@ def _phase(answers: int, annotators: int, workers: int, think_s: float, seed: in
     wall = stats["seconds"]
     result = {
         "think_time_s": think_s, "answers_target": answers, "annotators": annotators, "server_workers": workers,
-        "seconds": round(wall, 3), "accepted_201": len(accepted), "ledger_human_events": int(len(human)),
+        "seconds": round(wall, 3), "accepted": len(accepted), "ledger_human_events": int(len(human)),
         "tasks_answered_twice": int((per_task > 1).sum()), "tasks_left_open": open_left,
         "lost_answers": lost, "mismatched_answers": mismatched, "chain_ok": bool(chain["ok"]),
         "throughput_answers_per_s": round(len(accepted) / wall, 1),
@@ -229,10 +243,12 @@ def _phase(answers: int, annotators: int, workers: int, think_s: float, seed: in
                       "p99": round(_pct(stats["submit_ms"], 99), 2), "max": round(max(stats["submit_ms"]), 2)},
         "next_ms": {"p50": round(_pct(stats["next_ms"], 50), 2), "p95": round(_pct(stats["next_ms"], 95), 2)},
         "server_cpu_share": round((cpu1[0] - cpu0[0]) / wall, 3), "client_cpu_share": round((cpu1[1] - cpu0[1]) / wall, 3),
+        "load_average_1min": [round(load0, 2), round(load1, 2)],  # other processes on the machine compete
         "server_cpu_ms_per_answer": round(1000 * (cpu1[0] - cpu0[0]) / max(len(accepted), 1), 2),
-        "http_status": stats["status"], "errors": stats["errors"][:20], "n_errors": len(stats["errors"]),
+        "http_status": stats["status"], "reconnects": stats["reconnects"], "errors": stats["errors"][:20],
+        "n_errors": len(stats["errors"]),
     }
-    result["no_lost_or_duplicated"] = (result["ledger_human_events"] == answers == result["accepted_201"]
+    result["no_lost_or_duplicated"] = (result["ledger_human_events"] == answers == result["accepted"]
                                        and not result["tasks_answered_twice"] and not lost and not mismatched
                                        and open_left == 0 and result["chain_ok"])
     fx.ledger.engine.dispose()

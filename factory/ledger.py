@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import time
 import uuid
 from collections.abc import Iterable, Sequence
 from datetime import datetime, timedelta, timezone
@@ -453,6 +454,7 @@ class Ledger:
                    for t in task_rows if t["task_id"] not in have]
             if new:
                 c.execute(tasks.insert(), new)
+                self._reset_queue_floors()  # a task may be dated before the queue's floor
             return len(new)
 
     def _retracted_ids(self):
@@ -641,12 +643,31 @@ class Ledger:
                     .where(a.c.assignee == me, a.c.lease_until >= ts, *scope).order_by(a.c.assigned_at).limit(1))
             s = label_events.alias("skips")
             skipped = sa.exists().where(s.c.task_id == tasks.c.task_id, s.c.kind == "skip", s.c.actor == me)
+            floor = tasks.c.created_at >= sa.bindparam("floor")
             free = (sa.select(tasks, a.c.task_id.label("leased"))
                     .select_from(tasks.outerjoin(a, a.c.task_id == tasks.c.task_id))
-                    .where(sa.or_(a.c.task_id.is_(None), a.c.lease_until < ts, a.c.assignee == me), ~skipped, *scope)
+                    .where(floor, sa.or_(a.c.task_id.is_(None), a.c.lease_until < ts, a.c.assignee == me), ~skipped,
+                           *scope)
                     .order_by(tasks.c.created_at, tasks.c.task_id).limit(1))
-            cache[key] = (held, free)
+            first_open = (sa.select(tasks.c.created_at).where(floor, *scope)
+                          .order_by(tasks.c.created_at, tasks.c.task_id).limit(1))
+            cache[key] = (held, free, first_open)
         return cache[key]
+
+    # The queue is walked in creation order and answered tasks pile up at its front, so each process
+    # remembers where the first open task was (a floor) and starts there: `next` stays O(1) instead of
+    # O(answered) (16 ms after 4,500 answers without it).  Only an undo can reopen a task before the
+    # floor: an undo here resets it, and floors older than QUEUE_FLOOR_SECONDS are rebuilt from the
+    # start, which bounds what an undo or a back-dated task from another process can go unseen.
+    QUEUE_FLOOR_SECONDS = 30.0
+
+    def _queue_floor(self, key) -> str:
+        floors = self.__dict__.setdefault("_queue_floors", {})
+        hit = floors.get(key)
+        return hit[1] if hit and time.monotonic() - hit[0] < self.QUEUE_FLOOR_SECONDS else ""
+
+    def _reset_queue_floors(self) -> None:
+        self.__dict__.setdefault("_queue_floors", {}).clear()
 
     def next_task(self, annotator: str, *, dataset: str | None = None, kinds: Sequence[str] | None = None,
                   exclude_kinds: Sequence[str] | None = None, lease_seconds: float = 600) -> dict | None:
@@ -656,19 +677,28 @@ class Ledger:
         reassigned, and the first holder's late answer is refused (TaskConflict).  Tasks the
         annotator skipped are not offered to them again.
         """
-        held_sql, free_sql = self._queue_sql(bool(dataset), tuple(kinds or ()), tuple(exclude_kinds or ()))
+        shape = (bool(dataset), tuple(kinds or ()), tuple(exclude_kinds or ()))
+        held_sql, free_sql, first_open_sql = self._queue_sql(*shape)
+        floor_key = (*shape, dataset)
         a = task_assignments
         for _attempt in range(8):
             start = datetime.now(timezone.utc)
             ts = start.isoformat(timespec="microseconds")
             until = (start + timedelta(seconds=lease_seconds)).isoformat(timespec="microseconds")
-            params = {"me": annotator, "ts": ts, **({"dataset": dataset} if dataset else {})}
+            params = {"me": annotator, "ts": ts, "floor": self._queue_floor(floor_key),
+                      **({"dataset": dataset} if dataset else {})}
             try:
                 with self.engine.begin() as c:
                     held = c.execute(held_sql, params).mappings().first()
                     if held is not None:
                         c.execute(a.update().where(a.c.task_id == held["task_id"]).values(lease_until=until))
                         return dict(held, assignee=annotator, lease_until=until)
+                    first_open = c.execute(first_open_sql, params).scalar()
+                    if first_open is not None:
+                        floors = self.__dict__.setdefault("_queue_floors", {})
+                        born = floors.get(floor_key, (time.monotonic(), ""))[0] if params["floor"] else time.monotonic()
+                        floors[floor_key] = (born, first_open)
+                        params["floor"] = first_open
                     row = c.execute(free_sql, params).mappings().first()
                     if row is None:
                         return None
@@ -724,6 +754,7 @@ class Ledger:
                   "supersedes": answer["event_id"], "created_at": ts}
             if self._append(c, t["dataset"], [ev]) != 1:
                 raise TaskConflict(f"task '{task_id}': this answer was already undone")
+            self._reset_queue_floors()  # the task reopens, possibly before the queue's floor
             until = (start + timedelta(seconds=lease_seconds)).isoformat(timespec="microseconds")
             a = task_assignments
             if c.execute(a.update().where(a.c.task_id == task_id).values(

@@ -320,3 +320,30 @@ def test_highlight_spans_mark_whole_words():
     spans = highlight_spans(text, {"m1": ["shares", "bank"], "m2": ["bank"]})
     got = [(text[s["start"]:s["end"]], s["labelers"]) for s in spans]
     assert got == [("Shares", ["m1"]), ("bank", ["m1", "m2"]), ("shares", ["m1"])]
+
+
+def test_users_cli_prints_the_token_once_and_stores_only_its_hash(tmp_path, monkeypatch):
+    from click.testing import CliRunner
+
+    from factory.cli import main
+
+    fx, _tasks, _tokens = make_factory(tmp_path, monkeypatch)
+    run = CliRunner().invoke
+    res = run(main, ["users", "add", "ann-new", "--role", "annotator"])
+    assert res.exit_code == 0, res.output
+    token = res.output.strip().splitlines()[-1]
+    assert token.startswith("fct_")
+    listing = run(main, ["users", "list", "--json"]).output
+    assert "ann-new" in listing and token not in listing
+    stored = fx.ledger.table("users")
+    assert token not in stored.to_json() and len(stored.loc[stored["name"] == "ann-new", "token_sha256"].iloc[0]) == 64
+    assert run(main, ["users", "add", "ann-new", "--role", "annotator"]).exit_code == 2
+    assert run(main, ["users", "add", "x", "--role", "boss"]).exit_code == 2
+    c = TestClient(create_app(fx.paths.root))
+    assert c.get("/api/me", headers={"Authorization": f"Bearer {token}"}).json()["role"] == "annotator"
+    new = run(main, ["users", "token", "ann-new"]).output.strip().splitlines()[-1]
+    time.sleep(0.01)
+    c2 = TestClient(create_app(fx.paths.root))  # a fresh app: no cached lookup of the old token
+    assert c2.get("/api/me", headers={"Authorization": f"Bearer {token}"}).status_code == 401
+    assert c2.get("/api/me", headers={"Authorization": f"Bearer {new}"}).status_code == 200
+    assert "Usage" in run(main, ["serve", "--help"]).output
