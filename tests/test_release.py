@@ -311,6 +311,34 @@ def test_versions_changelog_diff_and_refusals(world):
     assert "FINAL:" in text and "supersedes" in text
 
 
+def test_gold_items_give_accuracy_by_source_and_can_block(world, tmp_path):
+    root = tmp_path / "gold"
+    shutil.copytree(world["twin"], root)
+    shutil.rmtree(root / "releases", ignore_errors=True)
+    df = world["df"].iloc[:60]
+    gold = df.iloc[::3][["text", "label"]].copy()  # 20 gold items given by text (their ids are derived)
+    gold.iloc[0, 1] = "tech" if gold.iloc[0, 1] != "tech" else "sports"  # one gold label disagrees for sure
+    gold.to_csv(root / "gold.csv", index=False)
+    spec_path = root / "datasets" / "news.yaml"
+    data = yaml.safe_load(spec_path.read_text())
+    data["quality"] |= {"gold": "gold.csv", "min_gold_accuracy": 0.5}
+    spec_path.write_text(yaml.safe_dump(data))
+    fx = Factory.at(root)
+    r = release(fx, "news")
+    cert = json.loads((Path(r["path"]) / "quality" / "certificate.json").read_text())
+    g = cert["measures"]["gold"]["accuracy"]
+    assert g["n"] == 20 and g["clopper_pearson"][0] <= g["estimate"] <= g["clopper_pearson"][1]
+    assert sum(p["n"] for p in cert["accuracy_by_source"].values()) == 20
+    assert {x["name"]: x["passed"] for x in cert["gates"]}["gold_accuracy"] is True
+    assert "Gold items" in (Path(r["path"]) / "quality" / "report.html").read_text()
+    # the same gold as a blocking gate the labels cannot meet: refused, naming the gate
+    data["quality"] |= {"min_gold_accuracy": 1.0, "blocking": ["gold_accuracy"]}
+    spec_path.write_text(yaml.safe_dump(data))
+    assert g["estimate"] < 1.0
+    with pytest.raises(ReleaseError, match="gate gold_accuracy"):
+        release(fx, "news")
+
+
 def test_blocking_quality_gate_refuses_the_release(world):
     fx = Factory.at(world["twin"])
     spec_path = world["twin"] / "datasets" / "news.yaml"
