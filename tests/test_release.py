@@ -313,8 +313,9 @@ def test_versions_changelog_diff_and_refusals(world):
 
 def test_gold_items_give_accuracy_by_source_and_can_block(world, tmp_path):
     root = tmp_path / "gold"
-    shutil.copytree(world["twin"], root)
-    shutil.rmtree(root / "releases", ignore_errors=True)
+    (root / "datasets").mkdir(parents=True)
+    shutil.copy(world["root"] / "datasets" / "news.yaml", root / "datasets" / "news.yaml")
+    run_batch(Factory.at(root), world["df"]["text"][:60], world["truth"], tmp_path / "b1.csv")
     df = world["df"].iloc[:60]
     gold = df.iloc[::3][["text", "label"]].copy()  # 20 gold items given by text (their ids are derived)
     gold.iloc[0, 1] = "tech" if gold.iloc[0, 1] != "tech" else "sports"  # one gold label disagrees for sure
