@@ -236,9 +236,12 @@ def certify(fx, spec, dataset: str, table: pd.DataFrame, evidence: pd.DataFrame,
     from factory import quality as Q
     from factory.guarantee import choose_threshold
 
+    from checks.standards import load_standard
+
     standard = spec.quality.standard
-    outcome = validate(table, "final_labels", {"classes": spec.class_names, "n_items": n_items_expected},
-                       standard=standard)
+    suite = "release" if "release" in load_standard(standard)["suites"] else "final_labels"
+    outcome = validate(table, suite, {"classes": spec.class_names, "n_items": n_items_expected,
+                                      "splits": list(spec.splits)}, standard=standard)
     human = _human_answers(fx, dataset, set(table["item_id"]))
     models = _model_labels(fx, dataset, batch_ids)
     gold = load_gold(fx, spec)
@@ -599,7 +602,8 @@ def verify_release(path: str | Path, run_standard: bool = True) -> dict:
             stated = std.get("sha256") if isinstance(std, dict) else None
             if stated and sha256_path(std_file) != stated:
                 problems.append(f"standard/{std_name}.json: sha256 differs from the standard named in manifest.json")
-            outcome = _validate_with_file(table, std_file, {"classes": manifest["classes"], "n_items": manifest["items"]})
+            outcome = _validate_with_file(table, std_file, {"classes": manifest["classes"], "n_items": manifest["items"],
+                                                            "splits": list(manifest.get("splits") or {})})
             summary["expectations"] = {"passed": sum(o.success for o in outcome.outcomes), "total": len(outcome.outcomes)}
             problems += [f"{DATA_FILE}: standard {std_name}: {o.message()}" for o in outcome.outcomes if not o.success]
     ev_path = path / "provenance" / "events.parquet"

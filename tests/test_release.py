@@ -340,6 +340,30 @@ def test_gold_items_give_accuracy_by_source_and_can_block(world, tmp_path):
         release(fx, "news")
 
 
+def test_a_standard_with_a_release_suite_checks_the_released_file(world, tmp_path):
+    root = tmp_path / "std"
+    (root / "datasets").mkdir(parents=True)
+    data = yaml.safe_load((world["root"] / "datasets" / "news.yaml").read_text())
+    data["quality"]["standard"] = "factory-default-1.2.0"
+    (root / "datasets" / "news.yaml").write_text(yaml.safe_dump(data))
+    fx = Factory.at(root)
+    run_batch(fx, world["df"]["text"][:60], world["truth"], tmp_path / "b1.csv")
+    r = release(fx, "news")
+    path = Path(r["path"])
+    assert (path / "standard" / "factory-default-1.2.0.json").exists() and r["standard"] == "factory-default-1.2.0"
+    cert = json.loads((path / "quality" / "certificate.json").read_text())
+    assert cert["standard_result"]["suite"] == "release" and cert["standard_result"]["success"]
+    res = verify_release(path)
+    assert res["ok"] and res["summary"]["expectations"] == {"passed": 11, "total": 11}
+    # a split the spec never declared is caught by the release suite, from the folder alone
+    t = pd.read_parquet(path / "labels.parquet")
+    t.loc[0, "split"] = "holdout"
+    t.to_parquet(path / "labels.parquet", index=False)
+    from factory.release import write_listings
+    write_listings(path)
+    assert any("split_declared: FAILED" in p for p in verify_release(path)["problems"])
+
+
 def test_blocking_quality_gate_refuses_the_release(world):
     fx = Factory.at(world["twin"])
     spec_path = world["twin"] / "datasets" / "news.yaml"
