@@ -292,7 +292,9 @@ def run(out: Path, data: Path | None = None, answers: int = 5000, annotators: in
         a.set_title(f"{name}: {annotators} annotators, {think}\n{ph['throughput_answers_per_s']} answers/s, "
                     f"submit p50 {ph['submit_ms']['p50']:.0f} / p95 {ph['submit_ms']['p95']:.0f} ms", fontsize=10)
         a.legend(fontsize=8)
-    fig.suptitle(f"workbench API, SQLite ledger, {workers} uvicorn worker(s), {os.cpu_count()} CPUs", fontsize=10)
+    loads = [x for ph in phases.values() for x in ph["load_average_1min"]]
+    fig.suptitle(f"workbench API, SQLite ledger, {workers} uvicorn worker(s), {os.cpu_count()} CPUs "
+                 f"(machine load average {min(loads):.1f}-{max(loads):.1f} during the runs)", fontsize=10)
     fig.tight_layout()
     fig.savefig(out / f"{NAME}.png", dpi=110)
     plt.close(fig)

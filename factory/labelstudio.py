@@ -136,6 +136,7 @@ def plan_import(fx, path: str | Path, annotator_map: dict[str, str] | None = Non
         raise LabelStudioError(f"{path}: a Label Studio JSON export is a list of tasks, got {type(data).__name__}")
     ledger: Ledger = fx.ledger
     specs: dict = {}
+    task_tables: dict = {}  # (dataset, batch) -> its tasks with status, read once per batch
     seen: set[str] = set()
     for n, task in enumerate(data):
         rep.tasks += 1
@@ -191,8 +192,10 @@ def plan_import(fx, path: str | Path, annotator_map: dict[str, str] | None = Non
                                 f"takes one answer per task: resolve it in Label Studio or arbitrate it here")
             continue
         first = answers[0]
-        current = ledger.tasks(t["dataset"], batch_id=t["batch_id"])
-        row = current[current["task_id"] == tid].iloc[0]
+        key = (t["dataset"], t["batch_id"])
+        if key not in task_tables:
+            task_tables[key] = ledger.tasks(t["dataset"], batch_id=t["batch_id"]).set_index("task_id")
+        row = task_tables[key].loc[tid]
         if row["status"] == "answered":
             if row["answer"] == first["label"] and row["annotator"] == first["annotator"]:
                 rep.duplicates += 1
