@@ -134,7 +134,7 @@ def delivery_log(fx, client: str | None = None, dataset: str | None = None) -> p
         q = q.where(deliveries.c.client == client)
     if dataset:
         q = q.where(deliveries.c.dataset == dataset)
-    with fx.ledger.engine.connect() as c:
+    with fx.ledger.reader.connect() as c:  # the reader engine never takes the write lock
         return pd.DataFrame(c.execute(q).mappings().all(), columns=[col.name for col in deliveries.c])
 
 
