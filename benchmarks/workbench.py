@@ -255,7 +255,9 @@ def _phase(answers: int, annotators: int, workers: int, think_s: float, seed: in
     fx.ledger.reader.dispose()
     if not keep:
         shutil.rmtree(root, ignore_errors=True)
-    print(f"[workbench] {json.dumps({k: result[k] for k in ('throughput_answers_per_s', 'submit_ms', 'next_ms', 'server_cpu_share', 'client_cpu_share', 'no_lost_or_duplicated')})}", flush=True)
+    shown = ("throughput_answers_per_s", "submit_ms", "next_ms", "server_cpu_share", "client_cpu_share",
+             "load_average_1min", "no_lost_or_duplicated")
+    print(f"[workbench] {json.dumps({k: result[k] for k in shown})}", flush=True)
     return result, {"submit_ms": stats["submit_ms"], "next_ms": stats["next_ms"]}
 
 

@@ -37,7 +37,7 @@ def _fail(e: object) -> None:
 @click.option("--log-level", default="warning", show_default=True)
 def serve(port: int, host: str, root: str | None, dagster_url: str, lease_minutes: float, undo_seconds: float,
           workers: int, log_level: str) -> None:
-    """Run the annotator workbench and REST API (OpenAPI at /openapi.json, docs at /docs).
+    """Run the annotator workbench and REST API (its OpenAPI document is at /openapi.json).
 
     \b
     Pages: /queue (annotators), /arbitrate (experts), /audit (auditors),
@@ -54,7 +54,7 @@ def serve(port: int, host: str, root: str | None, dagster_url: str, lease_minute
     from factory.web.app import _secret
 
     os.environ.setdefault("FACTORY_WEB_SECRET", _secret(fx))  # every worker signs sessions with the same key
-    click.echo(f"workbench on http://{host}:{port}/  (factory {fx.paths.root}; API docs /docs)")
+    click.echo(f"workbench on http://{host}:{port}/  (factory {fx.paths.root}; OpenAPI at /openapi.json)")
     uvicorn.run("factory.web.app:app_from_env", factory=True, host=host, port=port, workers=workers,
                 log_level=log_level, access_log=False)
 

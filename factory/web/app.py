@@ -107,7 +107,9 @@ def create_app(root: str | Path | None = None, *, dagster_url: str = "http://127
         anyio.to_thread.current_default_thread_limiter().total_tokens = threads
         yield
 
-    app = FastAPI(lifespan=lifespan, title="Annotation factory workbench API", version="1",
+    # no /docs or /redoc: FastAPI's pages load Swagger UI from a CDN, and nothing is fetched at run time
+    app = FastAPI(lifespan=lifespan, docs_url=None, redoc_url=None, version="1",
+                  title="Annotation factory workbench API",
                   description="Tasks for people, answers, item traces, batches and releases. Authenticate with "
                               "`Authorization: Bearer <token>` (tokens from `factory users add NAME --role ROLE`).")
     store = UserStore.for_ledger(fx.ledger)
