@@ -179,10 +179,15 @@ def test_inbox_file_becomes_a_run_through_the_real_daemon(root, bbc_small, pg_da
         assert run.tags["dagster/run_key"] == sha256_file(good)
         assert run.tags["dagster/partition"].startswith("b_")
     finally:
-        os.killpg(proc.pid, signal.SIGTERM)
+        os.killpg(proc.pid, signal.SIGTERM)  # serve.sh stops the webserver and the daemon
         try:
             proc.wait(timeout=20)
         except subprocess.TimeoutExpired:
+            pass
+        time.sleep(1)
+        try:  # and whatever they started in the group (code servers, run workers) goes too
             os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+        except ProcessLookupError:
+            pass
+        proc.wait()
         log.close()
