@@ -19,6 +19,7 @@ import pandas as pd
 from factory.ledger import event_hash
 
 EMPTY_ROOT = hashlib.sha256(b"").hexdigest()
+PEOPLE_KINDS = ("human", "correction", "arbitration")  # event kinds whose actor is a (pseudonymous) person
 
 
 # ----------------------------------------------------------------------------- Merkle trees (RFC 6962)
@@ -159,6 +160,11 @@ def item_story(fx, dataset: str, item_id: str) -> dict:
             step["supersedes"] = r["supersedes"]
             step["via"] = payload.get("source")
             step["task_kind"] = payload.get("task_kind")
+        elif r["kind"] == "arbitration":
+            step["expert"] = r["actor"]
+            step["rationale"] = payload.get("rationale")
+            step["evidence"] = payload.get("evidence")
+            step["settles_tasks"] = payload.get("tasks")
         elif r["kind"] == "final":
             step["final_source"] = payload.get("source")
             step["contributing_events"] = payload.get("events")
@@ -174,7 +180,7 @@ def item_story(fx, dataset: str, item_id: str) -> dict:
     story["final"] = ({"label": finals[-1]["label"], "source": finals[-1]["final_source"],
                        "confidence": finals[-1]["confidence"]} if finals else None)
     story["labelers"] = sorted({s["actor"] for s in steps if s["kind"] == "model"})
-    story["annotators"] = sorted({s["actor"] for s in steps if s["kind"] in ("human", "correction")})
+    story["annotators"] = sorted({s["actor"] for s in steps if s["kind"] in PEOPLE_KINDS})
     story["spec_versions"] = sorted({s["spec_version"] for s in steps if s["spec_version"]})
     story["guideline_versions"] = sorted({s["guideline_version"] for s in steps if s["guideline_version"]})
     story["dagster_runs"] = sorted({s["run_id"] for s in steps if s["run_id"]})
@@ -242,6 +248,8 @@ def format_story(story: dict) -> str:
             line += f"  [{s['task_kind']} task {s['task_id']}]"
         if s.get("supersedes"):
             line += f"  supersedes {s['supersedes']}"
+        if s.get("rationale"):
+            line += f"  rationale: {s['rationale']}"
         lines.append(line)
     for t in story["review_steps"]:
         lines.append(f"  routed: {t['kind']} task {t['task_id']}: {'; '.join(t['reasons'])}")
@@ -309,8 +317,8 @@ def lineage(release_path: str | Path) -> dict:
                           "prov:generated": [{"@id": f"urn:factory:{ds}:batch:{b}"} for b in sorted(g["batch_id"].unique())],
                           "prov:wasAssociatedWith": [{"@id": _agent_id(a, k)} for a, k in
                                                      sorted(set(zip(g["actor"], g["kind"])))
-                                                     if k in ("model", "human", "correction")]})
-        agents = ev[ev["kind"].isin(["model", "human", "correction"])][["actor", "kind"]].drop_duplicates()
+                                                     if k == "model" or k in PEOPLE_KINDS]})
+        agents = ev[ev["kind"].isin(["model", *PEOPLE_KINDS])][["actor", "kind"]].drop_duplicates()
         for a, k in sorted(set(zip(agents["actor"], agents["kind"]))):
             graph.append({"@id": _agent_id(a, k), "@type": ["prov:Agent", "prov:SoftwareAgent" if k == "model"
                                                              else "prov:Person"], "prov:label": a})

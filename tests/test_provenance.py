@@ -70,6 +70,8 @@ def test_item_story_names_models_people_and_versions(tmp_path):
                            reasons=["low_confidence: 0.55 < 0.8"], suggestion="x")])
     led.answer_task("t1", "y", "ann-1", ["x", "y"], spec_version="s1", guideline_version="g1")
     led.answer_task("t1", "x", "ann-2", ["x", "y"], spec_version="s1", guideline_version="g1", correct=True)
+    led.append_events("d", [dict(batch_id="b1", item_id="it0", kind="arbitration", actor="exp-1", label="x",
+                                 payload={"rationale": "the brand names match", "tasks": ["t1"]}, run_id="r2")])
     led.append_events("d", [dict(batch_id="b1", item_id="it0", kind="final", actor="final:calibrated", label="x",
                                  confidence=1.0, payload={"source": "calibrated", "events": []}, run_id="r2",
                                  spec_version="s1", guideline_version="g1")])
@@ -78,9 +80,11 @@ def test_item_story_names_models_people_and_versions(tmp_path):
         ledger = led
     s = item_story(FX(), "d", "it0")
     assert s["final"] == {"label": "x", "source": "calibrated", "confidence": 1.0}
-    assert s["annotators"] == ["ann-1", "ann-2"] and s["labelers"] == ["m@1"]
+    assert s["annotators"] == ["ann-1", "ann-2", "exp-1"] and s["labelers"] == ["m@1"]
     kinds = [e["kind"] for e in s["events"]]
-    assert kinds[:2] == ["model", "model"] and kinds[-3:] == ["human", "correction", "final"]
+    assert kinds[:2] == ["model", "model"] and kinds[-4:] == ["human", "correction", "arbitration", "final"]
+    arb = [e for e in s["events"] if e["kind"] == "arbitration"][0]
+    assert arb["rationale"] == "the brand names match" and arb["settles_tasks"] == ["t1"]
     corr = [e for e in s["events"] if e["kind"] == "correction"][0]
     assert corr["supersedes"] == [e for e in s["events"] if e["kind"] == "human"][0]["event_id"]
     assert s["events"][0]["probabilities"] == {"x": 0.9}
