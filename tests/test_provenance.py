@@ -93,3 +93,24 @@ def test_item_story_names_models_people_and_versions(tmp_path):
     m = s["merkle"]
     assert verify_inclusion(m["leaf"], m["index"], m["batch_events"], m["proof"], m["batch_root_now"])
     json.dumps(s)  # JSON-ready
+
+
+def test_factory_verify_names_the_first_broken_link(tmp_path):
+    from click.testing import CliRunner
+
+    from factory.cli import main
+    from factory.pipeline import Factory
+
+    fx = Factory.at(tmp_path)
+    fx.ledger.append_events("d", [dict(batch_id="b1", item_id=f"it{i}", kind="model", actor="m@1", label="x",
+                                       confidence=0.9) for i in range(4)])
+    ok = CliRunner().invoke(main, ["verify", "--dataset", "d", "--root", str(tmp_path)])
+    assert ok.exit_code == 0 and "ok: 4 events" in ok.output
+    before = batch_roots(fx.ledger.events("d"))["b1"]["merkle_root"]
+    with fx.ledger.engine.begin() as c:
+        c.exec_driver_sql("UPDATE label_events SET label='y' WHERE seq=2")
+    bad = CliRunner().invoke(main, ["verify", "--dataset", "d", "--root", str(tmp_path)])
+    assert bad.exit_code == 1 and "seq 2" in bad.output and "edited" in bad.output
+    # the stored hashes did not change, so the batch root only exposes the edit through the recomputed hashes
+    ev = fx.ledger.events("d")
+    assert batch_roots(ev)["b1"]["merkle_root"] == before and len(verify_event_hashes(ev)) == 1
