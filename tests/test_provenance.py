@@ -95,12 +95,13 @@ def test_item_story_names_models_people_and_versions(tmp_path):
     json.dumps(s)  # JSON-ready
 
 
-def test_factory_verify_names_the_first_broken_link(tmp_path):
+def test_factory_verify_names_the_first_broken_link(tmp_path, monkeypatch):
     from click.testing import CliRunner
 
     from factory.cli import main
     from factory.pipeline import Factory
 
+    monkeypatch.delenv("FACTORY_DATABASE_URL", raising=False)
     fx = Factory.at(tmp_path)
     fx.ledger.append_events("d", [dict(batch_id="b1", item_id=f"it{i}", kind="model", actor="m@1", label="x",
                                        confidence=0.9) for i in range(4)])
