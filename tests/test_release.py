@@ -282,6 +282,8 @@ def test_versions_changelog_diff_and_refusals(world):
     from factory.cli import main
     cli = CliRunner()
     root = str(world["root"])
+    out = cli.invoke(main, ["release", "create", "--dataset", "news", "--root", root, "--format", "csv"])
+    assert out.exit_code == 2 and "nothing new since release 2.0.0" in out.output  # re-releasing is refused
     out = cli.invoke(main, ["release", "list", "--dataset", "news", "--root", root, "--json"])
     assert [v["version"] for v in json.loads(out.output)] == ["1.0.0", "1.1.0", "2.0.0"]
     out = cli.invoke(main, ["release", "diff", "1.1.0", "2.0.0", "--dataset", "news", "--root", root, "--json"])
