@@ -10,8 +10,10 @@
 * `<ds>_seeded` (sensor): once no seed task of the dataset is open, every batch prepared but not yet
   routed gets an `annotate` run (labelers, predictions, fusion, routing); run key per batch and number of
   human labels, so new seed answers allow a new attempt.
-* `<ds>_review_complete` (sensor): a routed batch whose tasks are all answered gets `final_labels` and
-  `batch_quality` materialised; run key per batch and answer count.
+* `<ds>_review_complete` (sensor): a routed batch (its `review_tasks` partition materialised, which Dagster
+  records only after the routing table and the tasks are both written) whose tasks are all answered gets
+  `final_labels` and `batch_quality` materialised; run key per batch and answer count.  A run killed
+  mid-stage keeps its run key; the daemon's run retries (deploy/dagster.yaml) rerun it.
 * `<ds>_nightly_release` (schedule, 02:00 UTC): releases when batches that passed their blocking checks
   exist beyond the latest release; skips with the reason otherwise.
 
@@ -105,6 +107,12 @@ def scan_inbox(fx, dataset: str, seen: dict[str, str], log) -> tuple[list[tuple[
     return accepted, new_seen
 
 
+def _routed(instance: dg.DagsterInstance, dataset: str) -> set[str]:
+    """Batches whose review_tasks step finished: its materialisation is recorded only after the routing
+    table *and* the tasks are written, so a run killed between the two is not taken for a routed batch."""
+    return instance.get_materialized_partitions(dg.AssetKey([dagster_name(dataset), "review_tasks"]))
+
+
 def build_dataset_sensors(dataset: str, jobs: dict | None = None) -> list:
     """The inbox, seeded and review-complete sensors and the nightly release schedule of one dataset."""
     dn = dagster_name(dataset)
@@ -141,9 +149,9 @@ def build_dataset_sensors(dataset: str, jobs: dict | None = None) -> list:
             return dg.SkipReason(f"waiting for people: {open_seed} seed task(s) of '{dataset}' are open")
         n_human = int((tasks["status"] == "answered").sum()) if not tasks.empty else 0
         existing = set(context.instance.get_dynamic_partitions(parts.name))
+        routed = _routed(context.instance, dataset)
         todo = [b for b in fx.ledger.batches(dataset)["batch_id"]
-                if b in existing and fx.paths.table("raw_items", dataset, b).exists()
-                and not fx.paths.table("routing", dataset, b).exists()]
+                if b in existing and b not in routed and fx.paths.table("raw_items", dataset, b).exists()]
         if not todo:
             return dg.SkipReason("no prepared batch waits for pre-labelling")
         return [dg.RunRequest(run_key=f"annotate:{b}:{n_human}", partition_key=b) for b in todo]
@@ -155,9 +163,10 @@ def build_dataset_sensors(dataset: str, jobs: dict | None = None) -> list:
         fx = factory.factory()
         tasks = fx.ledger.tasks(dataset)
         existing = set(context.instance.get_dynamic_partitions(parts.name))
+        routed = _routed(context.instance, dataset)
         requests = []
         for b in fx.ledger.batches(dataset)["batch_id"]:
-            if b not in existing or not fx.paths.table("routing", dataset, b).exists():
+            if b not in existing or b not in routed:
                 continue
             bt = tasks[tasks["batch_id"] == b] if not tasks.empty else tasks
             if len(bt) and (bt["status"] == "open").any():

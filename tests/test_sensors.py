@@ -89,11 +89,16 @@ def test_seeded_and_review_complete_sensors(root, fx, bbc_small):
         [req] = seeded(_ctx(instance, root))
         assert req.partition_key == b and req.run_key == f"annotate:{b}:1"
 
-        # routed, one review task open: no finalise yet
+        # a routing table alone (a run killed before it opened the tasks) is not a routed batch
         write_table(pd.DataFrame({"item_id": items, "route": "auto"}), fx.paths.table("routing", "news", b))
+        assert "no routed batch" in review(_ctx(instance, root)).skip_message
+        assert seeded(_ctx(instance, root))[0].partition_key == b
+        # routed (review_tasks materialised), one review task open: no finalise yet
         review_task = task_id_for("news", b, items[1], "review")
         fx.ledger.create_tasks([dict(task_id=review_task, dataset="news", batch_id=b, item_id=items[1],
                                      kind="review", reasons=["low_confidence"])])
+        instance.report_runless_asset_event(dg.AssetMaterialization(dg.AssetKey(["news", "review_tasks"]),
+                                                                    partition=b))
         assert "no routed batch" in review(_ctx(instance, root)).skip_message
         assert "no prepared batch" in seeded(_ctx(instance, root)).skip_message  # routed: not annotated again
         fx.ledger.answer_task(review_task, "tech", "ann-2", fx.spec("news").class_names)
