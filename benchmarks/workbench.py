@@ -23,6 +23,10 @@ Reported: throughput (answers per second over the whole run), p50/p95/p99 latenc
 POST (the "submit latency" of the issue) and of GET next, HTTP status counts, CPU count.
 Goal (issue 5): p95 submit latency <= 50 ms on a 2-core machine.
 
+With ``--database-url postgresql+psycopg2://USER@HOST:5432/postgres`` the same runs go against PostgreSQL:
+each creates its own database on that server, migrates it (`factory db upgrade`), points the server at
+it with FACTORY_DATABASE_URL and drops it afterwards.
+
 Run: ``python -m benchmarks.workbench --out bench-out [--answers 5000 --annotators 50 --workers 1]``
 or ``factory bench workbench --out bench-out``.
 """
@@ -182,16 +186,55 @@ def _pct(values: list[float], q: float) -> float:
     return float(np.percentile(np.asarray(values), q)) if values else float("nan")
 
 
-def _phase(answers: int, annotators: int, workers: int, think_s: float, seed: int, keep: bool) -> tuple[dict, dict]:
-    """One load run on a fresh factory and a fresh server; returns (result, raw latencies)."""
+def _fresh_database(server_url: str, name: str) -> str:
+    """Create an empty database `name` on the PostgreSQL server of `server_url`, migrated to the head; its URL."""
+    import sqlalchemy as sa
+
+    from factory.db import upgrade
+
+    admin = sa.create_engine(server_url, isolation_level="AUTOCOMMIT")
+    try:
+        with admin.connect() as c:
+            c.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}"')
+            c.exec_driver_sql(f'CREATE DATABASE "{name}"')
+    finally:
+        admin.dispose()
+    url = sa.make_url(server_url).set(database=name).render_as_string(hide_password=False)
+    upgrade(url)
+    return url
+
+
+def _drop_database(server_url: str, name: str) -> None:
+    import sqlalchemy as sa
+
+    admin = sa.create_engine(server_url, isolation_level="AUTOCOMMIT")
+    try:
+        with admin.connect() as c:
+            c.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    finally:
+        admin.dispose()
+
+
+def _phase(answers: int, annotators: int, workers: int, think_s: float, seed: int, keep: bool,
+           database_url: str | None = None) -> tuple[dict, dict]:
+    """One load run on a fresh factory (and fresh database) and a fresh server; returns (result, raw latencies)."""
     from factory.pipeline import Factory
 
     root = Path(tempfile.mkdtemp(prefix="workbench-bench-"))
-    print(f"[workbench] building a factory with {answers:,} tasks and {annotators} annotators in {root}", flush=True)
-    tokens, truth = build_factory(root, answers, annotators, seed)
-    port = _free_port()
     env = dict(os.environ, FACTORY_HOME=str(root), PYTHONUNBUFFERED="1")
     env.pop("FACTORY_DATABASE_URL", None)
+    db_name = None
+    if database_url:  # PostgreSQL: a fresh database per run on that server, migrated, dropped afterwards
+        db_name = f"workbench_bench_{os.getpid()}_{'paced' if think_s else 'saturation'}"
+        env["FACTORY_DATABASE_URL"] = _fresh_database(database_url, db_name)
+    saved = os.environ.get("FACTORY_DATABASE_URL")
+    os.environ.pop("FACTORY_DATABASE_URL", None)
+    if db_name:
+        os.environ["FACTORY_DATABASE_URL"] = env["FACTORY_DATABASE_URL"]
+    print(f"[workbench] building a factory with {answers:,} tasks and {annotators} annotators in {root} "
+          f"({'PostgreSQL ' + db_name if db_name else 'SQLite'})", flush=True)
+    tokens, truth = build_factory(root, answers, annotators, seed)
+    port = _free_port()
     server = subprocess.Popen([sys.executable, "-m", "factory.cli", "serve", "--host", "127.0.0.1", "--port", str(port),
                                "--root", str(root), "--workers", str(workers)], env=env,
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -234,7 +277,7 @@ def _phase(answers: int, annotators: int, workers: int, think_s: float, seed: in
     lost = len(accepted) - int(human["event_id"].isin({e for _, e in accepted.values()}).sum())
     wall = stats["seconds"]
     result = {
-        "think_time_s": think_s, "answers_target": answers, "annotators": annotators, "server_workers": workers,
+        "database": f"postgresql ({db_name})" if db_name else "sqlite (WAL)", "think_time_s": think_s, "answers_target": answers, "annotators": annotators, "server_workers": workers,
         "seconds": round(wall, 3), "accepted": len(accepted), "ledger_human_events": int(len(human)),
         "tasks_answered_twice": int((per_task > 1).sum()), "tasks_left_open": open_left,
         "lost_answers": lost, "mismatched_answers": mismatched, "chain_ok": bool(chain["ok"]),
@@ -253,8 +296,14 @@ def _phase(answers: int, annotators: int, workers: int, think_s: float, seed: in
                                        and open_left == 0 and result["chain_ok"])
     fx.ledger.engine.dispose()
     fx.ledger.reader.dispose()
+    if saved is None:
+        os.environ.pop("FACTORY_DATABASE_URL", None)
+    else:
+        os.environ["FACTORY_DATABASE_URL"] = saved
     if not keep:
         shutil.rmtree(root, ignore_errors=True)
+        if db_name:
+            _drop_database(database_url, db_name)
     shown = ("throughput_answers_per_s", "submit_ms", "next_ms", "server_cpu_share", "client_cpu_share",
              "load_average_1min", "no_lost_or_duplicated")
     print(f"[workbench] {json.dumps({k: result[k] for k in shown})}", flush=True)
@@ -262,7 +311,8 @@ def _phase(answers: int, annotators: int, workers: int, think_s: float, seed: in
 
 
 def run(out: Path, data: Path | None = None, answers: int = 5000, annotators: int = 50, workers: int = 1,
-        think_ms: float = 1000, saturation: bool = True, keep: bool = False, seed: int = 0, **opts) -> dict:
+        think_ms: float = 1000, saturation: bool = True, keep: bool = False, seed: int = 0,
+        database_url: str | None = None, **opts) -> dict:
     """Paced run (annotators think ~`think_ms` between answers) and, if `saturation`, a closed-loop run without
     think time; write out/workbench.json and out/workbench.png; return the result dict."""
     import matplotlib
@@ -274,10 +324,11 @@ def run(out: Path, data: Path | None = None, answers: int = 5000, annotators: in
     out.mkdir(parents=True, exist_ok=True)
     answers, annotators, workers = int(answers), int(annotators), int(workers)
     phases, raw = {}, {}
-    phases["paced"], raw["paced"] = _phase(answers, annotators, workers, think_ms / 1000, seed, keep)
+    phases["paced"], raw["paced"] = _phase(answers, annotators, workers, think_ms / 1000, seed, keep, database_url)
     if saturation:
-        phases["saturation"], raw["saturation"] = _phase(answers, annotators, workers, 0.0, seed, keep)
-    result = {"cpus": os.cpu_count(), "database": "sqlite (WAL)", "goal_p95_ms": 50.0, "phases": phases,
+        phases["saturation"], raw["saturation"] = _phase(answers, annotators, workers, 0.0, seed, keep, database_url)
+    database = "PostgreSQL" if database_url else "SQLite (WAL)"
+    result = {"cpus": os.cpu_count(), "database": database, "goal_p95_ms": 50.0, "phases": phases,
               "no_lost_or_duplicated": all(p["no_lost_or_duplicated"] for p in phases.values())}
     (out / f"{NAME}.json").write_text(json.dumps(result, indent=2))
     fig, ax = plt.subplots(1, len(phases), figsize=(6 * len(phases), 4.2), squeeze=False)
@@ -295,7 +346,7 @@ def run(out: Path, data: Path | None = None, answers: int = 5000, annotators: in
                     f"submit p50 {ph['submit_ms']['p50']:.0f} / p95 {ph['submit_ms']['p95']:.0f} ms", fontsize=10)
         a.legend(fontsize=8)
     loads = [x for ph in phases.values() for x in ph["load_average_1min"]]
-    fig.suptitle(f"workbench API, SQLite ledger, {workers} uvicorn worker(s), {os.cpu_count()} CPUs "
+    fig.suptitle(f"workbench API, {database} ledger, {workers} uvicorn worker(s), {os.cpu_count()} CPUs "
                  f"(machine load average {min(loads):.1f}-{max(loads):.1f} during the runs)", fontsize=10)
     fig.tight_layout()
     fig.savefig(out / f"{NAME}.png", dpi=110)
@@ -305,7 +356,8 @@ def run(out: Path, data: Path | None = None, answers: int = 5000, annotators: in
 
 def summary_rows(result: dict) -> list[tuple[str, str, str]]:
     """(metric, value, goal and whether met) rows for a Markdown table."""
-    rows = [("no lost or duplicated answer", str(result["no_lost_or_duplicated"]),
+    rows = [("ledger database", result.get("database", "SQLite (WAL)"), ""),
+            ("no lost or duplicated answer", str(result["no_lost_or_duplicated"]),
              "must hold: " + ("met" if result["no_lost_or_duplicated"] else "MISSED"))]
     for name, ph in result["phases"].items():
         think = f"think ~{ph['think_time_s']:g} s" if ph["think_time_s"] else "no think time"
@@ -329,10 +381,14 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--workers", type=int, default=1, help="uvicorn worker processes")
     ap.add_argument("--think-ms", type=float, default=1000, help="mean think time of the paced run")
     ap.add_argument("--no-saturation", action="store_true", help="skip the closed-loop run without think time")
-    ap.add_argument("--keep", action="store_true", help="keep the temporary factory roots")
+    ap.add_argument("--keep", action="store_true", help="keep the temporary factory roots (and databases)")
+    ap.add_argument("--database-url", default=None,
+                    help="a PostgreSQL server (postgresql+psycopg2://user@host:5432/postgres) to run against instead "
+                         "of SQLite: each run creates, migrates and drops its own database there")
     args = ap.parse_args(argv)
     result = run(args.out, args.data, answers=args.answers, annotators=args.annotators, workers=args.workers,
-                 think_ms=args.think_ms, saturation=not args.no_saturation, keep=args.keep)
+                 think_ms=args.think_ms, saturation=not args.no_saturation, keep=args.keep,
+                 database_url=args.database_url)
     for row in summary_rows(result):
         print(" | ".join(row))
 
