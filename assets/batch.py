@@ -149,7 +149,8 @@ def build_dataset_assets(dataset: str, root: str | None = None) -> list:
         return dg.MaterializeResult(metadata={
             "routes": dg.MetadataValue.json(r["route"].value_counts().to_dict()),
             "reasons": dg.MetadataValue.json(reasons),
-            "to_people": int(r["route"].isin(["review", "audit"]).sum()),
+            "to_people": int(r["route"].isin(["review", "audit", "verify"]).sum()),
+            "auto_accept_threshold": dg.MetadataValue.json(r.attrs.get("auto_accept") or {}),
             "auto_accepted_share": float((r["route"] == "auto").mean())})
 
     final_key = key("final_labels")

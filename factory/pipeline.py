@@ -310,10 +310,45 @@ def fuse(fx: Factory, dataset: str, batch_id: str, run_id: str | None = None) ->
 
 
 # ----------------------------------------------------------------------------- routing
+MIN_GUARANTEE_SAMPLE = 50  # human-verified items needed before the guarantee can set the threshold
+
+
+def auto_accept_threshold(fx: Factory, dataset: str, batch_id: str) -> tuple[float, dict]:
+    """The confidence threshold of auto-accept for this batch, with the guarantee it rests on.
+
+    From every human-verified item of earlier batches (people's label vs the fused label and its
+    confidence), `factory.guarantee.choose_threshold` picks the lowest threshold whose error among
+    auto-accepted items is <= quality.auto_accept.epsilon with probability >= 1 - delta.  The spec's
+    confidence_threshold is a floor.  With fewer than MIN_GUARANTEE_SAMPLE verified items the floor
+    applies alone, and the record says so.
+    """
+    from factory.guarantee import choose_threshold
+
+    spec = fx.spec(dataset)
+    floor = spec.quality.confidence_threshold
+    frames = []
+    for b in fx.ledger.batches(dataset)["batch_id"]:
+        path = fx.paths.table("final_labels", dataset, b)
+        if b != batch_id and path.exists():
+            f = pd.read_parquet(path, columns=["label", "fused_label", "fused_confidence", "source"])
+            frames.append(f[f["source"].isin(["calibrated", "arbitrated"])])
+    verified = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=["fused_confidence"])
+    info = {"floor": floor, "epsilon": spec.quality.auto_accept.epsilon, "delta": spec.quality.auto_accept.delta,
+            "n_verified": int(len(verified))}
+    if len(verified) < MIN_GUARANTEE_SAMPLE:
+        return floor, info | {"threshold": floor, "guarantee": f"not yet: {len(verified)} human-verified items, "
+                                                               f"{MIN_GUARANTEE_SAMPLE} needed"}
+    choice = choose_threshold(verified["fused_confidence"].to_numpy(float),
+                              (verified["label"] == verified["fused_label"]).to_numpy(bool),
+                              spec.quality.auto_accept.epsilon, spec.quality.auto_accept.delta)
+    t = 1.0 + 1e-9 if choice.threshold is None else max(floor, choice.threshold)  # None: certify nothing
+    return t, info | {"threshold": t, "guarantee": choice.to_dict()}
+
+
 def _prelabel_human_routes(spec: DatasetSpec, fused: pd.DataFrame, model_labels: pd.DataFrame, seed_dist: dict,
-                           seed: int) -> pd.DataFrame:
+                           seed: int, threshold: float) -> pd.DataFrame:
     budget = spec.review.items_allowed(len(fused))
-    r = route_batch(fused, model_labels.loc[fused.index], confidence_threshold=spec.quality.confidence_threshold,
+    r = route_batch(fused, model_labels.loc[fused.index], confidence_threshold=threshold,
                     prior=spec.prior, seed_distribution=seed_dist or None, audit_rate=spec.quality.audit_rate,
                     bias_ratio=spec.quality.bias_ratio, review_budget=budget, seed=seed)
     return r.reset_index()[["item_id", "route", "label", "confidence", "reasons"]]
@@ -416,7 +451,11 @@ def review_tasks(fx: Factory, dataset: str, batch_id: str, run_id: str | None = 
     ph = fused.index[(modes.reindex(fused.index) == "prelabel-human").to_numpy() & ~fused.index.isin(seeded)]
     if len(ph):
         seed_dist = human_labels(fx, dataset)["label"].value_counts().to_dict()
-        parts.append(_prelabel_human_routes(spec, fused.loc[ph], model_labels, seed_dist, seed))
+        threshold, info = auto_accept_threshold(fx, dataset, batch_id)
+        fx.ledger.record_check(dataset, batch_id, "auto_accept_guarantee", spec.quality.standard, True, info, run_id)
+        parts.append(_prelabel_human_routes(spec, fused.loc[ph], model_labels, seed_dist, seed, threshold))
+    else:
+        info = None
     pm = fused.index[(modes.reindex(fused.index) == "prelabel-model").to_numpy() & ~fused.index.isin(seeded)]
     if len(pm):
         parts.append(_prelabel_model_routes(spec, preds, pm, seed))
@@ -429,6 +468,7 @@ def review_tasks(fx: Factory, dataset: str, batch_id: str, run_id: str | None = 
                                    "confidence": s["confidence"],
                                    "reasons": [["seed: already sent to people to train the labelers"]] * len(s)}))
     routes = pd.concat(parts, ignore_index=True)
+    routes.attrs["auto_accept"] = info
     routes["reasons"] = routes["reasons"].map(list)
     routes["mode"] = routes["item_id"].map(modes)
     routes["required_tier"] = [

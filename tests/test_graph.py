@@ -72,6 +72,13 @@ def test_whole_graph_from_spec_to_release(root, fx, bbc_small, truth, tmp_path):
     assert _finalise(fx, root, instance, pool, rep2.batch_id).success
     assert run_stage(root, "news", "release", instance).success
     assert list(fx.ledger.releases("news")["version"]) == ["1.0.0", "1.1.0"]
+    # the auto-accept threshold of each batch is recorded with the guarantee (or why there is none yet)
+    g = fx.ledger.table("check_results", dataset="news", asset="auto_accept_guarantee")
+    assert set(g["batch_id"]) == {rep.batch_id, rep2.batch_id}
+    first = json.loads(g[g["batch_id"] == rep.batch_id].iloc[-1]["details"])
+    assert first["n_verified"] == 0 and first["threshold"] == 0.8 and "not yet" in first["guarantee"]
+    second = json.loads(g[g["batch_id"] == rep2.batch_id].iloc[-1]["details"])
+    assert second["n_verified"] == int(final["source"].isin(["calibrated", "arbitrated"]).sum())
     # feedback loop: batch 1's calibrated labels retrained the labelers; batch 2 used the new versions
     v1 = set(read_table(fx, "model_predictions", "news", rep.batch_id)["labeler_version"])
     v2 = set(read_table(fx, "model_predictions", "news", rep2.batch_id)["labeler_version"])
