@@ -101,6 +101,9 @@ tasks = sa.Table(
     sa.Column("suggestion", sa.String(128)),
     sa.Column("created_at", sa.String(32), nullable=False),
     sa.Column("run_id", sa.String(64)),
+    # smart dispatch: the least tier that may answer (L1 < L2 < L3 < expert) and the item's domain
+    sa.Column("required_tier", sa.String(16)),
+    sa.Column("domain", sa.String(64)),
 )
 
 # the workbench's queue walks open tasks in this order (ORDER BY ... LIMIT 1 without a sort)
