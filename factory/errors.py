@@ -17,6 +17,10 @@ class TaskError(FactoryError):
     """A human answer cannot be accepted (unknown task, label outside the schema, already answered)."""
 
 
+class TaskRefused(TaskError):
+    """The workforce rules refuse this person this task: suspended, under-tier, not assigned, own label."""
+
+
 class NotReadyError(FactoryError):
     """A step waits on people or on an earlier step."""
 

@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 import sqlalchemy as sa
 
-from factory.errors import TaskError
+from factory.errors import TaskError, TaskRefused
 from factory.ledger import Ledger, canonical, now
 from factory.quality import wilson_interval
 
@@ -245,19 +245,19 @@ class Workforce:
         """Refuse an answer from a suspended, unqualified, unassigned annotator or on their own label."""
         a = self.get(annotator_id)
         if a["status"] != "active":
-            raise TaskError(f"annotator '{annotator_id}' is suspended and cannot answer task '{task['task_id']}'; "
+            raise TaskRefused(f"annotator '{annotator_id}' is suspended and cannot answer task '{task['task_id']}'; "
                             f"see `factory annotators show {annotator_id}`")
         need = task.get("required_tier") or "L1"
         if not tier_at_least(a["tier"], need):
-            raise TaskError(f"task '{task['task_id']}' needs tier {need}; annotator '{annotator_id}' is {a['tier']}")
+            raise TaskRefused(f"task '{task['task_id']}' needs tier {need}; annotator '{annotator_id}' is {a['tier']}")
         if domain and a["domains"] and domain not in a["domains"] and need == "expert":
-            raise TaskError(f"task '{task['task_id']}' needs an expert of domain '{domain}'; "
+            raise TaskRefused(f"task '{task['task_id']}' needs an expert of domain '{domain}'; "
                             f"'{annotator_id}' covers {a['domains']}")
         assigned = task.get("assigned_to")
         if assigned and assigned != annotator_id:
-            raise TaskError(f"task '{task['task_id']}' is assigned to someone else, not to '{annotator_id}'")
+            raise TaskRefused(f"task '{task['task_id']}' is assigned to someone else, not to '{annotator_id}'")
         if annotator_id in set(item_answered_by) and task.get("kind") in ("review", "verify", "arbitrate", "second"):
-            raise TaskError(f"task '{task['task_id']}' reviews a label that '{annotator_id}' gave; nobody "
+            raise TaskRefused(f"task '{task['task_id']}' reviews a label that '{annotator_id}' gave; nobody "
                             f"reviews their own label")
         return a
 
@@ -328,46 +328,57 @@ def open_qualification(fx, dataset: str, annotator_id: str, tier: str, n: int, s
     return [r["task_id"] for r in rows]
 
 
-def submit(fx, task_id: str, label: str, annotator: str, *, rationale: str | None = None, correct: bool = False,
-           source: str = "cli") -> dict:
-    """Record a person's answer after the workforce rules: the one entry point for people's answers.
+def check_answer(fx, t: dict, annotator: str, *, rationale: str | None = None, leases_checked: bool = False) -> None:
+    """Apply the workforce rules to `annotator` answering task `t`; raise (and log) when they refuse.
 
-    Refused (TaskError, and logged as a `refused_answer` event of a registered annotator): a suspended
+    Refused (TaskRefused, logged as a `refused_answer` event of a registered annotator): a suspended
     or under-tier annotator, a task leased to someone else, a review of one's own label, an
-    arbitration by someone who is not a registered expert or without a rationale, and anyone not in
-    the registry when the spec says `workforce.registered_only`.
+    arbitration by someone who is not a registered expert, anyone not in the registry when the spec
+    says `workforce.registered_only`.  An arbitration without a rationale is a TaskError.  With
+    `leases_checked`, the lease is left to `Ledger.answer_task(require_lease=True)`.
     """
     ledger = fx.ledger
-    t = ledger.task(task_id)
-    if t is None:
-        raise TaskError(f"task '{task_id}': no such task; list open tasks with `factory tasks list`")
     spec = fx.spec(t["dataset"])
     wf = Workforce(ledger)
     registered = set(wf.list()["annotator_id"])
-    holder = _lease_holder(ledger, task_id)
+    # the workbench's ledger call checks leases itself (409 for an expired or reassigned task)
+    holder = None if leases_checked else _lease_holder(ledger, t["task_id"])
     try:
         if annotator in registered:
             ev = ledger.events(t["dataset"], item_id=t["item_id"], kind=["human", "correction"])
-            others = set(ev.loc[ev["task_id"] != task_id, "actor"])
+            others = set(ev.loc[ev["task_id"] != t["task_id"], "actor"])
             wf.check_can_answer(annotator, dict(t, assigned_to=holder), others, spec.workforce.domain)
         elif spec.workforce.registered_only or t["kind"] in ("arbitrate", "qualification"):
-            raise TaskError(f"'{annotator}' is not in the annotator registry; "
-                            + ("an arbitration needs a registered expert" if t["kind"] == "arbitrate" else
-                               f"dataset '{t['dataset']}' accepts answers from registered annotators only")
-                            + f" (`factory annotators add {annotator}`)")
+            raise TaskRefused(f"'{annotator}' is not in the annotator registry; "
+                              + ("an arbitration needs a registered expert" if t["kind"] == "arbitrate" else
+                                 f"dataset '{t['dataset']}' accepts answers from registered annotators only")
+                              + f" (`factory annotators add {annotator}`)")
         elif holder and holder != annotator:
-            raise TaskError(f"task '{task_id}' is assigned to someone else, not to '{annotator}'")
-        if t["kind"] == "arbitrate":
-            if not rationale or not rationale.strip():
-                raise TaskError(f"task '{task_id}' is an expert arbitration: the decision needs a rationale "
-                                f"(--rationale \"why this label\")")
-            res = ledger.arbitrate(t["dataset"], t["item_id"], label, annotator, rationale, spec.class_names,
-                                   spec_version=spec.version, guideline_version=spec.guideline.version)
-            return {"event_id": res["event_id"], "duplicate": False, "arbitration": True}
+            raise TaskRefused(f"task '{t['task_id']}' is assigned to someone else, not to '{annotator}'")
+        if t["kind"] == "arbitrate" and (not rationale or not rationale.strip()):
+            raise TaskError(f"task '{t['task_id']}' is an expert arbitration: the decision needs a rationale "
+                            f"(--rationale \"why this label\")")
     except TaskError as e:
         if annotator in registered:
             with ledger.engine.begin() as c:
-                wf._event(c, annotator, "refused_answer", str(e), {"task_id": task_id})
+                wf._event(c, annotator, "refused_answer", str(e), {"task_id": t["task_id"]})
         raise
-    return ledger.answer_task(task_id, label, annotator, spec.class_names, spec_version=spec.version,
-                              guideline_version=spec.guideline.version, correct=correct, source=source)
+
+
+def submit(fx, task_id: str, label: str, annotator: str, *, rationale: str | None = None, correct: bool = False,
+           source: str = "cli") -> dict:
+    """Record a person's answer after the workforce rules (`check_answer`): the CLI's entry point.
+
+    An answer to an arbitration task is the expert's final decision (`Ledger.arbitrate`).
+    """
+    t = fx.ledger.task(task_id)
+    if t is None:
+        raise TaskError(f"task '{task_id}': no such task; list open tasks with `factory tasks list`")
+    check_answer(fx, t, annotator, rationale=rationale)
+    spec = fx.spec(t["dataset"])
+    if t["kind"] == "arbitrate":
+        res = fx.ledger.arbitrate(t["dataset"], t["item_id"], label, annotator, rationale, spec.class_names,
+                                  spec_version=spec.version, guideline_version=spec.guideline.version)
+        return {"event_id": res["event_id"], "duplicate": False, "arbitration": True}
+    return fx.ledger.answer_task(task_id, label, annotator, spec.class_names, spec_version=spec.version,
+                                 guideline_version=spec.guideline.version, correct=correct, source=source)

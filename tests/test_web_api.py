@@ -347,3 +347,19 @@ def test_users_cli_prints_the_token_once_and_stores_only_its_hash(tmp_path, monk
     assert c2.get("/api/me", headers={"Authorization": f"Bearer {token}"}).status_code == 401
     assert c2.get("/api/me", headers={"Authorization": f"Bearer {new}"}).status_code == 200
     assert "Usage" in run(main, ["serve", "--help"]).output
+
+
+def test_workforce_rules_apply_to_web_answers(web):
+    """A registered annotator who was suspended is refused (403) and the refusal is logged."""
+    from factory.workforce import Workforce
+
+    wf = Workforce(web.fx.ledger)
+    wf.add("ann-1", "L1")
+    c = web.client
+    t = c.get("/api/tasks/next", headers=h(web, "ann-1")).json()
+    wf.suspend("ann-1", "gold accuracy below the floor")
+    r = c.post(f"/api/tasks/{t['task_id']}/answer", json={"label": "tech", "submission_id": "s-1"},
+               headers=h(web, "ann-1"))
+    assert r.status_code == 403 and "suspended" in r.json()["detail"]
+    assert wf.events("ann-1").iloc[-1]["kind"] == "refused_answer"
+    assert web.fx.ledger.tasks("news", status="answered").empty

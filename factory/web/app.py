@@ -20,7 +20,8 @@ from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
 from pydantic import BaseModel, Field
 
-from factory.errors import FactoryError, TaskError
+from factory.errors import FactoryError, TaskError, TaskRefused
+from factory.workforce import Workforce, check_answer
 from factory.ledger import TaskConflict, TaskNotFound
 from factory.users import UserStore
 from factory.web import data as D
@@ -132,6 +133,10 @@ def create_app(root: str | Path | None = None, *, dagster_url: str = "http://127
     async def _conflict(_req, exc):
         return JSONResponse({"detail": str(exc)}, status_code=409)
 
+    @app.exception_handler(TaskRefused)
+    def _refused(_req: Request, exc: TaskRefused) -> JSONResponse:
+        return JSONResponse({"detail": str(exc)}, status_code=403)
+
     @app.exception_handler(TaskError)
     async def _task_error(_req, exc):
         return JSONResponse({"detail": str(exc)}, status_code=422)
@@ -196,6 +201,7 @@ def create_app(root: str | Path | None = None, *, dagster_url: str = "http://127
         if t is None:
             raise HTTPException(404, f"task '{task_id}': no such task")
         spec = _spec(t["dataset"])
+        check_answer(fx, t, user.name, leases_checked=True)  # the workforce rules: suspension, tier, own label (403 when refused)
         res = fx.ledger.answer_task(task_id, body.label, user.name, spec.class_names, spec_version=spec.version,
                                     guideline_version=spec.guideline.version, source="web",
                                     submission_id=body.submission_id, require_lease=True)
@@ -273,6 +279,11 @@ def create_app(root: str | Path | None = None, *, dagster_url: str = "http://127
     def guideline_gap(item_id: str, body: GapIn, user: User = needs("expert", write=True)) -> dict:
         """Record that this item exposes a gap in the guideline (an event the guideline owners read)."""
         spec = _spec(body.dataset)
+        from factory.guidelines import open_question
+
+        if user.name in set(Workforce(fx.ledger).list()["annotator_id"]):  # registered experts open a question
+            q = open_question(fx, body.dataset, item_id, user.name, body.note)
+            return {"question_id": q["question_id"], "similar_items": q["similar_items"]}
         return fx.ledger.flag_guideline_gap(body.dataset, item_id, user.name, body.note,
                                             guideline_version=spec.guideline.version)
 
