@@ -8,20 +8,11 @@ from pathlib import Path
 import click
 import pandas as pd
 
+from factory.cli_common import ROOT_HELP, factory_at as _fx, fail as _fail
 from factory.errors import FactoryError
 
-ROOT_HELP = "Factory root folder (datasets/, data/, releases/). Default: $FACTORY_HOME or the current directory."
 
 
-def _fx(root: str | None):
-    from factory.pipeline import Factory
-
-    return Factory.at(root)
-
-
-def _fail(e: Exception) -> None:
-    click.secho(f"error: {e}", fg="red", err=True)
-    sys.exit(2)
 
 
 def _echo_df(df: pd.DataFrame, as_json: bool) -> None:

@@ -2,25 +2,15 @@
 from __future__ import annotations
 
 import json
-import sys
 
 import click
 import pandas as pd
 
+from factory.cli_common import ROOT_HELP, factory_at as _fx, fail as _fail
 from factory.errors import FactoryError
 
-ROOT_HELP = "Factory root folder. Default: $FACTORY_HOME or the current directory."
 
 
-def _fx(root):
-    from factory.pipeline import Factory
-
-    return Factory.at(root)
-
-
-def _fail(e) -> None:
-    click.secho(f"error: {e}", fg="red", err=True)
-    sys.exit(2)
 
 
 def _policy(spec):

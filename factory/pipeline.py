@@ -310,14 +310,15 @@ def fuse(fx: Factory, dataset: str, batch_id: str, run_id: str | None = None) ->
 
 
 # ----------------------------------------------------------------------------- routing
-MIN_GUARANTEE_SAMPLE = 50  # human-verified items needed before the guarantee can set the threshold
+MIN_GUARANTEE_SAMPLE = 50  # audited items needed before the guarantee can set the threshold
 
 
 def auto_accept_threshold(fx: Factory, dataset: str, batch_id: str) -> tuple[float, dict]:
     """The confidence threshold of auto-accept for this batch, with the guarantee it rests on.
 
-    From every human-verified item of earlier batches (people's label vs the fused label and its
-    confidence), `factory.guarantee.choose_threshold` picks the lowest threshold whose error among
+    From the random audit samples of earlier batches (people's label vs the fused label and its
+    confidence: items drawn at random from the auto-accepted, so the bound holds for them),
+    `factory.guarantee.choose_threshold` picks the lowest threshold whose error among
     auto-accepted items is <= quality.auto_accept.epsilon with probability >= 1 - delta.  The spec's
     confidence_threshold is a floor.  With fewer than MIN_GUARANTEE_SAMPLE verified items the floor
     applies alone, and the record says so.
@@ -330,13 +331,13 @@ def auto_accept_threshold(fx: Factory, dataset: str, batch_id: str) -> tuple[flo
     for b in fx.ledger.batches(dataset)["batch_id"]:
         path = fx.paths.table("final_labels", dataset, b)
         if b != batch_id and path.exists():
-            f = pd.read_parquet(path, columns=["label", "fused_label", "fused_confidence", "source"])
-            frames.append(f[f["source"].isin(["calibrated", "arbitrated"])])
+            f = pd.read_parquet(path, columns=["label", "fused_label", "fused_confidence", "route"])
+            frames.append(f[f["route"] == "audit"])  # the random audit: an unbiased sample of auto-accepted items
     verified = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=["fused_confidence"])
     info = {"floor": floor, "epsilon": spec.quality.auto_accept.epsilon, "delta": spec.quality.auto_accept.delta,
             "n_verified": int(len(verified))}
     if len(verified) < MIN_GUARANTEE_SAMPLE:
-        return floor, info | {"threshold": floor, "guarantee": f"not yet: {len(verified)} human-verified items, "
+        return floor, info | {"threshold": floor, "guarantee": f"not yet: {len(verified)} audited items, "
                                                                f"{MIN_GUARANTEE_SAMPLE} needed"}
     choice = choose_threshold(verified["fused_confidence"].to_numpy(float),
                               (verified["label"] == verified["fused_label"]).to_numpy(bool),

@@ -78,7 +78,7 @@ def test_whole_graph_from_spec_to_release(root, fx, bbc_small, truth, tmp_path):
     first = json.loads(g[g["batch_id"] == rep.batch_id].iloc[-1]["details"])
     assert first["n_verified"] == 0 and first["threshold"] == 0.8 and "not yet" in first["guarantee"]
     second = json.loads(g[g["batch_id"] == rep2.batch_id].iloc[-1]["details"])
-    assert second["n_verified"] == int(final["source"].isin(["calibrated", "arbitrated"]).sum())
+    assert second["n_verified"] == int((final["route"] == "audit").sum())
     # feedback loop: batch 1's calibrated labels retrained the labelers; batch 2 used the new versions
     v1 = set(read_table(fx, "model_predictions", "news", rep.batch_id)["labeler_version"])
     v2 = set(read_table(fx, "model_predictions", "news", rep2.batch_id)["labeler_version"])
