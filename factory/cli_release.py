@@ -2,25 +2,12 @@
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import click
 
+from factory.cli_common import ROOT_HELP, factory_at as _fx, fail as _fail
 from factory.errors import FactoryError
-
-ROOT_HELP = "Factory root folder (datasets/, data/, releases/). Default: $FACTORY_HOME or the current directory."
-
-
-def _fx(root: str | None):
-    from factory.pipeline import Factory
-
-    return Factory.at(root)
-
-
-def _fail(msg) -> None:
-    click.secho(f"error: {msg}", fg="red", err=True)
-    sys.exit(2)
 
 
 def _path(fx, dataset: str, version: str) -> Path:
