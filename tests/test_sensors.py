@@ -33,6 +33,12 @@ def _ctx(instance, root, cursor=None):
                                    resources={"factory": FactoryResource(root=str(root))})
 
 
+def _tick(sensor, instance, root, cursor=None):
+    """One evaluation, its context closed afterwards (it holds resources and Dagster context state)."""
+    with _ctx(instance, root, cursor) as ctx:
+        return sensor(ctx)
+
+
 def test_inbox_sensor_ingests_once_and_refuses_bad_entries(root, fx, bbc_small, tmp_path):
     inbox = inbox_dir(root, "news")
     inbox.mkdir(parents=True)
@@ -44,7 +50,7 @@ def test_inbox_sensor_ingests_once_and_refuses_bad_entries(root, fx, bbc_small, 
     (inbox / ".part2.csv.part").write_text("text\nnot yet complete")  # still being written: ignored
     sensor = _sensors(root)[0]
     with dg.instance_for_test() as instance:
-        res = sensor(_ctx(instance, root))
+        res = _tick(sensor, instance, root)
         assert isinstance(res, dg.SensorResult)
         sha = sha256_file(good)
         [req] = res.run_requests
@@ -57,10 +63,10 @@ def test_inbox_sensor_ingests_once_and_refuses_bad_entries(root, fx, bbc_small, 
         assert len(fx.ledger.items("news")) == 30  # the symlink's target was never read
 
         # the next tick with the cursor sees nothing new
-        again = sensor(_ctx(instance, root, res.cursor))
+        again = _tick(sensor, instance, root, res.cursor)
         assert not again.run_requests and "no new file" in again.skip_reason.skip_message
         # a tick that crashed before its cursor was stored repeats: same run key, nothing ingested twice
-        repeat = sensor(_ctx(instance, root))
+        repeat = _tick(sensor, instance, root)
         assert [r.run_key for r in repeat.run_requests] == [sha]
         assert len(fx.ledger.batches("news")) == 1
 
@@ -84,36 +90,39 @@ def test_seeded_and_review_complete_sensors(root, fx, bbc_small):
         seed = task_id_for("news", b, items[0], "seed")
         fx.ledger.create_tasks([dict(task_id=seed, dataset="news", batch_id=b, item_id=items[0], kind="seed",
                                      reasons=["seed"])])
-        assert "seed task(s) of 'news' are open" in seeded(_ctx(instance, root)).skip_message
+        assert "seed task(s) of 'news' are open" in _tick(seeded, instance, root).skip_message
         fx.ledger.answer_task(seed, "business", "ann-1", fx.spec("news").class_names)
-        [req] = seeded(_ctx(instance, root))
+        [req] = _tick(seeded, instance, root)
         assert req.partition_key == b and req.run_key == f"annotate:{b}:1"
 
         # a routing table alone (a run killed before it opened the tasks) is not a routed batch
         write_table(pd.DataFrame({"item_id": items, "route": "auto"}), fx.paths.table("routing", "news", b))
-        assert "no routed batch" in review(_ctx(instance, root)).skip_message
-        assert seeded(_ctx(instance, root))[0].partition_key == b
+        assert "no routed batch" in _tick(review, instance, root).skip_message
+        assert _tick(seeded, instance, root)[0].partition_key == b
         # routed (review_tasks materialised), one review task open: no finalise yet
         review_task = task_id_for("news", b, items[1], "review")
         fx.ledger.create_tasks([dict(task_id=review_task, dataset="news", batch_id=b, item_id=items[1],
                                      kind="review", reasons=["low_confidence"])])
         instance.report_runless_asset_event(dg.AssetMaterialization(dg.AssetKey(["news", "review_tasks"]),
                                                                     partition=b))
-        assert "no routed batch" in review(_ctx(instance, root)).skip_message
-        assert "no prepared batch" in seeded(_ctx(instance, root)).skip_message  # routed: not annotated again
+        assert "no routed batch" in _tick(review, instance, root).skip_message
+        assert "no prepared batch" in _tick(seeded, instance, root).skip_message  # routed: not annotated again
         fx.ledger.answer_task(review_task, "tech", "ann-2", fx.spec("news").class_names)
-        [req] = review(_ctx(instance, root))
+        [req] = _tick(review, instance, root)
         assert req.partition_key == b and req.run_key == f"finalise:{b}:2"
         # a correction changes the answer count: the batch is finalised again
         fx.ledger.answer_task(review_task, "sports", "ann-2", fx.spec("news").class_names, correct=True)
-        assert review(_ctx(instance, root))[0].run_key == f"finalise:{b}:3"
+        assert _tick(review, instance, root)[0].run_key == f"finalise:{b}:3"
 
 
 def test_nightly_release_schedule(root, fx, bbc_small):
+    from contextlib import ExitStack
+
     schedule = _sensors(root)[3]
     assert schedule.default_status == dg.DefaultScheduleStatus.RUNNING
-    with dg.instance_for_test() as instance:
-        ctx = dg.build_schedule_context(instance=instance, resources={"factory": FactoryResource(root=str(root))})
+    with dg.instance_for_test() as instance, ExitStack() as stack:
+        ctx = stack.enter_context(dg.build_schedule_context(instance=instance,
+                                                            resources={"factory": FactoryResource(root=str(root))}))
         b = _prepared_batch(fx, root, instance, bbc_small["text"][:20])
         assert "no approved batch" in schedule.evaluate_tick(ctx).skip_message
         write_table(pd.DataFrame({"item_id": ["x"]}), fx.paths.table("final_labels", "news", b))
@@ -133,14 +142,12 @@ def test_nightly_release_schedule(root, fx, bbc_small):
 def test_everything_is_registered_and_starts_running(root):
     from assets.definitions import build_definitions
 
-    defs = build_definitions(str(root))
-    repo = defs.get_repository_def()
-    names = {s.name for s in repo.sensor_defs}
-    assert names == {"news_inbox", "news_seeded", "news_review_complete"}
-    assert all(s.default_status == dg.DefaultSensorStatus.RUNNING for s in repo.sensor_defs)
-    assert {s.name for s in repo.schedule_defs} == {"news_nightly_release"}
-    for stage in ("prepare", "annotate", "finalise", "release"):
-        assert repo.has_job(f"news_{stage}")
+    defs = build_definitions(str(root))  # (workspace loading is covered by test_cli's `definitions validate`)
+    assert {s.name for s in defs.sensors} == {"news_inbox", "news_seeded", "news_review_complete"}
+    assert all(s.default_status == dg.DefaultSensorStatus.RUNNING for s in defs.sensors)
+    assert {s.name for s in defs.schedules} == {"news_nightly_release"}
+    assert all(s.default_status == dg.DefaultScheduleStatus.RUNNING for s in defs.schedules)
+    assert {j.name for j in defs.jobs} >= {f"news_{s}" for s in ("prepare", "annotate", "finalise", "release")}
 
 
 def _free_port() -> int:
