@@ -69,6 +69,13 @@ def write_csv(path: Path, texts, extra: dict | None = None) -> Path:
 
 def pytest_configure(config):
     os.environ.setdefault("GX_ANALYTICS_ENABLED", "False")
+    # Libraries that install a logging handler on first import bind it to the sys.stderr of that
+    # moment; inside click's CliRunner that stream is closed afterwards and a later log line kills
+    # the run ("I/O operation on closed file").  Import them here, before any test runs.
+    try:
+        import mlcroissant  # noqa: F401  (absl logging)
+    except ImportError:
+        pass
 
 
 # ----------------------------------------------------------------------------- PostgreSQL (marker `postgres`)

@@ -373,6 +373,6 @@ def test_blocking_quality_gate_refuses_the_release(world):
     data["classes"] = [dict(c, prior=0.2) for c in data["classes"]]
     data["quality"] |= {"max_prior_distance": 0.0, "blocking": ["prior_tv_distance"]}
     spec_path.write_text(yaml.safe_dump(data))
-    shutil.rmtree(world["twin"] / "releases")
+    shutil.rmtree(world["twin"] / "releases", ignore_errors=True)  # whatever earlier tests released
     with pytest.raises(ReleaseError, match=r"gate prior_tv_distance: [0-9.]+ not <= 0.0"):
         release(fx, "news")
