@@ -38,7 +38,7 @@ def build_definitions(root: str | None = None) -> dg.Definitions:
     sensors: list = []
     schedules: list = []
     for name in fx.datasets():
-        assets.extend(build_dataset_assets(name))
+        assets.extend(build_dataset_assets(name, str(fx.paths.root)))
         dataset_jobs = build_dataset_jobs(name)
         jobs.extend(dataset_jobs.values())
         for s in build_dataset_sensors(name, dataset_jobs):

@@ -475,7 +475,6 @@ def review_tasks(fx: Factory, dataset: str, batch_id: str, run_id: str | None = 
     routes["required_tier"] = [
         (spec.human_model.flag_tier if r.route == "verify" else required_tier(spec, r.label, r.reasons))
         for r in routes.itertuples(index=False)]
-    write_table(routes.assign(reasons=routes["reasons"].map(json.dumps)), fx.paths.table("routing", dataset, batch_id))
     show = spec.review.show_model_suggestion
     rows = [_task(dataset, batch_id, r.item_id, r.route, r.reasons, tier=r.required_tier, run_id=run_id,
                   suggestion=str(r.label) if show and r.route != "verify" else None, domain=spec.workforce.domain)
@@ -488,6 +487,8 @@ def review_tasks(fx: Factory, dataset: str, batch_id: str, run_id: str | None = 
             batch_id=batch_id, item_id=r.item_id, kind="exclusion", actor="prelabel-model:verifier", label=None,
             dedup_key=f"exclusion:{batch_id}:{r.item_id}", payload={"reasons": r.reasons},
             **_meta(spec, run_id)) for r in ex.itertuples(index=False)])
+    # the routing table last: its existence means "routed", so the tasks must already be there after a crash
+    write_table(routes.assign(reasons=routes["reasons"].map(json.dumps)), fx.paths.table("routing", dataset, batch_id))
     return routes
 
 
