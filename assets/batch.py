@@ -29,6 +29,22 @@ def _fail(e: FactoryError) -> dg.Failure:
                       allow_retries=False)
 
 
+def _residual_outcome(spec, df):
+    """The residual personal-information scan as one more expectation outcome of raw_items."""
+    from checks.standards import ExpectationOutcome
+    from factory.compliance import categories
+    from factory.pii import residual_check
+
+    cats = categories(spec)
+    blocking = spec.compliance.grade != "general"
+    if not cats:
+        return ExpectationOutcome("pii_residual", "factory_pii_residual_scan", True, blocking,
+                                  "grade general, no categories declared: nothing to scan for")
+    r = residual_check(df, "text", cats)
+    return ExpectationOutcome("pii_residual", "factory_pii_residual_scan", r["success"], blocking,
+                              f"no {', '.join(cats)} left after redaction", r["unexpected_count"], r["unexpected_items"])
+
+
 def _standard_of(dataset: str, root: str | None) -> str:
     """The quality standard a dataset's spec names (the default if the spec cannot be read yet)."""
     from factory.pipeline import Factory
@@ -64,7 +80,10 @@ def build_dataset_assets(dataset: str, root: str | None = None) -> list:
     raw_key = key("raw_items")
 
     @dg.asset(key=raw_key, group_name="collection", partitions_def=parts, deps=[key("dataset_spec")],
-              check_specs=check_specs(raw_key, "raw_items", standard),
+              check_specs=[*check_specs(raw_key, "raw_items", standard),
+                           dg.AssetCheckSpec(name="pii_residual", asset=raw_key, blocking=True,
+                                             description="no personal information left after redaction "
+                                                         "(blocking for compliance grades above general)")],
               description="The batch's accepted items (content-hash ids); duplicates and quarantine in the ledger.")
     def raw_items(context: dg.AssetExecutionContext, factory: FactoryResource) -> dg.MaterializeResult:
         fx = factory.factory()
@@ -75,6 +94,7 @@ def build_dataset_assets(dataset: str, root: str | None = None) -> list:
             raise _fail(e) from None
         batch = fx.ledger.batch(batch_id) or {}
         outcome = validate(df, "raw_items", standard=standard)
+        outcome.outcomes.append(_residual_outcome(fx.spec(dataset), df))
         fx.ledger.record_check(dataset, batch_id, "raw_items", standard, outcome.success,
                                outcome.to_dict(), context.run_id)
         return dg.MaterializeResult(

@@ -37,12 +37,15 @@ class IngestReport:
     duplicates_within: int
     duplicates_across: int
     quarantined: list[dict] = field(default_factory=list)
+    redacted: int = 0  # items whose personal information was redacted before anyone saw them
 
     def summary(self) -> str:
         lines = [f"batch {self.batch_id} of dataset '{self.dataset}': {self.items} new items from {self.rows} rows "
                  f"({self.source}, sha256 {self.sha256[:12]}…)",
                  f"  duplicates: {self.duplicates_within} within the batch, {self.duplicates_across} already in earlier batches",
                  f"  quarantined: {len(self.quarantined)} rows"]
+        if self.redacted:
+            lines.append(f"  personal information redacted in {self.redacted} items (raw text kept, access-controlled)")
         for q in self.quarantined[:10]:
             lines.append(f"    {q['source_file']} row {q['source_row']} field '{q['field']}': {q['reason']}")
         if len(self.quarantined) > 10:
@@ -307,9 +310,18 @@ def ingest(path: str | Path, spec: DatasetSpec, ledger: Ledger) -> IngestReport:
     batch_row = dict(batch_id=batch_id, dataset=spec.name, source_path=str(path.resolve()), source_sha256=sha,
                      n_rows=n_rows, n_items=len(new_items), n_duplicates=len(within) + len(across),
                      n_quarantined=len(quarantined), spec_version=spec.version, created_at=now())
+    # personal information is redacted before anyone sees the items; raw text and events in the same transaction
+    from factory import compliance
+
+    raws, redactions = compliance.redact_items(spec, {r["item_id"]: r for r in new_items}, batch_id)
+    if raws:
+        compliance.ensure(ledger)
     ledger.add_batch(batch_row,
                      new_items,
                      [dict(d, dataset=spec.name, batch_id=batch_id) for d in within + across],
-                     [dict(q, dataset=spec.name, batch_id=batch_id) for q in quarantined])
-    return IngestReport(spec.name, batch_id, str(path), sha, n_rows, len(new_items), len(within), len(across),
-                        quarantined)
+                     [dict(q, dataset=spec.name, batch_id=batch_id) for q in quarantined],
+                     events=redactions, extra=[(compliance.raw_payloads, raws)])
+    report = IngestReport(spec.name, batch_id, str(path), sha, n_rows, len(new_items), len(within), len(across),
+                          quarantined)
+    report.redacted = len(raws)
+    return report

@@ -305,9 +305,15 @@ class Ledger:
         return out
 
     def add_batch(self, batch_row: dict, item_rows: Sequence[dict], duplicate_rows: Sequence[dict],
-                  quarantine_rows: Sequence[dict]) -> None:
-        """Write a batch and everything found in it in one transaction: all or nothing."""
+                  quarantine_rows: Sequence[dict], events: Sequence[dict] = (),
+                  extra: Sequence[tuple[sa.Table, Sequence[dict]]] = ()) -> None:
+        """Write a batch and everything found in it (events, extra rows) in one transaction: all or nothing."""
         with self.engine.begin() as c:
+            for table, rows in extra:
+                if rows:
+                    c.execute(table.insert(), list(rows))
+            if events:
+                self._append(c, batch_row["dataset"], events)
             c.execute(batches.insert().values(**batch_row))
             if item_rows:
                 c.execute(items.insert(), list(item_rows))

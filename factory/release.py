@@ -348,6 +348,7 @@ def dataset_card(manifest: dict, spec, cert: dict, splits: list[str], date: str)
              f"Items the machines cannot vouch for (disagreement, confidence below {spec.quality.confidence_threshold}, "
              f"suspected bias) and a random audit sample go to people. Label sources: "
              + ", ".join(f"{k} {v}" for k, v in manifest["counts_per_source"].items()) + ".", "",
+             "## Personal information", "", manifest["deidentification"]["statement"], "",
              "## Measured quality", "",
              f"- audit accuracy of auto-accepted labels: {_pct(q.get('audit_accuracy'))} "
              f"(Wilson {q.get('audit_wilson')}, n = {q.get('audit_n')})",
@@ -361,6 +362,18 @@ def dataset_card(manifest: dict, spec, cert: dict, splits: list[str], date: str)
              "rechecks every event hash in `provenance/events.parquet` and each batch's Merkle root. "
              "No database is needed.", ""]
     return "\n".join(lines)
+
+
+def _deidentification(fx, spec, dataset: str, table: pd.DataFrame) -> dict:
+    """The release's de-identification statement: what was scanned, how many items were redacted, residue."""
+    from factory.compliance import categories, statement
+    from factory.pii import residual_check
+
+    red = fx.ledger.events(dataset, kind="redaction")
+    n_red = int(red["item_id"].isin(set(table["item_id"])).sum()) if len(red) else 0
+    cats = categories(spec)
+    residual = residual_check(table, "text", cats) if cats else None
+    return statement(spec, len(table), n_red, residual)
 
 
 def _pct(x) -> str:
@@ -463,6 +476,7 @@ def release(fx, dataset: str, run_id: str | None = None, formats: tuple[str, ...
             "labelers": model_versions,
             "pending_batches": pending,
             "formats": sorted(set(formats) | {"parquet"}),
+            "deidentification": _deidentification(fx, spec, dataset, table),
             "quality": {"passed": cert["passed"], "audit_accuracy": audit.get("estimate"), "audit_n": audit.get("n"),
                         "audit_wilson": audit.get("wilson"), "completeness": m["completeness"]["estimate"],
                         "pii_items_flagged": (m.get("pii") or {}).get("items_flagged"),

@@ -118,6 +118,8 @@ class ComplianceSpec(_Strict):
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
     grade: Literal["general", "important", "core"] = Field(default="general", alias="class")
     personal_information: tuple[str, ...] = ()
+    # roles that may read an item's raw (unredacted) payload; left out of the dump at its default
+    raw_readers: tuple[str, ...] = Field(default=("operator",), exclude_if=lambda v: tuple(v) == ("operator",))
 
 
 class DeliverySpec(_Strict):

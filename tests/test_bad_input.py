@@ -75,7 +75,7 @@ def test_a_failure_mid_write_leaves_nothing(fx, tmp_path, monkeypatch):
     shutil.copyfile(BAD / "ragged.csv", path)
     real = fx.ledger.add_batch
 
-    def failing(batch_row, items, dups, quarantine):
+    def failing(batch_row, items, dups, quarantine, **_):
         with fx.ledger.engine.begin() as c:
             c.execute(L.batches.insert().values(**batch_row))
             c.execute(L.items.insert(), list(items))

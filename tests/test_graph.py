@@ -66,6 +66,8 @@ def test_whole_graph_from_spec_to_release(root, fx, bbc_small, truth, tmp_path):
     assert rel["version"] == "1.0.0" and verify_release_files(rel["path"]) == []
     labels = pd.read_parquet(Path(rel["path"]) / "labels.parquet")
     assert len(labels) == 100 and set(labels["split"]) <= {"train", "validation", "test"}
+    deid = json.loads((Path(rel["path"]) / "manifest.json").read_text())["deidentification"]
+    assert deid["grade"] == "general" and deid["items_redacted"] == 0 and "no redaction" in deid["statement"]
 
     # a second batch adds items only: a MINOR release, and the first release is untouched
     rep2 = _run_batch(fx, root, instance, pool, write_csv(tmp_path / "b2.csv", bbc_small["text"][100:]))

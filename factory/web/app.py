@@ -262,6 +262,16 @@ def create_app(root: str | Path | None = None, *, dagster_url: str = "http://127
             raise HTTPException(404, f"item '{item_id}' is not in dataset '{dataset}'")
         return d
 
+    @app.get("/api/items/{item_id}/raw", tags=["items"])
+    def raw_item(item_id: str, dataset: str, user: User = needs(*ALL_ROLES)) -> dict:
+        """The raw (unredacted) payload, for the roles the spec's compliance.raw_readers allows only (else 403)."""
+        from factory.compliance import AccessDenied, raw_payload
+
+        try:
+            return {"item_id": item_id, "dataset": dataset, "text": raw_payload(fx, dataset, item_id, user.role)}
+        except AccessDenied as e:
+            raise HTTPException(403, str(e)) from None
+
     @app.post("/api/items/{item_id}/arbitrate", tags=["arbitration"], status_code=201)
     def arbitrate(item_id: str, body: ArbitrateIn, user: User = needs("expert", write=True)) -> dict:
         """The expert's final decision with its rationale; corrections make every task of the item follow it."""
