@@ -10,7 +10,7 @@ import sqlalchemy as sa
 
 from factory.errors import TaskError
 from factory.ledger import canonical, now
-from factory.workforce import wf_metadata
+from factory.workforce import _stable_round, wf_metadata
 
 questions_table = sa.Table(
     "guideline_questions", wf_metadata,
@@ -99,17 +99,10 @@ def requeue_on_bump(fx, dataset: str, run_id: str | None = None) -> list[dict]:
         where = fx.ledger.items(dataset, item_ids=affected).set_index("item_id")["batch_id"]
         rows += [_task(dataset, where[i], i, "requeue",
                        [f"guideline {q.guideline_version} -> {spec.guideline.version}: question {q.question_id}"],
-                       tier="L2", run_id=run_id, round_=int(hashlib_round(spec.guideline.version)))
+                       tier="L2", run_id=run_id, round_=_stable_round("guideline", spec.guideline.version))
                  for i in affected if i in where.index]
     fx.ledger.create_tasks(rows)
     with fx.ledger.engine.begin() as c:
         c.execute(questions_table.update().where(questions_table.c.question_id.in_(list(qs["question_id"])))
                   .values(status="requeued", resolved_in=spec.guideline.version))
     return rows
-
-
-def hashlib_round(version: str) -> int:
-    """A task round number per guideline version, so each bump re-queues once."""
-    import hashlib
-
-    return int(hashlib.sha256(version.encode()).hexdigest()[:6], 16) + 2

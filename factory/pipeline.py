@@ -1,7 +1,7 @@
 """The steps of a batch, as plain functions over the ledger and Parquet tables (no Dagster here).
 
-design -> collection -> seed tasks -> labelers -> model predictions -> fusion -> routing/review tasks
--> final labels.  Every step is idempotent: rerunning it after a crash adds nothing twice, because
+design -> collection -> initial tasks (seed, or people first) -> labelers -> model predictions ->
+fusion -> routing/review tasks -> escalation (second opinions, arbitration) -> final labels.  Every step is idempotent: rerunning it after a crash adds nothing twice, because
 events carry dedup keys and tables are written whole to a temporary file and renamed.
 """
 from __future__ import annotations

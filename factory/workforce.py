@@ -303,6 +303,13 @@ def _lease_holder(ledger: Ledger, task_id: str) -> str | None:
     return None
 
 
+def _stable_round(*parts: str) -> int:
+    """A task round number derived from the parts (stable across processes, unlike hash())."""
+    import hashlib
+
+    return int(hashlib.sha256("|".join(parts).encode()).hexdigest()[:6], 16) + 2
+
+
 def open_qualification(fx, dataset: str, annotator_id: str, tier: str, n: int, seed: int = 0) -> list[str]:
     """Open a qualification test: n gold items as tasks leased to `annotator_id` alone (no answer shown)."""
     from factory.ledger import task_assignments
@@ -316,7 +323,7 @@ def open_qualification(fx, dataset: str, annotator_id: str, tier: str, n: int, s
                         f"(add them with `factory gold add FILE --dataset {dataset}`)")
     pick = gold.sample(n=n, random_state=seed)["item_id"].tolist()
     rows = [_task(dataset, "qualification", i, "qualification", [f"qualification test {tier} for {annotator_id}"],
-                  tier="L1", round_=hash((annotator_id, tier)) % 10_000 + 2) for i in pick]
+                  tier="L1", round_=_stable_round(annotator_id, tier)) for i in pick]
     fx.ledger.create_tasks(rows)
     far = "9999-12-31T00:00:00+00:00"
     with fx.ledger.engine.begin() as c:

@@ -136,3 +136,32 @@ def test_dispatch_never_breaks_tier_blindness_or_limits(people, tasks, answered,
     pairs = [(t.at[tid, "item_id"], who) for tid, who in out.items()]
     assert len(pairs) == len(set(pairs))                                     # one person per item copy
     assert (out.value_counts() <= limits.reindex(out.value_counts().index)).all()  # per-person limit
+
+
+def test_guideline_gap_lists_similar_disputes_and_a_bump_requeues_them(fx, team, root):
+    import yaml
+
+    from factory.guidelines import open_question, questions
+    from factory.pipeline import record_spec
+
+    wf, batch, items = team
+    disputed = items[40:46]
+    fx.ledger.create_tasks([dict(task_id=f"t_s{i}", dataset="news", batch_id=batch, item_id=it, kind="second",
+                                 reasons=["second_opinion"], required_tier="L2") for i, it in enumerate(disputed)])
+    with pytest.raises(TaskError, match="only an expert"):
+        open_question(fx, "news", disputed[0], "ann-good", "satire")
+    q = open_question(fx, "news", disputed[0], "exp-1", "the guideline says nothing about satire")
+    assert set(q["similar_items"]) <= set(disputed[1:]) and q["guideline_version"] == "1.0"
+    assert fx.ledger.events("news", item_id=disputed[0], kind="guideline_gap").iloc[0]["actor"] == "exp-1"
+    record_spec(fx, "news")  # same guideline: nothing happens
+    assert fx.ledger.tasks("news", batch_id=batch).query("kind == 'requeue'").empty
+    spec = yaml.safe_load((root / "datasets" / "news.yaml").read_text())
+    spec["guideline"]["version"] = "1.1"
+    (root / "datasets" / "news.yaml").write_text(yaml.safe_dump(spec))
+    record_spec(fx, "news")
+    requeued = fx.ledger.tasks("news", batch_id=batch).query("kind == 'requeue'")
+    assert set(requeued["item_id"]) == {disputed[0], *q["similar_items"]}
+    assert all("1.0 -> 1.1" in r for r in requeued["reasons"])
+    assert questions(fx, "news").iloc[0]["status"] == "requeued"
+    record_spec(fx, "news")  # once per bump
+    assert len(fx.ledger.tasks("news", batch_id=batch).query("kind == 'requeue'")) == len(requeued)
