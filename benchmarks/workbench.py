@@ -215,8 +215,17 @@ def _drop_database(server_url: str, name: str) -> None:
         admin.dispose()
 
 
+def _start_batch_run(env: dict, items: int) -> tuple[subprocess.Popen, Path]:
+    """A real pipeline run (benchmarks.pipeline: every stage through Dagster) on the same ledger database."""
+    out = Path(tempfile.mkdtemp(prefix="workbench-batch-"))
+    proc = subprocess.Popen([sys.executable, "-m", "benchmarks.pipeline", "--items", str(items), "--out", str(out)],
+                            env={k: v for k, v in env.items() if k != "FACTORY_HOME"},
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    return proc, out
+
+
 def _phase(answers: int, annotators: int, workers: int, think_s: float, seed: int, keep: bool,
-           database_url: str | None = None) -> tuple[dict, dict]:
+           database_url: str | None = None, batch_items: int = 0) -> tuple[dict, dict]:
     """One load run on a fresh factory (and fresh database) and a fresh server; returns (result, raw latencies)."""
     from factory.pipeline import Factory
 
@@ -254,11 +263,23 @@ def _phase(answers: int, annotators: int, workers: int, think_s: float, seed: in
             time.sleep(0.2)
         mode = f"think time ~Exp(mean {think_s:g} s)" if think_s else "no think time (closed loop, saturation)"
         print(f"[workbench] server up on {base} ({workers} worker(s)); {annotators} annotators, {mode}", flush=True)
+        batch = _start_batch_run(env, batch_items) if batch_items else None
+        if batch:
+            print(f"[workbench] a {batch_items:,}-item batch runs through the pipeline at the same time", flush=True)
         load0 = os.getloadavg()[0]
         cpu0 = (_cpu_seconds(server.pid), _cpu_seconds(os.getpid()))
         stats = _drive(port, tokens, truth, answers, seed, think_s)
         cpu1 = (_cpu_seconds(server.pid), _cpu_seconds(os.getpid()))
         load1 = os.getloadavg()[0]
+        concurrent = None
+        if batch:
+            proc, bout = batch
+            log, _ = proc.communicate(timeout=900)
+            done = json.loads((bout / "pipeline.json").read_text()) if (bout / "pipeline.json").exists() else {}
+            concurrent = {"items": batch_items, "returncode": proc.returncode,
+                          "factory_seconds": done.get("factory_seconds"), "seconds_total": done.get("seconds_total"),
+                          "log_tail": log.splitlines()[-5:] if proc.returncode else []}
+            shutil.rmtree(bout, ignore_errors=True)
     finally:
         server.terminate()
         try:
@@ -290,10 +311,13 @@ def _phase(answers: int, annotators: int, workers: int, think_s: float, seed: in
         "server_cpu_ms_per_answer": round(1000 * (cpu1[0] - cpu0[0]) / max(len(accepted), 1), 2),
         "http_status": stats["status"], "reconnects": stats["reconnects"], "errors": stats["errors"][:20],
         "n_errors": len(stats["errors"]),
+        "concurrent_batch_run": concurrent,
     }
     result["no_lost_or_duplicated"] = (result["ledger_human_events"] == answers == result["accepted"]
                                        and not result["tasks_answered_twice"] and not lost and not mismatched
                                        and open_left == 0 and result["chain_ok"])
+    if concurrent is not None:
+        result["no_lost_or_duplicated"] = result["no_lost_or_duplicated"] and concurrent["returncode"] == 0
     fx.ledger.engine.dispose()
     fx.ledger.reader.dispose()
     if saved is None:
@@ -312,7 +336,7 @@ def _phase(answers: int, annotators: int, workers: int, think_s: float, seed: in
 
 def run(out: Path, data: Path | None = None, answers: int = 5000, annotators: int = 50, workers: int = 1,
         think_ms: float = 1000, saturation: bool = True, keep: bool = False, seed: int = 0,
-        database_url: str | None = None, **opts) -> dict:
+        database_url: str | None = None, batch_items: int = 0, **opts) -> dict:
     """Paced run (annotators think ~`think_ms` between answers) and, if `saturation`, a closed-loop run without
     think time; write out/workbench.json and out/workbench.png; return the result dict."""
     import matplotlib
@@ -324,7 +348,8 @@ def run(out: Path, data: Path | None = None, answers: int = 5000, annotators: in
     out.mkdir(parents=True, exist_ok=True)
     answers, annotators, workers = int(answers), int(annotators), int(workers)
     phases, raw = {}, {}
-    phases["paced"], raw["paced"] = _phase(answers, annotators, workers, think_ms / 1000, seed, keep, database_url)
+    phases["paced"], raw["paced"] = _phase(answers, annotators, workers, think_ms / 1000, seed, keep, database_url,
+                                           batch_items=int(batch_items))
     if saturation:
         phases["saturation"], raw["saturation"] = _phase(answers, annotators, workers, 0.0, seed, keep, database_url)
     database = "PostgreSQL" if database_url else "SQLite (WAL)"
@@ -385,10 +410,13 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--database-url", default=None,
                     help="a PostgreSQL server (postgresql+psycopg2://user@host:5432/postgres) to run against instead "
                          "of SQLite: each run creates, migrates and drops its own database there")
+    ap.add_argument("--with-batch-run", type=int, default=0, metavar="ITEMS",
+                    help="during the paced run, also run a batch of ITEMS items through the whole pipeline "
+                         "(benchmarks.pipeline) on the same ledger database")
     args = ap.parse_args(argv)
     result = run(args.out, args.data, answers=args.answers, annotators=args.annotators, workers=args.workers,
                  think_ms=args.think_ms, saturation=not args.no_saturation, keep=args.keep,
-                 database_url=args.database_url)
+                 database_url=args.database_url, batch_items=args.with_batch_run)
     for row in summary_rows(result):
         print(" | ".join(row))
 

@@ -240,7 +240,11 @@ def test_release_files_download_and_cannot_escape(web, tmp_path):
     fx, c = web.fx, web.client
     folder = fx.paths.releases / "news" / "1.0.0"
     folder.mkdir(parents=True)
-    (folder / "labels.parquet").write_bytes(b"PAR1data")
+    import pandas as pd
+
+    pd.DataFrame({"item_id": ["a", "b"], "text": ["two words", "三个字"], "label": ["tech", "sports"],
+                  "split": ["train", "test"]}).to_parquet(folder / "labels.parquet", index=False)
+    data = (folder / "labels.parquet").read_bytes()
     (folder / "manifest.json").write_text("{}")
     secret = tmp_path / "secret.txt"
     secret.write_text("do not serve")
@@ -250,7 +254,7 @@ def test_release_files_download_and_cannot_escape(web, tmp_path):
     rel = c.get("/api/releases", headers=h(web, "cli-1")).json()
     assert rel[0]["version"] == "1.0.0" and "labels.parquet" in rel[0]["files"]
     r = c.get("/api/releases/news/1.0.0/files/labels.parquet", headers=h(web, "cli-1"))
-    assert r.status_code == 200 and r.content == b"PAR1data"
+    assert r.status_code == 200 and r.content == data
     for bad in ("..%2F..%2Fdatasets%2Fnews.yaml", "%2E%2E", "link.txt", "..%5Csecret.txt", "nothing.txt"):
         r = c.get(f"/api/releases/news/1.0.0/files/{bad}", headers=h(web, "cli-1"))
         assert r.status_code == 404, bad
@@ -363,3 +367,30 @@ def test_workforce_rules_apply_to_web_answers(web):
     assert r.status_code == 403 and "suspended" in r.json()["detail"]
     assert wf.events("ann-1").iloc[-1]["kind"] == "refused_answer"
     assert web.fx.ledger.tasks("news", status="answered").empty
+
+
+def test_client_downloads_are_metered_once_and_feeds_list_versions(web):
+    fx, c = web.fx, web.client
+    folder = fx.paths.releases / "news" / "1.0.0"
+    folder.mkdir(parents=True)
+    import pandas as pd
+
+    pd.DataFrame({"item_id": ["a", "b"], "text": ["two words", "三个字"], "label": ["tech", "sports"],
+                  "split": ["train", "test"]}).to_parquet(folder / "labels.parquet", index=False)
+    (folder / "manifest.json").write_text('{"dataset": "news", "version": "1.0.0", "items": 2}')
+    (folder / "manifest-sha256.txt").write_text("")
+    fx.ledger.record_release(dict(dataset="news", version="1.0.0", path=str(folder), manifest_sha256="0" * 64,
+                                  n_items=2, batches="[]", created_at="2026-01-01T00:00:00"))
+    for _ in range(2):  # a retried download with the same key is metered once
+        r = c.get("/api/releases/news/1.0.0/files/labels.parquet",
+                  headers=h(web, "cli-1") | {"Idempotency-Key": "k-1"})
+        assert r.status_code == 200
+    c.get("/api/releases/news/1.0.0/files/labels.parquet", headers=h(web, "aud-1"))  # auditors are not metered
+    use = c.get("/api/deliveries", headers=h(web, "op-1")).json()
+    assert len(use) == 1 and use[0]["client"] == "cli-1" and use[0]["items"] == 2
+    assert use[0]["tokens"] == 2 + 3 + 2  # whitespace words, one token per CJK character, labels
+    assert c.get("/api/deliveries", headers=h(web, "cli-1")).status_code == 403
+    feed = c.get("/api/feeds/news.json", headers=h(web, "cli-1")).json()
+    assert len(feed["items"]) == 1 and "1.0.0" in feed["items"][0]["title"]
+    atom = c.get("/api/feeds/news.atom", headers=h(web, "cli-1"))
+    assert atom.status_code == 200 and atom.headers["content-type"].startswith("application/atom+xml")

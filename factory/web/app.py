@@ -94,6 +94,9 @@ def _secret(fx) -> str:
     return path.read_text().strip()
 
 
+METERED_FILES = ("labels.parquet", "labels.jsonl", "labels.csv")
+
+
 def create_app(root: str | Path | None = None, *, dagster_url: str = "http://127.0.0.1:3000",
                lease_seconds: float = 600, undo_grace_seconds: float = 120, secure_cookies: bool = False,
                threads: int = 5) -> FastAPI:
@@ -314,13 +317,42 @@ def create_app(root: str | Path | None = None, *, dagster_url: str = "http://127
         return D.releases_list(fx)
 
     @app.get("/api/releases/{dataset}/{version}/files/{name}", tags=["releases"])
-    def release_file(dataset: str, version: str, name: str,
+    def release_file(dataset: str, version: str, name: str, request: Request,
                      user: User = needs("client", "auditor", "operator")) -> FileResponse:
         """Download one file of a release (only files directly inside the release folder)."""
         path = D.release_file(fx, dataset, version, name)
         if path is None:
             raise HTTPException(404, f"release {dataset} {version} has no file '{name}'")
+        if user.role == "client" and name in METERED_FILES:  # the delivery ledger prices per item or token
+            from factory.delivery import record_delivery
+
+            key = request.headers.get("Idempotency-Key")
+            record_delivery(fx, dataset, version, user.name, file=name,
+                            delivery_id=f"{user.name}:{key}" if key else None)
         return FileResponse(path, filename=name)
+
+    @app.get("/api/feeds/{dataset}.json", tags=["releases"])
+    def feed_json(dataset: str, request: Request, user: User = needs("client", "auditor", "operator")) -> dict:
+        """The dataset's release versions as a JSON Feed, newest first (for subscribers)."""
+        from factory.delivery import json_feed
+
+        return json_feed(fx.paths.releases, dataset, base_url=str(request.base_url).rstrip("/"))
+
+    @app.get("/api/feeds/{dataset}.atom", tags=["releases"])
+    def feed_atom(dataset: str, request: Request, user: User = needs("client", "auditor", "operator")) -> Response:
+        """The same feed in Atom."""
+        from factory.delivery import atom_feed
+
+        return Response(atom_feed(fx.paths.releases, dataset, base_url=str(request.base_url).rstrip("/")),
+                        media_type="application/atom+xml")
+
+    @app.get("/api/deliveries", tags=["releases"])
+    def deliveries(client: str | None = None, dataset: str | None = None,
+                   user: User = needs("operator", "auditor")) -> list[dict]:
+        """Metered deliveries summed per client and dataset: items, bytes, text tokens."""
+        from factory.delivery import usage
+
+        return usage(fx, client=client, dataset=dataset).to_dict(orient="records")
 
     # ------------------------------------------------------------------------- pages
     def _page_user(request: Request, roles: tuple[str, ...]) -> User | Response:
