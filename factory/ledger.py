@@ -634,9 +634,9 @@ class Ledger:
         return ev.sort_values("seq").groupby("task_id", as_index=False).tail(1).reset_index(drop=True)
 
     # ----------------------------------------------------------------- assignment, undo, skip, arbitration
-    def _queue_sql(self, has_dataset: bool, kinds: tuple, exclude_kinds: tuple):
+    def _queue_sql(self, has_dataset: bool, kinds: tuple, exclude_kinds: tuple, tiers: tuple = ()):
         """The two statements of `next_task`, built once per filter shape (building SQL costs more than running it)."""
-        key = (has_dataset, kinds, exclude_kinds)
+        key = (has_dataset, kinds, exclude_kinds, tiers)
         cache = self.__dict__.setdefault("_queue_statements", {})
         if key not in cache:
             a = task_assignments
@@ -648,15 +648,21 @@ class Ledger:
                 scope.append(tasks.c.kind.in_(list(kinds)))
             if exclude_kinds:
                 scope.append(tasks.c.kind.not_in(list(exclude_kinds)))
+            if tiers:  # smart dispatch: only tasks whose required tier the annotator has
+                scope.append(sa.or_(tasks.c.required_tier.is_(None), tasks.c.required_tier.in_(list(tiers))))
             held = (sa.select(tasks).join(a, a.c.task_id == tasks.c.task_id)
                     .where(a.c.assignee == me, a.c.lease_until >= ts, *scope).order_by(a.c.assigned_at).limit(1))
             s = label_events.alias("skips")
             skipped = sa.exists().where(s.c.task_id == tasks.c.task_id, s.c.kind == "skip", s.c.actor == me)
+            # blind overlap and no review of one's own label: never an item this person already answered
+            mine = label_events.alias("mine")
+            answered_item = sa.exists().where(mine.c.dataset == tasks.c.dataset, mine.c.item_id == tasks.c.item_id,
+                                              mine.c.actor == me, mine.c.kind.in_(["human", "correction"]))
             floor = tasks.c.created_at >= sa.bindparam("floor")
             free = (sa.select(tasks, a.c.task_id.label("leased"))
                     .select_from(tasks.outerjoin(a, a.c.task_id == tasks.c.task_id))
                     .where(floor, sa.or_(a.c.task_id.is_(None), a.c.lease_until < ts, a.c.assignee == me), ~skipped,
-                           *scope)
+                           ~answered_item, *scope)
                     .order_by(tasks.c.created_at, tasks.c.task_id).limit(1))
             first_open = (sa.select(tasks.c.created_at).where(floor, *scope)
                           .order_by(tasks.c.created_at, tasks.c.task_id).limit(1))
@@ -679,14 +685,16 @@ class Ledger:
         self.__dict__.setdefault("_queue_floors", {}).clear()
 
     def next_task(self, annotator: str, *, dataset: str | None = None, kinds: Sequence[str] | None = None,
-                  exclude_kinds: Sequence[str] | None = None, lease_seconds: float = 600) -> dict | None:
+                  exclude_kinds: Sequence[str] | None = None, lease_seconds: float = 600,
+                  tiers: Sequence[str] | None = None) -> dict | None:
         """Lease the next open task to `annotator` (or renew the one they hold); None when nothing is left.
 
         A task leased to someone else is not offered until the lease runs out; then it can be
         reassigned, and the first holder's late answer is refused (TaskConflict).  Tasks the
-        annotator skipped are not offered to them again.
+        annotator skipped, or whose item they already answered (blind overlap, no review of one's own
+        label), are not offered to them; `tiers` limits the offer to tasks of those required tiers.
         """
-        shape = (bool(dataset), tuple(kinds or ()), tuple(exclude_kinds or ()))
+        shape = (bool(dataset), tuple(kinds or ()), tuple(exclude_kinds or ()), tuple(sorted(tiers or ())))
         held_sql, free_sql, first_open_sql = self._queue_sql(*shape)
         floor_key = (*shape, dataset)
         a = task_assignments

@@ -122,10 +122,17 @@ def max_tier(*tiers: str | None) -> str:
     return max((t for t in tiers if t), key=lambda t: TIER_RANK[t], default="L1")
 
 
-def required_tier(spec: DatasetSpec, label: str | None, reasons: list[str]) -> str:
+def required_tier(spec: DatasetSpec, label: str | None, reasons: list[str], meta: dict | None = None) -> str:
     """The least tier allowed to answer a task, from the item's risk and difficulty (spec.workforce)."""
     w = spec.workforce
-    return max_tier("L1",
+    at_stake = []
+    for rule in w.value_rules:
+        try:
+            if float((meta or {}).get(rule.field)) > rule.above:
+                at_stake.append(rule.tier)
+        except (TypeError, ValueError):  # missing or non-numeric value: no rule fires
+            pass
+    return max_tier("L1", *at_stake,
                     w.disagreement_tier if "disagreement" in reasons else None,
                     w.uncertain_tier if "low_confidence" in reasons else None,
                     w.class_tiers.get(str(label)) if label is not None else None,
@@ -472,8 +479,10 @@ def review_tasks(fx: Factory, dataset: str, batch_id: str, run_id: str | None = 
     routes.attrs["auto_accept"] = info
     routes["reasons"] = routes["reasons"].map(list)
     routes["mode"] = routes["item_id"].map(modes)
+    meta = items.set_index("item_id")["meta"].map(json.loads)
     routes["required_tier"] = [
-        (spec.human_model.flag_tier if r.route == "verify" else required_tier(spec, r.label, r.reasons))
+        max_tier(spec.human_model.flag_tier if r.route == "verify" else None,
+                 required_tier(spec, r.label, r.reasons, meta.get(r.item_id)))
         for r in routes.itertuples(index=False)]
     show = spec.review.show_model_suggestion
     rows = [_task(dataset, batch_id, r.item_id, r.route, r.reasons, tier=r.required_tier, run_id=run_id,

@@ -165,6 +165,14 @@ class LogicRule(_Strict):
     forbids: tuple[str, ...] = Field(min_length=1)
 
 
+class ValueRule(_Strict):
+    """Value at stake: items whose metadata `field` is above `above` need at least `tier`."""
+
+    field: str
+    above: float
+    tier: Tier
+
+
 class WorkforceSpec(_Strict):
     """The tiered expert network: certification, honeypots, scores, risk-based dispatch."""
 
@@ -179,6 +187,7 @@ class WorkforceSpec(_Strict):
     uncertain_tier: Tier = "L1"        # low fused confidence -> at least this tier
     class_tiers: dict[str, Tier] = Field(default_factory=dict)  # a predicted class that needs a higher tier
     sensitive_tier: Tier = "L2"        # compliance grade important/core -> at least this tier
+    value_rules: tuple[ValueRule, ...] = ()  # value at stake (a metadata field above a bound) -> at least a tier
     domain: str | None = None          # the experts' domain that arbitrates this dataset
     registered_only: bool = False      # refuse answers from people not in the registry
     default_reliability: float = Field(default=0.9, gt=0.5, lt=1)  # assumed accuracy of a person without gold record
@@ -240,9 +249,9 @@ class DatasetSpec(_Strict):
         if unknown:
             raise ValueError(f"rules/workforce.class_tiers name classes not in the schema: {unknown}")
         meta = set(self.task.metadata)
-        bad_fields = sorted({r.field for r in (*self.rules, *self.slices)} - meta)
+        bad_fields = sorted({r.field for r in (*self.rules, *self.slices, *self.workforce.value_rules)} - meta)
         if bad_fields:
-            raise ValueError(f"rules/slices use field(s) {bad_fields} not declared in task.metadata")
+            raise ValueError(f"rules/slices/workforce.value_rules use field(s) {bad_fields} not declared in task.metadata")
         if self.task.input in self.task.metadata:
             raise ValueError("task.metadata must not repeat task.input")
         return self

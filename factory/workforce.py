@@ -199,8 +199,21 @@ class Workforce:
                       f"correct (< {need:.0%})", data)
         return data | {"passed": passed}
 
+    def engine_reliability(self, dataset: str) -> pd.Series:
+        """The label engine's reliability of each person (Dawid-Skene over every current human answer)."""
+        from factory.engine import aggregate_full
+
+        dec = self.ledger.human_decisions(dataset)
+        if dec.empty or dec["item_id"].nunique() < 2:
+            return pd.Series(dtype=float)
+        res = aggregate_full(dec.rename(columns={"actor": "worker_id"})[["item_id", "worker_id", "label"]],
+                             method="auto")
+        return res.workers["reliability"]
+
     def scores(self, dataset: str, reliability: pd.Series | None = None) -> pd.DataFrame:
         """Per annotator: gold accuracy with its Wilson interval, and the engine's reliability estimate."""
+        if reliability is None:
+            reliability = self.engine_reliability(dataset)
         ans = self.gold_answers(dataset)
         people = self.list()
         rows = []
@@ -293,6 +306,18 @@ def dispatch(tasks: pd.DataFrame, people: pd.DataFrame, answered_by: dict[str, s
         load[best.annotator_id] = load.get(best.annotator_id, 0) + 1
         seen.setdefault(t["item_id"], set()).add(best.annotator_id)
     return pd.Series(out, dtype=object)
+
+
+def eligible_tiers(fx, annotator: str) -> tuple[str, ...] | None:
+    """The required tiers a person may take: up to their tier if registered (none if suspended); None = no filter."""
+    wf = Workforce(fx.ledger)
+    try:
+        a = wf.get(annotator)
+    except TaskError:
+        return None  # not in the registry: the spec decides (registered_only) when they answer
+    if a["status"] != "active":
+        raise TaskRefused(f"annotator '{annotator}' is suspended; see `factory annotators show {annotator}`")
+    return tuple(t for t in TIERS if RANK[t] <= RANK[a["tier"]])
 
 
 def _lease_holder(ledger: Ledger, task_id: str) -> str | None:

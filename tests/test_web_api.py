@@ -394,3 +394,29 @@ def test_client_downloads_are_metered_once_and_feeds_list_versions(web):
     assert len(feed["items"]) == 1 and "1.0.0" in feed["items"][0]["title"]
     atom = c.get("/api/feeds/news.atom", headers=h(web, "cli-1"))
     assert atom.status_code == 200 and atom.headers["content-type"].startswith("application/atom+xml")
+
+
+def test_next_offers_only_tasks_the_tier_allows_and_never_an_item_already_answered(web):
+    from factory.workforce import Workforce
+
+    fx, c = web.fx, web.client
+    Workforce(fx.ledger).add("ann-1", "L1")
+    t0 = web.tasks[0]
+    fx.ledger.create_tasks([
+        dict(task_id="t_l3", dataset="news", batch_id=t0["batch_id"], item_id=web.tasks[1]["item_id"], kind="second",
+             reasons=["x"], required_tier="L3", created_at="2027-01-01T00:00:00"),
+        dict(task_id="t_own", dataset="news", batch_id=t0["batch_id"], item_id=t0["item_id"], kind="second",
+             reasons=["x"], required_tier="L1", created_at="2027-01-01T00:00:01")])
+    seen = []
+    while (r := c.get("/api/tasks/next", headers=h(web, "ann-1"))).status_code == 200:
+        tid = r.json()["task_id"]
+        seen.append(tid)
+        c.post(f"/api/tasks/{tid}/answer", json={"label": "tech", "submission_id": f"s-{tid}"}, headers=h(web, "ann-1"))
+    assert "t_l3" not in seen                       # tier L3 is above ann-1's L1
+    assert "t_own" not in seen and t0["task_id"] in seen  # ann-1 labelled that item: never reviews it
+    offered = []  # someone else (unregistered, so no tier filter) is offered both
+    while (r := c.get("/api/tasks/next", headers=h(web, "ann-2"))).status_code == 200:
+        offered.append(r.json()["task_id"])
+        c.post(f"/api/tasks/{offered[-1]}/answer", json={"label": "tech", "submission_id": f"s2-{offered[-1]}"},
+               headers=h(web, "ann-2"))
+    assert offered == ["t_l3", "t_own"]

@@ -165,3 +165,20 @@ def test_guideline_gap_lists_similar_disputes_and_a_bump_requeues_them(fx, team,
     assert questions(fx, "news").iloc[0]["status"] == "requeued"
     record_spec(fx, "news")  # once per bump
     assert len(fx.ledger.tasks("news", batch_id=batch).query("kind == 'requeue'")) == len(requeued)
+
+
+def test_required_tier_from_risk_value_and_difficulty():
+    from factory.pipeline import required_tier
+    from factory.spec import parse_spec
+    from tests.conftest import news_spec
+
+    spec = parse_spec(news_spec(task={"type": "classification", "input": "text", "metadata": ["amount"]},
+                                workforce={"class_tiers": {"politics": "L3"}, "disagreement_tier": "L2",
+                                           "value_rules": [{"field": "amount", "above": 10000, "tier": "expert"}]}))
+    assert required_tier(spec, "tech", []) == "L1"
+    assert required_tier(spec, "tech", ["disagreement"]) == "L2"
+    assert required_tier(spec, "politics", ["disagreement"]) == "L3"
+    assert required_tier(spec, "tech", [], {"amount": "25000"}) == "expert"
+    assert required_tier(spec, "tech", [], {"amount": "n/a"}) == "L1"
+    grade = parse_spec(news_spec(compliance={"class": "core"}))
+    assert required_tier(grade, "tech", []) == "L2"  # sensitive data: at least the sensitive tier

@@ -14,14 +14,14 @@ from pathlib import Path
 from typing import Any
 
 import anyio.to_thread
-from fastapi import FastAPI, HTTPException, Query, Request, Response
+from fastapi import FastAPI, HTTPException, Request, Response
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, RedirectResponse
 from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
 from pydantic import BaseModel, Field
 
 from factory.errors import FactoryError, TaskError, TaskRefused
-from factory.workforce import Workforce, check_answer
+from factory.workforce import Workforce, check_answer, eligible_tiers
 from factory.ledger import TaskConflict, TaskNotFound
 from factory.users import UserStore
 from factory.web import data as D
@@ -177,7 +177,8 @@ def create_app(root: str | Path | None = None, *, dagster_url: str = "http://127
         """Lease the next open task to the caller (or return the one they hold); 204 when the queue is empty."""
         # expert-tier tasks (arbitration) never reach annotators' queues
         t = fx.ledger.next_task(user.name, dataset=dataset, lease_seconds=lease_seconds,
-                                exclude_kinds=EXPERT_TASK_KINDS if user.role != "expert" else None)
+                                exclude_kinds=EXPERT_TASK_KINDS if user.role != "expert" else None,
+                                tiers=eligible_tiers(fx, user.name))
         if t is None:
             return Response(status_code=204)
         return D.task_payload(fx, specs, t)
