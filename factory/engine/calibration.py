@@ -45,7 +45,6 @@ def expected_calibration_error(confidence: Any, correct: Any, bins: int = 15) ->
     if n == 0:
         return 0.0
     b = np.clip(np.ceil(conf * bins).astype(np.int64) - 1, 0, bins - 1)
-    cnt = np.bincount(b, minlength=bins)
     sum_conf = np.bincount(b, weights=conf, minlength=bins)
     sum_corr = np.bincount(b, weights=corr, minlength=bins)
     return float(np.abs(sum_corr - sum_conf).sum() / n)
