@@ -122,6 +122,8 @@ def run(out: Path, data: Path | None = None, items: int = 10_000, seed: int = 0,
         "factory_seconds": round(factory_seconds, 1), "simulated_people_seconds": round(people, 1),
         "stages": timings, "peak_rss_mb": round(peak_mb), "simulated": True, "noise_model": pool.noise_model,
         "auto_accepted": round(float((final["source"] == "auto").mean()), 4),
+        "paths": final["source"].value_counts().to_dict(),
+        "simulated_answers": int((fx.ledger.tasks("bench")["status"] == "answered").sum()),
         "accuracy": round(acc, 4), "cores": os.cpu_count(),
     }
     (out / "pipeline.json").write_text(json.dumps(result, indent=2))
