@@ -8,7 +8,6 @@ label).  Every answer is a real ledger event whose annotator id starts with "sim
 """
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 
 import numpy as np
@@ -92,12 +91,3 @@ class SimulatedPool:
         if answers:
             ledger.answer_tasks(answers, {spec.name: classes})
         return n + len(answers)
-
-
-def gold_accuracy(truth: dict[str, str], final: pd.DataFrame) -> float:
-    """Share of final labels equal to the gold label (for reports of simulated runs)."""
-    return float((final["label"] == final["item_id"].map(truth)).mean())
-
-
-def describe(pool: SimulatedPool) -> str:
-    return json.dumps({"reviewers": pool.accuracy, "tiers": pool.tier})
