@@ -139,16 +139,10 @@ def sparse_synthetic(seeds: int = 3) -> dict:
 
     rows: dict[str, list[float]] = {}
     for seed in range(seeds):
-        rng = np.random.default_rng(seed)
-        n, K, W = 600, 4, 30
-        truth = rng.choice(K, size=n, p=[0.6, 0.4 / 3, 0.4 / 3, 0.4 / 3])
-        skill = rng.uniform(0.55, 0.95, size=W)
-        frames = []
-        for _ in range(3):
-            w = rng.integers(0, W, size=n)
-            lab = np.where(rng.random(n) < skill[w], truth, (truth + rng.integers(1, K, size=n)) % K)
-            frames.append(pd.DataFrame({"item_id": np.arange(n), "worker_id": w, "label": lab}))
-        answers = pd.concat(frames).drop_duplicates(["item_id", "worker_id"])
+        from factory.simulate import sparse_crowd
+
+        n, K = 600, 4
+        answers, truth = sparse_crowd(seed, n=n, classes=K)
         t = pd.Series(truth, index=np.arange(n))
         runs = {
             "factory_auto": aggregate(answers, classes=list(range(K)))["label"],

@@ -47,6 +47,7 @@ import pandas as pd
 
 from checks.standards import DEFAULT_STANDARD, STANDARDS_DIR
 from factory.errors import ReleaseError
+from factory.ingest import sha256_file
 from factory.ledger import canonical, now
 
 DATA_FILE = "labels.parquet"
@@ -70,13 +71,7 @@ def split_for(item_id: str, ratios: dict[str, float]) -> str:
     return list(ratios)[-1]
 
 
-def sha256_path(path: Path) -> str:
-    """sha256 of a file's bytes."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+sha256_path = sha256_file  # one implementation of a file's sha256 (factory.ingest)
 
 
 def _semver(v: str) -> tuple[int, int, int]:

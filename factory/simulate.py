@@ -91,3 +91,22 @@ class SimulatedPool:
         if answers:
             ledger.answer_tasks(answers, {spec.name: classes})
         return n + len(answers)
+
+
+def sparse_crowd(seed: int, n: int = 600, classes: int = 4, workers: int = 30, answers_per_item: int = 3
+                 ) -> tuple[pd.DataFrame, np.ndarray]:
+    """A seeded sparse crowd (each worker ~60 answers): answers[item_id, worker_id, label] and the truth.
+
+    Noise model: the first class has 60 % of the items; worker skills ~ U(0.55, 0.95); a wrong
+    answer is uniform over the other classes.  Used by tests and benchmarks of the aggregation.
+    """
+    rng = np.random.default_rng(seed)
+    K = classes
+    truth = rng.choice(K, size=n, p=[0.6] + [0.4 / (K - 1)] * (K - 1))
+    skill = rng.uniform(0.55, 0.95, size=workers)
+    frames = []
+    for _ in range(answers_per_item):
+        w = rng.integers(0, workers, size=n)
+        lab = np.where(rng.random(n) < skill[w], truth, (truth + rng.integers(1, K, size=n)) % K)
+        frames.append(pd.DataFrame({"item_id": np.arange(n), "worker_id": w, "label": lab}))
+    return pd.concat(frames).drop_duplicates(["item_id", "worker_id"]), truth

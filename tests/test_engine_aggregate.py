@@ -307,16 +307,10 @@ def test_calibrator_apply_frame_keeps_rows_summing_to_one():
 
 def test_eb_shrinkage_keeps_ds_from_overfitting_a_sparse_crowd():
     # 30 workers, ~60 answers each over 4 classes: plain DS over-fits every worker's matrix
-    rng = np.random.default_rng(0)
-    n, K, W = 600, 4, 30
-    truth = rng.choice(K, size=n, p=[0.6, 0.4 / 3, 0.4 / 3, 0.4 / 3])
-    skill = rng.uniform(0.55, 0.95, size=W)
-    frames = []
-    for _ in range(3):
-        w = rng.integers(0, W, size=n)
-        lab = np.where(rng.random(n) < skill[w], truth, (truth + rng.integers(1, K, size=n)) % K)
-        frames.append(pd.DataFrame({"item_id": np.arange(n), "worker_id": w, "label": lab}))
-    answers = pd.concat(frames).drop_duplicates(["item_id", "worker_id"])
+    from factory.simulate import sparse_crowd
+
+    K = 4
+    answers, truth = sparse_crowd(0, n=600, classes=K)
     acc = {}
     for name, kw in {"mv": {}, "ds": {}, "eb": {"prior_strength": "eb"}}.items():
         items = aggregate(answers, method="mv" if name == "mv" else "auto", classes=list(range(K)), **kw)
