@@ -548,7 +548,8 @@ def _reliabilities(fx: Factory, dataset: str, who: pd.Series) -> pd.Series:
     from factory.workforce import Workforce
 
     spec = fx.spec(dataset)
-    scores = Workforce(fx.ledger).scores(dataset)
+    # gold figures only: an empty reliability series skips the engine's dataset-wide Dawid-Skene
+    scores = Workforce(fx.ledger).scores(dataset, reliability=pd.Series(dtype=float))
     if scores.empty:
         return pd.Series(spec.workforce.default_reliability, index=who.index)
     enough = scores[scores["gold_answers"] >= spec.workforce.min_gold_answers]

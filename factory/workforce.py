@@ -234,8 +234,11 @@ class Workforce:
         `suspend_below`, proposed for promotion when its lower bound is above `promote_above`.
         """
         changes = []
-        proposed = set(self.events().query("kind == 'promotion_proposed'")["annotator_id"]) if not self.events().empty else set()
-        for s in self.scores(dataset, reliability).itertuples(index=False):
+        history = self.events()
+        proposed = set(history.loc[history["kind"] == "promotion_proposed", "annotator_id"])
+        # the decisions rest on gold answers only; skip the engine's reliability unless it was passed in
+        gold_only = reliability if reliability is not None else pd.Series(dtype=float)
+        for s in self.scores(dataset, gold_only).itertuples(index=False):
             if s.gold_answers < policy.min_gold_answers:
                 continue
             if s.status == "active" and s.gold_high < policy.suspend_below:
