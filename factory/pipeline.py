@@ -635,11 +635,8 @@ def final_labels(fx: Factory, dataset: str, batch_id: str, run_id: str | None = 
     spec = fx.spec(dataset)
     classes = spec.class_names
 
-    def open_tasks():
-        t = fx.ledger.tasks(dataset, batch_id=batch_id)
-        return t, t[(t["status"] == "open") & (t["kind"] != "gold")]
-
-    tasks, waiting = open_tasks()
+    tasks = fx.ledger.tasks(dataset, batch_id=batch_id)
+    waiting = tasks[(tasks["status"] == "open") & (tasks["kind"] != "gold")]
     if len(waiting):
         raise NotReadyError(f"waiting for people: {len(waiting)} of {len(tasks)} task(s) of batch {batch_id} "
                             f"are open (`factory tasks list --batch {batch_id}`)")
@@ -649,7 +646,6 @@ def final_labels(fx: Factory, dataset: str, batch_id: str, run_id: str | None = 
         raise NotReadyError(f"waiting for people: opened {kinds.get('second', 0)} second-opinion and "
                             f"{kinds.get('arbitrate', 0)} arbitration task(s) for items people and models have "
                             f"not settled (`factory tasks list --batch {batch_id}`)")
-    tasks = fx.ledger.tasks(dataset, batch_id=batch_id)
     routes = read_table(fx, "routing", dataset, batch_id).set_index("item_id")
     fused = read_table(fx, "fused_labels", dataset, batch_id).set_index("item_id")
     keep = routes.index[routes["route"] != "excluded"]
