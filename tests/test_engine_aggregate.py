@@ -318,3 +318,69 @@ def test_eb_shrinkage_keeps_ds_from_overfitting_a_sparse_crowd():
     # measured: mv 0.877, ds 0.837, eb 0.853 (one_coin 0.880: the errors here are uniform)
     assert acc["eb"] > acc["ds"] + 0.01
     assert acc["eb"] >= acc["mv"] - 0.03
+
+
+def _big_crowd(n_items=25_000, per_item=10, n_workers=300, K=4, seed=3):
+    """250,000 answers: enough for the large-input path (threads, float32 per-item arrays)."""
+    rng = np.random.default_rng(seed)
+    truth = rng.integers(0, K, size=n_items)
+    acc = rng.uniform(0.35, 0.9, size=n_workers)
+    items = np.repeat(np.arange(n_items), per_item)
+    workers = rng.integers(0, n_workers, size=len(items))
+    right = rng.random(len(items)) < acc[workers]
+    labels = np.where(right, truth[items], (truth[items] + rng.integers(1, K, size=len(items))) % K)
+    answers = pd.DataFrame({"item_id": [f"i{i:06d}" for i in items], "worker_id": [f"w{w}" for w in workers], "label": labels})
+    return answers, truth
+
+
+def test_large_input_path_matches_the_double_precision_single_thread_fit():
+    answers, truth = _big_crowd()
+    assert len(answers) >= 200_000  # the size at which threads and float32 switch on
+    ref = aggregate_full(answers, method="ds", threads=1, precision="double")
+    fast = aggregate_full(answers, method="ds")  # auto: threads and float32
+    one = aggregate_full(answers, method="ds", threads=1, precision="single")
+    cols = [f"prob_{k}" for k in range(4)]
+    for other in (fast, one):
+        _check_frame(other.items, range(4))
+        np.testing.assert_allclose(other.items[cols].to_numpy(), ref.items[cols].to_numpy(), atol=1e-4)
+        assert (other.items["label"] == ref.items["label"]).mean() > 0.9999
+        assert abs(other.iterations - ref.iterations) <= 1
+        np.testing.assert_allclose(other.workers["reliability"], ref.workers["reliability"], atol=1e-4)
+        np.testing.assert_array_equal(other.workers["n_answers"], ref.workers["n_answers"])
+    acc = (ref.items["label"].to_numpy() == truth).mean()
+    assert acc > 0.95, acc
+    # reliability read off the fit's counts equals the direct per-answer computation
+    agree = ref.items[cols].to_numpy()[pd.Index(ref.items.index).get_indexer(answers["item_id"]), answers["label"].to_numpy()]
+    per_worker = pd.Series(agree).groupby(answers["worker_id"].to_numpy()).sum()
+    expected = (1 + per_worker) / (2 + answers.groupby("worker_id").size())
+    np.testing.assert_allclose(ref.workers["reliability"].loc[expected.index], expected, atol=1e-9)
+
+
+def test_bad_threads_and_precision_options_are_named():
+    answers, _, _ = _planted(n_items=30)
+    with pytest.raises(ValueError, match="threads"):
+        aggregate(answers, method="ds", threads=0)
+    with pytest.raises(ValueError, match="precision"):
+        aggregate(answers, method="ds", precision="half")
+
+
+@pytest.mark.parametrize(
+    "values",
+    [
+        ["b", "b", "a", "a", "c"] * 3,  # runs, not sorted
+        ["a", "a", "b", "b", "c", "c"],  # runs, sorted
+        ["b", "b", None, None, "a", "a", "b", "b"],  # runs with missing ids, an id in two runs
+        ["x", "a", "x", "b", "a", None, "c", "x"],  # no runs
+        ["only"] * 7,
+    ],
+)
+@pytest.mark.parametrize("dtype", ["str", object])
+def test_id_factorizer_equals_pandas_sorted_factorize(values, dtype):
+    import sys
+
+    agg = sys.modules["factory.engine.aggregate"]
+    col = pd.Series(values, dtype=dtype)
+    codes, uniques = agg._factorize_ids(col)
+    ref_codes, ref_uniques = pd.factorize(col, sort=True)
+    np.testing.assert_array_equal(codes, ref_codes)
+    assert list(uniques) == list(ref_uniques)

@@ -41,6 +41,8 @@ Methods
 
 from __future__ import annotations
 
+import os
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from typing import Any, Iterable
@@ -51,15 +53,23 @@ from scipy import sparse
 from scipy.stats import beta as beta_dist
 
 try:  # installed with scikit-learn
-    from threadpoolctl import threadpool_limits
+    from threadpoolctl import ThreadpoolController
 except ImportError:  # pragma: no cover
-    threadpool_limits = None
+    ThreadpoolController = None
+_BLAS: Any = None
 
 
 def _single_thread_blas():
     """Our BLAS calls are (n, K<=~20) matrix-vector products: threads only add sync cost,
-    and on a busy machine a 2-thread OpenBLAS made the 1M-answer EM 4x slower."""
-    return threadpool_limits(limits=1, user_api="blas") if threadpool_limits else nullcontext()
+    and on a busy machine a 2-thread OpenBLAS made the 1M-answer EM 4x slower.  (The EM
+    runs its own threads over blocks of items instead.)  The controller is made once:
+    finding the loaded BLAS libraries costs milliseconds."""
+    global _BLAS
+    if ThreadpoolController is None:  # pragma: no cover
+        return nullcontext()
+    if _BLAS is None:
+        _BLAS = ThreadpoolController()
+    return _BLAS.limit(limits=1, user_api="blas")
 
 
 METHODS = ("auto", "mv", "weighted", "ds", "one_coin", "loglinear")
@@ -80,7 +90,13 @@ DEFAULTS: dict[str, Any] = {
     "loglinear_iter": 5,
     "prob_floor": 1e-6,  # floor on model probabilities before taking logs
     "interval": 0.95,  # reliability interval mass
+    # Dawid-Skene EM on large inputs (>= 200,000 answers): "auto" threads = the CPUs this
+    # process may use (at most 4), else 1; "auto" precision = float32 per-item arrays with
+    # float64 sums (see _work_dtype), "double" forces float64 everywhere
+    "threads": "auto",
+    "precision": "auto",
 }
+_FAST_MIN_NNZ = 200_000
 
 
 @dataclass
@@ -131,6 +147,10 @@ class _Encoded:
 
 def _label_classes(values: pd.Series) -> list:
     """Distinct labels, with integral floats (ints that met a NaN) turned back into ints."""
+    small = _small_int_range(values)
+    if small is not None:  # integer codes: a bincount instead of hashing every answer
+        lo, v = small
+        return [int(c) for c in np.flatnonzero(np.bincount(v - lo)) + lo]
     uniq = pd.unique(values.dropna())
     if len(uniq) and all(isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, bool) for v in uniq):
         arr = np.asarray(uniq, dtype=float)
@@ -157,8 +177,29 @@ def _suffix_value(suffix: str, numeric: bool) -> Any:
     return suffix
 
 
+def _small_int_range(values: pd.Series) -> tuple[int, np.ndarray] | None:
+    """(minimum, values) when the column is a plain integer array spanning < 2**20 values."""
+    if values.dtype.kind not in "iu" or not len(values):
+        return None
+    v = values.to_numpy()
+    lo, hi = int(v.min()), int(v.max())
+    return (lo, v) if hi - lo < 2**20 else None
+
+
 def _encode_labels(labels: pd.Series, classes: list) -> np.ndarray:
     """Class index per label (-1 for NaN); raise naming the rows whose label is not a class."""
+    small = _small_int_range(labels)
+    if small is not None and all(isinstance(c, (int, np.integer)) and not isinstance(c, bool) for c in classes):
+        lo, v = small
+        span = int(v.max()) - lo + 1
+        lut = np.full(span, -1, dtype=np.int64)  # label value - lo -> class index
+        for j, c in enumerate(classes):
+            if 0 <= int(c) - lo < span:
+                lut[int(c) - lo] = j
+        codes = lut[v - lo]
+        if not (codes < 0).any():
+            return codes
+        # else fall through: the general path names the offending rows
     codes = np.full(len(labels), -1, dtype=np.int64)
     present = labels.notna().to_numpy()
     if not present.any():
@@ -196,6 +237,77 @@ def _cat(parts: list[np.ndarray]) -> np.ndarray:
     return parts[0] if len(parts) == 1 else np.concatenate(parts)
 
 
+def _factorize_ids(col: pd.Series) -> tuple[np.ndarray, pd.Index]:
+    """Codes (int64, -1 where missing) and uniques of an id column; uniques sorted when the ids sort.
+
+    Same result as ``pd.factorize(col, sort=True)``.  Fast path for Arrow-backed strings
+    (pandas' default string dtype) whose equal ids come in runs, as answers grouped by item
+    do: only one id per run is hashed, and none when the runs are already in sorted order.
+    """
+    arr = _arrow_strings(col) if len(col) > 1 else None
+    if arr is not None:
+        import pyarrow as pa
+        import pyarrow.compute as pc
+
+        n = len(arr)
+        probe = min(n, 4096)  # cheap look at the head first: ids in random order skip the full check
+        head = arr.slice(0, probe)
+        head_changes = pc.sum(pc.fill_null(pc.not_equal(head.slice(1), head.slice(0, probe - 1)), True)).as_py() or 0
+        if head_changes >= probe // 2:
+            return _arrow_factorize_sorted(arr, col.dtype)
+        change = pc.fill_null(pc.not_equal(arr.slice(1), arr.slice(0, n - 1)), True).to_numpy(zero_copy_only=False)
+        starts = np.flatnonzero(np.concatenate([[True], change]))
+        if len(starts) <= n // 2:
+            lengths = np.diff(np.append(starts, n))
+            heads = arr.take(pa.array(starts))
+            ascending = heads.null_count == 0 and (
+                len(heads) == 1 or bool(pc.all(pc.less(heads.slice(0, len(heads) - 1), heads.slice(1))).as_py())
+            )
+            head_values = col.array.take(starts)
+            if ascending:  # every run a new id, in order
+                return np.repeat(np.arange(len(starts), dtype=np.int64), lengths), pd.Index(head_values)
+            codes, uniques = _arrow_factorize_sorted(heads, col.dtype)
+            return np.repeat(codes, lengths), uniques
+        return _arrow_factorize_sorted(arr, col.dtype)
+    return _factorize_sorted(col)
+
+
+def _arrow_factorize_sorted(arr: Any, dtype: Any) -> tuple[np.ndarray, pd.Index]:
+    """pd.factorize(sort=True) for a pyarrow string array: Arrow's hash encoding (faster than
+    pandas' on Arrow strings), then only the distinct values are sorted and the codes remapped."""
+    import pyarrow.compute as pc
+
+    encoded = pc.dictionary_encode(arr)
+    order = pc.sort_indices(encoded.dictionary).to_numpy()
+    rank = np.empty(len(order), dtype=np.int64)
+    rank[order] = np.arange(len(order))
+    raw = pc.fill_null(encoded.indices, -1).to_numpy(zero_copy_only=False).astype(np.int64, copy=False)
+    codes = rank[raw] if not encoded.indices.null_count else np.where(raw >= 0, rank[raw], -1)
+    return codes, pd.Index(pd.array(encoded.dictionary.take(order), dtype=dtype))
+
+
+def _factorize_sorted(values: Any) -> tuple[np.ndarray, pd.Index]:
+    try:
+        codes, uniques = pd.factorize(values, sort=True)
+    except TypeError:  # ids of mixed types that do not sort
+        codes, uniques = pd.factorize(values, sort=False)
+    return codes.astype(np.int64, copy=False), pd.Index(uniques)
+
+
+def _arrow_strings(col: pd.Series):
+    """The column as one pyarrow string array when it is Arrow-backed, else None."""
+    if not hasattr(col.array, "__arrow_array__"):
+        return None
+    try:
+        import pyarrow as pa
+    except ImportError:  # pragma: no cover - pandas' string dtype brings pyarrow
+        return None
+    arr = pa.array(col.array)
+    if isinstance(arr, pa.ChunkedArray):
+        arr = arr.combine_chunks()
+    return arr if (pa.types.is_string(arr.type) or pa.types.is_large_string(arr.type)) else None
+
+
 def _encode(answers: pd.DataFrame, classes: Iterable | None, need_probs: bool = False) -> _Encoded:
     if not isinstance(answers, pd.DataFrame):
         raise TypeError(f"answers must be a pandas DataFrame, got {type(answers).__name__}")
@@ -206,6 +318,11 @@ def _encode(answers: pd.DataFrame, classes: Iterable | None, need_probs: bool = 
     if "label" not in answers.columns and not prob_cols:
         raise ValueError("answers: need a 'label' column or 'prob_<class>' columns")
     labels = answers["label"] if "label" in answers.columns else pd.Series(np.nan, index=answers.index)
+    w_future = None
+    if len(answers) >= _FAST_MIN_NNZ:  # hash the worker ids on a second thread meanwhile
+        pool = ThreadPoolExecutor(1)
+        w_future = pool.submit(_factorize_ids, answers["worker_id"])
+        pool.shutdown(wait=False)  # the submitted job still runs; nothing else can be queued
 
     if classes is None:
         label_cls = _label_classes(labels)
@@ -225,16 +342,7 @@ def _encode(answers: pd.DataFrame, classes: Iterable | None, need_probs: bool = 
     if item_raw.isna().any():
         bad = list(answers.index[item_raw.isna().to_numpy()][:5])
         raise ValueError(f"answers: item_id is missing in rows {bad}; every answer needs an item_id")
-    try:
-        item_codes, item_ids = pd.factorize(item_raw, sort=True)
-    except TypeError:
-        item_codes, item_ids = pd.factorize(item_raw, sort=False)
-    try:
-        w_codes, worker_ids = pd.factorize(answers["worker_id"], sort=True)
-    except TypeError:
-        w_codes, worker_ids = pd.factorize(answers["worker_id"], sort=False)
-    item_codes = item_codes.astype(np.int64)
-    w_codes = w_codes.astype(np.int64)
+    item_codes, item_ids = _factorize_ids(item_raw)
     n = len(answers)
 
     if "weight" in answers.columns:
@@ -279,6 +387,7 @@ def _encode(answers: pd.DataFrame, classes: Iterable | None, need_probs: bool = 
     answered = hard | soft
     n_missing = int((~answered).sum())
 
+    w_codes, worker_ids = w_future.result() if w_future is not None else _factorize_ids(answers["worker_id"])
     # answers without worker_id: each is its own anonymous worker (an unknown person)
     anon = w_codes < 0
     n_named = len(worker_ids)
@@ -363,9 +472,11 @@ def _entry_mass(enc: _Encoded) -> np.ndarray | None:
 
 def _normalise_votes(V: np.ndarray) -> np.ndarray:
     V = V.astype(float, copy=False)
-    tot = V.sum(axis=1, keepdims=True)
     K = V.shape[1]
-    return np.divide(V, tot, out=np.full_like(V, 1.0 / K), where=tot > 0)
+    tot = V @ np.ones(K)  # a BLAS product: numpy's axis=1 sum on (n, K) is several times slower
+    if tot.all():
+        return V / tot[:, None]
+    return np.divide(V, tot[:, None], out=np.full_like(V, 1.0 / K), where=tot[:, None] > 0)
 
 
 def _confidence_bins(enc: _Encoded, n_bins: int) -> np.ndarray:
@@ -436,6 +547,146 @@ def _eb_strength(C: np.ndarray, pooled: np.ndarray, base: np.ndarray) -> np.ndar
     return _EB_GRID[np.argmax(ll, axis=0)]
 
 
+def _worker_threads(nnz: int, requested: Any) -> int:
+    """Threads for the EM's per-item work: 1 for small inputs (thread hand-offs would cost
+    more than they save), else the requested number or the CPUs this process may use (<= 4)."""
+    if requested not in (None, "auto"):
+        n = int(requested)
+        if n < 1:
+            raise ValueError(f"threads must be >= 1 or 'auto', got {requested!r}")
+        return n
+    if nnz < _FAST_MIN_NNZ:
+        return 1
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - not Linux
+        cpus = os.cpu_count() or 1
+    return max(1, min(cpus, 4))
+
+
+def _work_dtype(A: sparse.csr_matrix, requested: str) -> type:
+    """float32 for the per-item arrays of large inputs, float64 otherwise.
+
+    Single precision halves the memory the sparse products stream through; the sums that
+    decide convergence (evidence, counts per worker) are taken in float64 from per-column
+    partial sums.  It is only used when no (worker, observation) column has more than
+    2**16 answers, so each float32 partial sum adds at most 65,536 numbers in [0, 1].
+    """
+    if requested not in ("auto", "double", "single"):
+        raise ValueError(f"precision must be 'auto', 'double' or 'single', got {requested!r}")
+    if requested == "double" or A.nnz == 0:
+        return np.float64
+    if requested == "auto" and A.nnz < _FAST_MIN_NNZ:
+        return np.float64
+    if A.nnz <= 2**16:
+        return np.float32
+    heaviest = int(np.bincount(A.indices, minlength=A.shape[1]).max())
+    return np.float32 if heaviest <= 2**16 else np.float64
+
+
+def _row_blocks(A: sparse.csr_matrix, n_blocks: int) -> list[tuple[int, int, sparse.csr_matrix]]:
+    """Split A's rows into contiguous blocks of about equal non-zeros; each block's data and
+    indices are views of A's arrays (no copy of the answers)."""
+    n = A.shape[0]
+    if n_blocks <= 1 or n < 2 * n_blocks:
+        return [(0, n, A)]
+    cuts = np.searchsorted(A.indptr, np.linspace(0, A.nnz, n_blocks + 1)[1:-1])
+    bounds = sorted({0, n, *(int(c) for c in cuts)})
+    blocks = []
+    for r0, r1 in zip(bounds[:-1], bounds[1:]):
+        s, e = int(A.indptr[r0]), int(A.indptr[r1])
+        B = sparse.csr_matrix(
+            (A.data[s:e], A.indices[s:e], A.indptr[r0 : r1 + 1] - A.indptr[r0]), shape=(r1 - r0, A.shape[1])
+        )
+        blocks.append((r0, r1, B))
+    return blocks
+
+
+class _BlockedProducts:
+    """The EM's per-item work, split into row blocks that run on a thread pool.
+
+    scipy's sparse products and numpy's element-wise functions release the GIL, so the
+    blocks run in parallel; each iteration has one hand-off (the E-step of a block, then
+    that block's share of the next M-step counts).  With one block everything runs inline.
+    Per-item arrays are in ``dtype``; everything summed over items comes back in float64.
+    """
+
+    def __init__(self, A: sparse.csr_matrix, K: int, n_threads: int, dtype: type):
+        self.K = K
+        self.dtype = dtype
+        if A.dtype != dtype:
+            A = sparse.csr_matrix((A.data.astype(dtype), A.indices, A.indptr), shape=A.shape)
+        self.blocks = _row_blocks(A, n_threads)
+        if (A.data == 1.0).all():  # one unit answer per non-zero: the mass is the row length
+            self.item_mass = np.diff(A.indptr).astype(float)
+        else:
+            self.item_mass = np.asarray(A.sum(axis=1, dtype=np.float64)).ravel()
+        self.pool = ThreadPoolExecutor(len(self.blocks)) if len(self.blocks) > 1 else None
+
+    def close(self) -> None:
+        if self.pool is not None:
+            self.pool.shutdown()
+
+    def map(self, fn, *arrays):
+        """fn(block, *row-slices of arrays) for every block; results in block order."""
+        def run(b):
+            r0, r1, B = b
+            return fn(B, *(x[r0:r1] for x in arrays))
+
+        if self.pool is None:
+            return [run(self.blocks[0])]
+        return list(self.pool.map(run, self.blocks))
+
+    @staticmethod
+    def _counts(B: sparse.csr_matrix, t: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """This block's M-step statistics: B.T @ t and t's column sums, in float64."""
+        return np.asarray(B.T @ t, dtype=np.float64), np.ones(t.shape[0]) @ t  # float64 @ float32 sums in float64
+
+    def counts(self, T: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """M-step sufficient statistics: A.T @ T (worker-observation x class) and T's column sums."""
+        parts = self.map(self._counts, T)
+        return sum(p[0] for p in parts), sum(p[1] for p in parts)
+
+    def entropy(self, T: np.ndarray) -> float:
+        """Entropy of the posteriors, clipped at 1e-10 before the log as crowd-kit does."""
+        def part(B, t):
+            tc = np.clip(t, 1e-10, None)
+            return -float((tc * np.log(tc)).sum(dtype=np.float64))
+
+        return float(sum(self.map(part, T)))
+
+    def e_step(self, T: np.ndarray, T_out: np.ndarray, logpi: np.ndarray, log_rho: np.ndarray):
+        """E-step from T's parameters into T_out; returns (sum of the per-item log normalisers,
+        the next M-step counts, the next class sums).
+
+        The row max is subtracted before the exponential, so its arguments are <= 0; in
+        float32 that keeps 7 significant digits of every posterior (and numpy's float32 exp
+        is several times faster than its float64 one on AVX2 machines).
+        """
+        K = self.K
+        dt = self.dtype
+        logpi_w = logpi.astype(dt, copy=False)
+        log_rho_w = log_rho.astype(dt, copy=False)
+        ones_k = np.ones(K, dtype=dt)
+
+        def part(B, t_out):
+            L = np.asarray(B @ logpi_w)
+            L += log_rho_w
+            m = L[:, 0].copy()
+            for k in range(1, K):  # loop over classes only: axis=1 reductions on (n, 5) are slow
+                np.maximum(m, L[:, k], out=m)
+            L -= m[:, None]
+            np.exp(L, out=L)
+            z = L @ ones_k
+            L /= z[:, None]
+            t_out[...] = L
+            lse = float(m.sum(dtype=np.float64)) + float(np.log(z).sum(dtype=np.float64))
+            return (lse, *self._counts(B, t_out))
+
+        parts = self.map(part, T_out)
+        return sum(p[0] for p in parts), sum(p[1] for p in parts), sum(p[2] for p in parts)
+
+
 def _em(
     A: sparse.csr_matrix,
     n_workers: int,
@@ -452,9 +703,6 @@ def _em(
     log-likelihood.  With n_bins = 1 this is textbook Dawid-Skene.
     """
     J = K * n_bins
-    AT = A.T  # CSC view of the same arrays: A.T @ T scatters rows of T in item order (cache friendly)
-    item_mass = np.asarray(A.sum(axis=1)).ravel()
-    total_mass = max(float(item_mass.sum()), 1.0)
     max_iter = int(opts["max_iter"])
     tol = float(opts["tol"])
     prev = -np.inf
@@ -475,66 +723,62 @@ def _em(
         share = used_bins / used_bins.sum(axis=1, keepdims=True)  # (W, B)
         base = base[None, :, :, None] * share[:, None, None, :]  # (W, K, K, B)
         base = base.reshape(n_workers, K, J)
-    # entropy of the current posteriors (crowd-kit clips at 1e-10 before the log)
-    Tc = np.clip(T, 1e-10, None)
-    entropy = -float(np.vdot(Tc, np.log(Tc)))
-    ones_items = np.ones(T.shape[0])
-    ones_k = np.ones(K)
-    # Row-wise reductions over K classes go through BLAS (matrix-vector products with ones)
-    # or element-wise maxima over columns: numpy's axis=1 reductions on (n, 5) arrays are
-    # several times slower and dominated the iteration time.
-    for it in range(1, max_iter + 1):
-        # M-step: expected (true k, answered l) counts per worker
-        C = np.asarray(AT @ T).reshape(n_workers, J, K).transpose(0, 2, 1)  # (w, k, j)
-        if mode == "one_coin":  # always called with n_bins == 1
-            diag = np.einsum("wkk->w", C)
-            nw = C.sum(axis=(1, 2))
-            acc = (diag + 2.0) / (nw + 3.0)  # Beta(2,1) prior: workers start better than chance-ish
-            pi = np.empty((n_workers, K, K))
-            pi[:] = ((1.0 - acc) / max(K - 1, 1))[:, None, None]
-            pi[:, idx, idx] = acc[:, None]
-        else:
-            if mode == "hier":
-                pooled = C.sum(axis=0) + (base if base.ndim == 2 else base.mean(axis=0))
-                pooled /= pooled.sum(axis=1, keepdims=True)
-                if opts["prior_strength"] == "eb":
-                    strength = _eb_strength(C, pooled, base)[None, :, None]
-                else:
-                    strength = float(opts["prior_strength"])
-                alpha = strength * pooled[None] + base
+    dtype = _work_dtype(A, opts.get("precision", "auto"))
+    work = _BlockedProducts(A, K, _worker_threads(A.nnz, opts.get("threads")), dtype)
+    try:
+        total_mass = max(float(work.item_mass.sum()), 1.0)
+        T = np.array(T, dtype=dtype)  # owned, C-contiguous: the E-step writes into a second buffer
+        entropy = work.entropy(T)
+        T_next = np.empty_like(T)
+        counts, class_sums = work.counts(T)
+        for it in range(1, max_iter + 1):
+            # M-step: expected (true k, answered l) counts per worker
+            C = counts.reshape(n_workers, J, K).transpose(0, 2, 1)  # (w, k, j)
+            if mode == "one_coin":  # always called with n_bins == 1
+                diag = np.einsum("wkk->w", C)
+                nw = C.sum(axis=(1, 2))
+                acc = (diag + 2.0) / (nw + 3.0)  # Beta(2,1) prior: workers start better than chance-ish
+                pi = np.empty((n_workers, K, K))
+                pi[:] = ((1.0 - acc) / max(K - 1, 1))[:, None, None]
+                pi[:, idx, idx] = acc[:, None]
             else:
-                alpha = base
-            num = C + alpha
-            pi = num / num.sum(axis=2, keepdims=True)
-        rho = ones_items @ T + float(opts["class_alpha"])
-        rho /= rho.sum()
-        log_rho = np.log(rho)
-        # E-step
-        # unused bins have pi = 0; nothing observes them, the floor only keeps 0 * log 0 at 0
-        logpi = np.ascontiguousarray(np.log(np.maximum(pi, 1e-300)).transpose(0, 2, 1)).reshape(n_workers * J, K)  # row w*J+j, col k
-        L = np.asarray(A @ logpi)
-        # Stopping quantity: crowd-kit DawidSkene's evidence lower bound per answer, at
-        # (previous posteriors, new parameters), which counts the log class prior once per
-        # answer; using the same quantity makes `tol` mean the same in both libraries.
-        elbo = (float(np.vdot(T, L)) + float((item_mass @ T) @ log_rho) + entropy) / total_mass
-        L += log_rho
-        m = L[:, 0].copy()
-        for k in range(1, K):  # loop over classes only
-            np.maximum(m, L[:, k], out=m)
-        E = L - m[:, None]
-        np.exp(E, out=E)
-        z = E @ ones_k
-        E /= z[:, None]
-        lse_sum = float(m.sum() + np.log(z).sum())
-        ll = lse_sum
-        # H(softmax(L)) = sum(lse) - sum(T * L): no log of T needed next iteration
-        entropy = lse_sum - float(np.vdot(E, L))
-        T = E
-        if elbo - prev < tol:
-            converged = True
-            break
-        prev = elbo
-    return T, pi, rho, it, converged, ll
+                if mode == "hier":
+                    pooled = C.sum(axis=0) + (base if base.ndim == 2 else base.mean(axis=0))
+                    pooled /= pooled.sum(axis=1, keepdims=True)
+                    if opts["prior_strength"] == "eb":
+                        strength = _eb_strength(C, pooled, base)[None, :, None]
+                    else:
+                        strength = float(opts["prior_strength"])
+                    alpha = strength * pooled[None] + base
+                else:
+                    alpha = base
+                num = C + alpha
+                pi = num / num.sum(axis=2, keepdims=True)
+            rho = class_sums + float(opts["class_alpha"])
+            rho /= rho.sum()
+            log_rho = np.log(rho)
+            # unused bins have pi = 0: nothing observes them, the floor only keeps 0 * log 0 at 0
+            logpi = np.ascontiguousarray(np.log(np.maximum(pi, 1e-300)).transpose(0, 2, 1)).reshape(n_workers * J, K)
+            # Stopping quantity: crowd-kit DawidSkene's evidence lower bound per answer, at
+            # (previous posteriors, new parameters), which counts the log class prior once per
+            # answer; using the same quantity makes `tol` mean the same in both libraries.
+            # sum_i T_i . (A @ logpi)_i = sum(counts * logpi), so no per-item product is needed.
+            elbo = (float(np.vdot(counts, logpi)) + float(counts.sum(axis=0) @ log_rho) + entropy) / total_mass
+            # E-step
+            ll, counts, class_sums = work.e_step(T, T_next, logpi, log_rho)
+            # H(softmax(L)) = sum(lse) - sum(T * L), with L = A @ logpi + log_rho per item
+            entropy = ll - float(np.vdot(counts, logpi)) - float(class_sums @ log_rho)
+            T, T_next = T_next, T
+            if elbo - prev < tol:
+                converged = True
+                break
+            prev = elbo
+    finally:
+        work.close()
+    if T.dtype != np.float64:  # back to float64 rows that sum to 1 to double precision
+        T = T.astype(np.float64)
+        T /= T.sum(axis=1, keepdims=True)
+    return T, pi, rho, it, converged, ll, counts
 
 
 def _loglinear(enc: _Encoded, K: int, n_items: int, opts: dict) -> tuple[np.ndarray, np.ndarray, int, bool]:
@@ -642,19 +886,22 @@ def aggregate_full(
         # counts flatten the confusion rows until EM settles at near-uniform posteriors.
         n_bins = int(o["soft_bins"]) if (mode != "one_coin" and enc.a_soft.any()) else 1
         bins = _confidence_bins(enc, n_bins)
-        used = np.zeros((enc.n_workers, n_bins), dtype=bool)
-        used[enc.a_worker, bins] = True
+        used = None
+        if n_bins > 1:
+            used = np.zeros((enc.n_workers, n_bins), dtype=bool)
+            used[enc.a_worker, bins] = True
         A = _design_matrix(
-            enc.a_item, enc.a_worker, enc.a_hard_label * n_bins + bins, enc.a_weight, n_items, enc.n_workers, K * n_bins
+            enc.a_item, enc.a_worker, enc.a_hard_label * n_bins + bins if n_bins > 1 else enc.a_hard_label, enc.a_weight,
+            n_items, enc.n_workers, K * n_bins
         )
         T0 = _normalise_votes(_vote_counts(enc, K, n_items, _entry_mass(enc), enc.e_label, enc.e_item))
         if K == 1:
-            T, iters = T0, 0
+            T, iters, fit_counts = T0, 0, None
             confusion = np.ones((enc.n_workers, 1, 1))
             rho = np.ones(1)
         else:
             with _single_thread_blas():
-                T, confusion, rho, iters, converged, ll = _em(A, enc.n_workers, K, T0, mode, o, n_bins, used)
+                T, confusion, rho, iters, converged, ll, fit_counts = _em(A, enc.n_workers, K, T0, mode, o, n_bins, used)
             if n_bins > 1:  # report the class-by-class confusion, bins summed
                 confusion = confusion.reshape(enc.n_workers, K, K, n_bins).sum(axis=3)
     if rho is None:
@@ -662,7 +909,12 @@ def aggregate_full(
         rho = rho / rho.sum()
 
     items = _items_frame(T, enc)
-    workers = _workers_frame(T, enc, K, confusion, o)
+    # hard unit answers, one observation per class: A.T @ T from the last E-step already
+    # holds each worker's agreement with the result (no second pass over the answers)
+    agreement = None
+    if chosen not in ("mv", "weighted", "loglinear") and enc.unit and fit_counts is not None and fit_counts.shape[0] == enc.n_workers * K:
+        agreement = np.einsum("wll->w", fit_counts.reshape(enc.n_workers, K, K))
+    workers = _workers_frame(T, enc, K, confusion, o, agreement)
     n_named = len(enc.worker_ids)
     return AggregationResult(
         items=items,
@@ -703,15 +955,21 @@ def _items_frame(T: np.ndarray, enc: _Encoded) -> pd.DataFrame:
     return pd.concat([frame, probs], axis=1)
 
 
-def _workers_frame(T: np.ndarray, enc: _Encoded, K: int, confusion: np.ndarray | None, o: dict) -> pd.DataFrame:
+def _workers_frame(
+    T: np.ndarray, enc: _Encoded, K: int, confusion: np.ndarray | None, o: dict, agreement: np.ndarray | None = None
+) -> pd.DataFrame:
     """Reliability = Beta posterior of the share of a worker's answers that agree with the result."""
     n_named = len(enc.worker_ids)
-    agree = T[enc.e_item, enc.e_label] if len(enc.e_item) else np.zeros(0)
-    if not enc.unit:
-        agree *= enc.e_p
-    succ = np.bincount(enc.e_worker, weights=agree, minlength=enc.n_workers)[:n_named]
-    tot = np.bincount(enc.e_worker, weights=None if enc.unit else enc.e_p, minlength=enc.n_workers)[:n_named]
     n_ans = np.bincount(enc.a_worker, minlength=enc.n_workers)[:n_named]
+    if agreement is not None:  # unit answers: the mass of a worker's answers is their number
+        succ = agreement[:n_named]
+        tot = n_ans.astype(float)
+    else:
+        agree = T[enc.e_item, enc.e_label] if len(enc.e_item) else np.zeros(0)
+        if not enc.unit:
+            agree *= enc.e_p
+        succ = np.bincount(enc.e_worker, weights=agree, minlength=enc.n_workers)[:n_named]
+        tot = np.bincount(enc.e_worker, weights=None if enc.unit else enc.e_p, minlength=enc.n_workers)[:n_named]
     a = 1.0 + succ
     b = 1.0 + np.maximum(tot - succ, 0.0)
     tail = (1.0 - float(o["interval"])) / 2.0
