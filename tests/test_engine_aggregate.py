@@ -384,3 +384,14 @@ def test_id_factorizer_equals_pandas_sorted_factorize(values, dtype):
     ref_codes, ref_uniques = pd.factorize(col, sort=True)
     np.testing.assert_array_equal(codes, ref_codes)
     assert list(uniques) == list(ref_uniques)
+
+
+def test_a_class_nobody_holds_with_no_class_prior_mass_never_wins():
+    """class_alpha=0 lets a class's prior reach exactly 0; the E-step must not divide by 0."""
+    answers = pd.DataFrame({"item_id": ["a", "a", "b", "b", "c"], "worker_id": ["x", "y", "x", "y", "x"], "label": [0, 0, 1, 1, 0]})
+    res = aggregate_full(answers, method="ds", classes=[0, 1, 2], class_alpha=0.0, ds_alpha=0.0, ds_diag=0.0)
+    P = res.items[["prob_0", "prob_1", "prob_2"]].to_numpy()
+    assert np.isfinite(P).all()
+    np.testing.assert_allclose(P.sum(axis=1), 1.0, atol=1e-9)
+    assert (res.items["label"] != 2).all()
+    assert res.converged and res.iterations < 100

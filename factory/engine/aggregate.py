@@ -666,20 +666,28 @@ class _BlockedProducts:
         K = self.K
         dt = self.dtype
         logpi_w = logpi.astype(dt, copy=False)
-        log_rho_w = log_rho.astype(dt, copy=False)
-        ones_k = np.ones(K, dtype=dt)
+        rho_w = np.exp(log_rho).astype(dt)
+        # a class with prior exactly 0 (class_alpha=0) must not be the row maximum: then the
+        # prior is added in the log domain instead (one more pass over the array)
+        log_rho_w = None if (rho_w > 0).all() else log_rho.astype(dt)
+        if log_rho_w is not None:
+            rho_w = np.ones(K, dtype=dt)
 
         def part(B, t_out):
+            # posterior_k = exp(L_k - m) * rho_k / z with L = B @ logpi, m = max_k L_k and
+            # z = sum_k exp(L_k - m) * rho_k: the class prior enters as a product, which saves
+            # a pass over the (items, K) array, and the result is written straight into t_out
             L = np.asarray(B @ logpi_w)
-            L += log_rho_w
+            if log_rho_w is not None:
+                L += log_rho_w
             m = L[:, 0].copy()
             for k in range(1, K):  # loop over classes only: axis=1 reductions on (n, 5) are slow
                 np.maximum(m, L[:, k], out=m)
             L -= m[:, None]
             np.exp(L, out=L)
-            z = L @ ones_k
-            L /= z[:, None]
-            t_out[...] = L
+            z = L @ rho_w
+            np.multiply(L, rho_w, out=t_out)
+            t_out /= z[:, None]
             lse = float(m.sum(dtype=np.float64)) + float(np.log(z).sum(dtype=np.float64))
             return (lse, *self._counts(B, t_out))
 
@@ -753,21 +761,26 @@ def _em(
                 else:
                     alpha = base
                 num = C + alpha
-                pi = num / num.sum(axis=2, keepdims=True)
+                den = num.sum(axis=2, keepdims=True)
+                # a row with no answers and no prior mass (all pseudo-counts 0): uniform
+                pi = np.divide(num, den, out=np.full_like(num, 1.0 / J), where=den > 0)
             rho = class_sums + float(opts["class_alpha"])
             rho /= rho.sum()
-            log_rho = np.log(rho)
+            with np.errstate(divide="ignore"):  # a class with prior 0 (class_alpha=0) has log prior -inf
+                log_rho = np.log(rho)
+            # ... and no posterior mass anywhere, so its terms in the sums below are 0, not 0 * -inf
+            log_rho_sum = np.where(rho > 0, log_rho, 0.0)
             # unused bins have pi = 0: nothing observes them, the floor only keeps 0 * log 0 at 0
             logpi = np.ascontiguousarray(np.log(np.maximum(pi, 1e-300)).transpose(0, 2, 1)).reshape(n_workers * J, K)
             # Stopping quantity: crowd-kit DawidSkene's evidence lower bound per answer, at
             # (previous posteriors, new parameters), which counts the log class prior once per
             # answer; using the same quantity makes `tol` mean the same in both libraries.
             # sum_i T_i . (A @ logpi)_i = sum(counts * logpi), so no per-item product is needed.
-            elbo = (float(np.vdot(counts, logpi)) + float(counts.sum(axis=0) @ log_rho) + entropy) / total_mass
+            elbo = (float(np.vdot(counts, logpi)) + float(counts.sum(axis=0) @ log_rho_sum) + entropy) / total_mass
             # E-step
             ll, counts, class_sums = work.e_step(T, T_next, logpi, log_rho)
             # H(softmax(L)) = sum(lse) - sum(T * L), with L = A @ logpi + log_rho per item
-            entropy = ll - float(np.vdot(counts, logpi)) - float(class_sums @ log_rho)
+            entropy = ll - float(np.vdot(counts, logpi)) - float(class_sums @ log_rho_sum)
             T, T_next = T_next, T
             if elbo - prev < tol:
                 converged = True
