@@ -3,7 +3,9 @@
 All methods work on one sparse matrix ``A`` (items x (worker, observation)) built
 once from the answer table; every EM step is two sparse-dense products
 (``A @ log_confusion`` for the E-step, ``A.T @ posteriors`` for the M-step), so
-there is no Python loop over answers, items or workers.
+there is no Python loop over answers, items or workers.  From 200,000 answers on, the
+per-item arrays are float32 (sums over items stay float64) and the items are split into
+blocks that run on threads (options ``precision`` and ``threads``).
 
 Soft answers (a probability vector per answer, columns ``prob_<class>``, e.g. from a
 model) enter the Dawid-Skene family as the observation *(argmax class, confidence
@@ -564,7 +566,7 @@ def _worker_threads(nnz: int, requested: Any) -> int:
     return max(1, min(cpus, 4))
 
 
-def _work_dtype(A: sparse.csr_matrix, requested: str) -> type:
+def _work_dtype(A: sparse.csr_matrix, requested: str, heaviest_worker: int | None = None) -> type:
     """float32 for the per-item arrays of large inputs, float64 otherwise.
 
     Single precision halves the memory the sparse products stream through; the sums that
@@ -578,8 +580,8 @@ def _work_dtype(A: sparse.csr_matrix, requested: str) -> type:
         return np.float64
     if requested == "auto" and A.nnz < _FAST_MIN_NNZ:
         return np.float64
-    if A.nnz <= 2**16:
-        return np.float32
+    if A.nnz <= 2**16 or (heaviest_worker is not None and heaviest_worker <= 2**16):
+        return np.float32  # a column holds a subset of one worker's answers
     heaviest = int(np.bincount(A.indices, minlength=A.shape[1]).max())
     return np.float32 if heaviest <= 2**16 else np.float64
 
@@ -655,9 +657,9 @@ class _BlockedProducts:
 
         return float(sum(self.map(part, T)))
 
-    def e_step(self, T: np.ndarray, T_out: np.ndarray, logpi: np.ndarray, log_rho: np.ndarray):
-        """E-step from T's parameters into T_out; returns (sum of the per-item log normalisers,
-        the next M-step counts, the next class sums).
+    def e_step(self, T_out: np.ndarray, logpi: np.ndarray, log_rho: np.ndarray):
+        """E-step for the parameters (log confusion rows, log class prior) into T_out; returns
+        (sum of the per-item log normalisers, the next M-step counts, the next class sums).
 
         The row max is subtracted before the exponential, so its arguments are <= 0; in
         float32 that keeps 7 significant digits of every posterior (and numpy's float32 exp
@@ -704,11 +706,14 @@ def _em(
     opts: dict,
     n_bins: int = 1,
     used_bins: np.ndarray | None = None,
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, int, bool, float]:
+    heaviest_worker: int | None = None,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, int, bool, float, np.ndarray]:
     """EM for the Dawid-Skene family over observations j = answered class * n_bins + bin.
 
     Returns posteriors, confusion (W, K, K*n_bins), class prior, iterations, converged,
-    log-likelihood.  With n_bins = 1 this is textbook Dawid-Skene.
+    log-likelihood and the counts A.T @ posteriors ((W*J, K), float64) of the final
+    posteriors.  With n_bins = 1 this is textbook Dawid-Skene.  ``heaviest_worker`` (most
+    answers of one worker) lets large inputs skip counting answers per column.
     """
     J = K * n_bins
     max_iter = int(opts["max_iter"])
@@ -731,7 +736,7 @@ def _em(
         share = used_bins / used_bins.sum(axis=1, keepdims=True)  # (W, B)
         base = base[None, :, :, None] * share[:, None, None, :]  # (W, K, K, B)
         base = base.reshape(n_workers, K, J)
-    dtype = _work_dtype(A, opts.get("precision", "auto"))
+    dtype = _work_dtype(A, opts.get("precision", "auto"), heaviest_worker)
     work = _BlockedProducts(A, K, _worker_threads(A.nnz, opts.get("threads")), dtype)
     try:
         total_mass = max(float(work.item_mass.sum()), 1.0)
@@ -778,7 +783,7 @@ def _em(
             # sum_i T_i . (A @ logpi)_i = sum(counts * logpi), so no per-item product is needed.
             elbo = (float(np.vdot(counts, logpi)) + float(counts.sum(axis=0) @ log_rho_sum) + entropy) / total_mass
             # E-step
-            ll, counts, class_sums = work.e_step(T, T_next, logpi, log_rho)
+            ll, counts, class_sums = work.e_step(T_next, logpi, log_rho)
             # H(softmax(L)) = sum(lse) - sum(T * L), with L = A @ logpi + log_rho per item
             entropy = ll - float(np.vdot(counts, logpi)) - float(class_sums @ log_rho_sum)
             T, T_next = T_next, T
@@ -863,7 +868,7 @@ def aggregate_full(
         method: one of ``METHODS``.
         classes: the class list and order; classes no one used get prior mass only.
         **opts: override ``DEFAULTS`` (max_iter, tol, ds_diag, ds_alpha, prior_strength,
-            class_alpha, soft_bins, loglinear_iter, prob_floor, interval).
+            class_alpha, soft_bins, loglinear_iter, prob_floor, interval, threads, precision).
 
     Returns:
         AggregationResult with ``items`` (index item_id; label, confidence,
@@ -881,11 +886,13 @@ def aggregate_full(
     K = len(enc.classes)
     n_items = len(enc.item_ids)
     chosen = _choose_auto(enc, o) if method == "auto" else method
+    n_answers = np.bincount(enc.a_worker, minlength=enc.n_workers)  # answers per worker (named, then anonymous)
     if chosen != "loglinear":
         enc.a_probs = None  # free memory early
 
     iters, converged, ll = 0, True, None
     confusion = None
+    fit_counts = None
     rho = None
     if chosen == "mv":
         T = _normalise_votes(_vote_counts(enc, K, n_items, None, enc.a_hard_label, enc.a_item))
@@ -914,7 +921,9 @@ def aggregate_full(
             rho = np.ones(1)
         else:
             with _single_thread_blas():
-                T, confusion, rho, iters, converged, ll, fit_counts = _em(A, enc.n_workers, K, T0, mode, o, n_bins, used)
+                T, confusion, rho, iters, converged, ll, fit_counts = _em(
+                    A, enc.n_workers, K, T0, mode, o, n_bins, used, int(n_answers.max(initial=0))
+                )
             if n_bins > 1:  # report the class-by-class confusion, bins summed
                 confusion = confusion.reshape(enc.n_workers, K, K, n_bins).sum(axis=3)
     if rho is None:
@@ -927,7 +936,7 @@ def aggregate_full(
     agreement = None
     if chosen not in ("mv", "weighted", "loglinear") and enc.unit and fit_counts is not None and fit_counts.shape[0] == enc.n_workers * K:
         agreement = np.einsum("wll->w", fit_counts.reshape(enc.n_workers, K, K))
-    workers = _workers_frame(T, enc, K, confusion, o, agreement)
+    workers = _workers_frame(T, enc, K, confusion, o, n_answers, agreement)
     n_named = len(enc.worker_ids)
     return AggregationResult(
         items=items,
@@ -969,11 +978,17 @@ def _items_frame(T: np.ndarray, enc: _Encoded) -> pd.DataFrame:
 
 
 def _workers_frame(
-    T: np.ndarray, enc: _Encoded, K: int, confusion: np.ndarray | None, o: dict, agreement: np.ndarray | None = None
+    T: np.ndarray,
+    enc: _Encoded,
+    K: int,
+    confusion: np.ndarray | None,
+    o: dict,
+    n_answers: np.ndarray,
+    agreement: np.ndarray | None = None,
 ) -> pd.DataFrame:
     """Reliability = Beta posterior of the share of a worker's answers that agree with the result."""
     n_named = len(enc.worker_ids)
-    n_ans = np.bincount(enc.a_worker, minlength=enc.n_workers)[:n_named]
+    n_ans = n_answers[:n_named]
     if agreement is not None:  # unit answers: the mass of a worker's answers is their number
         succ = agreement[:n_named]
         tot = n_ans.astype(float)
