@@ -112,10 +112,12 @@ def choose_threshold(confidence: Sequence[float] | np.ndarray, correct: Sequence
     grid = _DEFAULT_GRID_DESC if candidates is None else np.array(sorted({float(c) for c in candidates}, reverse=True))
     n_min = int(math.ceil(math.log(delta) / math.log(1 - epsilon)))
     order = np.argsort(-conf, kind="stable")
-    c_sorted, err_cum = conf[order], np.cumsum(~ok[order])
+    # errors among the n most confident items is err_cum[n] (err_cum[0] = 0, also for an empty sample:
+    # a batch with no audited auto-accepted item, as in human-model mode, certifies nothing)
+    c_sorted, err_cum = conf[order], np.concatenate([[0], np.cumsum(~ok[order])])
     # items with confidence >= t: the count of sorted-descending confidences >= t
     n_at = np.searchsorted(-c_sorted, -grid, side="right")
-    k_at = np.where(n_at > 0, err_cum[np.maximum(n_at - 1, 0)], 0)
+    k_at = err_cum[n_at]
     # H_t is rejected when the exact binomial p-value P(Bin(n, epsilon) <= k) is <= delta, which is the same
     # event as "Clopper-Pearson upper bound at level 1 - delta <= epsilon" (and far cheaper than inverting)
     p_at = stats.binom.cdf(k_at, n_at, epsilon)

@@ -92,3 +92,9 @@ def test_too_little_evidence_accepts_nothing():
         choose_threshold([0.9], [True], 0.0, 0.1)
     with pytest.raises(ValueError, match="equal length"):
         choose_threshold([0.9, 0.8], [True], 0.05, 0.1)
+
+
+def test_an_empty_audit_sample_certifies_nothing():
+    """human-model batches auto-accept nothing, so their release has no audit sample at all."""
+    choice = choose_threshold(np.array([]), np.array([], dtype=bool), 0.05, 0.1)
+    assert choice.threshold is None and choice.n_sample == 0 and choice.n_accepted == 0

@@ -66,6 +66,12 @@ def test_human_model_people_first_models_verify(root, fx, bbc_small, truth, tmp_
     first = ann.groupby("item_id")["answer"].first()
     acc_people = (first == first.index.map(truth)).mean()
     assert acc_final > acc_people  # verification and escalation beat one noisy person
+    # a human-model batch auto-accepts nothing, so there is no audit sample: the release still
+    # goes out and certifies no auto-accept threshold (it crashed on the empty sample before)
+    r = run_stage(root, "news", "release", instance_for(root))
+    assert r.success, r.failures or r.failed_checks
+    cert = json.loads(next((root / "releases" / "news").glob("*/quality/certificate.json")).read_text())
+    assert cert["auto_accept_guarantee"]["threshold"] is None and cert["auto_accept_guarantee"]["n_sample"] == 0
 
 
 def test_prelabel_model_verifier_excludes_disagreements(root, fx, bbc_small, truth, tmp_path):
