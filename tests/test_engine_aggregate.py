@@ -349,6 +349,10 @@ def test_large_input_path_matches_the_double_precision_single_thread_fit():
         np.testing.assert_array_equal(other.workers["n_answers"], ref.workers["n_answers"])
     acc = (ref.items["label"].to_numpy() == truth).mean()
     assert acc > 0.95, acc
+    # answers in random order take the other design-matrix path (and the hashing id path)
+    shuffled = aggregate_full(answers.sample(frac=1.0, random_state=1), method="ds")
+    np.testing.assert_allclose(shuffled.items[cols].to_numpy(), fast.items[cols].to_numpy(), atol=1e-5)
+    assert list(shuffled.items.index) == list(fast.items.index)
     # reliability read off the fit's counts equals the direct per-answer computation
     agree = ref.items[cols].to_numpy()[pd.Index(ref.items.index).get_indexer(answers["item_id"]), answers["label"].to_numpy()]
     per_worker = pd.Series(agree).groupby(answers["worker_id"].to_numpy()).sum()
