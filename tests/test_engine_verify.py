@@ -62,6 +62,8 @@ def test_noise_posterior_finds_half_learned_swaps_and_matches_exact_bayes():
     rows = np.arange(len(y))
     exact = 1 - p[rows, given] * Q[given, given] / (p * Q[:, given].T).sum(1)
     assert np.abs(out["p_wrong"].to_numpy() - exact).mean() < 0.05
+    ranked = find_suspect_labels([classes[g] for g in given], q, classes)
+    assert ranked["suspect_score"].is_monotonic_decreasing and ranked["flag"].iloc[0]
     # the old rule is available and scored on the same input
     old = find_suspect_labels([classes[g] for g in given], q, classes, method="confident_joint")
     assert old["flag"].sum() > 0

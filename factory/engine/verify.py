@@ -250,4 +250,6 @@ def find_suspect_labels(
         },
         index=pd.Index(index) if index is not None else pd.RangeIndex(n),
     )
-    return out.sort_values("suspect_score", ascending=False, kind="stable")
+    # labels with equal scores (e.g. P(wrong) ~ 0) keep an order: the wider margin against them first
+    order = np.lexsort((-margin, -out["suspect_score"].to_numpy()))
+    return out.iloc[order]
