@@ -99,6 +99,9 @@ DEFAULTS: dict[str, Any] = {
     "precision": "auto",
 }
 _FAST_MIN_NNZ = 200_000
+# answers per block of the large-input EM: the blocks, hence every partial sum, do not depend
+# on the number of threads, so 1, 2 or 4 threads give bit-identical results
+_BLOCK_NNZ = 250_000
 
 
 @dataclass
@@ -611,8 +614,9 @@ class _BlockedProducts:
 
     scipy's sparse products and numpy's element-wise functions release the GIL, so the
     blocks run in parallel; each iteration has one hand-off (the E-step of a block, then
-    that block's share of the next M-step counts).  With one block everything runs inline.
-    Per-item arrays are in ``dtype``; everything summed over items comes back in float64.
+    that block's share of the next M-step counts).  Inputs below ``_FAST_MIN_NNZ`` are one
+    block, run inline; larger ones are cut every ``_BLOCK_NNZ`` answers whatever the number
+    of threads.  Per-item arrays are in ``dtype``; sums over items come back in float64.
     """
 
     def __init__(self, A: sparse.csr_matrix, K: int, n_threads: int, dtype: type):
@@ -620,12 +624,14 @@ class _BlockedProducts:
         self.dtype = dtype
         if A.dtype != dtype:
             A = sparse.csr_matrix((A.data.astype(dtype), A.indices, A.indptr), shape=A.shape)
-        self.blocks = _row_blocks(A, n_threads)
+        n_blocks = 1 if A.nnz < _FAST_MIN_NNZ else -(-A.nnz // _BLOCK_NNZ)
+        self.blocks = _row_blocks(A, n_blocks)
         if (A.data == 1.0).all():  # one unit answer per non-zero: the mass is the row length
             self.item_mass = np.diff(A.indptr).astype(float)
         else:
             self.item_mass = np.asarray(A.sum(axis=1, dtype=np.float64)).ravel()
-        self.pool = ThreadPoolExecutor(len(self.blocks)) if len(self.blocks) > 1 else None
+        threads = min(n_threads, len(self.blocks))
+        self.pool = ThreadPoolExecutor(threads) if threads > 1 else None
 
     def close(self) -> None:
         if self.pool is not None:
@@ -638,7 +644,7 @@ class _BlockedProducts:
             return fn(B, *(x[r0:r1] for x in arrays))
 
         if self.pool is None:
-            return [run(self.blocks[0])]
+            return [run(b) for b in self.blocks]
         return list(self.pool.map(run, self.blocks))
 
     @staticmethod
