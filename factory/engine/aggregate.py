@@ -154,7 +154,7 @@ def _label_classes(values: pd.Series) -> list:
     """Distinct labels, with integral floats (ints that met a NaN) turned back into ints."""
     small = _small_int_range(values)
     if small is not None:  # integer codes: a bincount instead of hashing every answer
-        lo, v = small
+        lo, _, v = small
         return [int(c) for c in np.flatnonzero(np.bincount(v - lo)) + lo]
     uniq = pd.unique(values.dropna())
     if len(uniq) and all(isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, bool) for v in uniq):
@@ -182,21 +182,21 @@ def _suffix_value(suffix: str, numeric: bool) -> Any:
     return suffix
 
 
-def _small_int_range(values: pd.Series) -> tuple[int, np.ndarray] | None:
-    """(minimum, values) when the column is a plain integer array spanning < 2**20 values."""
+def _small_int_range(values: pd.Series) -> tuple[int, int, np.ndarray] | None:
+    """(minimum, maximum, values) when the column is a plain integer array spanning < 2**20 values."""
     if values.dtype.kind not in "iu" or not len(values):
         return None
     v = values.to_numpy()
     lo, hi = int(v.min()), int(v.max())
-    return (lo, v) if hi - lo < 2**20 else None
+    return (lo, hi, v) if hi - lo < 2**20 else None
 
 
 def _encode_labels(labels: pd.Series, classes: list) -> np.ndarray:
     """Class index per label (-1 for NaN); raise naming the rows whose label is not a class."""
     small = _small_int_range(labels)
     if small is not None and all(isinstance(c, (int, np.integer)) and not isinstance(c, bool) for c in classes):
-        lo, v = small
-        span = int(v.max()) - lo + 1
+        lo, hi, v = small
+        span = hi - lo + 1
         lut = np.full(span, -1, dtype=np.int64)  # label value - lo -> class index
         for j, c in enumerate(classes):
             if 0 <= int(c) - lo < span:
@@ -268,9 +268,8 @@ def _factorize_ids(col: pd.Series) -> tuple[np.ndarray, pd.Index]:
             ascending = heads.null_count == 0 and (
                 len(heads) == 1 or bool(pc.all(pc.less(heads.slice(0, len(heads) - 1), heads.slice(1))).as_py())
             )
-            head_values = col.array.take(starts)
             if ascending:  # every run a new id, in order
-                return np.repeat(np.arange(len(starts), dtype=np.int64), lengths), pd.Index(head_values)
+                return np.repeat(np.arange(len(starts), dtype=np.int64), lengths), pd.Index(col.array.take(starts))
             codes, uniques = _arrow_factorize_sorted(heads, col.dtype)
             return np.repeat(codes, lengths), uniques
         return _arrow_factorize_sorted(arr, col.dtype)
@@ -554,16 +553,14 @@ def _eb_strength(C: np.ndarray, pooled: np.ndarray, base: np.ndarray) -> np.ndar
     return _EB_GRID[np.argmax(ll, axis=0)]
 
 
-def _worker_threads(nnz: int, requested: Any) -> int:
-    """Threads for the EM's per-item work: 1 for small inputs (thread hand-offs would cost
-    more than they save), else the requested number or the CPUs this process may use (<= 4)."""
+def _worker_threads(requested: Any) -> int:
+    """Threads for the EM's blocks: the requested number or the CPUs this process may use (<= 4).
+    Small inputs are one block (see _BlockedProducts), so they run inline whatever this says."""
     if requested not in (None, "auto"):
         n = int(requested)
         if n < 1:
             raise ValueError(f"threads must be >= 1 or 'auto', got {requested!r}")
         return n
-    if nnz < _FAST_MIN_NNZ:
-        return 1
     try:
         cpus = len(os.sched_getaffinity(0))
     except AttributeError:  # pragma: no cover - not Linux
@@ -745,7 +742,7 @@ def _em(
         base = base[None, :, :, None] * share[:, None, None, :]  # (W, K, K, B)
         base = base.reshape(n_workers, K, J)
     dtype = _work_dtype(A, opts.get("precision", "auto"), heaviest_worker)
-    work = _BlockedProducts(A, K, _worker_threads(A.nnz, opts.get("threads")), dtype)
+    work = _BlockedProducts(A, K, _worker_threads(opts.get("threads")), dtype)
     try:
         total_mass = max(float(work.item_mass.sum()), 1.0)
         T = np.array(T, dtype=dtype)  # owned, C-contiguous: the E-step writes into a second buffer
