@@ -428,3 +428,58 @@ def test_large_input_results_do_not_depend_on_the_thread_count():
     double = aggregate_full(answers, precision="double", **fixed)
     assert single.iterations == double.iterations == 12
     np.testing.assert_allclose(double.items[cols].to_numpy(), single.items[cols].to_numpy(), atol=1e-4)
+
+
+def test_e_step_survives_an_item_whose_every_class_underflows():
+    """60 sharp workers split 30/30 on one item: after the per-answer shift every class of that
+    item has log-likelihood ~ -159, below float32's exp range; the E-step must redo the item
+    with its maximum subtracted instead of dividing 0 by 0."""
+    rng = np.random.default_rng(11)
+    n_workers, n_items = 60, 300
+    truth = rng.integers(0, 2, size=n_items)
+    frames = []
+    for w in range(n_workers):
+        labels = np.where(rng.random(n_items) < 0.995, truth, 1 - truth)
+        frames.append(pd.DataFrame({"item_id": [f"i{i}" for i in range(n_items)], "worker_id": f"w{w}", "label": labels}))
+    frames.append(pd.DataFrame({"item_id": "contested", "worker_id": [f"w{w}" for w in range(n_workers)], "label": np.arange(n_workers) % 2}))
+    answers = pd.concat(frames, ignore_index=True)
+    single = aggregate_full(answers, method="ds", precision="single", threads=1)
+    double = aggregate_full(answers, method="ds", precision="double", threads=1)
+    cols = ["prob_0", "prob_1"]
+    assert np.isfinite(single.items[cols].to_numpy()).all()
+    np.testing.assert_allclose(single.items[cols].to_numpy(), double.items[cols].to_numpy(), atol=1e-4)
+    # the contested item's posterior is Bayes' rule with the fitted parameters, in float64 logs
+    widx = single.workers.index.get_indexer([f"w{w}" for w in range(n_workers)])
+    logpost = np.log(single.class_prior.to_numpy()) + np.log(single.confusion[widx, :, np.arange(n_workers) % 2]).sum(axis=0)
+    assert logpost.max() < -87  # every class is out of float32's exp range before normalising
+    expected = np.exp(logpost - np.logaddexp.reduce(logpost))
+    np.testing.assert_allclose(single.items.loc["contested", cols].to_numpy(dtype=float), expected, atol=1e-4)
+    fitted = single.items["label"].reindex([f"i{i}" for i in range(n_items)]).to_numpy()
+    assert (fitted == truth).mean() > 0.99
+
+
+def test_accelerated_em_gets_nearer_the_fixed_point_in_fewer_steps():
+    """SQUAREM extrapolation (accelerate=True) passes a stricter stopping test than plain EM
+    (crowd-kit's quantity and the log-likelihood both still within tol) in fewer E-steps for
+    Dawid-Skene, and stops with a log-likelihood at least as high: nearer the fixed point."""
+    answers, _ = _big_crowd(n_items=5000)
+    cols = [f"prob_{k}" for k in range(4)]
+    for method in ("ds", "one_coin"):
+        ref = aggregate_full(answers, method=method, accelerate=False, tol=1e-12, max_iter=3000)
+        assert ref.converged
+        for tol in (1e-6, 1e-7, 1e-8):
+            plain = aggregate_full(answers, method=method, accelerate=False, tol=tol)
+            fast = aggregate_full(answers, method=method, accelerate=True, tol=tol)
+            assert plain.converged and fast.converged
+            _check_frame(fast.items, range(4))
+            np.testing.assert_allclose(fast.confusion.sum(axis=2), 1.0, atol=1e-9)
+            assert (fast.items["label"] == ref.items["label"]).mean() > 0.999
+            if method == "ds":
+                assert fast.iterations < plain.iterations, (tol, fast.iterations, plain.iterations)
+                assert fast.log_likelihood >= plain.log_likelihood, tol
+                np.testing.assert_allclose(fast.items[cols].to_numpy(), ref.items[cols].to_numpy(), atol=0.3)
+            else:  # one-coin converges in a handful of steps either way (its prior is not flat,
+                # so the log-likelihood is not what its EM maximises)
+                np.testing.assert_allclose(fast.items[cols].to_numpy(), ref.items[cols].to_numpy(), atol=1e-3)
+    with pytest.raises(ValueError, match="accelerate"):
+        aggregate(answers.head(50), method="ds", accelerate="yes")

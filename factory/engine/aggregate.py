@@ -97,11 +97,16 @@ DEFAULTS: dict[str, Any] = {
     # float64 sums (see _work_dtype), "double" forces float64 everywhere
     "threads": "auto",
     "precision": "auto",
+    # SQUAREM extrapolation between EM steps: "auto" = on from 200,000 answers (fewer E-steps
+    # to the same stopping test), True / False to force it
+    "accelerate": "auto",
 }
 _FAST_MIN_NNZ = 200_000
 # answers per block of the large-input EM: the blocks, hence every partial sum, do not depend
 # on the number of threads, so 1, 2 or 4 threads give bit-identical results
 _BLOCK_NNZ = 250_000
+# rows per group in the E-step's per-class multiply (one numpy inner loop of this many x K values)
+_GROUP_ROWS = 64
 
 
 @dataclass
@@ -606,6 +611,54 @@ def _row_blocks(A: sparse.csr_matrix, n_blocks: int) -> list[tuple[int, int, spa
     return blocks
 
 
+def _accelerate(A: sparse.csr_matrix, requested: Any) -> bool:
+    """Whether the EM extrapolates (SQUAREM): by default from ``_FAST_MIN_NNZ`` answers on."""
+    if requested == "auto":
+        return A.nnz >= _FAST_MIN_NNZ
+    if isinstance(requested, (bool, np.bool_)):
+        return bool(requested)
+    raise ValueError(f"accelerate must be 'auto', True or False, got {requested!r}")
+
+
+def _log_rho_sum(rho: np.ndarray, log_rho: np.ndarray) -> np.ndarray:
+    """log rho for sums weighted by posterior mass: 0 where rho is 0, since such a class has
+    no posterior mass anywhere (its terms are 0, not 0 * -inf)."""
+    return np.where(rho > 0, log_rho, 0.0)
+
+
+def _squarem_point(chain: list, n_workers: int, J: int, K: int) -> tuple:
+    """SQUAREM's extrapolated parameters (Varadhan & Roland 2008, scheme S3) from three
+    parameter sets linked by two EM steps, in the log domain, renormalised.
+
+    With r = t1 - t0 and v = t2 - 2 t1 + t0, the step is t0 - 2 a r + a^2 v with
+    a = -|r| / |v|, at most -1 (a = -1 gives t2, the plain EM result).  The caller keeps
+    the point only if its log-likelihood is not below that of t1, else it continues from t2.
+    """
+    (pi0, _, lp0, lr0, _), (_, _, lp1, lr1, _), (_, _, lp2, lr2, _) = chain
+    fin = np.isfinite
+    r_p, v_p = lp1 - lp0, lp2 - 2.0 * lp1 + lp0
+    # a class with prior 0 has log prior -inf in every set: it stays out of the step
+    ok = fin(lr0) & fin(lr1) & fin(lr2)
+    r_r = np.where(ok, lr1 - lr0, 0.0)
+    v_r = np.where(ok, lr2 - 2.0 * lr1 + lr0, 0.0)
+    rr = float(np.vdot(r_p, r_p) + r_r @ r_r)
+    vv = float(np.vdot(v_p, v_p) + v_r @ v_r)
+    if not (vv > 0.0 and np.isfinite(rr) and np.isfinite(vv)):
+        return chain[2]
+    a = min(-np.sqrt(rr / vv), -1.0)
+    lp = lp0 - 2.0 * a * r_p + a * a * v_p
+    lr = np.where(ok, lr0 - 2.0 * a * r_r + a * a * v_r, -np.inf)
+    # renormalise: pi[w, k, :] sums to 1 over the observations j (logpi rows are (w, j) x k)
+    lp3 = lp.reshape(n_workers, J, K)
+    lp3 = lp3 - np.logaddexp.reduce(lp3, axis=1, keepdims=True)
+    lr = lr - np.logaddexp.reduce(lr[ok]) if ok.any() else lr
+    lp = np.ascontiguousarray(lp3.reshape(n_workers * J, K))
+    pi = np.exp(lp3).transpose(0, 2, 1)
+    with np.errstate(divide="ignore"):
+        rho = np.exp(lr)
+    return pi, rho, lp, lr, _log_rho_sum(rho, lr)
+
+
 class _BlockedProducts:
     """The EM's per-item work, split into row blocks that run on a thread pool.
 
@@ -625,8 +678,10 @@ class _BlockedProducts:
         self.blocks = _row_blocks(A, n_blocks)
         if (A.data == 1.0).all():  # one unit answer per non-zero: the mass is the row length
             self.item_mass = np.diff(A.indptr).astype(float)
+            self.column_mass = np.bincount(A.indices, minlength=A.shape[1]).astype(float)
         else:
             self.item_mass = np.asarray(A.sum(axis=1, dtype=np.float64)).ravel()
+            self.column_mass = np.asarray(A.sum(axis=0, dtype=np.float64)).ravel()
         threads = min(n_threads, len(self.blocks))
         self.pool = ThreadPoolExecutor(threads) if threads > 1 else None
 
@@ -666,40 +721,59 @@ class _BlockedProducts:
         """E-step for the parameters (log confusion rows, log class prior) into T_out; returns
         (sum of the per-item log normalisers, the next M-step counts, the next class sums).
 
-        The row max is subtracted before the exponential, so its arguments are <= 0; in
-        float32 that keeps 7 significant digits of every posterior (and numpy's float32 exp
-        is several times faster than its float64 one on AVX2 machines).
+        Softmax without a per-item maximum: each observation's row of log confusion values is
+        shifted so that its largest entry is 0.  A shift per answer is the same for every
+        class, so the posteriors do not change, and every entry of ``L = A @ shifted`` is
+        <= 0: the exponential cannot overflow, and it can only underflow for an item whose
+        every class is exp(-87)-unlikely at once (many contradicting answers), which is
+        detected (normaliser below 1e-30) and redone with the row maximum subtracted.  The
+        shifts' sum over all answers is one dot product with the answers per observation
+        column.  This saves the passes that find and subtract a maximum per item, and numpy's
+        float32 exp is several times faster than its float64 one on AVX2 machines.
         """
         K = self.K
         dt = self.dtype
-        logpi_w = logpi.astype(dt, copy=False)
-        rho_w = np.exp(log_rho).astype(dt)
-        # a class with prior exactly 0 (class_alpha=0) must not be the row maximum: then the
-        # prior is added in the log domain instead (one more pass over the array)
-        log_rho_w = None if (rho_w > 0).all() else log_rho.astype(dt)
-        if log_rho_w is not None:
-            rho_w = np.ones(K, dtype=dt)
+        shift = logpi.max(axis=1)
+        logpi_w = (logpi - shift[:, None]).astype(dt)
+        lse_shift = float(self.column_mass @ shift)
+        rho = np.exp(log_rho)
+        # a class with prior exactly 0 (class_alpha=0): its exponent is -inf, so the prior is
+        # added in the log domain instead (one more pass over the array)
+        log_rho_add = None if (rho > 0).all() else log_rho
+        if log_rho_add is not None:
+            rho = np.ones(K)
+        rho_w = rho.astype(dt)
+        rho_tile = np.tile(rho_w, _GROUP_ROWS)
 
         def part(B, t_out):
-            # posterior_k = exp(L_k - m) * rho_k / z with L = B @ logpi, m = max_k L_k and
-            # z = sum_k exp(L_k - m) * rho_k: the class prior enters as a product, which saves
-            # a pass over the (items, K) array, and the result is written straight into t_out
             L = np.asarray(B @ logpi_w)
-            if log_rho_w is not None:
-                L += log_rho_w
-            m = L[:, 0].copy()
-            for k in range(1, K):  # loop over classes only: axis=1 reductions on (n, 5) are slow
-                np.maximum(m, L[:, k], out=m)
-            L -= m[:, None]
+            if log_rho_add is not None:
+                L += log_rho_add.astype(dt)
             np.exp(L, out=L)
-            z = L @ rho_w
-            np.multiply(L, rho_w, out=t_out)
-            t_out /= z[:, None]
-            lse = float(m.sum(dtype=np.float64)) + float(np.log(z).sum(dtype=np.float64))
+            z = L @ rho_w  # the normaliser sum_k exp(L_k) * rho_k of every item
+            lse = 0.0
+            low = np.flatnonzero(z < 1e-30)
+            if len(low):  # underflow: redo these items with their maximum subtracted, in float64
+                Lb = np.asarray(B[low] @ logpi_w, dtype=np.float64)
+                if log_rho_add is not None:
+                    Lb += log_rho_add
+                mb = Lb.max(axis=1)
+                Lb = np.exp(Lb - mb[:, None])
+                L[low] = Lb
+                z[low] = Lb @ rho
+                lse += float(mb.sum())
+            # t_out = L * rho / z: the per-class factor on groups of rows (numpy's inner loop
+            # over a row of only K values is slow), the per-item one on the transposed view
+            np.multiply(L.T, (1.0 / z).astype(dt, copy=False), out=t_out.T, order="C")
+            g = (t_out.shape[0] // _GROUP_ROWS) * _GROUP_ROWS
+            head = t_out[:g].reshape(-1, _GROUP_ROWS * K)
+            np.multiply(head, rho_tile, out=head)
+            t_out[g:] *= rho_w
+            lse += float(np.log(z).sum(dtype=np.float64))
             return (lse, *self._counts(B, t_out))
 
         parts = self.map(part, T_out)
-        return sum(p[0] for p in parts), sum(p[1] for p in parts), sum(p[2] for p in parts)
+        return lse_shift + sum(p[0] for p in parts), sum(p[1] for p in parts), sum(p[2] for p in parts)
 
 
 def _em(
@@ -723,11 +797,8 @@ def _em(
     J = K * n_bins
     max_iter = int(opts["max_iter"])
     tol = float(opts["tol"])
-    prev = -np.inf
     converged = False
     it = 0
-    pi = np.full((n_workers, K, K), 1.0 / K)
-    rho = np.full(K, 1.0 / K)
     ll = float("nan")
     base = np.full((K, K), float(opts["ds_alpha"]))
     np.fill_diagonal(base, float(opts["ds_diag"]))
@@ -742,62 +813,117 @@ def _em(
         base = base[None, :, :, None] * share[:, None, None, :]  # (W, K, K, B)
         base = base.reshape(n_workers, K, J)
     dtype = _work_dtype(A, opts.get("precision", "auto"), heaviest_worker)
+    accelerate = _accelerate(A, opts.get("accelerate", "auto"))
+
+    def m_step(counts: np.ndarray, class_sums: np.ndarray) -> tuple:
+        """Parameters from the expected counts: (pi, rho, log pi as (W*J, K), log rho, log rho
+        with 0 for classes of prior 0)."""
+        C = counts.reshape(n_workers, J, K).transpose(0, 2, 1)  # (w, k, j): expected (true k, answered j) counts
+        if mode == "one_coin":  # always called with n_bins == 1
+            diag = np.einsum("wkk->w", C)
+            nw = C.sum(axis=(1, 2))
+            acc = (diag + 2.0) / (nw + 3.0)  # Beta(2,1) prior: workers start better than chance-ish
+            pi = np.empty((n_workers, K, K))
+            pi[:] = ((1.0 - acc) / max(K - 1, 1))[:, None, None]
+            pi[:, idx, idx] = acc[:, None]
+        else:
+            if mode == "hier":
+                pooled = C.sum(axis=0) + (base if base.ndim == 2 else base.mean(axis=0))
+                pooled /= pooled.sum(axis=1, keepdims=True)
+                if opts["prior_strength"] == "eb":
+                    strength = _eb_strength(C, pooled, base)[None, :, None]
+                else:
+                    strength = float(opts["prior_strength"])
+                alpha = strength * pooled[None] + base
+            else:
+                alpha = base
+            num = C + alpha
+            den = num.sum(axis=2, keepdims=True)
+            # a row with no answers and no prior mass (all pseudo-counts 0): uniform
+            pi = np.divide(num, den, out=np.full_like(num, 1.0 / J), where=den > 0)
+        rho = class_sums + float(opts["class_alpha"])
+        rho /= rho.sum()
+        with np.errstate(divide="ignore"):  # a class with prior 0 (class_alpha=0) has log prior -inf
+            log_rho = np.log(rho)
+        # unused bins have pi = 0: nothing observes them, the floor only keeps 0 * log 0 at 0
+        logpi = np.ascontiguousarray(np.log(np.maximum(pi, 1e-300)).transpose(0, 2, 1)).reshape(n_workers * J, K)
+        return pi, rho, logpi, log_rho, _log_rho_sum(rho, log_rho)
+
+    def quantity(counts: np.ndarray, entropy: float, par: tuple) -> float:
+        """The stopping quantity: crowd-kit DawidSkene's evidence lower bound per answer, at
+        (posteriors, the parameters the M-step makes of them); it counts the log class prior
+        once per answer.  Using the same quantity makes `tol` mean the same in both libraries.
+        sum_i T_i . (A @ logpi)_i = sum(counts * logpi), so no per-item product is needed."""
+        _, _, logpi, _, log_rho_sum = par
+        return (float(np.vdot(counts, logpi)) + float(counts.sum(axis=0) @ log_rho_sum) + entropy) / total_mass
+
+    def e_step(par: tuple, into: np.ndarray) -> tuple[float, np.ndarray, np.ndarray, float]:
+        """Posteriors under par into `into`: (log-likelihood, counts, class sums, entropy)."""
+        _, _, logpi, log_rho, log_rho_sum = par
+        ll, counts, class_sums = work.e_step(into, logpi, log_rho)
+        # H(softmax(L)) = sum(lse) - sum(T * L), with L = A @ logpi + log_rho per item
+        return ll, counts, class_sums, ll - float(np.vdot(counts, logpi)) - float(class_sums @ log_rho_sum)
+
     work = _BlockedProducts(A, K, _worker_threads(opts.get("threads")), dtype)
     try:
         total_mass = max(float(work.item_mass.sum()), 1.0)
-        T = np.array(T, dtype=dtype)  # owned, C-contiguous: the E-step writes into a second buffer
-        entropy = work.entropy(T)
-        T_next = np.empty_like(T)
+        T = np.array(T, dtype=dtype)  # owned, C-contiguous: the E-steps write into other buffers
+        spare = [np.empty_like(T)]  # the E-step writes here while T is kept
         counts, class_sums = work.counts(T)
-        for it in range(1, max_iter + 1):
-            # M-step: expected (true k, answered l) counts per worker
-            C = counts.reshape(n_workers, J, K).transpose(0, 2, 1)  # (w, k, j)
-            if mode == "one_coin":  # always called with n_bins == 1
-                diag = np.einsum("wkk->w", C)
-                nw = C.sum(axis=(1, 2))
-                acc = (diag + 2.0) / (nw + 3.0)  # Beta(2,1) prior: workers start better than chance-ish
-                pi = np.empty((n_workers, K, K))
-                pi[:] = ((1.0 - acc) / max(K - 1, 1))[:, None, None]
-                pi[:, idx, idx] = acc[:, None]
-            else:
-                if mode == "hier":
-                    pooled = C.sum(axis=0) + (base if base.ndim == 2 else base.mean(axis=0))
-                    pooled /= pooled.sum(axis=1, keepdims=True)
-                    if opts["prior_strength"] == "eb":
-                        strength = _eb_strength(C, pooled, base)[None, :, None]
-                    else:
-                        strength = float(opts["prior_strength"])
-                    alpha = strength * pooled[None] + base
-                else:
-                    alpha = base
-                num = C + alpha
-                den = num.sum(axis=2, keepdims=True)
-                # a row with no answers and no prior mass (all pseudo-counts 0): uniform
-                pi = np.divide(num, den, out=np.full_like(num, 1.0 / J), where=den > 0)
-            rho = class_sums + float(opts["class_alpha"])
-            rho /= rho.sum()
-            with np.errstate(divide="ignore"):  # a class with prior 0 (class_alpha=0) has log prior -inf
-                log_rho = np.log(rho)
-            # ... and no posterior mass anywhere, so its terms in the sums below are 0, not 0 * -inf
-            log_rho_sum = np.where(rho > 0, log_rho, 0.0)
-            # unused bins have pi = 0: nothing observes them, the floor only keeps 0 * log 0 at 0
-            logpi = np.ascontiguousarray(np.log(np.maximum(pi, 1e-300)).transpose(0, 2, 1)).reshape(n_workers * J, K)
-            # Stopping quantity: crowd-kit DawidSkene's evidence lower bound per answer, at
-            # (previous posteriors, new parameters), which counts the log class prior once per
-            # answer; using the same quantity makes `tol` mean the same in both libraries.
-            # sum_i T_i . (A @ logpi)_i = sum(counts * logpi), so no per-item product is needed.
-            elbo = (float(np.vdot(counts, logpi)) + float(counts.sum(axis=0) @ log_rho_sum) + entropy) / total_mass
-            # E-step
-            ll, counts, class_sums = work.e_step(T_next, logpi, log_rho)
-            # H(softmax(L)) = sum(lse) - sum(T * L), with L = A @ logpi + log_rho per item
-            entropy = ll - float(np.vdot(counts, logpi)) - float(class_sums @ log_rho_sum)
-            T, T_next = T_next, T
-            if elbo - prev < tol:
+        par = m_step(counts, class_sums)
+        g = quantity(counts, work.entropy(T), par)
+        chain = [par]  # parameters linked by plain EM steps, for the extrapolation
+        chain_ll: list[float] = []  # log-likelihood at each of them
+        # EM: the state is the posteriors T and par = M-step(T).  The stopping test (as in
+        # crowd-kit) needs a plain step: posteriors of M-step(old) against the old ones; an
+        # extrapolated point is only compared with the plain step that follows it.
+        used = par  # the parameters of the current posteriors' E-step
+        ll_T = -np.inf  # and the log-likelihood that E-step found
+        while it < max_iter:
+            into = spare.pop()
+            ll, new_counts, new_sums, entropy = e_step(par, into)
+            it += 1
+            new_par = m_step(new_counts, new_sums)
+            new_g = quantity(new_counts, entropy, new_par)
+            if len(chain) == 3:  # `par` was extrapolated from the chain
+                if ll < chain_ll[1]:  # worse than the plain step it skipped: take that one
+                    ll = chain_ll[1]  # T is still the posteriors of that step's parameters
+                    spare.append(into)
+                    par, chain = chain[2], [chain[2]]
+                    continue
+                spare.append(T)
+                used, ll_T = par, ll
+                T, counts, class_sums, par, g = into, new_counts, new_sums, new_par, new_g
+                chain = [par]
+                continue
+            plain_gain = new_g - g
+            spare.append(T)
+            used = par
+            T, counts, class_sums, par, g = into, new_counts, new_sums, new_par, new_g
+            # crowd-kit stops as soon as its quantity does not rise by tol.  That quantity is
+            # not what EM maximises: after an extrapolation it can fall, or barely move, for a
+            # step far from convergence.  So the accelerated fit asks more: the quantity must
+            # move by less than tol either way, and so must EM's own objective (the
+            # log-likelihood per answer) over the same plain step
+            ll_gain = (ll - ll_T) / total_mass
+            ll_T = ll
+            done = plain_gain < tol if not accelerate else abs(plain_gain) < tol and abs(ll_gain) < tol
+            if done and it < max_iter:
+                # converged: one more E-step, so the posteriors match the final parameters
+                into = spare.pop()
+                ll, counts, class_sums, _ = e_step(par, into)
+                T, used = into, par
+                it += 1
                 converged = True
                 break
-            prev = elbo
+            if accelerate:
+                chain_ll = (chain_ll if len(chain) > 1 else []) + [ll]
+                chain.append(par)
+                if len(chain) == 3:
+                    par = _squarem_point(chain, n_workers, J, K)
     finally:
         work.close()
+    pi, rho = used[0], used[1]
     if T.dtype != np.float64:  # back to float64 rows that sum to 1 to double precision
         T = T.astype(np.float64)
         T /= T.sum(axis=1, keepdims=True)
@@ -873,7 +999,8 @@ def aggregate_full(
         method: one of ``METHODS``.
         classes: the class list and order; classes no one used get prior mass only.
         **opts: override ``DEFAULTS`` (max_iter, tol, ds_diag, ds_alpha, prior_strength,
-            class_alpha, soft_bins, loglinear_iter, prob_floor, interval, threads, precision).
+            class_alpha, soft_bins, loglinear_iter, prob_floor, interval, threads, precision,
+            accelerate).
 
     Returns:
         AggregationResult with ``items`` (index item_id; label, confidence,
