@@ -390,6 +390,40 @@ def test_id_factorizer_equals_pandas_sorted_factorize(values, dtype):
     assert list(uniques) == list(ref_uniques)
 
 
+@pytest.mark.parametrize("width", [1, 3, 5, 8])
+@pytest.mark.parametrize("arrow_type", ["string", "large_string"])
+def test_fixed_width_ids_hash_as_integers_with_the_same_result(width, arrow_type):
+    """Ids of one byte length (1-8) are hashed as 64-bit integers read from the Arrow buffer;
+    the encoding must equal Arrow's string hashing, also for a slice whose data starts at an
+    offset, for multi-byte characters, and for the last ids where 8 bytes would overrun."""
+    import sys
+
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    agg = sys.modules["factory.engine.aggregate"]
+    rng = np.random.default_rng(width)
+    pool = {"".join(rng.choice(list("abcXYZ019"), size=width)) for _ in range(300)}
+    if width >= 2:
+        pool.add("é" + "a" * (width - 2))  # 2 bytes + (width - 2) bytes
+    ids = list(rng.choice(sorted(pool), size=5000))
+    arr = pa.array(ids, type=getattr(pa, arrow_type)()).slice(7, 4000)
+    enc = agg._fixed_width_encode(arr)
+    ref = pc.dictionary_encode(arr)
+    assert enc is not None
+    assert enc.dictionary.to_pylist() == ref.dictionary.to_pylist()
+    np.testing.assert_array_equal(enc.indices.to_numpy(), ref.indices.to_numpy())
+    col = pd.Series(ids[7:4007], dtype="str")
+    codes, uniques = agg._factorize_ids(col.sample(frac=1.0, random_state=0).reset_index(drop=True))
+    ref_codes, ref_uniques = pd.factorize(col.sample(frac=1.0, random_state=0).reset_index(drop=True), sort=True)
+    np.testing.assert_array_equal(codes, ref_codes)
+    assert list(uniques) == list(ref_uniques)
+    # other arrays keep the string hashing
+    assert agg._fixed_width_encode(pa.array(["ab", "abc"] * 3)) is None
+    assert agg._fixed_width_encode(pa.array(["ab", None, "cd"])) is None
+    assert agg._fixed_width_encode(pa.array(["abcdefghi", "abcdefghj"])) is None
+
+
 def test_a_class_nobody_holds_with_no_class_prior_mass_never_wins():
     """class_alpha=0 lets a class's prior reach exactly 0; the E-step must not divide by 0."""
     answers = pd.DataFrame({"item_id": ["a", "a", "b", "b", "c"], "worker_id": ["x", "y", "x", "y", "x"], "label": [0, 0, 1, 1, 0]})
