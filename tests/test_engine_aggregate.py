@@ -376,6 +376,7 @@ def test_bad_threads_and_precision_options_are_named():
         ["b", "b", None, None, "a", "a", "b", "b"],  # runs with missing ids, an id in two runs
         ["x", "a", "x", "b", "a", None, "c", "x"],  # no runs
         ["only"] * 7,
+        ["ba", "ba", "ab", "ab"],  # runs whose bytes read little-endian ascend, strings do not
     ],
 )
 @pytest.mark.parametrize("dtype", ["str", object])
@@ -418,6 +419,13 @@ def test_fixed_width_ids_hash_as_integers_with_the_same_result(width, arrow_type
     ref_codes, ref_uniques = pd.factorize(col.sample(frac=1.0, random_state=0).reset_index(drop=True), sort=True)
     np.testing.assert_array_equal(codes, ref_codes)
     assert list(uniques) == list(ref_uniques)
+    # grouped ids (runs), in string order and in reverse: found by comparing the integer keys
+    for grouped in (sorted(ids[7:4007]), sorted(ids[7:4007], reverse=True)):
+        col = pd.Series(grouped, dtype="str")
+        codes, uniques = agg._factorize_ids(col)
+        ref_codes, ref_uniques = pd.factorize(col, sort=True)
+        np.testing.assert_array_equal(codes, ref_codes)
+        assert list(uniques) == list(ref_uniques)
     # other arrays keep the string hashing
     assert agg._fixed_width_encode(pa.array(["ab", "abc"] * 3)) is None
     assert agg._fixed_width_encode(pa.array(["ab", None, "cd"])) is None
