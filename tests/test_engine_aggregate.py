@@ -525,3 +525,14 @@ def test_accelerated_em_gets_nearer_the_fixed_point_in_fewer_steps():
                 np.testing.assert_allclose(fast.items[cols].to_numpy(), ref.items[cols].to_numpy(), atol=1e-3)
     with pytest.raises(ValueError, match="accelerate"):
         aggregate(answers.head(50), method="ds", accelerate="yes")
+
+
+@pytest.mark.parametrize("K", [2, 5, 16, 17])
+def test_row_argmax_matches_numpy_with_ties(K):
+    import sys
+
+    agg = sys.modules["factory.engine.aggregate"]
+    T = np.random.default_rng(K).integers(0, 3, size=(500, K)).astype(float)  # many ties
+    best, top = agg._row_argmax(T)
+    np.testing.assert_array_equal(best, T.argmax(axis=1))
+    np.testing.assert_array_equal(top, T.max(axis=1))

@@ -725,7 +725,8 @@ def _squarem_point(chain: list, n_workers: int, J: int, K: int) -> tuple:
         lr[ok] = step(lr0[ok], lr1[ok], lr2[ok])
         lr[ok] -= np.logaddexp.reduce(lr[ok])
     # renormalise: pi[w, k, :] sums to 1 over the observations j (logpi rows are (w, j) x k)
-    lp3 = lp3 - np.logaddexp.reduce(lp3, axis=1, keepdims=True)
+    top = lp3.max(axis=1, keepdims=True)
+    lp3 = lp3 - (top + np.log(np.exp(lp3 - top).sum(axis=1, keepdims=True)))
     lp = np.ascontiguousarray(lp3.reshape(n_workers * J, K))
     pi = np.exp(lp3).transpose(0, 2, 1)
     rho = np.exp(lr)
@@ -1003,7 +1004,7 @@ def _em(
     pi, rho = used[0], used[1]
     if T.dtype != np.float64:  # back to float64 rows that sum to 1 to double precision
         T = T.astype(np.float64)
-        T /= T.sum(axis=1, keepdims=True)
+        T /= (T @ np.ones(K))[:, None]  # a matrix-vector product: axis-1 sums over K values are slow
     return T, pi, rho, it, converged, ll, counts
 
 
@@ -1173,13 +1174,29 @@ def aggregate(
     return aggregate_full(answers, method=method, classes=classes, **opts).items
 
 
+def _row_argmax(T: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(argmax, max) of every row; ties go to the first class, as with ``argmax``.  For a few
+    classes a loop over the columns: numpy's axis-1 reductions over rows of ~5 values are
+    several times slower than K whole-column passes."""
+    n, K = T.shape
+    if K > 16 or n == 0:
+        best = T.argmax(axis=1) if n else np.zeros(0, dtype=np.int64)
+        return best, T[np.arange(n), best] if n else np.zeros(0)
+    best = np.zeros(n, dtype=np.int64)
+    top = T[:, 0].copy()
+    for k in range(1, K):
+        col = T[:, k]
+        best[col > top] = k
+        np.maximum(top, col, out=top)
+    return best, top
+
+
 def _items_frame(T: np.ndarray, enc: _Encoded) -> pd.DataFrame:
     classes = enc.classes
-    best = T.argmax(axis=1) if T.shape[0] else np.zeros(0, dtype=np.int64)
+    best, top = _row_argmax(T)
     cls_arr = pd.Index(classes)
     frame = pd.DataFrame(
-        {"label": cls_arr.take(best).to_numpy() if len(best) else cls_arr[:0].to_numpy(),
-         "confidence": T[np.arange(T.shape[0]), best] if len(best) else np.zeros(0)},
+        {"label": cls_arr.take(best).to_numpy() if len(best) else cls_arr[:0].to_numpy(), "confidence": top},
         index=enc.item_ids,
     )
     probs = pd.DataFrame(T, index=enc.item_ids, columns=[f"prob_{c}" for c in classes])
