@@ -157,9 +157,10 @@ class _Encoded:
 # ----------------------------------------------------------------------------- input
 
 
-def _label_classes(values: pd.Series) -> list:
-    """Distinct labels, with integral floats (ints that met a NaN) turned back into ints."""
-    small = _small_int_range(values)
+def _label_classes(values: pd.Series, small: Any = False) -> list:
+    """Distinct labels, with integral floats (ints that met a NaN) turned back into ints.
+    ``small``: ``_small_int_range(values)`` when the caller has it already."""
+    small = _small_int_range(values) if small is False else small
     if small is not None:  # integer codes: a bincount instead of hashing every answer
         lo, _, v = small
         return [int(c) for c in np.flatnonzero(np.bincount(v - lo if lo else v)) + lo]
@@ -198,9 +199,10 @@ def _small_int_range(values: pd.Series) -> tuple[int, int, np.ndarray] | None:
     return (lo, hi, v) if hi - lo < 2**20 else None
 
 
-def _encode_labels(labels: pd.Series, classes: list) -> np.ndarray:
-    """Class index per label (-1 for NaN); raise naming the rows whose label is not a class."""
-    small = _small_int_range(labels)
+def _encode_labels(labels: pd.Series, classes: list, small: Any = False) -> np.ndarray:
+    """Class index per label (-1 for NaN); raise naming the rows whose label is not a class.
+    ``small``: ``_small_int_range(labels)`` when the caller has it already."""
+    small = _small_int_range(labels) if small is False else small
     if small is not None and all(isinstance(c, (int, np.integer)) and not isinstance(c, bool) for c in classes):
         lo, hi, v = small
         span = hi - lo + 1
@@ -208,6 +210,8 @@ def _encode_labels(labels: pd.Series, classes: list) -> np.ndarray:
         for j, c in enumerate(classes):
             if 0 <= int(c) - lo < span:
                 lut[int(c) - lo] = j
+        if lo == 0 and (lut == np.arange(span)).all():  # labels 0..K-1 are their own codes
+            return v.astype(np.int64, copy=False)  # may be a view of the column: never written to
         codes = lut[v - lo if lo else v]
         if not (codes < 0).any():
             return codes
@@ -276,17 +280,17 @@ def _factorize_ids(col: pd.Series) -> tuple[np.ndarray, pd.Index]:
         starts = np.flatnonzero(np.concatenate([[True], change]))
         if len(starts) <= n // 2:
             lengths = np.diff(np.append(starts, n))
-            heads = arr.take(pa.array(starts))
             if fixed is not None:  # byte order is string order: compare the keys read big-endian
                 ordered = keys[starts].byteswap() >> np.uint64(8 * (8 - w))
                 ascending = bool((ordered[1:] > ordered[:-1]).all())
             else:
+                heads = arr.take(pa.array(starts))
                 ascending = heads.null_count == 0 and (
                     len(heads) == 1 or bool(pc.all(pc.less(heads.slice(0, len(heads) - 1), heads.slice(1))).as_py())
                 )
             if ascending:  # every run a new id, in order
                 return np.repeat(np.arange(len(starts), dtype=np.int64), lengths), pd.Index(col.array.take(starts))
-            codes, uniques = _arrow_factorize_sorted(heads, col.dtype)
+            codes, uniques = _arrow_factorize_sorted(arr.take(pa.array(starts)), col.dtype)
             return np.repeat(codes, lengths), uniques
         return _arrow_factorize_sorted(arr, col.dtype)
     return _factorize_sorted(col)
@@ -303,8 +307,11 @@ def _arrow_factorize_sorted(arr: Any, dtype: Any) -> tuple[np.ndarray, pd.Index]
     order = pc.sort_indices(encoded.dictionary).to_numpy()
     rank = np.empty(len(order), dtype=np.int64)
     rank[order] = np.arange(len(order))
-    raw = pc.fill_null(encoded.indices, -1).to_numpy(zero_copy_only=False).astype(np.int64, copy=False)
-    codes = rank[raw] if not encoded.indices.null_count else np.where(raw >= 0, rank[raw], -1)
+    if not encoded.indices.null_count:  # int32 indices, read in place: one gather makes the codes
+        codes = rank[encoded.indices.to_numpy()]
+    else:
+        raw = pc.fill_null(encoded.indices, -1).to_numpy(zero_copy_only=False).astype(np.int64, copy=False)
+        codes = np.where(raw >= 0, rank[raw], -1)
     return codes, pd.Index(pd.array(encoded.dictionary.take(order), dtype=dtype))
 
 
@@ -403,8 +410,9 @@ def _encode(answers: pd.DataFrame, classes: Iterable | None, need_probs: bool = 
         w_future = pool.submit(_factorize_ids, answers["worker_id"])
         pool.shutdown(wait=False)  # the submitted job still runs; nothing else can be queued
 
+    small = _small_int_range(labels)  # integer labels: their range, found once
     if classes is None:
-        label_cls = _label_classes(labels)
+        label_cls = _label_classes(labels, small)
         numeric = all(isinstance(c, (int, float)) for c in label_cls)
         prob_cls = [_suffix_value(c[5:], numeric) for c in prob_cols]
         classes = _sorted_classes(label_cls + prob_cls)
@@ -456,12 +464,13 @@ def _encode(answers: pd.DataFrame, classes: Iterable | None, need_probs: bool = 
         soft &= tot > 0
         P[soft] /= tot[soft, None]
 
-    label_codes = np.full(n, -1, dtype=np.int64)
     need_label = ~soft
     if need_label.all():  # the common all-hard case: no masking copies of 1M-row columns
-        label_codes = _encode_labels(labels, classes)
-    elif need_label.any():
-        label_codes[need_label] = _encode_labels(labels[need_label], classes)
+        label_codes = _encode_labels(labels, classes, small)
+    else:
+        label_codes = np.full(n, -1, dtype=np.int64)
+        if need_label.any():
+            label_codes[need_label] = _encode_labels(labels[need_label], classes)
     hard = need_label & (label_codes >= 0)
     answered = hard | soft
     n_missing = int((~answered).sum())
@@ -475,7 +484,7 @@ def _encode(answers: pd.DataFrame, classes: Iterable | None, need_probs: bool = 
         w_codes[anon] = n_named + np.arange(n_anon)
     n_workers = n_named + n_anon
 
-    if P is not None:
+    if P is not None and soft.any():  # (all-hard label codes may be a read-only view of the column)
         label_codes[soft] = P[soft].argmax(axis=1)
 
     # entries: hard answers give one, soft answers one per non-zero class
