@@ -761,10 +761,11 @@ class _BlockedProducts:
         self.blocks = _row_blocks(A, n_blocks)
         if (A.data == 1.0).all():  # one unit answer per non-zero: the mass is the row length
             self.item_mass = np.diff(A.indptr).astype(float)
-            self.column_mass = np.bincount(A.indices, minlength=A.shape[1]).astype(float)
         else:
             self.item_mass = np.asarray(A.sum(axis=1, dtype=np.float64)).ravel()
-            self.column_mass = np.asarray(A.sum(axis=0, dtype=np.float64)).ravel()
+        # the answers' mass per (worker, observation) column, for the E-step's shifts; set by
+        # counts(): A.T @ T summed over classes is exactly that when T's rows sum to 1
+        self.column_mass: np.ndarray | None = None
         threads = min(n_threads, len(self.blocks))
         self.pool = ThreadPoolExecutor(threads) if threads > 1 else None
 
@@ -788,9 +789,13 @@ class _BlockedProducts:
         return np.asarray(B.T @ t, dtype=np.float64), np.ones(t.shape[0]) @ t  # float64 @ float32 sums in float64
 
     def counts(self, T: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """M-step sufficient statistics: A.T @ T (worker-observation x class) and T's column sums."""
+        """M-step sufficient statistics: A.T @ T (worker-observation x class) and T's column sums.
+        T's rows must sum to 1 (posteriors)."""
         parts = self.map(self._counts, T)
-        return sum(p[0] for p in parts), sum(p[1] for p in parts)
+        counts = sum(p[0] for p in parts)
+        if self.column_mass is None:
+            self.column_mass = counts.sum(axis=1)
+        return counts, sum(p[1] for p in parts)
 
     def entropy(self, T: np.ndarray) -> float:
         """Entropy of the posteriors, clipped at 1e-10 before the log as crowd-kit does."""
@@ -818,6 +823,7 @@ class _BlockedProducts:
         dt = self.dtype
         shift = logpi.max(axis=1)
         logpi_w = (logpi - shift[:, None]).astype(dt)
+        assert self.column_mass is not None, "counts() runs first"
         lse_shift = float(self.column_mass @ shift)
         rho = np.exp(log_rho)
         # a class with prior exactly 0 (class_alpha=0): its exponent is -inf, so the prior is
@@ -1204,12 +1210,9 @@ def _items_frame(T: np.ndarray, enc: _Encoded) -> pd.DataFrame:
     classes = enc.classes
     best, top = _row_argmax(T)
     cls_arr = pd.Index(classes)
-    frame = pd.DataFrame(
-        {"label": cls_arr.take(best).to_numpy() if len(best) else cls_arr[:0].to_numpy(), "confidence": top},
-        index=enc.item_ids,
-    )
-    probs = pd.DataFrame(T, index=enc.item_ids, columns=[f"prob_{c}" for c in classes])
-    return pd.concat([frame, probs], axis=1)
+    columns = {"label": cls_arr.take(best).to_numpy() if len(best) else cls_arr[:0].to_numpy(), "confidence": top}
+    columns.update({f"prob_{c}": T[:, k] for k, c in enumerate(classes)})
+    return pd.DataFrame(columns, index=enc.item_ids)
 
 
 def _workers_frame(
