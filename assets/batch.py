@@ -25,8 +25,20 @@ def partitions_for(dataset: str) -> dg.DynamicPartitionsDefinition:
 
 
 def _fail(e: FactoryError) -> dg.Failure:
-    return dg.Failure(description=str(e), metadata={"waiting_for_people": isinstance(e, NotReadyError)},
-                      allow_retries=False)
+    """A refusal (bad spec, failed gate): the step is red, because something must be fixed."""
+    return dg.Failure(description=str(e), allow_retries=False)
+
+
+WAITING = "waiting_for_people"
+ANSWERS_SEEN = "answers_seen"  # people's answers the final labels were computed from (the sensor compares it)
+
+
+def _waiting(context, asset_key: dg.AssetKey, e: NotReadyError) -> dg.AssetObservation:
+    """Waiting for people is the factory's normal state, not a failure: the step succeeds without
+    materialising, its downstream steps are skipped, and the observation says what waits."""
+    context.log.info(str(e))
+    return dg.AssetObservation(asset_key=asset_key, partition=context.partition_key if context.has_partition_key
+                               else None, metadata={WAITING: str(e)})
 
 
 def _residual_outcome(spec, df):
@@ -117,14 +129,18 @@ def build_dataset_assets(dataset: str, root: str | None = None) -> list:
                                               "by_kind": dg.MetadataValue.json(t["kind"].value_counts().to_dict())})
 
     @dg.asset(key=key("labelers"), group_name="annotation", partitions_def=parts, deps=[key("initial_tasks")],
+              output_required=False,
               description="Three labelers of different families trained on every human label so far; "
                           "the training-data hash is the data version.")
     def labelers(context: dg.AssetExecutionContext, factory: FactoryResource) -> dg.MaterializeResult:
         try:
             tr = P.train_labelers(factory.factory(), dataset, context.partition_key)
+        except NotReadyError as e:
+            yield _waiting(context, key("labelers"), e)
+            return
         except FactoryError as e:
             raise _fail(e) from None
-        return dg.MaterializeResult(
+        yield dg.MaterializeResult(
             data_version=dg.DataVersion(tr.training_hash[:16]),
             metadata={"training_hash": tr.training_hash, "n_train": tr.n_train, "reused": tr.reused,
                       "labelers": dg.MetadataValue.json(tr.versions)})
@@ -175,16 +191,24 @@ def build_dataset_assets(dataset: str, root: str | None = None) -> list:
 
     final_key = key("final_labels")
 
-    @dg.asset(key=final_key, group_name="review", partitions_def=parts, deps=[key("review_tasks")],
-              check_specs=check_specs(final_key, "final_labels", standard),
-              description="Every item's final label (people's decision where they answered, else the fused label), "
-                          "with its source and contributing events.")
-    def final_labels(context: dg.AssetExecutionContext, factory: FactoryResource) -> dg.MaterializeResult:
+    # a multi-asset only so that its checks may go unreported while it waits for people (can_subset makes
+    # every output optional): a step that waits succeeds, and batch_quality downstream is skipped
+    @dg.multi_asset(specs=[dg.AssetSpec(final_key, group_name="review", deps=[key("review_tasks")],
+                                        description="Every item's final label (people's decision where they "
+                                                    "answered, else the fused label), with its source and "
+                                                    "contributing events.")],
+                    check_specs=check_specs(final_key, "final_labels", standard), can_subset=True,
+                    partitions_def=parts,
+                    name=f"{dn}__final_labels")
+    def final_labels(context: dg.AssetExecutionContext, factory: FactoryResource):
         fx = factory.factory()
         batch_id = context.partition_key
         try:
             spec = fx.spec(dataset)
             out = P.final_labels(fx, dataset, batch_id, context.run_id)
+        except NotReadyError as e:
+            yield _waiting(context, final_key, e)
+            return
         except FactoryError as e:
             raise _fail(e) from None
         routes = P.read_table(fx, "routing", dataset, batch_id)
@@ -194,9 +218,10 @@ def build_dataset_assets(dataset: str, root: str | None = None) -> list:
                                outcome.to_dict(), context.run_id)
         for o in outcome.blocking_failures:
             context.log.error(f"blocking expectation failed: {o.message()}")
-        return dg.MaterializeResult(
+        yield dg.MaterializeResult(
+            asset_key=final_key,
             metadata={"items": len(out), "by_source": dg.MetadataValue.json(out["source"].value_counts().to_dict()),
-                      "standard": standard,
+                      "standard": standard, ANSWERS_SEEN: P.answer_count(fx, dataset, batch_id),
                       "path": str(fx.paths.table("final_labels", dataset, batch_id))},
             check_results=check_results(final_key, outcome))
 

@@ -91,7 +91,7 @@ def run_demo(root: Path, batches: int = 2, limit: int | None = None, seed_size: 
         for stage in ("prepare", "annotate", "finalise"):
             for _round in range(5):  # people answer what each run opened, then the stage runs again
                 r = run_stage(root, DATASET, stage, instance, rep.batch_id)
-                if r.success or not r.waiting:
+                if not r.waiting:
                     break
                 n = pool.answer_open_tasks(fx.ledger, spec)
                 human_answers += n

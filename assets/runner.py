@@ -2,12 +2,12 @@
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import dagster as dg
 
-from assets.batch import ANNOTATE, FINALISE, PREPARE, RELEASE, build_dataset_assets, partitions_for, stage_keys
+from assets.batch import ANNOTATE, FINALISE, PREPARE, RELEASE, WAITING, build_dataset_assets, partitions_for, stage_keys
 from assets.resources import FactoryResource
 
 STAGES = {"prepare": PREPARE, "annotate": ANNOTATE, "finalise": FINALISE, "release": RELEASE}
@@ -33,17 +33,25 @@ def add_batch_partition(instance: dg.DagsterInstance, dataset: str, batch_id: st
 
 @dataclass
 class StageResult:
-    """What one stage run did."""
+    """What one stage run did.  `success` is the Dagster run's (a run that waits for people succeeds);
+    `waiting_for` holds what the stage waits for, `failures` what broke."""
 
     stage: str
     success: bool
     run_id: str
     failures: list[str]
     failed_checks: list[str]
+    waiting_for: list[str] = field(default_factory=list)
 
     @property
     def waiting(self) -> bool:
-        return any("waiting for people" in f for f in self.failures)
+        """True when a step stopped because people must answer first (the run itself succeeded)."""
+        return bool(self.waiting_for)
+
+    @property
+    def complete(self) -> bool:
+        """Every step of the stage materialised, nothing failed and nothing waits."""
+        return self.success and not self.waiting_for
 
 
 def run_stage(root: Path, dataset: str, stage: str, instance: dg.DagsterInstance,
@@ -55,12 +63,16 @@ def run_stage(root: Path, dataset: str, stage: str, instance: dg.DagsterInstance
                          resources={"factory": FactoryResource(root=str(root))}, raise_on_error=False,
                          tags={"factory/stage": stage, "factory/dataset": dataset},
                          run_config={"loggers": {"console": {"config": {"log_level": log_level}}}})
-    failures = []
+    failures, waiting = [], []
     for ev in res.all_events:
         if ev.event_type_value == "STEP_FAILURE":
             err = ev.event_specific_data.error
             desc = getattr(ev.event_specific_data, "user_failure_data", None)
             failures.append((desc.description if desc and desc.description else None) or (err.message if err else "failed"))
+        elif ev.event_type_value == "ASSET_OBSERVATION":
+            meta = ev.event_specific_data.asset_observation.metadata
+            if WAITING in meta:
+                waiting.append(str(meta[WAITING].value))
     failed_checks = [f"{e.asset_check_key.asset_key.to_user_string()}:{e.asset_check_key.name}"
                      for e in res.get_asset_check_evaluations() if not e.passed]
-    return StageResult(stage, res.success and not failures, res.run_id, failures, failed_checks)
+    return StageResult(stage, res.success and not failures, res.run_id, failures, failed_checks, waiting)

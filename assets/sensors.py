@@ -18,7 +18,9 @@
   exist beyond the latest release; skips with the reason otherwise.
 
 All start RUNNING.  Stage jobs carry a RetryPolicy: unexpected errors (a dropped database connection)
-are retried, "waiting for people" and failed checks are not (those raise Failure(allow_retries=False)).
+are retried, failed checks and refusals are not (those raise Failure(allow_retries=False)).  Waiting for
+people is not a failure: the step succeeds without materialising (an observation says what waits), so a
+run that stops for people is green, and red always means something broke.
 """
 from __future__ import annotations
 
@@ -29,10 +31,11 @@ from pathlib import Path
 
 import dagster as dg
 
-from assets.batch import ANNOTATE, FINALISE, PREPARE, RELEASE, dagster_name, partitions_for, stage_keys
+from assets.batch import ANNOTATE, ANSWERS_SEEN, FINALISE, PREPARE, RELEASE, dagster_name, partitions_for, stage_keys
 from assets.resources import FactoryResource
 from factory.errors import FactoryError
 from factory.ingest import SUPPORTED, inbox_path, ingest, sha256_file
+from factory.pipeline import answer_count
 
 INBOX = "inbox"
 REJECTED = ".rejected"
@@ -113,6 +116,19 @@ def _routed(instance: dg.DagsterInstance, dataset: str) -> set[str]:
     return instance.get_materialized_partitions(dg.AssetKey([dagster_name(dataset), "review_tasks"]))
 
 
+def _finalised_with(instance: dg.DagsterInstance, dataset: str, batch_id: str) -> int | None:
+    """The answer count the batch's latest final_labels materialisation was computed from (None: never
+    finalised, or by a version that did not record it).  Whoever materialised it (`factory run`, the demo,
+    an earlier sensor run), a batch whose answers have not changed since is not finalised again."""
+    recs = instance.fetch_materializations(
+        dg.AssetRecordsFilter(asset_key=dg.AssetKey([dagster_name(dataset), "final_labels"]),
+                              asset_partitions=[batch_id]), limit=1).records
+    if not recs:
+        return None
+    value = recs[0].asset_materialization.metadata.get(ANSWERS_SEEN) if recs[0].asset_materialization else None
+    return int(value.value) if value is not None else None
+
+
 def build_dataset_sensors(dataset: str, jobs: dict | None = None) -> list:
     """The inbox, seeded and review-complete sensors and the nightly release schedule of one dataset."""
     dn = dagster_name(dataset)
@@ -172,7 +188,9 @@ def build_dataset_sensors(dataset: str, jobs: dict | None = None) -> list:
             if len(bt) and (bt["status"] == "open").any():
                 continue
             # the answer count is in the key: a correction or late answer finalises the batch again
-            n_answers = len(fx.ledger.events(dataset, batch_id=b, kind=["human", "correction"]))
+            n_answers = answer_count(fx, dataset, b)
+            if _finalised_with(context.instance, dataset, b) == n_answers:
+                continue  # settled work: final labels already computed from exactly these answers
             requests.append(dg.RunRequest(run_key=f"finalise:{b}:{n_answers}", partition_key=b))
         return requests or dg.SkipReason("no routed batch has all its tasks answered")
 

@@ -141,22 +141,26 @@ def run(dataset: str, batch_id: str | None, stage: str, root: str | None, verbos
             r = run_stage(fx.paths.root, dataset, st, instance, b, log_level=level)
             _report_stage(r)
             if not r.success:
-                ok = ok and r.waiting
+                ok = False
                 break
             open_tasks = fx.ledger.tasks(dataset, batch_id=b, status="open")
-            if len(open_tasks) and st != "finalise":
-                click.echo(f"  {len(open_tasks)} task(s) wait for people: factory tasks list --batch {b}; "
-                           f"then run this command again")
+            if r.waiting or (len(open_tasks) and st != "finalise"):
+                # waiting for people is the normal state of a labelling factory: say what waits and what next
+                click.echo(f"  {len(open_tasks)} task(s) of batch {b} wait for people: "
+                           f"factory tasks list --dataset {dataset} --batch {b}; then: "
+                           f"factory run --dataset {dataset} --batch {b}")
                 break
     sys.exit(0 if ok else 1)
 
 
 def _report_stage(r) -> None:
-    if r.success:
+    if r.success and not r.waiting:
         click.secho(f"  {r.stage}: ok (run {r.run_id[:8]})", fg="green")
         return
+    for w in r.waiting_for:
+        click.secho(f"  {r.stage}: waiting: {w}", fg="yellow")
     for f in r.failures:
-        click.secho(f"  {r.stage}: {'waiting' if r.waiting else 'FAILED'}: {f}", fg="yellow" if r.waiting else "red")
+        click.secho(f"  {r.stage}: FAILED: {f}", fg="red")
     for c in r.failed_checks:
         click.secho(f"  failed check: {c}", fg="red")
 

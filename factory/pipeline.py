@@ -724,6 +724,14 @@ def final_labels(fx: Factory, dataset: str, batch_id: str, run_id: str | None = 
     return out
 
 
+ANSWER_KINDS = ("human", "correction", "arbitration")
+
+
+def answer_count(fx: Factory, dataset: str, batch_id: str) -> int:
+    """People's answers recorded for a batch (a new answer or correction means its final labels are stale)."""
+    return len(fx.ledger.events(dataset, batch_id=batch_id, kind=list(ANSWER_KINDS)))
+
+
 def _human_source(kinds: set) -> str:
     """annotated: people labelled first (seed, human-model); calibrated: a person checked a machine's or a
     colleague's label (review, audit, second opinion, a flagged label re-checked by a higher tier)."""
