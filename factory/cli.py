@@ -424,14 +424,14 @@ def demo(root: str, n_batches: int, limit: int | None, seed_size: int, mode: str
     click.echo(f"see the asset graph:  {summary['dagster_ui']}")
 
 
-BENCHMARKS = ("aggregation", "replay", "verify", "speed", "pipeline", "guarantee", "workbench")
+BENCHMARKS = ("aggregation", "replay", "verify", "speed", "pipeline", "guarantee", "workbench", "scale")
 
 
 @main.command()
 @click.argument("name", type=click.Choice([*BENCHMARKS, "all"]))
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False), help="Folder for NAME.json and NAME.png.")
 @click.option("--data", default=None, type=click.Path(exists=True), help="Benchmark data folder (e.g. ../shared/bench/crowd).")
-@click.option("--answers", default=None, type=int, help="speed: number of synthetic answers.")
+@click.option("--answers", default=None, type=int, help="speed, scale: number of synthetic answers.")
 @click.option("--seeds", default=None, type=int, help="replay: number of seeds.")
 @click.option("--items", default=None, type=int, help="pipeline: items in the batch.")
 def bench(name: str, out_dir: str, data: str | None, answers: int | None, seeds: int | None, items: int | None) -> None:

@@ -667,7 +667,9 @@ def _work_dtype(A: sparse.csr_matrix, requested: str, heaviest_worker: int | Non
         return np.float64
     if A.nnz <= 2**16 or (heaviest_worker is not None and heaviest_worker <= 2**16):
         return np.float32  # a column holds a subset of one worker's answers
-    heaviest = int(np.bincount(A.indices, minlength=A.shape[1]).max())
+    heaviest = getattr(A, "heaviest_column", None)  # partitioned answers count it while encoding
+    if heaviest is None:
+        heaviest = int(np.bincount(A.indices, minlength=A.shape[1]).max())
     return np.float32 if heaviest <= 2**16 else np.float64
 
 
@@ -751,17 +753,21 @@ class _BlockedProducts:
     of threads.  Per-item arrays are in ``dtype``; sums over items come back in float64.
     """
 
-    def __init__(self, A: sparse.csr_matrix, K: int, n_threads: int, dtype: type):
+    def __init__(self, A: sparse.csr_matrix | None, K: int, n_threads: int, dtype: type,
+                 blocks: list | None = None, item_mass: np.ndarray | None = None):
         self.K = K
         self.dtype = dtype
-        if A.dtype != dtype:
-            A = sparse.csr_matrix((A.data.astype(dtype), A.indices, A.indptr), shape=A.shape)
-        n_blocks = 1 if A.nnz < _FAST_MIN_NNZ else -(-A.nnz // _BLOCK_NNZ)
-        self.blocks = _row_blocks(A, n_blocks)
-        if (A.data == 1.0).all():  # one unit answer per non-zero: the mass is the row length
-            self.item_mass = np.diff(A.indptr).astype(float)
+        if blocks is not None:  # given blocks (partitions): (first row, end row, matrix or loader)
+            self.blocks, self.item_mass = blocks, item_mass
         else:
-            self.item_mass = np.asarray(A.sum(axis=1, dtype=np.float64)).ravel()
+            if A.dtype != dtype:
+                A = sparse.csr_matrix((A.data.astype(dtype), A.indices, A.indptr), shape=A.shape)
+            n_blocks = 1 if A.nnz < _FAST_MIN_NNZ else -(-A.nnz // _BLOCK_NNZ)
+            self.blocks = _row_blocks(A, n_blocks)
+            if (A.data == 1.0).all():  # one unit answer per non-zero: the mass is the row length
+                self.item_mass = np.diff(A.indptr).astype(float)
+            else:
+                self.item_mass = np.asarray(A.sum(axis=1, dtype=np.float64)).ravel()
         # the answers' mass per (worker, observation) column, for the E-step's shifts; set by
         # counts(): A.T @ T summed over classes is exactly that when T's rows sum to 1
         self.column_mass: np.ndarray | None = None
@@ -776,6 +782,8 @@ class _BlockedProducts:
         """fn(block, *row-slices of arrays) for every block; results in block order."""
         def run(b):
             r0, r1, B = b
+            if callable(B):  # a partition kept out of memory: read it for this pass only
+                B = B(self.dtype)
             return fn(B, *(x[r0:r1] for x in arrays))
 
         if self.pool is None:
@@ -960,7 +968,11 @@ def _em(
         # H(softmax(L)) = sum(lse) - sum(T * L), with L = A @ logpi + log_rho per item
         return ll, counts, class_sums, ll - float(np.vdot(counts, logpi)) - float(class_sums @ log_rho_sum)
 
-    work = _BlockedProducts(A, K, _worker_threads(opts.get("threads")), dtype)
+    # the per-item work: row blocks of one in-memory matrix, or partitions (factory.engine.partitioned)
+    # that expose the same E-step / M-step statistics per block
+    make = getattr(A, "products", None)
+    work = make(K, _worker_threads(opts.get("threads")), dtype) if make else \
+        _BlockedProducts(A, K, _worker_threads(opts.get("threads")), dtype)
     try:
         total_mass = max(float(work.item_mass.sum()), 1.0)
         T = np.array(T, dtype=dtype)  # owned, C-contiguous: the E-steps write into other buffers
