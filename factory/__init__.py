@@ -4,6 +4,7 @@ Public entry points: `factory.aggregate` (fuse answers), `factory.pipeline` (the
 `factory.ingest.ingest`, `factory.release.release`, `factory.ledger.Ledger`.
 """
 from factory.engine import aggregate, aggregate_full
+from factory.engine.multilabel import aggregate_multilabel
 
-__all__ = ["aggregate", "aggregate_full"]
+__all__ = ["aggregate", "aggregate_full", "aggregate_multilabel"]
 __version__ = "0.1.0"
