@@ -220,6 +220,11 @@ def load_gold(fx, spec) -> pd.DataFrame | None:
         raise ReleaseError(f"{path}: a gold file needs columns label and item_id (or text); found {list(g.columns)}")
     if "item_id" not in g:
         g["item_id"] = [item_id_for(t) for t in g["text"]]
+    from factory.ingest import gold_label_conflicts
+
+    conflicts = gold_label_conflicts(g["item_id"].tolist(), g["label"].tolist())
+    if conflicts:
+        raise ReleaseError(f"{path}: the gold file gives items two labels: " + "; ".join(conflicts[:10]))
     return g[["item_id", "label"]]
 
 

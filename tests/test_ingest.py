@@ -104,3 +104,28 @@ def test_item_id_is_a_stable_content_hash():
     assert item_id_for("Hello  world\r\n") == item_id_for("Hello  world\n")
     assert item_id_for("a") != item_id_for("b")
     assert item_id_for("x").startswith("it_") and len(item_id_for("x")) == 23
+
+
+def test_duplicate_key_catches_zero_width_variants_across_batches_and_keeps_the_original_text(fx, tmp_path):
+    from factory.ingest import text_key
+
+    assert text_key("Hel\u200blo \n world") == text_key("\uff28ello world") == "Hello world"
+    spec = fx.spec("news")
+    ingest(write_csv(tmp_path / "1.csv", ["Hello  world", "other"]), spec, fx.ledger)
+    rep = ingest(write_csv(tmp_path / "2.csv", ["Hel\u200blo world", "new one"]), spec, fx.ledger)
+    assert rep.items == 1 and rep.duplicates_across == 1
+    d = fx.ledger.table("duplicates", batch_id=rep.batch_id)
+    assert d.iloc[0]["item_id"] == item_id_for("Hello  world")  # points at the item already there
+    assert set(fx.ledger.items("news")["text"]) == {"Hello  world", "other", "new one"}  # text kept as given
+
+
+def test_ingest_cli_refuses_bad_bytes_without_a_traceback(fx, root, tmp_path):
+    from click.testing import CliRunner
+
+    from factory.cli import main
+
+    p = tmp_path / "s.jsonl"
+    p.write_text('{"text": "\\ud800"}\n')
+    res = CliRunner().invoke(main, ["ingest", str(p), "--dataset", "news", "--root", str(root)])
+    assert res.exit_code == 2 and "Traceback" not in res.output
+    assert "line 1" in res.output and "lone surrogate" in res.output and str(p) in res.output
