@@ -129,3 +129,53 @@ def test_ingest_cli_refuses_bad_bytes_without_a_traceback(fx, root, tmp_path):
     res = CliRunner().invoke(main, ["ingest", str(p), "--dataset", "news", "--root", str(root)])
     assert res.exit_code == 2 and "Traceback" not in res.output
     assert "line 1" in res.output and "lone surrogate" in res.output and str(p) in res.output
+
+
+def _id_spec(fx, root):
+    import yaml
+
+    from tests.conftest import news_spec
+
+    task = {"type": "classification", "input": "text", "metadata": ["source_file"], "id_column": "review_id"}
+    (root / "datasets" / "ids.yaml").write_text(yaml.safe_dump(news_spec("ids", task=task)))
+    return fx.spec("ids")
+
+
+def test_external_ids_are_kept_and_resolve_to_their_items(fx, root, tmp_path):
+    spec = _id_spec(fx, root)
+    p = write_csv(tmp_path / "a.csv", ["alpha", "beta", "al\u200bpha"], {"review_id": ["rt-1", 2, "rt-3"]})
+    rep = ingest(p, spec, fx.ledger)
+    assert rep.items == 2 and rep.duplicates_within == 1
+    items = fx.ledger.items("ids").set_index("external_id")
+    assert items.loc["rt-1", "item_id"] == item_id_for("alpha") and items.loc["2", "item_id"] == item_id_for("beta")
+    assert fx.ledger.resolve_item("ids", "rt-1") == [("ids", item_id_for("alpha"))]
+    # the duplicate row's own id still names the item it repeats
+    assert fx.ledger.resolve_item("ids", "rt-3") == [("ids", item_id_for("alpha"))]
+    assert fx.ledger.resolve_item("ids", item_id_for("beta")) == [("ids", item_id_for("beta"))]
+    assert fx.ledger.resolve_item("ids", "rt-404") == []
+    # the same id later for other text is refused, naming the row and the item it already names
+    q = write_csv(tmp_path / "b.csv", ["gamma", "delta"], {"review_id": ["rt-9", "rt-1"]})
+    before = _counts(fx)
+    with pytest.raises(IngestError, match=r"row 3: review_id 'rt-1' already names item it_"):
+        ingest(q, spec, fx.ledger)
+    assert _counts(fx) == before
+
+
+@pytest.mark.parametrize("ids, message", [
+    (["rt-1", "", "rt-3"], "row 3: review_id is empty"),
+    (["rt-1", "rt-2", "rt-1"], "rows 2 and 4 share review_id 'rt-1'"),
+])
+def test_empty_or_repeated_external_ids_refuse_the_file_naming_rows(fx, root, tmp_path, ids, message):
+    spec = _id_spec(fx, root)
+    p = write_csv(tmp_path / "a.csv", ["alpha", "beta", "gamma"], {"review_id": ids})
+    before = _counts(fx)
+    with pytest.raises(IngestError) as e:
+        ingest(p, spec, fx.ledger)
+    assert message in str(e.value) and str(p) in str(e.value) and "nothing was ingested" in str(e.value)
+    assert _counts(fx) == before
+
+
+def test_a_declared_id_column_must_be_present(fx, root, tmp_path):
+    spec = _id_spec(fx, root)
+    with pytest.raises(IngestError, match="missing column 'review_id'"):
+        ingest(write_csv(tmp_path / "a.csv", ["alpha", "beta"]), spec, fx.ledger)
