@@ -149,3 +149,28 @@ def test_unknown_names_are_errors_with_the_closest_name(cli, args, suggestion):
     res = cli(*args, ok=False)
     assert res.exit_code == 2, res.output
     assert suggestion in res.output and "Traceback" not in res.output
+
+
+def test_answers_name_items_by_the_users_id_and_unknown_people_are_caught(cli, root, tmp_path):
+    import yaml
+
+    from factory.ingest import ingest, item_id_for
+    from factory.pipeline import Factory
+    from tests.conftest import news_spec
+
+    task = {"type": "classification", "input": "text", "metadata": [], "id_column": "review_id"}
+    (root / "datasets" / "ids.yaml").write_text(yaml.safe_dump(news_spec("ids", task=task)))
+    fx = Factory.at(root)
+    texts = ["first text", "second text", "third text"]
+    ingest(write_csv(tmp_path / "a.csv", texts, {"review_id": ["rt-1", "rt-2", "rt-3"]}), fx.spec("ids"), fx.ledger)
+    fx.ledger.create_tasks([dict(task_id=f"t{i}", dataset="ids", batch_id="b", item_id=item_id_for(t), kind="review",
+                                 reasons=["x"]) for i, t in enumerate(texts)])
+    answers = tmp_path / "answers.csv"
+    pd.DataFrame({"item_id": ["rt-1"], "annotator": ["ann-1"], "label": ["tech"]}).to_csv(answers, index=False)
+    assert "imported 1 answers" in cli("tasks", "import", answers).output
+    cli("annotators", "add", "ann-1")
+    res = cli("tasks", "answer", "rt-2", "tech", "--annotator", "ann-l", ok=False)  # a typo of ann-1
+    assert res.exit_code == 2 and "did you mean 'ann-1'?" in res.output
+    assert "recorded 'tech' by ann-1" in cli("tasks", "answer", "rt-2", "tech", "--annotator", "ann-1").output
+    answered = fx.ledger.tasks("ids", status="answered").set_index("task_id")["annotator"].to_dict()
+    assert answered == {"t0": "ann-1", "t1": "ann-1"}

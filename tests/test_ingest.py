@@ -158,6 +158,10 @@ def test_external_ids_are_kept_and_resolve_to_their_items(fx, root, tmp_path):
     before = _counts(fx)
     with pytest.raises(IngestError, match=r"row 3: review_id 'rt-1' already names item it_"):
         ingest(q, spec, fx.ledger)
+    # also when the row reusing the id is itself a duplicate of another row of the file
+    q = write_csv(tmp_path / "c.csv", ["delta", "del\u200bta"], {"review_id": ["rt-10", "rt-1"]})
+    with pytest.raises(IngestError, match=r"row 3: review_id 'rt-1' already names item it_"):
+        ingest(q, spec, fx.ledger)
     assert _counts(fx) == before
 
 
