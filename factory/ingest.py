@@ -278,7 +278,7 @@ def _rows_jsonl(path: Path, raw: bytes, spec: DatasetSpec):
             yield line_no, None, unknown[0], (f"unknown key(s) {unknown}; the spec of '{spec.name}' allows "
                                               f"{sorted(allowed - RESERVED)} (declare them under task.metadata)"), line
             continue
-        missing = [k for k in (spec.task.input, id_col) if k and k not in obj]
+        missing = [k for k in (spec.task.input,) if k not in obj]  # a missing id refuses the file (see ingest)
         if missing:
             yield line_no, None, missing[0], f"missing key '{missing[0]}'", line
             continue
@@ -474,7 +474,7 @@ def ingest(path: str | Path, spec: DatasetSpec, ledger: Ledger) -> IngestReport:
                 id_problems.append(f"{unit} {src_row}: {id_col} is a {e}, expected text or an integer")
                 continue
             if ext is None:
-                id_problems.append(f"{unit} {src_row}: {id_col} is empty")
+                id_problems.append(f"{unit} {src_row}: {id_col} is empty or missing")
                 continue
             if ext in ext_rows:
                 id_problems.append(f"{unit}s {ext_rows[ext]} and {src_row} share {id_col} '{ext}'")
