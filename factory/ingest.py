@@ -8,9 +8,11 @@ its items, duplicates and quarantined rows are written in one transaction, or no
 from __future__ import annotations
 
 import csv
+import functools
 import hashlib
 import io
 import json
+import re
 import unicodedata
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -63,13 +65,30 @@ def item_id_for(text: str) -> str:
     return "it_" + hashlib.sha256(normalise_text(text).encode("utf-8")).hexdigest()[:20]
 
 
+@functools.cache
+def _format_chars() -> re.Pattern:
+    """Every format character (category Cf) of the BMP, plane 1 and the tag block, as one regex class of
+    ranges (from this Python's Unicode tables): one C-level `sub` per text, ~15x faster than per-character tests."""
+    runs: list[list[int]] = []
+    for c in (c for r in (range(0x20000), range(0xE0000, 0xE0080)) for c in r if unicodedata.category(chr(c)) == "Cf"):
+        if runs and runs[-1][1] == c - 1:
+            runs[-1][1] = c
+        else:
+            runs.append([c, c])
+    return re.compile("[" + "".join(re.escape(chr(a)) + ("-" + re.escape(chr(b)) if b > a else "") for a, b in runs) + "]")
+
+
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
 def text_key(text: str) -> str:
     """The duplicate key of a payload: NFKC, format characters (zero-width space/joiner, BOM, soft hyphen,
     bidi marks: Unicode category Cf) removed, whitespace runs collapsed.  The item keeps its original text;
     the key only decides which rows are the same item.  (The item id stays the NFC hash, so ids of items
     ingested before this key existed do not change.)"""
     t = unicodedata.normalize("NFKC", text)
-    t = "".join(ch for ch in t if unicodedata.category(ch) != "Cf")
+    if not t.isascii():  # no ASCII character is a format character
+        t = _format_chars().sub("", t)
     return " ".join(t.split())
 
 
@@ -139,10 +158,10 @@ def value_problem(value: object) -> str | None:
     i = value.find("\x00")
     if i >= 0:
         return f"contains a NUL byte (\\x00) at character {i + 1}"
-    for j, ch in enumerate(value):
-        if "\ud800" <= ch <= "\udfff":
-            return (f"contains a lone surrogate U+{ord(ch):04X} at character {j + 1} (half of a UTF-16 pair, "
-                    f"not valid Unicode)")
+    m = _SURROGATE.search(value)
+    if m:
+        return (f"contains a lone surrogate U+{ord(m.group()):04X} at character {m.start() + 1} (half of a UTF-16 "
+                f"pair, not valid Unicode)")
     return None
 
 
