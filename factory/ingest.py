@@ -191,10 +191,13 @@ def _swallowed_rows(field: str, n_columns: int) -> int:
     A quote that is never closed where it should be makes the reader take the following rows as the text
     of one field; each of those lines then parses, alone, to exactly the header's number of fields.
     """
-    lines = field.split("\n")[1:-1]
-    if n_columns < 2 or len(lines) < 2 or "," not in field.split("\n")[0]:
+    segments = field.split("\n")
+    lines = segments[1:-1]
+    if n_columns < 2 or len(lines) < 2:
         return 0
-    for line in lines:
+    # the opening line too: its own other fields were swallowed with it (a paragraph of prose rarely has
+    # exactly the header's number of commas on every one of its lines)
+    for line in segments[:-1]:
         try:
             rec = next(csv.reader([line], strict=True))
         except (csv.Error, StopIteration):

@@ -183,3 +183,12 @@ def test_a_declared_id_column_must_be_present(fx, root, tmp_path):
     spec = _id_spec(fx, root)
     with pytest.raises(IngestError, match="missing column 'review_id'"):
         ingest(write_csv(tmp_path / "a.csv", ["alpha", "beta"]), spec, fx.ledger)
+
+
+def test_multiline_quoted_text_is_not_mistaken_for_an_unterminated_quote(fx, tmp_path):
+    p = tmp_path / "paragraphs.csv"
+    body = "First paragraph, with a comma.\nSecond one has none\nThird, with two, commas\n\"Quoted\"\" words\" end"
+    p.write_text('text,source_file\n"' + body.replace('"', '""') + '",a\nshort one,b\n')
+    rep = ingest(p, fx.spec("news"), fx.ledger)
+    assert rep.items == 2 and not rep.quarantined
+    assert body in set(fx.ledger.items("news")["text"])
