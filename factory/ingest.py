@@ -153,6 +153,8 @@ def _decode(path: Path, raw: bytes) -> str:
 
 def value_problem(value: object) -> str | None:
     """Why a text value cannot be stored as it is (a NUL byte, a lone surrogate), or None."""
+    if isinstance(value, (dict, list)):  # nested JSON metadata is stored as JSON text: check that text
+        value = json.dumps(value, ensure_ascii=False, default=str)
     if not isinstance(value, str):
         return None
     i = value.find("\x00")
@@ -463,7 +465,7 @@ def ingest(path: str | Path, spec: DatasetSpec, ledger: Ledger) -> IngestReport:
         src_file = source_name if not path.is_dir() else f"{source_name}/{row_no}"
         src_row = row_no if isinstance(row_no, int) else n_rows
         if rec is None:
-            quarantined.append(dict(source_file=src_file, source_row=src_row, field=fld, reason=reason,
+            quarantined.append(dict(source_file=src_file, source_row=src_row, field=_excerpt(fld)[:128], reason=reason,
                                     raw=_excerpt(raw_row)))
             continue
         payload = rec.get(spec.task.input)
