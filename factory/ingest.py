@@ -40,6 +40,7 @@ class IngestReport:
     duplicates_across: int
     quarantined: list[dict] = field(default_factory=list)
     redacted: int = 0  # items whose personal information was redacted before anyone saw them
+    unit: str = "row"  # how a quarantined row is named: 'row' (CSV, Parquet), 'line' (JSONL), 'file' (folder)
 
     def summary(self) -> str:
         lines = [f"batch {self.batch_id} of dataset '{self.dataset}': {self.items} new items from {self.rows} rows "
@@ -49,7 +50,8 @@ class IngestReport:
         if self.redacted:
             lines.append(f"  personal information redacted in {self.redacted} items (raw text kept, access-controlled)")
         for q in self.quarantined[:10]:
-            lines.append(f"    {q['source_file']} row {q['source_row']} field '{q['field']}': {q['reason']}")
+            where = q["source_file"] if self.unit == "file" else f"{q['source_file']} {self.unit} {q['source_row']}"
+            lines.append(f"    {where} field '{q['field']}': {q['reason']}")
         if len(self.quarantined) > 10:
             lines.append(f"    … and {len(self.quarantined) - 10} more (see `factory batches show {self.batch_id}`)")
         return "\n".join(lines)
@@ -579,4 +581,5 @@ def ingest(path: str | Path, spec: DatasetSpec, ledger: Ledger) -> IngestReport:
     report = IngestReport(spec.name, batch_id, str(path), sha, n_rows, len(new_items), len(within), len(across),
                           quarantined)
     report.redacted = len(raws)
+    report.unit = unit
     return report
