@@ -184,3 +184,17 @@ def test_the_recorded_hash_is_of_the_bytes_that_were_ingested(fx, tmp_path, monk
     monkeypatch.undo()
     assert rep.items == 2
     assert fx.ledger.batch(rep.batch_id)["source_sha256"] == hashlib.sha256(first).hexdigest()
+
+
+def test_the_specs_gold_file_giving_one_item_two_labels_is_refused(fx, root):
+    import yaml
+
+    from factory.errors import ReleaseError
+    from factory.release import load_gold
+    from tests.conftest import news_spec
+
+    shutil.copyfile(BAD / "gold_conflict.csv", root / "gold.csv")
+    spec = news_spec(quality={"max_quarantine_rate": 0.5, "gold": "gold.csv"})
+    (root / "datasets" / "news.yaml").write_text(yaml.safe_dump(spec))
+    with pytest.raises(ReleaseError, match=EXPECTED["gold_conflict.csv"]["error"]):
+        load_gold(fx, fx.spec("news"))
