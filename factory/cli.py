@@ -218,7 +218,8 @@ def tasks() -> None:
 @click.option("--batch", "batch_id", default=None)
 @click.option("--status", type=click.Choice(["open", "answered", "all"]), default="open", show_default=True)
 @click.option("--root", default=None, help=ROOT_HELP)
-@click.option("--json", "as_json", is_flag=True, help="Full records: whole text, metadata, reasons as a list, your ids.")
+@click.option("--json", "as_json", is_flag=True,
+              help="Full records: whole text, metadata, reasons as a list, your ids.")
 @click.option("--text/--no-text", default=True, help="Show the start of each item's text.")
 def tasks_list(dataset, batch_id, status, root, as_json, text) -> None:
     """List tasks with the reasons they were routed to people (and your own item ids, task.id_column)."""
@@ -345,7 +346,8 @@ def tasks_import(csv_path: str, root: str | None) -> None:
         tid = getattr(r, "task_id", "") or ""
         if not tid:
             ident = getattr(r, "item_id", "")
-            cands = by_item.get(ident) or [t for _, i in fx.ledger.resolve_item(None, ident) for t in by_item.get(i, [])]
+            cands = by_item.get(ident) or [t for _, i in fx.ledger.resolve_item(None, ident)
+                                           for t in by_item.get(i, [])]
             if len(cands) != 1:
                 problems.append(f"row {i}: item_id '{ident}' has {len(cands)} open tasks; give task_id")
                 continue

@@ -45,7 +45,8 @@ def check_names(params: dict, command: str) -> None:
     fx = factory_at(params.get("root"))
     if dataset:
         # a spec file, or a dataset the ledger holds batches or events of (its spec may be gone)
-        known = set(fx.datasets()) | set(fx.ledger.batches()["dataset"]) | set(fx.ledger.table("chain_heads")["dataset"])
+        known = (set(fx.datasets()) | set(fx.ledger.batches()["dataset"])
+                 | set(fx.ledger.table("chain_heads")["dataset"]))
         if dataset not in known:
             fail(f"no dataset '{dataset}' (no {fx.paths.spec_path(dataset)}){did_you_mean(dataset, known)} "
                  f"Known datasets: {_known_list(known)}. Create one with `factory init {dataset}`.")

@@ -77,7 +77,8 @@ def _format_chars() -> re.Pattern:
             runs[-1][1] = c
         else:
             runs.append([c, c])
-    return re.compile("[" + "".join(re.escape(chr(a)) + ("-" + re.escape(chr(b)) if b > a else "") for a, b in runs) + "]")
+    ranges = "".join(re.escape(chr(a)) + ("-" + re.escape(chr(b)) if b > a else "") for a, b in runs)
+    return re.compile(f"[{ranges}]")
 
 
 _SURROGATE = re.compile("[\ud800-\udfff]")
