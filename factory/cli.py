@@ -66,10 +66,22 @@ def init(name: str, root: str | None, force: bool) -> None:
 
 
 @main.command("validate")
-@click.argument("dataset")
+@click.argument("legacy_name", required=False, metavar="[DATASET]")
+@click.option("--dataset", default=None, help="Dataset name (datasets/NAME.yaml).")
 @click.option("--root", default=None, help=ROOT_HELP)
-def validate_cmd(dataset: str, root: str | None) -> None:
-    """Validate datasets/DATASET.yaml and print its version."""
+def validate_cmd(legacy_name: str | None, dataset: str | None, root: str | None) -> None:
+    """Validate datasets/NAME.yaml (`--dataset NAME`) and print its version."""
+    from factory.cli_common import check_names
+
+    if legacy_name and dataset and legacy_name != dataset:
+        _fail(f"two dataset names given ('{legacy_name}' and --dataset '{dataset}'); give --dataset only")
+    if legacy_name:
+        click.secho(f"note: `factory validate {legacy_name}` is deprecated; use `factory validate --dataset "
+                    f"{legacy_name}` like every other command", fg="yellow", err=True)
+    dataset = dataset or legacy_name
+    if not dataset:
+        _fail("which dataset? `factory validate --dataset NAME`")
+    check_names({"dataset": dataset, "root": root}, "validate")
     try:
         spec = _fx(root).spec(dataset)
     except FactoryError as e:
@@ -210,26 +222,82 @@ def tasks() -> None:
 @click.option("--batch", "batch_id", default=None)
 @click.option("--status", type=click.Choice(["open", "answered", "all"]), default="open", show_default=True)
 @click.option("--root", default=None, help=ROOT_HELP)
-@click.option("--json", "as_json", is_flag=True)
+@click.option("--json", "as_json", is_flag=True,
+              help="Full records: whole text, metadata, reasons as a list, your ids.")
 @click.option("--text/--no-text", default=True, help="Show the start of each item's text.")
 def tasks_list(dataset, batch_id, status, root, as_json, text) -> None:
-    """List tasks with the reasons they were routed to people."""
+    """List tasks with the reasons they were routed to people (and your own item ids, task.id_column)."""
     fx = _fx(root)
     df = fx.ledger.tasks(dataset, batch_id=batch_id, status=None if status == "all" else status)
-    if text and not df.empty:
-        texts = {}
-        for ds in df["dataset"].unique():
-            it = fx.ledger.items(ds, item_ids=df.loc[df["dataset"] == ds, "item_id"].tolist())
-            texts.update(dict(zip(it["item_id"], it["text"])))
-        df["text"] = df["item_id"].map(lambda i: texts.get(i, "")[:60].replace("\n", " "))
+    if as_json:
+        click.echo(json.dumps(task_records(fx, df, with_text=text), indent=1, ensure_ascii=False, default=str))
+        return
+    items = _task_items(fx, df)
+    if not df.empty:
+        df["external_id"] = df["item_id"].map(lambda i: (items.get(i) or {}).get("external_id"))
+        if text:
+            df["text"] = df["item_id"].map(lambda i: ((items.get(i) or {}).get("text") or "")[:60].replace("\n", " "))
     cols = ["task_id", "dataset", "batch_id", "item_id", "kind", "reasons", "status", "answer", "annotator"]
+    if not df.empty and df["external_id"].notna().any():
+        cols.insert(4, "external_id")
     if text:
         cols.append("text")
-    _echo_df(df[cols] if not df.empty else df, as_json)
+    _echo_df(df[cols] if not df.empty else df, False)
+
+
+def _task_items(fx, df: pd.DataFrame) -> dict[str, dict]:
+    """The ledger rows of the items behind some tasks, by item id."""
+    out: dict[str, dict] = {}
+    for ds in (df["dataset"].unique() if not df.empty else []):
+        it = fx.ledger.items(ds, item_ids=df.loc[df["dataset"] == ds, "item_id"].tolist())
+        out.update({r["item_id"]: r for r in it.to_dict("records")})
+    return out
+
+
+def task_records(fx, df: pd.DataFrame, with_text: bool = True) -> list[dict]:
+    """Tasks as typed JSON-ready records: reasons a list, metadata an object, whole text, the user's own id."""
+    items = _task_items(fx, df)
+
+    def plain(v):
+        return None if v is None or (isinstance(v, float) and v != v) else v
+
+    out = []
+    for r in df.to_dict("records"):
+        it = items.get(r["item_id"]) or {}
+        rec = {k: plain(r.get(k)) for k in ("task_id", "dataset", "batch_id", "item_id")}
+        rec["external_id"] = plain(it.get("external_id"))
+        rec.update({k: plain(r.get(k)) for k in ("kind", "status", "answer", "annotator", "required_tier",
+                                                   "domain", "suggestion", "created_at")})
+        reasons = r.get("reasons")
+        rec["reasons"] = json.loads(reasons) if isinstance(reasons, str) else list(reasons or [])
+        rec["meta"] = json.loads(it["meta"]) if it.get("meta") else {}
+        if with_text:
+            rec["text"] = it.get("text")
+        rec["source"] = {"file": it.get("source_file"), "row": plain(it.get("source_row"))} if it else None
+        out.append(rec)
+    return out
+
+
+def _resolve_task(fx, ident: str) -> str:
+    """A task id, or the one open task of the item `ident` names (its item id or the user's own id)."""
+    if fx.ledger.task(ident) is not None:
+        return ident
+    items = fx.ledger.resolve_item(None, ident)
+    if not items:
+        return ident  # the answering code reports the unknown task
+    open_tasks = fx.ledger.tasks(status="open")
+    cands = [t for t, d, i in open_tasks[["task_id", "dataset", "item_id"]].itertuples(index=False)
+             if (d, i) in set(items)]
+    if len(cands) == 1:
+        return cands[0]
+    what = ", ".join(f"{d}/{i}" for d, i in items)
+    if not cands:
+        _fail(f"'{ident}' names item {what}, which has no open task; see `factory tasks list --status all`")
+    _fail(f"'{ident}' names item {what}, which has {len(cands)} open tasks ({', '.join(cands)}); give the task id")
 
 
 @tasks.command("answer")
-@click.argument("task_id")
+@click.argument("task_id", metavar="TASK_ID|ITEM_ID|YOUR_ID")
 @click.argument("label")
 @click.option("--annotator", required=True, help="Pseudonymous id of the person answering.")
 @click.option("--rationale", default=None, help="Why: required for an expert arbitration task.")
@@ -237,15 +305,18 @@ def tasks_list(dataset, batch_id, status, root, as_json, text) -> None:
 @click.option("--root", default=None, help=ROOT_HELP)
 def tasks_answer(task_id: str, label: str, annotator: str, rationale: str | None, correct: bool,
                  root: str | None) -> None:
-    """Answer TASK_ID with LABEL (one of the dataset's classes).
+    """Answer TASK_ID with LABEL (one of the dataset's classes).  Instead of a task id you may name the item,
+    by its item id or your own id (task.id_column), when it has exactly one open task.
 
     The workforce rules apply: a suspended or under-tier annotator, a task leased to someone else,
     a review of one's own label and an arbitration without a rationale are refused and logged.
     """
     from factory.workforce import submit
 
+    fx = _fx(root)
+    task_id = _resolve_task(fx, task_id)
     try:
-        res = submit(_fx(root), task_id, label, annotator, rationale=rationale, correct=correct)
+        res = submit(fx, task_id, label, annotator, rationale=rationale, correct=correct)
     except FactoryError as e:
         _fail(e)
     what = "arbitration recorded" if res.get("arbitration") else (
@@ -257,7 +328,7 @@ def tasks_answer(task_id: str, label: str, annotator: str, rationale: str | None
 @click.argument("csv_path", type=click.Path(exists=True, dir_okay=False))
 @click.option("--root", default=None, help=ROOT_HELP)
 def tasks_import(csv_path: str, root: str | None) -> None:
-    """Import answers from a CSV with columns task_id (or item_id), annotator, label.
+    """Import answers from a CSV with columns task_id (or item_id: the factory's or your own id), annotator, label.
 
     Every row is checked first (task exists and is open, label in the schema); if any row is bad,
     nothing is imported and every bad row is listed.
@@ -278,9 +349,11 @@ def tasks_import(csv_path: str, root: str | None) -> None:
     for i, r in enumerate(df.itertuples(index=False), start=2):
         tid = getattr(r, "task_id", "") or ""
         if not tid:
-            cands = by_item.get(getattr(r, "item_id", ""), [])
+            ident = getattr(r, "item_id", "")
+            cands = by_item.get(ident) or [t for _, i in fx.ledger.resolve_item(None, ident)
+                                           for t in by_item.get(i, [])]
             if len(cands) != 1:
-                problems.append(f"row {i}: item_id '{getattr(r, 'item_id', '')}' has {len(cands)} open tasks; give task_id")
+                problems.append(f"row {i}: item_id '{ident}' has {len(cands)} open tasks; give task_id")
                 continue
             tid = cands[0]
         t = fx.ledger.task(tid)
@@ -359,7 +432,7 @@ def verify_release(path: str, as_json: bool, no_standard: bool) -> None:
 
 
 @main.command()
-@click.argument("item_id")
+@click.argument("item_id", metavar="ITEM_ID|YOUR_ID")
 @click.option("--dataset", required=True)
 @click.option("--root", default=None, help=ROOT_HELP)
 @click.option("--json", "as_json", is_flag=True, help="The whole story as JSON (with the Merkle inclusion proof).")
@@ -371,6 +444,18 @@ def trace(item_id: str, dataset: str, root: str | None, as_json: bool, events_on
     from factory.provenance import format_story, item_story
 
     fx = _fx(root)
+    found = fx.ledger.resolve_item(dataset, item_id)  # the factory's item id or the user's own id
+    if len(found) > 1:
+        _fail(f"'{item_id}' names {len(found)} items of '{dataset}': {', '.join(i for _, i in found)}")
+    if not found:
+        try:
+            spec_col = fx.spec(dataset).task.id_column
+        except FactoryError:
+            spec_col = None
+        _fail(f"item '{item_id}': no such item in dataset '{dataset}' (neither an item id"
+              + (f" nor a {spec_col}" if spec_col else "") + f"); see `factory tasks list --dataset {dataset} "
+              f"--status all --json`")
+    item_id = found[0][1]
     if events_only:
         ev = fx.ledger.events(dataset, item_id=item_id)
         if ev.empty:
@@ -489,6 +574,10 @@ main.add_command(annotators)
 main.add_command(gold)
 main.add_command(guideline)
 main.add_command(status)
+
+from factory.cli_common import guard_names  # noqa: E402
+
+guard_names(main)  # last: every command above, wherever it lives, refuses unknown dataset/batch/annotator names
 
 
 if __name__ == "__main__":

@@ -179,20 +179,37 @@ def gold() -> None:
 @click.option("--dataset", required=True)
 @click.option("--root", default=None, help=ROOT_HELP)
 def gold_add(csv_path, dataset, root) -> None:
-    """Declare gold items from a CSV with item_id (or the item's text) and label; all or nothing."""
-    from factory.ingest import item_id_for
+    """Declare gold items from a CSV with item_id (or your own id column, or the item's text) and label;
+    all or nothing: an unknown item, a label outside the schema or one item given two labels refuses the file."""
+    from factory.ingest import gold_label_conflicts, item_id_for
     from factory.workforce import Workforce
 
     fx = _fx(root)
-    spec = fx.spec(dataset)
-    df = pd.read_csv(csv_path, dtype=str, keep_default_na=False)
-    if "label" not in df.columns or not ({"item_id", spec.task.input} & set(df.columns)):
-        _fail(f"{csv_path}: needs columns label and item_id (or {spec.task.input}); found {list(df.columns)}")
-    ids = df["item_id"] if "item_id" in df.columns else df[spec.task.input].map(item_id_for)
-    known = fx.ledger.known_items(dataset, ids.tolist())
+    try:
+        spec = fx.spec(dataset)
+    except FactoryError as e:
+        _fail(e)
+    try:
+        df = pd.read_csv(csv_path, dtype=str, keep_default_na=False)
+    except Exception as e:  # noqa: BLE001 - pandas raises several types for unreadable files
+        _fail(f"{csv_path}: not a readable CSV ({e}); nothing added")
+    id_col = spec.task.id_column
+    keys = [c for c in ("item_id", id_col, spec.task.input) if c and c in df.columns]
+    if "label" not in df.columns or not keys:
+        _fail(f"{csv_path}: needs columns label and item_id (or {id_col + ', ' if id_col else ''}"
+              f"{spec.task.input}); found {list(df.columns)}")
+    if keys[0] == "item_id":
+        ids = df["item_id"].tolist()
+    elif keys[0] == id_col:
+        ext = fx.ledger.known_external_ids(dataset, df[id_col].str.strip().tolist())
+        ids = [ext.get(v.strip(), (f"{id_col} '{v}'",))[0] for v in df[id_col]]
+    else:
+        ids = df[spec.task.input].map(item_id_for).tolist()
+    known = fx.ledger.known_items(dataset, ids)
     bad = [f"row {i + 2}: item {iid} is not in dataset '{dataset}'" for i, iid in enumerate(ids) if iid not in known]
     bad += [f"row {i + 2}: label '{lab}' is not in the schema {spec.class_names}"
             for i, lab in enumerate(df["label"]) if lab not in spec.class_names]
+    bad += gold_label_conflicts(ids, df["label"].tolist())
     if bad:
         _fail(f"{csv_path}: nothing added, {len(bad)} bad row(s):\n  " + "\n  ".join(bad[:30]))
     n = Workforce(fx.ledger).add_gold(dataset, dict(zip(ids, df["label"])), source="file")

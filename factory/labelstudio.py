@@ -58,6 +58,8 @@ def export_tasks(fx, batch_id: str, *, include_answered: bool = False) -> list[d
                               "result": _choice(r.label)})
         out.append({
             "data": {"text": items.loc[t.item_id, "text"], "factory_task_id": t.task_id, "item_id": t.item_id,
+                     # the user's own id (spec task.id_column), so Label Studio shows the id they know
+                     "external_id": items.loc[t.item_id, "external_id"] or None,
                      "dataset": dataset, "batch_id": batch_id, "task_kind": t.kind,
                      "reasons": json.loads(t.reasons) if isinstance(t.reasons, str) else list(t.reasons)},
             "predictions": preds,

@@ -64,6 +64,11 @@ items = sa.Table(
     sa.Column("meta", sa.Text, nullable=False),
     sa.Column("source_file", sa.Text, nullable=False),
     sa.Column("source_row", sa.Integer, nullable=False),
+    # the user's own id (spec task.id_column) and the hash of the duplicate key (factory.ingest.text_key)
+    sa.Column("external_id", sa.String(256)),
+    sa.Column("text_key", sa.String(64)),
+    sa.Index("ix_items_external_id", "dataset", "external_id"),
+    sa.Index("ix_items_text_key", "dataset", "text_key"),
 )
 
 duplicates = sa.Table(
@@ -76,6 +81,7 @@ duplicates = sa.Table(
     sa.Column("source_row", sa.Integer, nullable=False),
     sa.Column("first_batch_id", sa.String(64), nullable=False),
     sa.Column("scope", sa.String(16), nullable=False),  # within | across
+    sa.Column("external_id", sa.String(256)),  # the duplicate row's own id: it still names its item
 )
 
 quarantine = sa.Table(
@@ -303,6 +309,46 @@ class Ledger:
                         items.c.dataset == dataset, items.c.item_id.in_(chunk))):
                     out[r.item_id] = r.batch_id
         return out
+
+    def known_text_keys(self, dataset: str, keys: Sequence[str]) -> dict[str, tuple[str, str]]:
+        """Map of the given duplicate-key hashes already in the ledger to (item id, batch id) of their item."""
+        out: dict[str, tuple[str, str]] = {}
+        with self.reader.connect() as c:
+            for i in range(0, len(keys), 500):
+                for r in c.execute(sa.select(items.c.text_key, items.c.item_id, items.c.batch_id).where(
+                        items.c.dataset == dataset, items.c.text_key.in_(keys[i:i + 500]))):
+                    out.setdefault(r.text_key, (r.item_id, r.batch_id))
+        return out
+
+    def known_external_ids(self, dataset: str, ids: Sequence[str]) -> dict[str, tuple[str, str]]:
+        """Map of the given user ids (task.id_column) already in the ledger to (item id, batch id) they name."""
+        out: dict[str, tuple[str, str]] = {}
+        with self.reader.connect() as c:
+            for i in range(0, len(ids), 500):
+                chunk = ids[i:i + 500]
+                for t in (items, duplicates):
+                    col = t.c.item_id
+                    batch = t.c.batch_id if t is items else t.c.first_batch_id
+                    for r in c.execute(sa.select(t.c.external_id, col, batch.label("b")).where(
+                            t.c.dataset == dataset, t.c.external_id.in_(chunk))):
+                        out.setdefault(r.external_id, (r.item_id, r.b))
+        return out
+
+    def resolve_item(self, dataset: str | None, ident: str) -> list[tuple[str, str]]:
+        """The (dataset, item id) pairs `ident` names: an item id, else a user's own id (task.id_column)."""
+        with self.reader.connect() as c:
+            q = sa.select(items.c.dataset, items.c.item_id).where(items.c.item_id == ident)
+            if dataset:
+                q = q.where(items.c.dataset == dataset)
+            found = [(r.dataset, r.item_id) for r in c.execute(q)]
+            if found:
+                return found
+            for t in (items, duplicates):
+                q = sa.select(t.c.dataset, t.c.item_id).where(t.c.external_id == ident)
+                if dataset:
+                    q = q.where(t.c.dataset == dataset)
+                found += [(r.dataset, r.item_id) for r in c.execute(q)]
+        return sorted(set(found))
 
     def add_batch(self, batch_row: dict, item_rows: Sequence[dict], duplicate_rows: Sequence[dict],
                   quarantine_rows: Sequence[dict], events: Sequence[dict] = (),

@@ -132,14 +132,16 @@ def item_story(fx, dataset: str, item_id: str) -> dict:
     from factory.errors import FactoryError
 
     ev = fx.ledger.events(dataset, item_id=item_id)
-    if ev.empty:
+    item = fx.ledger.items(dataset, item_ids=[item_id])
+    if ev.empty and item.empty:
         raise FactoryError(f"item '{item_id}': no events in dataset '{dataset}'; check the id with "
                            f"`factory tasks list --dataset {dataset} --status all`")
-    item = fx.ledger.items(dataset, item_ids=[item_id])
     tasks = fx.ledger.table("tasks", item_id=item_id)
-    batch_id = str(ev["batch_id"].iloc[0])
+    # an item just ingested has no label event yet: its story is its source, and it starts there
+    batch_id = str(ev["batch_id"].iloc[0]) if len(ev) else str(item["batch_id"].iloc[0])
     story: dict[str, Any] = {
         "item_id": item_id, "dataset": dataset, "batch_id": batch_id,
+        "external_id": None if item.empty or _missing(item["external_id"].iloc[0]) else str(item["external_id"].iloc[0]),
         "text": None if item.empty else str(item["text"].iloc[0]),
         "source": None if item.empty else {"file": item["source_file"].iloc[0], "row": int(item["source_row"].iloc[0])},
     }
@@ -230,6 +232,8 @@ def code_version() -> str:
 def format_story(story: dict) -> str:
     """A human-readable rendering of item_story()."""
     lines = [f"item {story['item_id']}  (dataset {story['dataset']}, batch {story['batch_id']})"]
+    if story.get("external_id"):
+        lines.append(f"  your id: {story['external_id']}")
     if story.get("source"):
         lines.append(f"  from {story['source']['file']} row {story['source']['row']}")
     if story.get("text"):

@@ -127,6 +127,10 @@ def build_release_table(fx, dataset: str, batch_ids: list[str]) -> pd.DataFrame:
     df["split"] = [split_for(i, spec.splits) for i in df["item_id"]]
     cols = ["item_id", "text", "label", "confidence", "source", "split", "batch_id", "annotators", "n_events",
             "guideline_version", "spec_version"]
+    if spec.task.id_column:  # the user's own ids, as a last column only for datasets that declare them
+        ext = fx.ledger.items(dataset, item_ids=df["item_id"].tolist()).set_index("item_id")["external_id"]
+        df["external_id"] = df["item_id"].map(ext)
+        cols.append("external_id")
     return df[cols].sort_values("item_id").reset_index(drop=True)
 
 
@@ -220,6 +224,11 @@ def load_gold(fx, spec) -> pd.DataFrame | None:
         raise ReleaseError(f"{path}: a gold file needs columns label and item_id (or text); found {list(g.columns)}")
     if "item_id" not in g:
         g["item_id"] = [item_id_for(t) for t in g["text"]]
+    from factory.ingest import gold_label_conflicts
+
+    conflicts = gold_label_conflicts(g["item_id"].tolist(), g["label"].tolist())
+    if conflicts:
+        raise ReleaseError(f"{path}: the gold file gives items two labels: " + "; ".join(conflicts[:10]))
     return g[["item_id", "label"]]
 
 
@@ -235,8 +244,10 @@ def certify(fx, spec, dataset: str, table: pd.DataFrame, evidence: pd.DataFrame,
 
     standard = spec.quality.standard
     suite = "release" if "release" in load_standard(standard)["suites"] else "final_labels"
-    outcome = validate(table, suite, {"classes": spec.class_names, "n_items": n_items_expected,
-                                      "splits": list(spec.splits)}, standard=standard)
+    # the standard pins the factory's columns; a dataset's own ids (task.id_column) ride along after them
+    outcome = validate(table.drop(columns=["external_id"], errors="ignore"), suite,
+                       {"classes": spec.class_names, "n_items": n_items_expected, "splits": list(spec.splits)},
+                       standard=standard)
     human = _human_answers(fx, dataset, set(table["item_id"]))
     models = _model_labels(fx, dataset, batch_ids)
     gold = load_gold(fx, spec)
@@ -673,7 +684,8 @@ def _validate_with_file(df: pd.DataFrame, std_file: Path, params: dict):
             return decl if (s, standard) == (suite, name) else original(s, standard)
         S.expectations = from_file  # the copy in the release is authoritative, even if the repo's file changed
         try:
-            return S.validate(df, suite, params, standard=name)
+            # the user's own ids (task.id_column) are not among the factory's columns the standard pins
+            return S.validate(df.drop(columns=["external_id"], errors="ignore"), suite, params, standard=name)
         finally:
             S.expectations = original
 

@@ -26,6 +26,18 @@ class TaskSpec(_Strict):
     type: Literal["classification", "multi-label", "spans", "boxes", "pairs"] = "classification"
     input: str = "text"
     metadata: tuple[str, ...] = ()
+    # the column holding the user's own item ids (e.g. review_id): kept through the ledger, task list, trace,
+    # exports and releases.  Left out of the dump when unset, so existing specs keep their version.
+    id_column: str | None = Field(default=None, min_length=1, max_length=128, exclude_if=lambda v: v is None)
+
+    @model_validator(mode="after")
+    def _id_column(self) -> "TaskSpec":
+        if self.id_column is not None and (self.id_column == self.input or self.id_column in self.metadata):
+            raise ValueError(f"id_column '{self.id_column}' must be its own column, not task.input or a "
+                             f"task.metadata field")
+        if self.id_column in ("item_id",):
+            raise ValueError("id_column 'item_id' is the factory's own id; name your id column differently")
+        return self
 
 
 class ClassSpec(_Strict):

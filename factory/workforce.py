@@ -106,7 +106,8 @@ class Workforce:
         with self.ledger.reader.connect() as c:
             row = c.execute(sa.select(annotators).where(annotators.c.annotator_id == annotator_id)).mappings().first()
         if row is None:
-            raise TaskError(f"annotator '{annotator_id}' is not registered; add them with `factory annotators add`")
+            raise TaskError(f"annotator '{annotator_id}' is not registered; add them with "
+                            f"`factory annotators add {annotator_id} --tier L1` (or L2, L3, expert)")
         d = dict(row)
         d["domains"], d["languages"] = json.loads(d["domains"]), json.loads(d["languages"])
         return d
@@ -387,7 +388,8 @@ def check_answer(fx, t: dict, annotator: str, *, rationale: str | None = None, l
             raise TaskRefused(f"'{annotator}' is not in the annotator registry; "
                               + ("an arbitration needs a registered expert" if t["kind"] == "arbitrate" else
                                  f"dataset '{t['dataset']}' accepts answers from registered annotators only")
-                              + f" (`factory annotators add {annotator}`)")
+                              + f" (`factory annotators add {annotator} --tier "
+                                 f"{'expert' if t['kind'] == 'arbitrate' else t.get('required_tier') or 'L1'}`)")
         elif holder and holder != annotator:
             raise TaskRefused(f"task '{t['task_id']}' is assigned to someone else, not to '{annotator}'")
         if t["kind"] == "arbitrate" and (not rationale or not rationale.strip()):

@@ -33,6 +33,15 @@ def _generate(name: str, folder: Path) -> Path:
     return path
 
 
+def _copy(name: str, folder: Path) -> Path:
+    path = folder / name
+    if (BAD / name).is_dir():
+        shutil.copytree(BAD / name, path)
+    else:
+        shutil.copyfile(BAD / name, path)
+    return path
+
+
 def _check_accepted(fx, rep, exp) -> None:
     assert rep.items == exp["items"]
     assert len(fx.ledger.items("news", batch_id=rep.batch_id)) == exp["items"]
@@ -40,6 +49,8 @@ def _check_accepted(fx, rep, exp) -> None:
     assert len(q) == len(exp["quarantine"])
     for (_, row), want in zip(q.iterrows(), exp["quarantine"]):
         assert (row["source_row"], row["field"]) == (want["row"], want["field"])
+        if "file" in want:  # a folder's quarantine names the file
+            assert row["source_file"] == want["file"]
         assert want["reason"] in row["reason"]
         assert len(row["raw"]) <= 2000  # the quarantine keeps a bounded excerpt, not 50 MB
     assert rep.duplicates_within == exp.get("duplicates_within", 0)
@@ -52,14 +63,14 @@ def test_bad_file(name, fx, tmp_path):
     if name.startswith("generated:"):
         path = _generate(name.split(":", 1)[1], tmp_path)
     else:
-        path = tmp_path / name
-        shutil.copyfile(BAD / name, path)
+        path = _copy(name, tmp_path)
     before = _counts(fx)
     if exp["outcome"] == "refused":
         with pytest.raises(IngestError) as err:
             ingest(path, fx.spec("news"), fx.ledger)
         msg = str(err.value)
         assert exp["error"] in msg and str(path) in msg and "nothing was ingested" in msg
+        assert "Traceback" not in msg
         assert _counts(fx) == before  # nothing half-accepted
     else:
         _check_accepted(fx, ingest(path, fx.spec("news"), fx.ledger), exp)
@@ -118,3 +129,72 @@ def test_answers_with_labels_outside_the_schema_import_nothing(fx, root):
     assert res.exit_code != 0
     assert exp["error"] in res.output and "nothing imported" in res.output
     assert fx.ledger.events("news").empty  # the good row t1 was not imported either
+
+
+@pytest.mark.parametrize("name", [k for k, v in EXPECTED.items() if v["outcome"] == "gold_refused"])
+def test_gold_files_giving_one_item_two_labels_are_refused(name, fx, root, tmp_path):
+    from factory.cli import main
+
+    exp = EXPECTED[name]
+    ingest(_copy(exp["items_from"], tmp_path), fx.spec("news"), fx.ledger)
+    res = CliRunner().invoke(main, ["gold", "add", str(BAD / name), "--dataset", "news", "--root", str(root)])
+    assert res.exit_code == 2, res.output  # refused, not crashed
+    assert exp["error"] in res.output and "nothing added" in res.output and str(BAD / name) in res.output
+    assert "gold_items" not in _tables(fx) or fx.ledger.table("gold_items").empty
+
+
+def _tables(fx) -> set[str]:
+    import sqlalchemy as sa
+
+    return set(sa.inspect(fx.ledger.engine).get_table_names())
+
+
+def test_the_recorded_hash_is_of_the_bytes_that_were_ingested(fx, tmp_path, monkeypatch):
+    """A file that changes while it is ingested: the batch's sha256 describes the bytes its items came from."""
+    import hashlib
+
+    path = tmp_path / "growing.csv"
+    first = b"text\nfirst article\nsecond article\n"
+    path.write_bytes(first)
+    real_open, real_read = open, Path.read_bytes
+
+    def appending_read(self):  # every read of the file is followed by a writer appending a row
+        data = real_read(self)
+        if self == path:
+            with real_open(path, "ab") as f:
+                f.write(b"a row appended meanwhile\n")
+        return data
+
+    monkeypatch.setattr(Path, "read_bytes", appending_read)
+    import builtins
+
+    def appending_open(file, mode="r", *a, **k):
+        f = real_open(file, mode, *a, **k)
+        if Path(file) == path and "r" in mode and "b" in mode:
+            data = f.read()
+            f.close()
+            with real_open(path, "ab") as g:
+                g.write(b"a row appended meanwhile\n")
+            import io
+            return io.BytesIO(data)
+        return f
+
+    monkeypatch.setattr(builtins, "open", appending_open)
+    rep = ingest(path, fx.spec("news"), fx.ledger)
+    monkeypatch.undo()
+    assert rep.items == 2
+    assert fx.ledger.batch(rep.batch_id)["source_sha256"] == hashlib.sha256(first).hexdigest()
+
+
+def test_the_specs_gold_file_giving_one_item_two_labels_is_refused(fx, root):
+    import yaml
+
+    from factory.errors import ReleaseError
+    from factory.release import load_gold
+    from tests.conftest import news_spec
+
+    shutil.copyfile(BAD / "gold_conflict.csv", root / "gold.csv")
+    spec = news_spec(quality={"max_quarantine_rate": 0.5, "gold": "gold.csv"})
+    (root / "datasets" / "news.yaml").write_text(yaml.safe_dump(spec))
+    with pytest.raises(ReleaseError, match=EXPECTED["gold_conflict.csv"]["error"]):
+        load_gold(fx, fx.spec("news"))

@@ -102,3 +102,75 @@ def test_dagster_definitions_validate(root):
     res = subprocess.run([str(exe), "definitions", "validate", "-w", "workspace.yaml"], capture_output=True, text=True,
                          cwd=Path(__file__).parents[1], timeout=300)
     assert res.returncode == 0, res.stdout + res.stderr
+
+
+def test_a_newcomer_keeps_their_own_ids_from_ingest_to_trace(cli, root, tmp_path):
+    """init, ingest a CSV with its own ids, list tasks as JSON, answer and trace by the user's id."""
+    import yaml
+
+    cli("init", "reviews")
+    spec_path = root / "datasets" / "reviews.yaml"
+    spec = yaml.safe_load(spec_path.read_text())
+    spec["task"]["id_column"] = "review_id"
+    spec["seed"]["size"] = 4
+    spec_path.write_text(yaml.safe_dump(spec))
+    assert "valid" in cli("validate", "--dataset", "reviews").output
+    # every text is longer than the table view's 60-character cut
+    texts = [f"Review {i}: {'great, would buy again and again, the best' if i % 2 else 'it broke after a week'} "
+             f"{'really ' * 8}(item {i})" for i in range(12)]
+    src = write_csv(tmp_path / "reviews.csv", texts, {"review_id": [f"rt-{i:05d}" for i in range(12)]})
+    cli("ingest", src, "--dataset", "reviews", "--run")
+    recs = json.loads(cli("tasks", "list", "--dataset", "reviews", "--json").output)
+    assert recs and all(r["external_id"].startswith("rt-") for r in recs)
+    by_ext = {r["external_id"]: r for r in recs}
+    for ext, r in by_ext.items():
+        assert r["text"] == texts[int(ext[3:])]  # the whole text, no cut
+        assert isinstance(r["reasons"], list) and isinstance(r["meta"], dict)
+    ext = sorted(by_ext)[0]
+    out = cli("tasks", "answer", ext, "positive", "--annotator", "ann-1").output
+    assert f"task {by_ext[ext]['task_id']}: recorded" in out
+    story = cli("trace", ext, "--dataset", "reviews").output
+    assert f"your id: {ext}" in story and by_ext[ext]["item_id"] in story and "ann-1" in story
+    as_json = json.loads(cli("trace", by_ext[ext]["item_id"], "--dataset", "reviews", "--json").output)
+    assert as_json["external_id"] == ext
+    res = cli("trace", "rt-99999", "--dataset", "reviews", ok=False)
+    assert res.exit_code == 2 and "no such item" in res.output
+
+
+@pytest.mark.parametrize("args, suggestion", [
+    (["run", "--dataset", "review"], "did you mean 'reviews'?"),
+    (["tasks", "list", "--dataset", "reveiws"], "did you mean 'reviews'?"),
+    (["status", "--dataset", "reviews", "--batch", "b_nosuchbatch"], "no batch 'b_nosuchbatch'"),
+    (["validate", "--dataset", "reviewz"], "did you mean 'reviews'?"),
+    (["annotators", "show", "ann-3"], "annotators add ann-3 --tier"),
+])
+def test_unknown_names_are_errors_with_the_closest_name(cli, args, suggestion):
+    cli("init", "reviews")
+    res = cli(*args, ok=False)
+    assert res.exit_code == 2, res.output
+    assert suggestion in res.output and "Traceback" not in res.output
+
+
+def test_answers_name_items_by_the_users_id_and_unknown_people_are_caught(cli, root, tmp_path):
+    import yaml
+
+    from factory.ingest import ingest, item_id_for
+    from factory.pipeline import Factory
+    from tests.conftest import news_spec
+
+    task = {"type": "classification", "input": "text", "metadata": [], "id_column": "review_id"}
+    (root / "datasets" / "ids.yaml").write_text(yaml.safe_dump(news_spec("ids", task=task)))
+    fx = Factory.at(root)
+    texts = ["first text", "second text", "third text"]
+    ingest(write_csv(tmp_path / "a.csv", texts, {"review_id": ["rt-1", "rt-2", "rt-3"]}), fx.spec("ids"), fx.ledger)
+    fx.ledger.create_tasks([dict(task_id=f"t{i}", dataset="ids", batch_id="b", item_id=item_id_for(t), kind="review",
+                                 reasons=["x"]) for i, t in enumerate(texts)])
+    answers = tmp_path / "answers.csv"
+    pd.DataFrame({"item_id": ["rt-1"], "annotator": ["ann-1"], "label": ["tech"]}).to_csv(answers, index=False)
+    assert "imported 1 answers" in cli("tasks", "import", answers).output
+    cli("annotators", "add", "ann-1")
+    res = cli("tasks", "answer", "rt-2", "tech", "--annotator", "ann-l", ok=False)  # a typo of ann-1
+    assert res.exit_code == 2 and "did you mean 'ann-1'?" in res.output
+    assert "recorded 'tech' by ann-1" in cli("tasks", "answer", "rt-2", "tech", "--annotator", "ann-1").output
+    answered = fx.ledger.tasks("ids", status="answered").set_index("task_id")["annotator"].to_dict()
+    assert answered == {"t0": "ann-1", "t1": "ann-1"}

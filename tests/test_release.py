@@ -28,7 +28,7 @@ EXPECTED_FILES = {"labels.parquet", "croissant.json", "README.md", "CHANGELOG.md
 CLASSES = ["business", "entertainment", "politics", "sports", "tech"]
 
 
-def run_batch(fx, texts, truth, path, seed=0):
+def run_batch(fx, texts, truth, path, seed=0, extra=None):
     """A finished batch built straight through the ledger (fast, independent of the pipeline's internals):
     two labelers' events, seed/review/audit tasks answered by people, final labels, passed checks.
     The whole Dagster graph, release included, is exercised by tests/test_graph.py."""
@@ -37,7 +37,7 @@ def run_batch(fx, texts, truth, path, seed=0):
     from factory.pipeline import write_table
 
     spec = fx.spec("news")
-    b = ingest(write_csv(path, texts), spec, fx.ledger).batch_id
+    b = ingest(write_csv(path, texts, extra), spec, fx.ledger).batch_id
     raw = fx.ledger.items("news", batch_id=b)[["item_id", "batch_id", "text", "meta", "source_file", "source_row"]]
     write_table(raw, fx.paths.table("raw_items", "news", b))
     rng = np.random.default_rng(seed)
@@ -376,3 +376,26 @@ def test_blocking_quality_gate_refuses_the_release(world):
     shutil.rmtree(world["twin"] / "releases", ignore_errors=True)  # whatever earlier tests released
     with pytest.raises(ReleaseError, match=r"gate prior_tv_distance: [0-9.]+ not <= 0.0"):
         release(fx, "news")
+
+
+def test_the_users_own_ids_reach_the_release_and_the_label_studio_export(world, tmp_path):
+    """task.id_column: labels.parquet carries external_id beside the item id; the folder still verifies."""
+    from factory.labelstudio import export_tasks
+
+    root = tmp_path / "ids"
+    (root / "datasets").mkdir(parents=True)
+    data = yaml.safe_load((world["root"] / "datasets" / "news.yaml").read_text())
+    data["task"]["id_column"] = "review_id"
+    data["quality"]["standard"] = "factory-default-1.2.0"  # its release suite pins the factory's columns
+    (root / "datasets" / "news.yaml").write_text(yaml.safe_dump(data))
+    fx = Factory.at(root)
+    texts = world["df"]["text"][:40]
+    ids = {item_id_for(t): f"rt-{i:04d}" for i, t in enumerate(texts)}
+    b = run_batch(fx, texts, world["truth"], tmp_path / "b1.csv", extra={"review_id": list(ids.values())})
+    exported = export_tasks(fx, b, include_answered=True)
+    assert exported and all(t["data"]["external_id"] == ids[t["data"]["item_id"]] for t in exported)
+    r = release(fx, "news")
+    table = pd.read_parquet(Path(r["path"]) / "labels.parquet")
+    assert table.columns[-1] == "external_id"
+    assert dict(zip(table["item_id"], table["external_id"])) == {i: ids[i] for i in table["item_id"]}
+    assert verify_release(Path(r["path"]))["ok"]

@@ -61,3 +61,15 @@ def test_missing_or_broken_file(tmp_path):
     (tmp_path / "bad.yaml").write_text("name: [unclosed")
     with pytest.raises(SpecError, match="not valid YAML"):
         load_spec(tmp_path / "bad.yaml")
+
+
+def test_id_column_is_optional_own_column_and_leaves_existing_versions_alone():
+    plain = parse_spec(news_spec())
+    assert plain.task.id_column is None
+    assert "id_column" not in plain.model_dump(mode="json", by_alias=True)["task"]  # old specs keep their version
+    task = {"type": "classification", "input": "text", "metadata": ["source_file"], "id_column": "review_id"}
+    spec = parse_spec(news_spec(task=task))
+    assert spec.task.id_column == "review_id" and spec.version != plain.version
+    for bad in ("text", "source_file", "item_id", ""):
+        with pytest.raises(SpecError, match="task.id_column|task"):
+            parse_spec(news_spec(task=dict(task, id_column=bad)))
