@@ -1,4 +1,4 @@
-"""Span fusion on real crowd NER answers: factory.aggregate_spans vs token MV, token DS and HMM-Crowd.
+"""Span fusion on real crowd NER answers: factory.aggregate_spans vs token MV, token DS, HMM-Crowd and BSC-seq.
 
 Data: the crowd NER folder (``--data``, e.g. /work/shared/bench/crowd/ner; see its README.md):
 4,237 CoNLL-2003 sentences in 285 documents, 20,873 BIO answers from 47 workers.
@@ -9,15 +9,25 @@ Methods (every output is BIO-repaired before scoring: I-X not after B-X/I-X beco
 - ``hmm_crowd``: the model of Nguyen et al. (ACL 2017), implemented here on factory's engine: an
   HMM over the true tags whose states emit the token's features (lower-cased word and word shape,
   naive-Bayes multinomials, full weight) and each worker's tag through a per-worker confusion
-  matrix (no sequential annotator model, no pooled prior); transitions restricted to valid BIO,
-  Viterbi decoding.  Fitted with the engine's variational EM, not the authors' code.
+  matrix; transitions restricted to valid BIO, Viterbi decoding.  Fitted with the engine's
+  variational EM, not the authors' code.
+- ``bsc_seq``: BSC-seq's model (Simpson & Gurevych, EMNLP 2019), implemented here on the same
+  engine: the sequential annotator model (a worker's tag depends on the true tag and on the
+  worker's previous tag), no text, no pooled prior, variational Bayes, Viterbi.  Not the authors'
+  code (their LSTM text model is left out).
+  Both baselines get their confusion prior (``BASE_GRID``) by the same nested CV over documents,
+  picked on NER folds only (the most favourable choice for them on this set).
 - ``factory``: ``factory.aggregate_spans(answers, tokens)`` with its fixed ``DEFAULTS``.
 - ``factory_cv``: nested cross-validation over DOCUMENTS (5 folds, seeded shuffle of doc ids):
-  every setting of the grid below is fitted (unsupervised) on all answers; for each fold the
-  setting with the best strict F1 on the *other four* folds is picked and its predictions for the
-  held-out fold are kept.  The score is that of the out-of-fold predictions: no fold's truth chose
-  its own setting.  The ``DEFAULTS`` shipped in factory/engine/spans.py are the setting the folds
-  chose (the JSON records each fold's choice and whether ``DEFAULTS`` equals the majority).
+  every setting of ``GRID`` is fitted (unsupervised) on all answers; for each fold the setting of
+  least maximum regret over two selection sets, the *other four* folds and four synthetic crowds
+  (``SYNTHETIC_SET``: 300 sentences, 6 workers of whom 2 extend every span by a token, token
+  noise 0.1-0.4), is picked and its predictions for the held-out fold are kept.  The score is that
+  of the out-of-fold predictions: no fold's truth chose its own setting.  The synthetic set is
+  there so that the defaults also hold on small and noisy crowds ("generalise, don't tune"): on
+  NER alone the folds chose a flat confusion prior (diag 5, off 2) that falls to majority-vote level
+  on the 0.3-noise synthetic crowd.  The ``DEFAULTS`` shipped in factory/engine/spans.py are the
+  setting most folds chose (the JSON says whether they match).
 - ``factory_fold_alone``: ``DEFAULTS``, but each fold's sentences fitted on their own answers
   only (a fifth of the data, sentences the model never saw): the unseen-sentence check.
 
@@ -27,8 +37,8 @@ recall likewise for gold spans; written here, seqeval has no overlap mode).  95%
 bootstrap resamples of documents (per-document span counts; the strict counts are checked equal to
 seqeval's).  Truth is read only to score and to pick the CV setting on other folds.
 
-Run: ``factory bench spans --data /work/shared/bench/crowd/ner --out DIR`` (about 5 min on the
-2-core machine, most of it crowd-kit DS and the CV grid).
+Run: ``factory bench spans --data /work/shared/bench/crowd/ner --out DIR`` (about 10 min on the
+loaded 2-core machine, nearly all of it the CV grids).
 """
 
 from __future__ import annotations
@@ -50,13 +60,18 @@ N_FOLDS = 5
 FOLD_SEED = 20261201
 # The CV grid: the confusion prior (diagonal and off-diagonal pseudo-counts) and the weight of the
 # token-text emitter.  Other options stay at DEFAULTS.
+# A first run on the grid diag 2/5/10/20 x off 0.1/0.5/1 x text 0/0.3/0.5 chose (20, 1, 0.5), on the
+# edge of all three ranges, so the grid was moved outwards once to the one below.
 GRID = {
-    "diag_alpha": [2.0, 5.0, 10.0, 20.0],
-    "off_alpha": [0.1, 0.5, 1.0],
-    "text_weight": [0.0, 0.3, 0.5],
+    "diag_alpha": [5.0, 10.0, 20.0, 40.0],
+    "off_alpha": [0.5, 1.0, 2.0],
+    "text_weight": [0.0, 0.3, 0.5, 0.7],
 }
-HMM_CROWD = {"annotator": "confusion", "pool_strength": 0.0, "diag_alpha": 1.0, "off_alpha": 0.1,
-             "text_weight": 1.0, "text_features": ("word", "shape"), "decode": "viterbi"}
+# the baselines' confusion priors get the same nested CV (their other settings are fixed by the paper)
+BASE_GRID = {"diag_alpha": [1.0, 2.0, 5.0, 10.0, 20.0], "off_alpha": [0.1, 0.5, 1.0]}
+HMM_CROWD = {"annotator": "confusion", "pool_strength": 0.0, "text_weight": 1.0,
+             "text_features": ("word", "shape"), "decode": "viterbi"}
+BSC_SEQ = {"annotator": "seq", "pool_strength": 0.0, "text_weight": 0.0, "decode": "viterbi"}
 
 
 def load(data: Path) -> dict:
@@ -156,28 +171,120 @@ def folds(docs: pd.DataFrame, n_folds: int = N_FOLDS, seed: int = FOLD_SEED) -> 
     return pd.Series(fold_of_doc[docs["doc_id"]].to_numpy(), index=docs["sentence_id"].to_numpy())
 
 
-def _grid() -> list[dict]:
-    keys = list(GRID)
-    return [dict(zip(keys, vals)) for vals in itertools.product(*(GRID[k] for k in keys))]
+def _grid(grid: dict) -> list[dict]:
+    keys = list(grid)
+    return [dict(zip(keys, vals)) for vals in itertools.product(*(grid[k] for k in keys))]
 
 
-def cross_validate(d: dict, gold: pd.Series, sent_doc: pd.Series, fold: pd.Series, progress=print) -> dict:
-    """Nested CV over documents: per fold, pick the grid setting best on the other folds."""
-    settings = _grid()
-    per_setting_counts, preds = [], []
+SYNTHETIC_TYPES = ("PER", "LOC", "ORG")
+
+
+def synthetic_crowd(seed: int, flip: float, n_sent: int = 300, n_good: int = 4, n_boundary: int = 2,
+                    per_sentence: int = 3) -> tuple[pd.DataFrame, dict]:
+    """A seeded synthetic BIO crowd: (answers, truth {sentence_id: tags}).
+
+    Sentences of 6-18 tokens, spans of 1-3 tokens (3 types) starting at a token with prob 0.15;
+    `n_good` workers copy the truth with token noise `flip` (a random tag, O half of the time);
+    `n_boundary` workers extend every span by one token to the right (plus 3% noise); every
+    sentence gets `per_sentence` distinct workers."""
+    rng = np.random.default_rng(seed)
+    all_tags = ["O"] + [f"{p}-{t}" for t in SYNTHETIC_TYPES for p in "BI"]
+    truth = {}
+    for i in range(n_sent):
+        n = int(rng.integers(6, 19))
+        tags, t = ["O"] * n, 0
+        while t < n:
+            if rng.random() < 0.15:
+                typ = SYNTHETIC_TYPES[rng.integers(len(SYNTHETIC_TYPES))]
+                ln = int(min(rng.integers(1, 4), n - t))
+                tags[t:t + ln] = [f"B-{typ}"] + [f"I-{typ}"] * (ln - 1)
+                t += ln + 1
+            else:
+                t += 1
+        truth[f"s{i:04d}"] = tags
+
+    def noisy(tags: list, p: float) -> list:
+        return [("O" if rng.random() < 0.5 else all_tags[rng.integers(1, len(all_tags))]) if rng.random() < p else t
+                for t in tags]
+
+    workers = [f"g{i}" for i in range(n_good)] + [f"b{i}" for i in range(n_boundary)]
+    rows = []
+    for sid, tags in truth.items():
+        extended = list(tags)
+        for _, e, typ in bio_spans(tags):
+            if e + 1 < len(tags) and tags[e + 1] == "O":
+                extended[e + 1] = f"I-{typ}"
+        for w in rng.choice(workers, size=per_sentence, replace=False):
+            ans = noisy(extended, 0.03) if w.startswith("b") else noisy(tags, flip)
+            rows += [(sid, w, i, t) for i, t in enumerate(ans)]
+    return pd.DataFrame(rows, columns=["sentence_id", "worker_id", "token_index", "tag"]), truth
+
+
+# the second selection set: four synthetic crowds, token noise 0.1 to 0.4 (seeds fixed, never the tests')
+SYNTHETIC_SET = ((101, 0.1), (102, 0.2), (103, 0.3), (104, 0.4))
+
+
+_SYNTHETIC_CACHE: dict = {}
+
+
+def _synthetic_f1(opts: dict) -> float:
+    """Mean strict span F1 of aggregate_spans(**opts) over SYNTHETIC_SET (the crowds carry no text,
+    so settings that differ only in text options share one score)."""
+    key = json.dumps({k: v for k, v in opts.items() if not k.startswith("text_")}, sort_keys=True, default=str)
+    if key not in _SYNTHETIC_CACHE:
+        _SYNTHETIC_CACHE[key] = _synthetic_f1_uncached(opts)
+    return _SYNTHETIC_CACHE[key]
+
+
+def _synthetic_f1_uncached(opts: dict) -> float:
+    scores = []
+    for seed, flip in SYNTHETIC_SET:
+        answers, truth = synthetic_crowd(seed, flip)
+        pred = _by_sentence(aggregate_spans(answers, **opts).tags)
+        tp = n_pred = n_gold = 0
+        for sid, g in truth.items():
+            gs, ps = set(bio_spans(g)), set(bio_spans(repair_bio(pred[sid])))
+            tp, n_pred, n_gold = tp + len(gs & ps), n_pred + len(ps), n_gold + len(gs)
+        p, r = tp / max(n_pred, 1), tp / max(n_gold, 1)
+        scores.append(2 * p * r / max(p + r, 1e-12))
+    return float(np.mean(scores))
+
+
+def cross_validate(d: dict, gold: pd.Series, sent_doc: pd.Series, fold: pd.Series, grid: dict | None = None,
+                   base: dict | None = None, synthetic: bool = False, progress=print) -> dict:
+    """Nested CV over documents: per fold, pick the grid setting best on the other folds.
+
+    With ``synthetic=True`` the pick is the setting of least *maximum regret* over two selection
+    sets: the other four NER folds and the synthetic crowds (regret = the best setting's F1 on that
+    set minus this setting's), so the defaults must also hold on small, noisier crowds."""
+    grid = grid or GRID
+    settings = _grid(grid)
+    per_setting_counts, preds, all_scores = [], [], []
     for i, s in enumerate(settings):
-        r = aggregate_spans(d["answers"], tokens=d["tokens"], **s)
+        if synthetic:
+            syn_f1 = _synthetic_f1({**(base or {}), **s})
+        r = aggregate_spans(d["answers"], tokens=d["tokens"], **{**(base or {}), **s})
         pred = _by_sentence(r.tags)
         preds.append(pred)
         c = _counts(gold, pred, sent_doc)
         c["fold"] = fold.groupby(sent_doc).first().reindex(c.index).to_numpy()
         per_setting_counts.append(c.groupby("fold").sum())
-        progress(f"  cv grid {i + 1}/{len(settings)} {s}: strict F1 on all folds {_scores(c.sum())['strict_f1']:.4f}")
+        all_scores.append({**s, "strict_f1_all_folds": _scores(c.sum())["strict_f1"]})
+        if synthetic:
+            all_scores[-1]["synthetic_strict_f1"] = syn_f1
+        progress(f"  cv grid {i + 1}/{len(settings)} {s}: strict F1 on all folds {all_scores[-1]['strict_f1_all_folds']:.4f}"
+                 + (f", synthetic {syn_f1:.4f}" if synthetic else ""))
     chosen, oof = [], []
+    syn = np.array([a.get("synthetic_strict_f1", 0.0) for a in all_scores])
     for f in range(N_FOLDS):
-        inner = [_scores(c.drop(index=f).sum())["strict_f1"] for c in per_setting_counts]
-        best = int(np.argmax(inner))
-        chosen.append({"fold": f, "setting": settings[best], "inner_strict_f1": inner[best]})
+        inner = np.array([_scores(c.drop(index=f).sum())["strict_f1"] for c in per_setting_counts])
+        if synthetic:
+            regret = np.maximum(inner.max() - inner, syn.max() - syn)
+            best = int(np.lexsort((-inner, regret))[0])  # least regret, then the better NER score
+        else:
+            best = int(np.argmax(inner))
+        chosen.append({"fold": f, "setting": settings[best], "inner_strict_f1": float(inner[best]),
+                       **({"synthetic_strict_f1": float(syn[best])} if synthetic else {})})
         sids = fold.index[fold.to_numpy() == f]
         oof.append(preds[best].reindex(sids))
     oof_pred = pd.concat(oof)
@@ -185,11 +292,11 @@ def cross_validate(d: dict, gold: pd.Series, sent_doc: pd.Series, fold: pd.Serie
     keys = [json.dumps(c["setting"], sort_keys=True) for c in chosen]
     counts = pd.Series(keys).value_counts()
     top = counts[counts == counts.max()].index
-    majority = max(top, key=lambda k: np.mean([c["inner_strict_f1"] for c, kk in zip(chosen, keys) if kk == k]))
+    majority = max(top, key=lambda k: float(np.mean([c["inner_strict_f1"] for c, kk in zip(chosen, keys) if kk == k])))
     majority = json.loads(majority)
     defaults_match = all(float(DEFAULTS[k]) == float(v) for k, v in majority.items())
     return {"chosen_per_fold": chosen, "majority_setting": majority, "defaults_match_majority": defaults_match,
-            "oof_pred": oof_pred, "grid": GRID}
+            "oof_pred": oof_pred, "grid": grid, "base": base or {}, "every_setting": all_scores}
 
 
 def run(out: Path, data: Path | None = None, **opts) -> dict:
@@ -218,9 +325,13 @@ def run(out: Path, data: Path | None = None, **opts) -> dict:
         t = time.time()
         pred = _by_sentence(_crowdkit(d["answers"], which))
         record(f"token_{which}", pred, time.time() - t)
-    t = time.time()
-    r = aggregate_spans(d["answers"], tokens=d["tokens"], **HMM_CROWD)
-    record("hmm_crowd", _by_sentence(r.tags), time.time() - t)
+    baselines_cv = {}
+    for name, base in (("hmm_crowd", HMM_CROWD), ("bsc_seq", BSC_SEQ)):
+        t = time.time()
+        cvb = cross_validate(d, gold, sent_doc, fold, grid=BASE_GRID, base=base)
+        record(name, cvb.pop("oof_pred"), time.time() - t)
+        cvb.pop("defaults_match_majority")
+        baselines_cv[name] = cvb
     t = time.time()
     r = aggregate_spans(d["answers"], tokens=d["tokens"])
     record("factory", _by_sentence(r.tags), time.time() - t)
@@ -236,7 +347,7 @@ def run(out: Path, data: Path | None = None, **opts) -> dict:
     record("factory_fold_alone", pd.concat(parts), time.time() - t)
 
     t = time.time()
-    cv = cross_validate(d, gold, sent_doc, fold)
+    cv = cross_validate(d, gold, sent_doc, fold, synthetic=True)
     record("factory_cv", cv.pop("oof_pred"), time.time() - t)
 
     result = {
@@ -245,8 +356,8 @@ def run(out: Path, data: Path | None = None, **opts) -> dict:
         "seconds": timing,
         "defaults": {k: (list(v) if isinstance(v, tuple) else v) for k, v in DEFAULTS.items()},
         "factory_fit": factory_fit,
-        "hmm_crowd_settings": {k: (list(v) if isinstance(v, tuple) else v) for k, v in HMM_CROWD.items()},
         "cv": cv,
+        "baselines_cv": baselines_cv,
         "folds": {"n": N_FOLDS, "seed": FOLD_SEED, "documents_per_fold": fold.groupby(sent_doc).first().value_counts().sort_index().tolist()},
         "anchors": {"token_mv_crowdkit": 0.632, "token_ds_crowdkit": 0.742, "bsc_seq_published_test_split": 0.774},
         "goal": "factory strict_f1 >= 0.78 and above every baseline",
@@ -277,10 +388,12 @@ def summary_rows(result: dict) -> list[tuple[str, str, str]]:
     """(metric, value, goal and whether met) rows for a Markdown table."""
     m = result["methods"]
     base = max((k for k in m if not k.startswith("factory")), key=lambda k: m[k]["strict_f1"])
-    f = m["factory"]["strict_f1"]
-    ok = f >= 0.78 and f > m[base]["strict_f1"]
-    rows = [("factory strict span F1", f"{f:.4f}", f">= 0.78 and > best baseline ({base} {m[base]['strict_f1']:.4f}): "
-             f"{'met' if ok else 'MISSED'}")]
+    rows = []
+    for name in ("factory", "factory_cv"):
+        f = m[name]["strict_f1"]
+        ok = f >= 0.78 and f > m[base]["strict_f1"]
+        rows.append((f"{name} strict span F1", f"{f:.4f}", f">= 0.78 and > best baseline ({base} "
+                     f"{m[base]['strict_f1']:.4f}): {'met' if ok else 'MISSED'}"))
     for k, v in m.items():
         rows.append((f"{k}: strict / relaxed F1, P, R", f"{v['strict_f1']:.4f} / {v['relaxed_f1']:.4f}, "
                      f"{v['precision']:.4f}, {v['recall']:.4f}", ""))

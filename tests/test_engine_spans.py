@@ -261,3 +261,29 @@ def test_model_labeler_enters_as_an_annotator():
     acc = r.workers.set_index("worker_id")["accuracy"]
     assert acc["model:crf"] > 0.9 > acc["model:bad"]
     assert _f1(r.tags, truth) > _f1(aggregate_spans(answers).tags, truth)
+
+
+def test_text_emitter_breaks_a_tie_with_the_words_history():
+    """Pins the token-text emitter: 'Paris' is LOC in 100 unanimous sentences; in the probe two equally
+    reliable workers split on it (B-LOC vs O).  With the text the word's history decides (LOC);
+    without it the tie falls to the chain's prior, which favours O."""
+    rows, tokens = [], []
+    for i in range(100):
+        sid = f"s{i:03d}"
+        words = ["we", "went", "to", "Paris", "today"] if i % 2 else ["the", "cat", "sat", "down", "here"]
+        tags = ["O", "O", "O", "B-LOC", "O"] if i % 2 else ["O"] * 5
+        rows += [(sid, w, t, g) for w in ("a", "b") for t, g in enumerate(tags)]
+        tokens += [(sid, t, x) for t, x in enumerate(words)]
+    rows += [("p0", "a", t, g) for t, g in enumerate(["O", "O", "B-LOC", "O"])]
+    rows += [("p0", "b", t, g) for t, g in enumerate(["O", "O", "O", "O"])]
+    tokens += [("p0", t, x) for t, x in enumerate(["she", "likes", "Paris", "too"])]
+    answers = pd.DataFrame(rows, columns=["sentence_id", "worker_id", "token_index", "tag"])
+    tokens = pd.DataFrame(tokens, columns=["sentence_id", "token_index", "token"])
+
+    def probe(**opts):
+        t = aggregate_spans(answers, tokens=tokens, **opts).tags
+        return t[(t["sentence_id"] == "p0") & (t["token_index"] == 2)].iloc[0]
+
+    with_text, without = probe(text_weight=0.5), probe(text_weight=0.0)
+    assert with_text["tag"] == "B-LOC" and without["tag"] == "O", (with_text.to_dict(), without.to_dict())
+    assert probe()["tag"] == "B-LOC"  # the defaults read the text when tokens carry it
