@@ -123,11 +123,25 @@ def _scores(c: pd.DataFrame | pd.Series) -> dict:
     return {"strict_f1": f, "relaxed_f1": rf, "precision": p, "recall": r}
 
 
-def evaluate(gold_seqs: pd.Series, pred_seqs: pd.Series, sent_doc: pd.Series, n_boot: int = 1000, seed: int = 0) -> dict:
+def _boot_f1(c: pd.DataFrame, n_boot: int = 1000, seed: int = 0) -> np.ndarray:
+    """Strict F1 of `n_boot` document resamples; the same seed gives the same resamples for every
+    method (documents are in the same sorted order), so differences are paired."""
+    arr = c[["tp", "n_pred", "n_gold"]].to_numpy(float)
+    idx = np.random.default_rng(seed).integers(0, len(arr), size=(n_boot, len(arr)))
+    s = arr[idx].sum(axis=1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        p, r = s[:, 0] / s[:, 1], s[:, 0] / s[:, 2]
+        return 2 * p * r / (p + r)
+
+
+def evaluate(gold_seqs: pd.Series, pred_seqs: pd.Series, sent_doc: pd.Series, n_boot: int = 1000, seed: int = 0,
+             counts_out: dict | None = None) -> dict:
     """Strict (seqeval) and relaxed span scores with 95% document-bootstrap intervals."""
     from seqeval.metrics import f1_score, precision_score, recall_score
 
     c = _counts(gold_seqs, pred_seqs, sent_doc)
+    if counts_out is not None:
+        counts_out["counts"] = c
     out = _scores(c.sum())
     y = [list(v) for v in gold_seqs.to_numpy()]
     yp = [repair_bio(pred_seqs[s]) for s in gold_seqs.index]
@@ -314,8 +328,12 @@ def run(out: Path, data: Path | None = None, **opts) -> dict:
     fold = folds(d["docs"])
     methods, timing = {}, {}
 
+    doc_counts = {}
+
     def record(name: str, pred: pd.Series, seconds: float) -> None:
-        methods[name] = evaluate(gold, pred, sent_doc)
+        holder: dict = {}
+        methods[name] = evaluate(gold, pred, sent_doc, counts_out=holder)
+        doc_counts[name] = holder["counts"]
         timing[name] = round(seconds, 2)
         m = methods[name]
         print(f"{name:20s} strict F1 {m['strict_f1']:.4f} [{m['strict_f1_ci'][0]:.4f}, {m['strict_f1_ci'][1]:.4f}]  "
@@ -350,9 +368,20 @@ def run(out: Path, data: Path | None = None, **opts) -> dict:
     cv = cross_validate(d, gold, sent_doc, fold, synthetic=True)
     record("factory_cv", cv.pop("oof_pred"), time.time() - t)
 
+    # paired document bootstrap of the strict-F1 difference: factory (and factory_cv) minus each baseline
+    paired = {}
+    for ours in ("factory", "factory_cv"):
+        for other in ("token_mv", "token_ds", "hmm_crowd", "bsc_seq"):
+            diff = _boot_f1(doc_counts[ours]) - _boot_f1(doc_counts[other])
+            paired[f"{ours} - {other}"] = {
+                "strict_f1_diff": methods[ours]["strict_f1"] - methods[other]["strict_f1"],
+                "ci95": [float(np.nanpercentile(diff, 2.5)), float(np.nanpercentile(diff, 97.5))],
+                "share_of_resamples_above_0": float(np.mean(diff > 0))}
+            print(f"{ours} - {other}: {paired[f'{ours} - {other}']}")
     result = {
         "data": d["path"],
         "methods": methods,
+        "paired_differences": paired,
         "seconds": timing,
         "defaults": {k: (list(v) if isinstance(v, tuple) else v) for k, v in DEFAULTS.items()},
         "factory_fit": factory_fit,
