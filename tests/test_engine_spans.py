@@ -287,3 +287,16 @@ def test_text_emitter_breaks_a_tie_with_the_words_history():
     with_text, without = probe(text_weight=0.5), probe(text_weight=0.0)
     assert with_text["tag"] == "B-LOC" and without["tag"] == "O", (with_text.to_dict(), without.to_dict())
     assert probe()["tag"] == "B-LOC"  # the defaults read the text when tokens carry it
+
+
+def test_uninformative_text_does_not_hurt():
+    """Pins the text emitter's form (the token left out, odds relative to the tag prior): random words
+    as text must leave the fusion about where the crowd alone puts it, not echo each token's own
+    posterior back at it."""
+    answers, truth = _crowd(seed=21, n_sent=200, good_flip=0.1)
+    rng = np.random.default_rng(22)
+    tokens = pd.DataFrame([(sid, i, f"w{rng.integers(3000)}") for sid, tags in truth.items() for i in range(len(tags))],
+                          columns=["sentence_id", "token_index", "token"])
+    f_crowd = _f1(aggregate_spans(answers).tags, truth)
+    f_random_text = _f1(aggregate_spans(answers, tokens=tokens).tags, truth)
+    assert f_random_text > f_crowd - 0.02, (f_random_text, f_crowd)

@@ -67,7 +67,7 @@ DEFAULTS: dict[str, Any] = {
     "pool_strength": 5.0,
     "transition_alpha": 1.0,  # Dirichlet pseudo-count per valid transition
     "text_weight": 0.5,  # weight of the token-text emitter (needs tokens=); 0 = crowd only
-    "text_alpha": 0.1,  # Dirichlet pseudo-count per (tag, word or shape)
+    "text_alpha": 1.0,  # pseudo-tokens at the tag prior behind each word's (or shape's) tag odds
     "text_features": ("word", "shape"),  # which token views the text emitter reads
     "decode": "viterbi",  # "viterbi" (most probable valid sequence) or "marginal" (+ BIO repair)
     "max_iter": 50,
@@ -168,6 +168,7 @@ class _Data:
     ans_tag: np.ndarray
     F: sparse.csr_matrix | None  # time-major tokens x text feature values
     feature_groups: np.ndarray | None  # group id (0 word, 1 shape) per feature column
+    text_codes: np.ndarray | None = None  # (views, tokens): F column of each time-major token, -1 if none
 
 
 def _py(v: Any) -> Any:
@@ -283,7 +284,7 @@ def _encode(answers: pd.DataFrame, tokens: pd.DataFrame | None, types: Iterable[
     col = (w_codes.astype(np.int64) * n_prev + prev) * K + tag_code
     A = sparse.csr_matrix((np.ones(len(col)), (pos, col)), shape=(n_tok, n_work * n_prev * K))
 
-    F, groups = None, None
+    F, groups, text_codes = None, None, None
     if want_text and tokens is not None and "token" in tokens.columns and len(tokens):
         t_sent = sent_codes[len(ans):]
         t_pos = offsets[t_tok] + rank[t_sent]
@@ -302,11 +303,14 @@ def _encode(answers: pd.DataFrame, tokens: pd.DataFrame | None, types: Iterable[
             cols.append(codes + width)
             groups.append(np.full(len(vals), g, np.int64))
             width += len(vals)
+        text_codes = np.full((len(cols), n_tok), -1, dtype=np.int64)
+        for g, (r_, c_) in enumerate(zip(rows, cols)):
+            text_codes[g, r_] = c_
         rows, cols = np.concatenate(rows), np.concatenate(cols)
         F = sparse.csr_matrix((np.ones(len(rows)), (rows, cols)), shape=(n_tok, width))
         groups = np.concatenate(groups)
     return _Data(tag_names, list(types), sentence_ids, worker_ids, lengths, order, offsets, n_active, tm_of_sm,
-                 sm_start, A, n_prev, pos, w_codes, tag_code, F, groups)
+                 sm_start, A, n_prev, pos, w_codes, tag_code, F, groups, text_codes)
 
 
 # ----------------------------------------------------------------------------- inference
@@ -501,6 +505,30 @@ def aggregate_spans(
         return _fit(d, o)
 
 
+def _text_log_emission(d: _Data, counts: np.ndarray, gamma: np.ndarray, alpha: float) -> np.ndarray:
+    """log p(word view | tag) per token, up to a term that is the same for every tag, summed over views.
+
+    Written as ``log p(tag | word) - log p(tag)`` (Bayes' rule; ``p(word)`` drops out), where
+    ``p(tag | word)`` counts the word's posterior tags *elsewhere* (the token itself left out)
+    shrunk towards the tag prior with ``alpha`` pseudo-tokens.  So a word seen nowhere else is
+    neutral.  Two simpler forms failed on a synthetic crowd with random words as text: per-tag
+    multinomials with the token's own count let a word seen once echo its current posterior, and
+    even without it a symmetric Dirichlet made every rare word ~9x likelier under a rare entity tag
+    than under O (strict F1 0.98 -> 0.85 and 0.90)."""
+    out = np.zeros_like(gamma)
+    for g in range(d.text_codes.shape[0]):
+        codes = d.text_codes[g]
+        has = codes >= 0
+        in_view = d.feature_groups == g
+        total = counts[in_view].sum(axis=0)
+        prior = total / max(float(total.sum()), 1e-300)
+        own = gamma[has]
+        elsewhere = np.maximum(counts[codes[has]] - own, 0.0)  # the word's tag counts without this token
+        p_tag_given_word = (elsewhere + alpha * prior[None, :]) / (elsewhere.sum(axis=1, keepdims=True) + alpha)
+        out[has] += np.log(np.maximum(p_tag_given_word, 1e-300)) - np.log(np.maximum(prior, 1e-300))[None, :]
+    return out
+
+
 def _fit(d: _Data, o: dict) -> SpanAggregation:
     """The variational EM, decoding and output tables of ``aggregate_spans``."""
     K = len(d.tag_names)
@@ -535,10 +563,7 @@ def _fit(d: _Data, o: dict) -> SpanAggregation:
         cols = elog.transpose(0, 1, 3, 2).reshape(n_work * P * K, K)  # column (w, prev, answered) -> true
         logemit = d.A @ cols
         if FT is not None:
-            fc = FT @ gamma + float(o["text_alpha"])  # [feature value, true]
-            gsum = np.vstack([fc[d.feature_groups == g].sum(axis=0) for g in range(int(d.feature_groups.max()) + 1)])
-            felog = digamma(fc) - digamma(gsum[d.feature_groups])
-            logemit = logemit + float(o["text_weight"]) * (d.F @ felog)
+            logemit = logemit + float(o["text_weight"]) * _text_log_emission(d, FT @ gamma, gamma, float(o["text_alpha"]))
         if first_step:
             # transitions from the vote shares' pairwise products are unknown before the first
             # forward-backward: start from the prior alone
