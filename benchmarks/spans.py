@@ -8,9 +8,9 @@ Methods (every output is BIO-repaired before scoring: I-X not after B-X/I-X beco
 - ``token_ds``: crowd-kit 1.4.2 ``DawidSkene(n_iter=100)``, each (sentence, token) one task.
 - ``hmm_crowd``: the model of Nguyen et al. (ACL 2017), implemented here on factory's engine: an
   HMM over the true tags whose states emit the token's features (lower-cased word and word shape,
-  naive-Bayes multinomials, full weight) and each worker's tag through a per-worker confusion
-  matrix; transitions restricted to valid BIO, Viterbi decoding.  Fitted with the engine's
-  variational EM, not the authors' code.
+  per-tag naive-Bayes multinomials at full weight: ``text_model="multinomial"``) and each
+  worker's tag through a per-worker confusion matrix; transitions restricted to valid BIO,
+  Viterbi decoding.  Fitted with the engine's variational EM, not the authors' code.
 - ``bsc_seq``: BSC-seq's model (Simpson & Gurevych, EMNLP 2019), implemented here on the same
   engine: the sequential annotator model (a worker's tag depends on the true tag and on the
   worker's previous tag), no text, no pooled prior, variational Bayes, Viterbi.  Not the authors'
@@ -70,8 +70,8 @@ GRID = {
 }
 # the baselines' confusion priors get the same nested CV (their other settings are fixed by the paper)
 BASE_GRID = {"diag_alpha": [1.0, 2.0, 5.0, 10.0, 20.0], "off_alpha": [0.1, 0.5, 1.0]}
-HMM_CROWD = {"annotator": "confusion", "pool_strength": 0.0, "text_weight": 1.0,
-             "text_features": ("word", "shape"), "decode": "viterbi"}
+HMM_CROWD = {"annotator": "confusion", "pool_strength": 0.0, "text_weight": 1.0, "text_model": "multinomial",
+             "text_alpha": 0.1, "text_features": ("word", "shape"), "decode": "viterbi"}
 BSC_SEQ = {"annotator": "seq", "pool_strength": 0.0, "text_weight": 0.0, "decode": "viterbi"}
 
 

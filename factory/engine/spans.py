@@ -69,6 +69,9 @@ DEFAULTS: dict[str, Any] = {
     "text_weight": 0.5,  # weight of the token-text emitter (needs tokens=); 0 = crowd only
     "text_alpha": 1.0,  # pseudo-tokens at the tag prior behind each word's (or shape's) tag odds
     "text_features": ("word", "shape"),  # which token views the text emitter reads
+    # "odds": log p(tag | word elsewhere) - log p(tag) (see _text_log_emission); "multinomial": the
+    # textbook per-tag word multinomials of HMM-Crowd (Nguyen et al. 2017), kept for that baseline
+    "text_model": "odds",
     "decode": "viterbi",  # "viterbi" (most probable valid sequence) or "marginal" (+ BIO repair)
     "max_iter": 50,
     "tol": 1e-5,  # stop when token posteriors move less than this on average in one iteration
@@ -496,6 +499,8 @@ def aggregate_spans(
     o = {**DEFAULTS, **opts}
     if o["annotator"] not in ("seq", "confusion"):
         raise ValueError(f"annotator must be 'seq' or 'confusion', got {o['annotator']!r}")
+    if o["text_model"] not in ("odds", "multinomial"):
+        raise ValueError(f"text_model must be 'odds' or 'multinomial', got {o['text_model']!r}")
     if o["decode"] not in ("viterbi", "marginal"):
         raise ValueError(f"decode must be 'viterbi' or 'marginal', got {o['decode']!r}")
     d = _encode(answers, tokens, types, o["annotator"], float(o["text_weight"]) > 0, tuple(o["text_features"]))
@@ -563,7 +568,14 @@ def _fit(d: _Data, o: dict) -> SpanAggregation:
         cols = elog.transpose(0, 1, 3, 2).reshape(n_work * P * K, K)  # column (w, prev, answered) -> true
         logemit = d.A @ cols
         if FT is not None:
-            logemit = logemit + float(o["text_weight"]) * _text_log_emission(d, FT @ gamma, gamma, float(o["text_alpha"]))
+            if o["text_model"] == "odds":
+                text = _text_log_emission(d, FT @ gamma, gamma, float(o["text_alpha"]))
+            else:  # variational naive-Bayes multinomials, the token's own count included
+                fc = FT @ gamma + float(o["text_alpha"])
+                n_views = int(d.feature_groups.max()) + 1
+                gsum = np.vstack([fc[d.feature_groups == g].sum(axis=0) for g in range(n_views)])
+                text = d.F @ (digamma(fc) - digamma(gsum[d.feature_groups]))
+            logemit = logemit + float(o["text_weight"]) * text
         if first_step:
             # transitions from the vote shares' pairwise products are unknown before the first
             # forward-backward: start from the prior alone
