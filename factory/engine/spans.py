@@ -55,9 +55,9 @@ from factory.engine.aggregate import _single_thread_blas
 
 # Fixed defaults, chosen by nested 5-fold cross-validation over documents (benchmarks/spans.py):
 # per fold, the setting of least maximum regret over the other four folds of the crowd NER set and
-# four synthetic crowds (small, noise 0.1-0.4, systematic boundary workers); 4 of 5 folds chose
-# diag 20 / off 0.5 / text 0.5 (the fifth text 0.7).  NER alone preferred a flatter prior (diag 5,
-# off 2) that fell to majority-vote level on the noisiest synthetic crowd, so it was not taken.
+# four synthetic crowds (small, noise 0.1-0.4, systematic boundary workers); 3 of 5 folds chose
+# diag 20 / off 0.5 / text 0.5 (the others text 0.7, and diag 10 / text 0.3).  NER alone preferred a
+# flatter prior (diag 5, off 2) that fell to majority-vote level on the noisiest synthetic crowd.
 DEFAULTS: dict[str, Any] = {
     "annotator": "seq",  # "seq" (BSC-seq: tag depends on true tag and own previous tag) or "confusion"
     "diag_alpha": 20.0,  # Dirichlet pseudo-count on a confusion row's diagonal (answered tag = true tag)
