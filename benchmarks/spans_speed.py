@@ -57,7 +57,6 @@ def synthetic(n_answers: int = 100_000, per_sentence: int = 5, n_workers: int = 
     tags[bad] -= 1
     noise = rng.uniform(0.05, 0.3, size=n_workers)
     extend = rng.random(n_workers) < 0.2
-    workers = np.stack([rng.choice(n_workers, size=per_sentence, replace=False) for _ in range(min(n_sent, 1))])
     # distinct workers per sentence: a random offset and stride modulo n_workers
     base = rng.integers(0, n_workers, size=n_sent)
     workers = (base[:, None] + np.arange(per_sentence)[None, :] * (n_workers // per_sentence)) % n_workers

@@ -158,7 +158,6 @@ def test_span_posterior_is_exact():
             for e in range(s, int(length)):
                 codes = np.zeros(int(length), dtype=np.int64)
                 codes[s], codes[s + 1:e + 1] = 1, 2
-                full = np.zeros(d.A.shape[0], dtype=np.int64)
                 full_sm = np.zeros(d.A.shape[0], dtype=np.int64)
                 full_sm[d.sm_start[sent_i]:d.sm_start[sent_i + 1]] = codes
                 table = sp._span_table(d, full_sm, alpha[sm], beta[sm], emit[sm], scale[sm], trans)
@@ -167,7 +166,6 @@ def test_span_posterior_is_exact():
                             if seq[s] == 1 and all(c == 2 for c in seq[s + 1:e + 1])
                             and (e + 1 == length or seq[e + 1] != 2)) / Z
                 assert abs(float(row["probability"].iloc[0]) - brute) < 1e-10, (sent_i, s, e)
-                del full
 
 
 def test_no_entity_answers_are_valid():
