@@ -509,7 +509,8 @@ def demo(root: str, n_batches: int, limit: int | None, seed_size: int, mode: str
     click.echo(f"see the asset graph:  {summary['dagster_ui']}")
 
 
-BENCHMARKS = ("aggregation", "replay", "verify", "speed", "pipeline", "guarantee", "workbench", "scale")
+BENCHMARKS = ("aggregation", "replay", "verify", "speed", "pipeline", "guarantee", "workbench", "scale", "spans",
+              "spans_speed")
 
 
 @main.command()
