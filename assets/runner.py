@@ -45,6 +45,11 @@ class StageResult:
     def waiting(self) -> bool:
         return any("waiting for people" in f for f in self.failures)
 
+    @property
+    def refused(self) -> bool:
+        """A release refused by a blocking gate (factory.errors.ReleaseRefused): nothing was written."""
+        return self.stage == "release" and any(" REFUSED (nothing was written)" in f for f in self.failures)
+
 
 def run_stage(root: Path, dataset: str, stage: str, instance: dg.DagsterInstance,
               batch_id: str | None = None, log_level: str = "CRITICAL") -> StageResult:
