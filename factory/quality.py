@@ -281,6 +281,23 @@ def pii_scan(texts: Sequence[str], ids: Sequence[str] | None = None, max_items: 
     return out
 
 
+def audit_target(q: Any, auto_confidence: Sequence[float]) -> int:
+    """Audited items a batch needs so the accuracy gate (min_accuracy on the lower bound) can be reached.
+
+    Sized for the accuracy the machine expects of the labels it would accept (their mean confidence),
+    kept between halfway from min_accuracy to 1 (below that the sample grows without bound; labels that
+    weak are refused anyway) and 0.99 (a sample sized for perfection fails on its first error).  0 when
+    the spec gates on the point estimate (accuracy_gate: estimate) or nothing would be auto-accepted.
+    """
+    conf = np.asarray(auto_confidence, dtype=float)
+    if getattr(q, "accuracy_gate", "lower_bound") != "lower_bound" or len(conf) == 0:
+        return 0
+    m = float(q.min_accuracy)
+    expected = float(np.clip(np.nanmean(conf), (1 + m) / 2, 0.99))
+    n = audit_sample_size(m, q.confidence_level, q.interval, expected_accuracy=expected)
+    return int(n if n is not None else audit_sample_size(m, q.confidence_level, q.interval) or 0)
+
+
 # ----------------------------------------------------------------------------- calibration
 VERIFIED_SOURCES = ("calibrated", "arbitrated")  # a person checked a machine label (review, audit, second, expert)
 MACHINE_SOURCES = ("auto", "verified")  # nobody looked

@@ -150,3 +150,42 @@ def main():
     from factory.cli import main as m
 
     return m
+
+
+def _confident(n: int, conf: float = 0.995) -> pd.DataFrame:
+    idx = pd.Index([f"it_{i:04d}" for i in range(n)], name="item_id")
+    labels = [CLASSES[i % len(CLASSES)] for i in range(n)]
+    probs = {f"prob_{c}": [conf if lab == c else (1 - conf) / (len(CLASSES) - 1) for lab in labels] for c in CLASSES}
+    return pd.DataFrame({"label": labels, "confidence": conf, **probs}, index=idx)
+
+
+def test_route_batch_audits_at_least_audit_min():
+    from factory.engine.routing import route_batch
+
+    fused = _confident(200)
+    agree = pd.DataFrame({"m1": fused["label"], "m2": fused["label"]})
+    kw = dict(confidence_threshold=0.8, audit_rate=0.02, seed=0)
+    assert (route_batch(fused, agree, **kw)["route"] == "audit").sum() == 4
+    assert (route_batch(fused, agree, audit_min=53, **kw)["route"] == "audit").sum() == 53
+    assert (route_batch(fused, agree, audit_min=500, **kw)["route"] == "audit").sum() == 200
+
+
+def test_the_pipeline_sizes_the_audit_for_the_accuracy_gate():
+    from factory.pipeline import _prelabel_human_routes, _prelabel_model_routes
+    from factory.quality import audit_sample_size, audit_target
+    from factory.spec import parse_spec
+
+    spec = parse_spec(news_spec(quality={"confidence_threshold": 0.8, "audit_rate": 0.02, "min_accuracy": 0.9}))
+    # confident models (0.995): sized for 99% right, 53 items, not the 2% audit_rate (6 of 300)
+    assert audit_target(spec.quality, [0.995] * 300) == audit_sample_size(0.9, expected_accuracy=0.99) == 53
+    fused = _confident(300)
+    agree = pd.DataFrame({"m1": fused["label"], "m2": fused["label"]})
+    r = _prelabel_human_routes(spec, fused, agree, {}, 0, 0.8)
+    assert (r["route"] == "audit").sum() == 53
+    # model pre-label + model verification: the verified items' audit is sized the same way
+    preds = pd.concat([fused.reset_index().assign(labeler=n) for n in ("word_tfidf", "char_sgd", "lsa_knn")])
+    r = _prelabel_model_routes(spec, preds, fused.index, 0)
+    assert (r["route"] == "audit").sum() == 53
+    # the opt-out gates on the point estimate and keeps audit_rate alone
+    est = parse_spec(news_spec(quality={"audit_rate": 0.02, "accuracy_gate": "estimate"}))
+    assert (_prelabel_human_routes(est, fused, agree, {}, 0, 0.8)["route"] == "audit").sum() == 6
