@@ -365,6 +365,23 @@ def verified_calibration(final: pd.DataFrame, gold: pd.DataFrame | None = None, 
     return out
 
 
+def reliability_markdown(calibration: dict) -> str:
+    """A reliability diagram as a Markdown table (Dagster metadata): per confidence bin, items, mean confidence
+    and share right, for each measured set (verified, audit, verified before calibration)."""
+    lines = []
+    for name in ("verified", "audit", "verified_raw"):
+        c = calibration.get(name)
+        if not c or not c.get("n"):
+            continue
+        lines += [f"**{name}**: ECE {c['ece']:.4f} on {c['n']} items (mean confidence {c['mean_confidence']:.4f}, "
+                  f"share right {c['accuracy']:.4f})", "",
+                  "| confidence bin | items | mean confidence | share right |", "|---|---|---|---|"]
+        lines += [f"| ({b['lo']:.1f}, {b['hi']:.1f}] | {b['n']} | {b['mean_confidence']:.4f} | {b['accuracy']:.4f} |"
+                  for b in c["bins"]]
+        lines.append("")
+    return "\n".join(lines) or "no verified item carries a machine confidence"
+
+
 # ----------------------------------------------------------------------------- a release's quality
 def measure(final: pd.DataFrame, classes: Sequence[str], *, human: pd.DataFrame | None = None,
             models: pd.DataFrame | None = None, gold: pd.DataFrame | None = None,

@@ -362,20 +362,24 @@ def _statements(measures: dict, gates: list[dict], guarantee: dict, facts: dict,
 def measure_batch(fx, dataset: str, batch_id: str) -> dict:
     """Measured quality of one batch (factory/quality.py) with the spec's gates and the batch's Merkle root.
 
-    For the batch_quality asset: {"measures", "gates", "passed", "merkle_root", "events", "standard"}.
+    For the batch_quality asset: {"measures", "gates", "passed", "merkle_root", "events", "standard"}; the
+    measures carry "calibration": ECE and reliability-diagram bins of the machine's confidence on the items
+    people verified (and gold items).
     """
     from factory import quality as Q
     from factory.provenance import merkle_root
 
     spec = fx.spec(dataset)
     final = pd.read_parquet(fx.paths.table("final_labels", dataset, batch_id))
-    for c in ("route", "fused_label"):
+    for c in ("route", "fused_label", "fused_confidence"):
         if c not in final:
             final[c] = None
     n_raw = len(pd.read_parquet(fx.paths.table("raw_items", dataset, batch_id), columns=["item_id"]))
     human = _human_answers(fx, dataset, set(final["item_id"]))
     models = _model_labels(fx, dataset, [batch_id])
-    measures = Q.measure(final[["item_id", "label", "source", "route", "fused_label"]], spec.class_names,
+    cols = ["item_id", "label", "source", "route", "fused_label", "fused_confidence"] + \
+        (["raw_confidence"] if "raw_confidence" in final else [])  # before calibration, where recorded
+    measures = Q.measure(final[cols], spec.class_names, gold=load_gold(fx, spec),
                          human=human, models=models[["item_id", "labeler", "label"]] if len(models) else None,
                          prior=spec.prior, n_items=n_raw, level=spec.quality.confidence_level)
     gates = Q.evaluate_gates(measures, spec.quality)
@@ -398,6 +402,22 @@ def _size_category(n: int) -> str:
     return "10M<n<100M"
 
 
+_HF_DTYPES = {"string": "string", "object": "string", "str": "string", "float64": "float64", "float32": "float32",
+              "int64": "int64", "int32": "int32", "bool": "bool"}
+
+
+def hf_features(columns: dict[str, str], class_names: list[str]) -> list[dict]:
+    """The card's `dataset_info.features`: one entry per Parquet column (Hugging Face `datasets` casts the
+    files to exactly these), `label` as a ClassLabel over the spec's classes."""
+    out = []
+    for name, dtype in columns.items():
+        if name == "label":
+            out.append({"name": "label", "dtype": {"class_label": {"names": {i: c for i, c in enumerate(class_names)}}}})
+        else:
+            out.append({"name": name, "dtype": _HF_DTYPES.get(str(dtype), "string")})
+    return out
+
+
 def dataset_card(manifest: dict, spec, cert: dict, splits: list[str], date: str) -> str:
     """README.md: a dataset card with a Hugging Face YAML header."""
     import yaml
@@ -412,7 +432,7 @@ def dataset_card(manifest: dict, spec, cert: dict, splits: list[str], date: str)
         "license": spec.license.lower(), "pretty_name": spec.name, "task_categories": ["text-classification"],
         "annotations_creators": creators or ["machine-generated"], "size_categories": [_size_category(manifest["items"])],
         "configs": [{"config_name": "default", "data_files": [{"split": s, "path": f"data/{s}.parquet"} for s in splits]}],
-        "dataset_info": {"features": [{"name": "label", "dtype": {"class_label": {"names": spec.class_names}}}]},
+        "dataset_info": {"features": hf_features(manifest.get("columns") or {"label": "string"}, spec.class_names)},
     }
     q = manifest["quality"]
     families = sorted({str(v).split("@")[0] for v in manifest.get("labelers") or []})
@@ -492,10 +512,13 @@ def refuse(fx, dataset: str, version: str, cert: dict, batches: list[str], run_i
     fx.ledger.record_check(dataset, "release", REFUSED_ASSET, cert["standard"]["name"], False,
                            {"version": version, "refused": True, "failures": failures, "batches": batches,
                             "gates": [g for g in cert["gates"] if g["passed"] is False]}, run_id)
+    hint = ("Have people audit more of the auto-accepted items (or fix the labels), then release again"
+            if any(g["name"] == "audit_accuracy" and g["passed"] is False for g in cert["gates"]) else
+            "Fix the labels (or the data) that fail, then release again")
     raise ReleaseRefused(f"release {version} of '{dataset}' REFUSED (nothing was written): blocking quality "
                          f"gate(s) failed:\n  - " + "\n  - ".join(failures)
-                         + "\nAudit more items or fix the labels, then release again; the spec's thresholds are "
-                           "the promise a release makes, not a knob to pass it.", version, failures)
+                         + f"\n{hint}; the spec's thresholds are the promise a release makes, not a knob to pass "
+                           "it.", version, failures)
 
 
 def refused_attempts(fx, dataset: str) -> list[dict]:
@@ -586,6 +609,7 @@ def release(fx, dataset: str, run_id: str | None = None, formats: tuple[str, ...
             "quality_standard": {"name": spec.quality.standard, "file": f"standard/{spec.quality.standard}.json",
                                  "sha256": cert["standard"]["sha256"]},
             "items": len(table),
+            "columns": {c: str(t) for c, t in table.dtypes.items()},
             "counts_per_class": table["label"].value_counts().sort_index().to_dict(),
             "counts_per_source": table["source"].value_counts().sort_index().to_dict(),
             "counts_per_split": table["split"].value_counts().sort_index().to_dict(),
@@ -599,7 +623,8 @@ def release(fx, dataset: str, run_id: str | None = None, formats: tuple[str, ...
             "quality": {"passed": cert["passed"], "audit_accuracy": audit.get("estimate"), "audit_n": audit.get("n"),
                         "audit_wilson": audit.get("wilson"), "completeness": m["completeness"]["estimate"],
                         "pii_items_flagged": (m.get("pii") or {}).get("items_flagged"),
-                        "auto_accept_threshold": cert["auto_accept_guarantee"]["threshold"]},
+                        "auto_accept_threshold": cert["auto_accept_guarantee"]["threshold"],
+                        "routing_statement": _routing_sentence(cert.get("routing") or {})},
         }
         annotations = table["annotators"].map(lambda a: len(json.loads(a)) if isinstance(a, str) else 0)
         answered = annotations[annotations > 0]

@@ -189,3 +189,22 @@ def test_the_pipeline_sizes_the_audit_for_the_accuracy_gate():
     # the opt-out gates on the point estimate and keeps audit_rate alone
     est = parse_spec(news_spec(quality={"audit_rate": 0.02, "accuracy_gate": "estimate"}))
     assert (_prelabel_human_routes(est, fused, agree, {}, 0, 0.8)["route"] == "audit").sum() == 6
+
+
+def test_batch_quality_reports_ece_and_reliability_bins_on_verified_items(tmp_path, news):
+    from factory.engine.calibration import expected_calibration_error
+    from factory.quality import reliability_markdown
+    from factory.release import measure_batch
+
+    df, truth = news
+    fx = Factory.at(make_root(tmp_path, min_accuracy=0.6))
+    b = make_batch(fx, df["text"][:30], truth, tmp_path / "b1.csv", plan(12, 3, 12, 4))
+    q = measure_batch(fx, "news", b)
+    cal = q["measures"]["calibration"]
+    final = pd.read_parquet(fx.paths.table("final_labels", "news", b))
+    checked = final[final["route"].isin(["audit", "review"])]  # what people verified: 12 audited + 4 reviewed
+    want = expected_calibration_error(checked["fused_confidence"], checked["fused_label"] == checked["label"], bins=10)
+    assert cal["verified"]["n"] == 16 and cal["verified"]["ece"] == pytest.approx(want, abs=1e-6)
+    assert cal["audit"]["n"] == 12 and cal["audit"]["accuracy"] == pytest.approx(9 / 12, abs=1e-6)
+    assert sum(b["n"] for b in cal["verified"]["bins"]) == 16
+    assert "| confidence bin | items |" in reliability_markdown(cal)

@@ -65,6 +65,11 @@ def test_whole_graph_from_spec_to_release(root, fx, bbc_small, truth, tmp_path):
     assert (human["label"] == human["item_id"].map(truth)).all()  # people were perfect
     assert (final["n_events"] >= 1).all()
 
+    # the qa asset reports the calibration of the machine's confidence on what people verified
+    md = instance.get_latest_materialization_event(dg.AssetKey(["news", "batch_quality"])).asset_materialization.metadata
+    assert md["ece_verified_n"].value == int(final["source"].isin(["calibrated", "arbitrated"]).sum()) > 0
+    assert 0 <= md["ece_verified"].value <= 1 and "confidence bin" in md["reliability_diagram"].value
+
     rr = run_stage(root, "news", "release", instance)
     assert rr.success, rr.failures
     rel = fx.ledger.releases("news").iloc[-1]
