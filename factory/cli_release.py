@@ -88,7 +88,10 @@ def list_cmd(dataset: str, root: str | None, as_json: bool) -> None:
     for d in release_dirs(fx.paths.releases, dataset):
         m = show(d)
         passed = (m.get("quality") or {}).get("passed")
-        rows.append({"version": m["version"], "status": "PASS" if passed else "FAIL" if passed is False else "UNKNOWN",
+        status = "PASS" if passed else "FAIL" if passed is False else "UNKNOWN"
+        if passed and (m.get("quality") or {}).get("accuracy_gate") == "estimate":
+            status = "PASS (point estimate, not certified)"
+        rows.append({"version": m["version"], "status": status,
                      "items": m["items"], "bump": m.get("bump_reason"),
                      "standard": (m.get("quality_standard") or {}).get("name") if isinstance(m.get("quality_standard"), dict)
                      else m.get("quality_standard"),
@@ -116,7 +119,7 @@ def list_cmd(dataset: str, root: str | None, as_json: bool) -> None:
             continue
         click.secho(f"{r['version']:>8}  {r['status']:<7}  {r['items']:>7} items  {r['bump'] or '':<44}  "
                     f"{r['standard'] or '':<24} {(r['content_id'] or '')[:12]}",
-                    fg={"PASS": None, "FAIL": "yellow"}.get(r["status"]))
+                    fg=None if r["status"] == "PASS" else "yellow")
 
 
 @release_group.command("show")

@@ -624,7 +624,8 @@ def release(fx, dataset: str, run_id: str | None = None, formats: tuple[str, ...
                         "audit_wilson": audit.get("wilson"), "completeness": m["completeness"]["estimate"],
                         "pii_items_flagged": (m.get("pii") or {}).get("items_flagged"),
                         "auto_accept_threshold": cert["auto_accept_guarantee"]["threshold"],
-                        "routing_statement": _routing_sentence(cert.get("routing") or {})},
+                        "routing_statement": _routing_sentence(cert.get("routing") or {}),
+                        "accuracy_gate": spec.quality.accuracy_gate},
         }
         annotations = table["annotators"].map(lambda a: len(json.loads(a)) if isinstance(a, str) else 0)
         answered = annotations[annotations > 0]
