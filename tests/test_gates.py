@@ -121,6 +121,8 @@ def test_a_big_enough_audit_certifies_and_the_opt_out_says_it_is_not_certified(t
     cert2 = json.loads((Path(r2["path"]) / "quality" / "certificate.json").read_text())
     assert any("not a certified bound" in s for s in cert2["statements"])
     assert "not a certified bound" in (Path(r2["path"]) / "README.md").read_text()
+    listed = CliRunner().invoke(main(), ["release", "list", "--dataset", "news", "--root", str(root2)]).output
+    assert "1.0.0  PASS (point estimate, not certified)" in listed
 
 
 @pytest.mark.parametrize("flagged_auto", [0, 3])
