@@ -345,13 +345,21 @@ def _statements(measures: dict, gates: list[dict], guarantee: dict, facts: dict,
                    f"({guarantee.get('n_sample', 0)} audited items): the error of the auto-accepted labels is not "
                    f"guaranteed to be <= {guarantee['epsilon']} at probability {1 - guarantee['delta']:.2f}.")
     else:
-        out.append(f"Auto-accepted labels with confidence >= {guarantee['threshold']} have an error <= "
-                   f"{guarantee['epsilon']} with probability >= {1 - guarantee['delta']:.2f} (Clopper-Pearson bound "
-                   f"{guarantee['upper_bound']} on {guarantee['n_accepted']} of {guarantee['n_sample']} audited items).")
+        # the audit only holds items routing accepted (at or above the threshold in force): no claim below it
+        floor = guarantee.get("routing_threshold_in_force") or 0.0
+        which = ("The labels accepted without a person" if guarantee["threshold"] <= floor else
+                 f"Of the labels accepted without a person, those with confidence >= {guarantee['threshold']}")
+        out.append(f"{which} have an error <= {guarantee['epsilon']} with probability >= "
+                   f"{1 - guarantee['delta']:.2f} (Clopper-Pearson bound {guarantee['upper_bound']} on "
+                   f"{guarantee['n_accepted']} of {guarantee['n_sample']} audited items)"
+                   + ("." if guarantee["threshold"] <= floor else "; the others are not covered by this guarantee."))
     cal = ((measures.get("calibration") or {}).get("verified")) or {}
+    aud = ((measures.get("calibration") or {}).get("audit")) or {}
     if cal.get("n"):
-        out.append(f"Calibration of the machine's confidence on {cal['n']} items people verified: ECE "
-                   f"{cal['ece']:.4f} (mean confidence {cal['mean_confidence']:.4f}, accuracy {cal['accuracy']:.4f}).")
+        out.append(f"Calibration of the machine's confidence on {cal['n']} items people verified (flagged ones "
+                   f"included): ECE {cal['ece']:.4f} (mean confidence {cal['mean_confidence']:.4f}, share right "
+                   f"{cal['accuracy']:.4f})" + (f"; on the {aud['n']} randomly audited auto-accepted items: ECE "
+                                               f"{aud['ece']:.4f}." if aud.get("n") else "."))
     else:
         out.append("The calibration of the machine's confidence was not measured: no verified item carries one.")
     if measures.get("gold") is None:
