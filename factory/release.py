@@ -805,6 +805,13 @@ def verify_release(path: str | Path, run_standard: bool = True) -> dict:
             if stated is not None and (stated["k"], stated["n"]) != (recomputed["k"], recomputed["n"]):
                 problems.append(f"quality/certificate.json: audit accuracy {stated['k']}/{stated['n']} does not match "
                                 f"quality/evidence.parquet ({recomputed['k']}/{recomputed['n']})")
+            # the accuracy gate's verdict, recomputed from the evidence: a certificate must never claim more
+            gate = next((g for g in cert.get("gates", []) if g.get("name") == "audit_accuracy"), None)
+            if gate and gate.get("passed") and "lower bound" in str(gate.get("note")):
+                lo = Q.lower_bound(recomputed["k"], recomputed["n"], cert["confidence_level"], cert["interval"])
+                if not lo >= gate["threshold"]:
+                    problems.append(f"quality/certificate.json: the accuracy gate says passed, but the lower bound "
+                                    f"recomputed from quality/evidence.parquet is {lo:.4f} < {gate['threshold']}")
             summary["quality_passed"] = cert.get("passed")
             summary["audit_accuracy"] = recomputed["estimate"]
         except Exception as e:

@@ -112,6 +112,19 @@ def test_a_big_enough_audit_certifies_and_the_opt_out_says_it_is_not_certified(t
     cert = json.loads((Path(r["path"]) / "quality" / "certificate.json").read_text())
     gate = {g["name"]: g for g in cert["gates"]}["audit_accuracy"]
     assert gate["passed"] is True and gate["value"] == pytest.approx(0.91238, abs=1e-4) and cert["passed"]
+    # verify-release recomputes the verdict from the evidence: a certificate edited to claim 0.95 is caught
+    import shutil
+
+    from factory.release import verify_release, write_listings
+    forged = tmp_path / "forged"
+    shutil.copytree(r["path"], forged)
+    doc = json.loads((forged / "quality" / "certificate.json").read_text())
+    next(g for g in doc["gates"] if g["name"] == "audit_accuracy")["threshold"] = 0.95
+    (forged / "quality" / "certificate.json").write_text(json.dumps(doc))
+    write_listings(forged)  # an insider rewrites the listings too
+    assert verify_release(r["path"])["ok"]
+    problems = verify_release(forged)["problems"]
+    assert any("accuracy gate says passed" in p and "0.9124 < 0.95" in p for p in problems), problems
 
     # 9/10 with the explicit opt-out: released, and the certificate and card say the bound was not reached
     root2 = make_root(tmp_path / "b", min_accuracy=0.9, accuracy_gate="estimate")
