@@ -124,7 +124,8 @@ def run(dataset: str, batch_id: str | None, stage: str, root: str | None, verbos
     instance = instance_for(fx.paths.root)
     level = "DEBUG" if verbose else "WARNING"
     if stage == "release":
-        r = run_stage(fx.paths.root, dataset, "release", instance, log_level=level)
+        # a refusal is an answer, not a crash: Dagster's step-failure log (with its stack) only under --verbose
+        r = run_stage(fx.paths.root, dataset, "release", instance, log_level="DEBUG" if verbose else "CRITICAL")
         if r.refused:  # a gate said no: the version and each failing gate, no Dagster noise
             from factory.cli_release import refused_exit
 

@@ -100,7 +100,7 @@ def test_nine_of_ten_audited_is_refused_everywhere(tmp_path, news):
     out = cli.invoke(main(), ["run", "--dataset", "news", "--stage", "release", "--root", str(root)])
     assert out.exit_code == 3, out.output
     assert "release 1.0.0 of 'news' REFUSED" in out.output and "gate audit_accuracy" in out.output
-    assert "Traceback" not in out.output and fx.ledger.releases("news").empty
+    assert "Traceback" not in out.output and "Stack Trace" not in out.output and fx.ledger.releases("news").empty
 
 
 def test_a_big_enough_audit_certifies_and_the_opt_out_says_it_is_not_certified(tmp_path, news):
