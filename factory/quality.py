@@ -9,9 +9,9 @@ Measures
 --------
 * accuracy of the auto-accepted labels from the random audit sample (people's answer vs the machine
   label) and against gold items, each with a Wilson and a Clopper-Pearson interval;
-* inter-annotator agreement: Cohen's kappa (two raters), Fleiss' kappa (fixed raters per item),
-  Krippendorff's alpha (nominal, any raters, missing values allowed; vectorised here, checked
-  against the ``krippendorff`` package in the tests);
+* inter-annotator agreement: Cohen's kappa (two raters; scikit-learn), Fleiss' kappa (fixed raters per
+  item; statsmodels), Krippendorff's alpha (nominal, any raters, missing values allowed; vectorised
+  here because the ``krippendorff`` package is not a runtime dependency; checked against it in the tests);
 * per-class accuracy with intervals, the confusion matrix, completeness, the label distribution
   against the spec's prior (total-variation distance and a chi-square goodness-of-fit test), the share
   of labels per source, a residual PII scan of the texts;
@@ -130,13 +130,12 @@ def cohen_kappa(a: Sequence, b: Sequence) -> float:
         return math.nan
     cats, codes = np.unique(np.concatenate([a, b]).astype(str), return_inverse=True)
     ca, cb = codes[:len(a)], codes[len(a):]
-    po = float((ca == cb).mean())
-    pa = np.bincount(ca, minlength=len(cats)) / len(a)
-    pb = np.bincount(cb, minlength=len(cats)) / len(b)
-    pe = float(pa @ pb)
-    if pe >= 1.0:
+    pe = float((np.bincount(ca, minlength=len(cats)) / len(a)) @ (np.bincount(cb, minlength=len(cats)) / len(b)))
+    if pe >= 1.0:  # one category only: undefined (sklearn would warn and return nan)
         return math.nan
-    return (po - pe) / (1 - pe)
+    from sklearn.metrics import cohen_kappa_score
+
+    return float(cohen_kappa_score(ca, cb))
 
 
 def fleiss_kappa(counts: np.ndarray | pd.DataFrame) -> float:
@@ -148,14 +147,12 @@ def fleiss_kappa(counts: np.ndarray | pd.DataFrame) -> float:
     if not np.allclose(r, r[0]) or r[0] < 2:
         raise ValueError("fleiss_kappa: every item needs the same number (>= 2) of ratings; "
                          f"got {sorted(set(r.astype(int).tolist()))[:10]}")
-    n_raters = r[0]
-    p_i = ((m * m).sum(axis=1) - n_raters) / (n_raters * (n_raters - 1))
-    p_bar = p_i.mean()
-    p_j = m.sum(axis=0) / m.sum()
-    pe = float((p_j ** 2).sum())
-    if pe >= 1.0:
+    pe = float(((m.sum(axis=0) / m.sum()) ** 2).sum())
+    if pe >= 1.0:  # every rating in one category: undefined
         return math.nan
-    return float((p_bar - pe) / (1 - pe))
+    from statsmodels.stats.inter_rater import fleiss_kappa as sm_fleiss_kappa
+
+    return float(sm_fleiss_kappa(m, method="fleiss"))
 
 
 def rating_counts(ratings: pd.DataFrame, item: str = "item_id", label: str = "label",
