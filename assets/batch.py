@@ -13,6 +13,7 @@ from checks.standards import DEFAULT_STANDARD, validate
 from factory import pipeline as P
 from factory import release as R
 from factory.errors import FactoryError, NotReadyError
+from factory.quality import reliability_markdown as reliability_table
 
 
 def dagster_name(dataset: str) -> str:
@@ -243,6 +244,15 @@ def build_dataset_assets(dataset: str, root: str | None = None) -> list:
                  "labelers_fleiss_kappa": labelers.get("fleiss_kappa"),
                  "labelers_krippendorff_alpha": labelers.get("krippendorff_alpha"),
                  "gates": dg.MetadataValue.json(q["gates"]), "gates_passed": q["passed"]}
+        cal = m.get("calibration") or {}
+        for name, c in (("verified", cal.get("verified")), ("audit", cal.get("audit")),
+                        ("verified_raw", cal.get("verified_raw"))):
+            if c and c.get("n"):  # ECE of the machine's confidence vs people's (or gold) labels, with its n
+                meta[f"ece_{name}"] = c["ece"]
+                meta[f"ece_{name}_n"] = c["n"]
+        if (cal.get("verified") or {}).get("n"):
+            meta["calibration"] = dg.MetadataValue.json(cal)
+            meta["reliability_diagram"] = dg.MetadataValue.md(reliability_table(cal))
         # the batch's Merkle root over its ledger events is its data version: any new or changed event changes it
         return dg.MaterializeResult(data_version=dg.DataVersion(q["merkle_root"][:16]),
                                     metadata={k: v for k, v in meta.items() if v is not None})

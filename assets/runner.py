@@ -53,6 +53,11 @@ class StageResult:
         """Every step of the stage materialised, nothing failed and nothing waits."""
         return self.success and not self.waiting_for
 
+    @property
+    def refused(self) -> bool:
+        """A release refused by a blocking gate (factory.errors.ReleaseRefused): nothing was written."""
+        return self.stage == "release" and any(" REFUSED (nothing was written)" in f for f in self.failures)
+
 
 def run_stage(root: Path, dataset: str, stage: str, instance: dg.DagsterInstance,
               batch_id: str | None = None, log_level: str = "CRITICAL") -> StageResult:

@@ -136,7 +136,12 @@ def run(dataset: str, batch_id: str | None, stage: str, root: str | None, verbos
     instance = instance_for(fx.paths.root)
     level = "DEBUG" if verbose else "WARNING"
     if stage == "release":
-        r = run_stage(fx.paths.root, dataset, "release", instance, log_level=level)
+        # a refusal is an answer, not a crash: Dagster's step-failure log (with its stack) only under --verbose
+        r = run_stage(fx.paths.root, dataset, "release", instance, log_level="DEBUG" if verbose else "CRITICAL")
+        if r.refused:  # a gate said no: the version and each failing gate, no Dagster noise
+            from factory.cli_release import refused_exit
+
+            refused_exit("\n".join(f"  release: {f}" for f in r.failures))
         _report_stage(r)
         sys.exit(0 if r.success else 1)
     batches = [batch_id] if batch_id else [b for b in fx.ledger.batches(dataset)["batch_id"]

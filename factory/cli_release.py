@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import click
@@ -49,10 +50,13 @@ def create(dataset: str, formats: tuple[str, ...], root: str | None) -> None:
     Refused, naming what failed, when a blocking check or quality gate failed, when nothing changed
     since the last release, or when the version exists already.
     """
+    from factory.errors import ReleaseRefused
     from factory.release import release
 
     try:
         r = release(_fx(root), dataset, formats=("parquet", *formats))
+    except ReleaseRefused as e:
+        refused_exit(str(e))
     except FactoryError as e:
         _fail(e)
     click.secho(f"released {dataset} {r['version']} ({r['bump']}): {r['items']} items at {r['path']}", fg="green")
@@ -61,30 +65,61 @@ def create(dataset: str, formats: tuple[str, ...], root: str | None) -> None:
         click.secho("note: some non-blocking quality gates failed; see quality/certificate.json", fg="yellow")
 
 
+EXIT_REFUSED = 3  # a release refused by a blocking gate or expectation (2 is bad input, 1 a failed run)
+
+
+def refused_exit(message: str) -> None:
+    """Print a release refusal (version and every failing gate) in red on stderr and exit EXIT_REFUSED."""
+    click.secho(message, fg="red", err=True)
+    sys.exit(EXIT_REFUSED)
+
+
 @release_group.command("list")
 @click.option("--dataset", required=True)
 @click.option("--root", default=None, help=ROOT_HELP)
 @click.option("--json", "as_json", is_flag=True)
 def list_cmd(dataset: str, root: str | None, as_json: bool) -> None:
-    """List the versions of a dataset with items, bump reason and quality verdict."""
-    from factory.release import release_dirs, show
+    """List the versions of a dataset with items, bump reason and quality verdict (PASS, FAIL on a
+    non-blocking gate), and the refused attempts (REFUSED, with the failing gates; nothing was written)."""
+    from factory.release import refused_attempts, release_dirs, show
 
+    fx = _fx(root)
     rows = []
-    for d in release_dirs(_fx(root).paths.releases, dataset):
+    for d in release_dirs(fx.paths.releases, dataset):
         m = show(d)
-        rows.append({"version": m["version"], "items": m["items"], "bump": m.get("bump_reason"),
+        passed = (m.get("quality") or {}).get("passed")
+        status = "PASS" if passed else "FAIL" if passed is False else "UNKNOWN"
+        if passed and (m.get("quality") or {}).get("accuracy_gate") == "estimate":
+            status = "PASS (point estimate, not certified)"
+        rows.append({"version": m["version"], "status": status,
+                     "items": m["items"], "bump": m.get("bump_reason"),
                      "standard": (m.get("quality_standard") or {}).get("name") if isinstance(m.get("quality_standard"), dict)
                      else m.get("quality_standard"),
-                     "quality_passed": (m.get("quality") or {}).get("passed"), "content_id": m["content_id"],
-                     "path": str(d)})
+                     "quality_passed": passed, "content_id": m["content_id"], "path": str(d)})
+    written = {r["version"] for r in rows}
+    latest: dict[str, dict] = {}
+    for a in refused_attempts(fx, dataset):  # the last refusal of each version never written
+        if a["version"] not in written:
+            latest[a["version"]] = a
+    for v, a in latest.items():
+        rows.append({"version": v, "status": "REFUSED", "items": None, "bump": None, "standard": None,
+                     "quality_passed": False, "content_id": None, "path": None, "refused_at": a["created_at"],
+                     "failures": a["failures"]})
+    rows.sort(key=lambda r: tuple(int(x) for x in r["version"].split(".")))
     if as_json:
         click.echo(json.dumps(rows, indent=1))
         return
     if not rows:
         click.echo(f"no releases of '{dataset}' yet")
     for r in rows:
-        click.echo(f"{r['version']:>8}  {r['items']:>7} items  {r['bump'] or '':<50}  {r['standard'] or '':<24} "
-                   f"quality {'pass' if r['quality_passed'] else 'see certificate'}  {(r['content_id'] or '')[:12]}")
+        if r["status"] == "REFUSED":
+            click.secho(f"{r['version']:>8}  REFUSED  nothing written ({r['refused_at'][:19]}); failing:", fg="red")
+            for f in r["failures"]:
+                click.echo(f"{'':>10}- {f}")
+            continue
+        click.secho(f"{r['version']:>8}  {r['status']:<7}  {r['items']:>7} items  {r['bump'] or '':<44}  "
+                    f"{r['standard'] or '':<24} {(r['content_id'] or '')[:12]}",
+                    fg=None if r["status"] == "PASS" else "yellow")
 
 
 @release_group.command("show")

@@ -83,6 +83,17 @@ def croissant(manifest: dict, spec: Any, file_sha256: dict[str, str], columns: l
         fields.append({"@type": "cr:Field", "@id": f"labels/{c}", "name": c, "description": desc,
                        "dataType": dtype, "source": {"fileObject": {"@id": "labels.parquet"},
                                                       "extract": {"column": c}}})
+        if c == "label":  # a categorical value: one of the classes record set
+            fields[-1]["references"] = {"field": {"@id": "classes/name"}}
+    # the label schema as a categorical enumeration (Croissant's way to declare class labels)
+    classes_rs = {"@type": "cr:RecordSet", "@id": "classes", "name": "classes", "dataType": "sc:Enumeration",
+                  "description": "The dataset's classes: the values the label field may take.",
+                  "key": {"@id": "classes/name"},
+                  "field": [{"@type": "cr:Field", "@id": "classes/name", "name": "name", "dataType": "sc:Text",
+                             "description": "Class name as it appears in the label field."},
+                            {"@type": "cr:Field", "@id": "classes/definition", "name": "definition",
+                             "dataType": "sc:Text", "description": "What the class means (from the spec)."}],
+                  "data": [{"classes/name": c.name, "classes/definition": c.definition} for c in spec.classes]}
     q = manifest.get("quality", {})
     classes = ", ".join(f"{c.name} ({c.definition})" for c in spec.classes)
     sensitive = list(spec.compliance.personal_information)
@@ -101,16 +112,17 @@ def croissant(manifest: dict, spec: Any, file_sha256: dict[str, str], columns: l
         "creator": {"@type": "sc:Organization", "name": "annotation factory"},
         "keywords": ["annotation", "labels", spec.task.type],
         "distribution": distribution,
-        "recordSet": [{"@type": "cr:RecordSet", "@id": "labels", "name": "labels",
-                       "description": f"One record per item; classes: {classes}.", "field": fields}],
+        "recordSet": [classes_rs, {"@type": "cr:RecordSet", "@id": "labels", "name": "labels",
+                                   "description": f"One record per item; classes: {classes}.", "field": fields}],
         # Responsible-AI annotation fields (Croissant RAI 1.0)
         "rai:dataCollection": "Items ingested in batches by the factory (content-hash ids, duplicates and "
                               "malformed rows quarantined with their reason).",
         "rai:dataAnnotationProtocol": (
-            f"Mode {spec.mode}: several models of different families pre-label every item and are fused; items "
-            f"the machines cannot vouch for (disagreement, confidence below {spec.quality.confidence_threshold}, "
-            f"suspected bias) plus a random audit sample ({spec.quality.audit_rate:.0%}) go to people who follow "
-            f"guideline version {spec.guideline.version}. Quality standard {manifest['quality_standard']['name']}."),
+            f"Mode {spec.mode}: several models of different families pre-label every item and are fused; routing "
+            f"flags the items the machines cannot vouch for (disagreement, confidence below "
+            f"{spec.quality.confidence_threshold}, suspected bias) for people, who follow guideline version "
+            f"{spec.guideline.version}, and draws a random audit sample of the labels accepted without a person. "
+            + (q.get("routing_statement") or "") + f" Quality standard {manifest['quality_standard']['name']}."),
         "rai:dataAnnotationPlatform": ["annotation factory (Dagster asset graph, hash-chained ledger)"],
         "rai:dataAnnotationAnalysis": [
             f"Audit accuracy of auto-accepted labels: {_fmt(q.get('audit_accuracy'))}; see quality/certificate.json "

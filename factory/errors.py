@@ -27,3 +27,12 @@ class NotReadyError(FactoryError):
 
 class ReleaseError(FactoryError):
     """A release cannot be written (blocking check failed, version exists, nothing new)."""
+
+
+class ReleaseRefused(ReleaseError):
+    """A release failed a blocking gate or expectation: nothing was written; the attempt is in the ledger."""
+
+    def __init__(self, message: str, version: str, failures: list[str]):
+        super().__init__(message)
+        self.version = version
+        self.failures = failures

@@ -22,6 +22,7 @@ from factory.engine.routing import route_batch
 from factory.engine.seeding import select_seed
 from factory.errors import FactoryError, NotReadyError
 from factory.ledger import Ledger
+from factory.quality import audit_target
 from factory.spec import DatasetSpec, load_spec
 
 TASK_TYPE = {"classification": "classification", "pairs": "pair"}
@@ -356,9 +357,10 @@ def auto_accept_threshold(fx: Factory, dataset: str, batch_id: str) -> tuple[flo
 def _prelabel_human_routes(spec: DatasetSpec, fused: pd.DataFrame, model_labels: pd.DataFrame, seed_dist: dict,
                            seed: int, threshold: float) -> pd.DataFrame:
     budget = spec.review.items_allowed(len(fused))
+    audit_min = audit_target(spec.quality, fused.loc[fused["confidence"] >= threshold, "confidence"])
     r = route_batch(fused, model_labels.loc[fused.index], confidence_threshold=threshold,
                     prior=spec.prior, seed_distribution=seed_dist or None, audit_rate=spec.quality.audit_rate,
-                    bias_ratio=spec.quality.bias_ratio, review_budget=budget, seed=seed)
+                    bias_ratio=spec.quality.bias_ratio, review_budget=budget, seed=seed, audit_min=audit_min)
     return r.reset_index()[["item_id", "route", "label", "confidence", "reasons"]]
 
 
@@ -384,6 +386,8 @@ def _prelabel_model_routes(spec: DatasetSpec, preds: pd.DataFrame, items: pd.Ind
     # a minimum audit sample of the model-verified items always goes to people
     verified = np.flatnonzero(ok)
     n_audit = int(np.ceil(spec.prelabel_model.audit_rate * len(verified))) if len(verified) else 0
+    # ... and at least what the accuracy gate needs to be reachable (all verified items if fewer)
+    n_audit = max(n_audit, min(audit_target(spec.quality, fused["confidence"].to_numpy()[verified]), len(verified)))
     if n_audit:
         pick = np.random.default_rng(seed).choice(verified, size=n_audit, replace=False)
         out.loc[pick, "route"] = "audit"

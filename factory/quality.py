@@ -1,19 +1,26 @@
 """Measured label quality, with uncertainty: functions over plain arrays and DataFrames.
 
 No Dagster, no database: every measure takes arrays/DataFrames and returns numbers, so a user can
-recompute a release's certificate from its files.  Dependencies: numpy, pandas, scipy only.
+recompute a release's certificate from its files.  Dependencies: numpy, pandas, scipy; statsmodels for
+the proportion intervals and scikit-learn for the reliability-diagram bins (both imported lazily: they
+take seconds to import).
 
 Measures
 --------
 * accuracy of the auto-accepted labels from the random audit sample (people's answer vs the machine
   label) and against gold items, each with a Wilson and a Clopper-Pearson interval;
-* inter-annotator agreement: Cohen's kappa (two raters), Fleiss' kappa (fixed raters per item),
-  Krippendorff's alpha (nominal, any raters, missing values allowed; vectorised here, checked
-  against the ``krippendorff`` package in the tests);
+* inter-annotator agreement: Cohen's kappa (two raters; scikit-learn), Fleiss' kappa (fixed raters per
+  item; statsmodels), Krippendorff's alpha (nominal, any raters, missing values allowed; vectorised
+  here because the ``krippendorff`` package is not a runtime dependency; checked against it in the tests);
 * per-class accuracy with intervals, the confusion matrix, completeness, the label distribution
   against the spec's prior (total-variation distance and a chi-square goodness-of-fit test), the share
   of labels per source, a residual PII scan of the texts;
-* :func:`evaluate_gates` compares the measures to the spec's thresholds and says which gates block.
+* calibration of the machine's confidence on the items people verified: ECE and reliability-diagram
+  bins (:func:`calibration_report`);
+* :func:`evaluate_gates` compares the measures to the spec's thresholds and says which gates block;
+  the accuracy gate (``min_accuracy``) always blocks, on the lower bound of the interval by default,
+  and an audit too small to reach the bound even if every item were right is a refusal;
+* :func:`audit_sample_size`: how many audited items a batch needs so that the bound can be reached.
 """
 from __future__ import annotations
 
@@ -30,30 +37,61 @@ INTERVALS = ("wilson", "clopper-pearson")
 
 
 # ----------------------------------------------------------------------------- proportions
+def _confint(k, n, level: float, method: str):
+    """statsmodels' proportion_confint (two-sided, alpha = 1 - level); vectorised over k and n."""
+    from statsmodels.stats.proportion import proportion_confint
+
+    return proportion_confint(k, n, alpha=1 - level, method=method)
+
+
 def wilson_interval(k: int, n: int, level: float = 0.95) -> tuple[float, float]:
-    """Two-sided Wilson score interval for k successes in n trials ((nan, nan) when n == 0)."""
+    """Two-sided Wilson score interval for k successes in n trials ((nan, nan) when n == 0; statsmodels)."""
     if n <= 0:
         return (math.nan, math.nan)
     if not 0 <= k <= n:
         raise ValueError(f"wilson_interval: k={k} must lie in [0, n={n}]")
-    z = float(stats.norm.ppf(0.5 + level / 2))
-    p = k / n
-    denom = 1 + z * z / n
-    centre = (p + z * z / (2 * n)) / denom
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
-    return (max(0.0, centre - half), min(1.0, centre + half))
+    lo, hi = _confint(k, n, level, "wilson")
+    return (max(0.0, float(lo)), min(1.0, float(hi)))
 
 
 def clopper_pearson_interval(k: int, n: int, level: float = 0.95) -> tuple[float, float]:
-    """Two-sided exact (Clopper-Pearson) interval for k successes in n trials."""
+    """Two-sided exact (Clopper-Pearson) interval for k successes in n trials (statsmodels' "beta")."""
     if n <= 0:
         return (math.nan, math.nan)
     if not 0 <= k <= n:
         raise ValueError(f"clopper_pearson_interval: k={k} must lie in [0, n={n}]")
-    a = 1 - level
-    lo = 0.0 if k == 0 else float(stats.beta.ppf(a / 2, k, n - k + 1))
-    hi = 1.0 if k == n else float(stats.beta.ppf(1 - a / 2, k + 1, n - k))
-    return (lo, hi)
+    lo, hi = _confint(k, n, level, "beta")
+    return (0.0 if k == 0 else float(lo), 1.0 if k == n else float(hi))
+
+
+_METHODS = {"wilson": "wilson", "clopper-pearson": "beta", "clopper_pearson": "beta"}
+
+
+def lower_bound(k: int, n: int, level: float = 0.95, interval: str = "wilson") -> float:
+    """Lower end of the two-sided interval (`interval`: wilson or clopper-pearson) on k of n; nan when n == 0."""
+    if n <= 0:
+        return math.nan
+    return (wilson_interval if _METHODS[interval] == "wilson" else clopper_pearson_interval)(k, n, level)[0]
+
+
+def audit_sample_size(min_accuracy: float, level: float = 0.95, interval: str = "wilson",
+                      expected_accuracy: float = 1.0, max_n: int = 100_000) -> int | None:
+    """Fewest audited items n whose interval's lower bound reaches `min_accuracy` when floor(expected_accuracy
+    * n) of them are right; None when no n <= max_n does (expected_accuracy too close to min_accuracy).
+
+    expected_accuracy = 1.0 gives the smallest audit that could certify at all (every item right); a
+    realistic value leaves room for the errors the audit will find.
+    """
+    if not 0 <= min_accuracy <= 1 or not 0 < expected_accuracy <= 1:
+        raise ValueError(f"audit_sample_size: min_accuracy {min_accuracy} and expected_accuracy "
+                         f"{expected_accuracy} must lie in [0, 1]")
+    if min_accuracy <= 0:
+        return 1
+    n = np.arange(1, max_n + 1)
+    k = np.floor(expected_accuracy * n + 1e-9)
+    lo = np.asarray(_confint(k, n, level, _METHODS[interval])[0], dtype=float)
+    ok = np.flatnonzero(lo >= min_accuracy)
+    return int(n[ok[0]]) if len(ok) else None
 
 
 def clopper_pearson_upper(k: int | np.ndarray, n: int | np.ndarray, alpha: float) -> np.ndarray | float:
@@ -92,13 +130,12 @@ def cohen_kappa(a: Sequence, b: Sequence) -> float:
         return math.nan
     cats, codes = np.unique(np.concatenate([a, b]).astype(str), return_inverse=True)
     ca, cb = codes[:len(a)], codes[len(a):]
-    po = float((ca == cb).mean())
-    pa = np.bincount(ca, minlength=len(cats)) / len(a)
-    pb = np.bincount(cb, minlength=len(cats)) / len(b)
-    pe = float(pa @ pb)
-    if pe >= 1.0:
+    pe = float((np.bincount(ca, minlength=len(cats)) / len(a)) @ (np.bincount(cb, minlength=len(cats)) / len(b)))
+    if pe >= 1.0:  # one category only: undefined (sklearn would warn and return nan)
         return math.nan
-    return (po - pe) / (1 - pe)
+    from sklearn.metrics import cohen_kappa_score
+
+    return float(cohen_kappa_score(ca, cb))
 
 
 def fleiss_kappa(counts: np.ndarray | pd.DataFrame) -> float:
@@ -110,14 +147,12 @@ def fleiss_kappa(counts: np.ndarray | pd.DataFrame) -> float:
     if not np.allclose(r, r[0]) or r[0] < 2:
         raise ValueError("fleiss_kappa: every item needs the same number (>= 2) of ratings; "
                          f"got {sorted(set(r.astype(int).tolist()))[:10]}")
-    n_raters = r[0]
-    p_i = ((m * m).sum(axis=1) - n_raters) / (n_raters * (n_raters - 1))
-    p_bar = p_i.mean()
-    p_j = m.sum(axis=0) / m.sum()
-    pe = float((p_j ** 2).sum())
-    if pe >= 1.0:
+    pe = float(((m.sum(axis=0) / m.sum()) ** 2).sum())
+    if pe >= 1.0:  # every rating in one category: undefined
         return math.nan
-    return float((p_bar - pe) / (1 - pe))
+    from statsmodels.stats.inter_rater import fleiss_kappa as sm_fleiss_kappa
+
+    return float(sm_fleiss_kappa(m, method="fleiss"))
 
 
 def rating_counts(ratings: pd.DataFrame, item: str = "item_id", label: str = "label",
@@ -243,6 +278,107 @@ def pii_scan(texts: Sequence[str], ids: Sequence[str] | None = None, max_items: 
     return out
 
 
+def audit_target(q: Any, auto_confidence: Sequence[float]) -> int:
+    """Audited items a batch needs so the accuracy gate (min_accuracy on the lower bound) can be reached.
+
+    Sized for the accuracy the machine expects of the labels it would accept (their mean confidence),
+    kept between halfway from min_accuracy to 1 (below that the sample grows without bound; labels that
+    weak are refused anyway) and 0.99 (a sample sized for perfection fails on its first error).  0 when
+    the spec gates on the point estimate (accuracy_gate: estimate) or nothing would be auto-accepted.
+    """
+    conf = np.asarray(auto_confidence, dtype=float)
+    if getattr(q, "accuracy_gate", "lower_bound") != "lower_bound" or len(conf) == 0:
+        return 0
+    m = float(q.min_accuracy)
+    expected = float(np.clip(np.nanmean(conf), (1 + m) / 2, 0.99))
+    n = audit_sample_size(m, q.confidence_level, q.interval, expected_accuracy=expected)
+    return int(n if n is not None else audit_sample_size(m, q.confidence_level, q.interval) or 0)
+
+
+# ----------------------------------------------------------------------------- calibration
+VERIFIED_SOURCES = ("calibrated", "arbitrated")  # a person checked a machine label (review, audit, second, expert)
+MACHINE_SOURCES = ("auto", "verified")  # nobody looked
+
+
+def calibration_report(confidence: Sequence[float], correct: Sequence[bool], bins: int = 10) -> dict:
+    """ECE (factory.engine.calibration) and reliability-diagram bins (sklearn's calibration_curve, uniform).
+
+    {"n", "ece", "mean_confidence", "accuracy", "bins": [{"lo", "hi", "n", "mean_confidence", "accuracy"}]}
+    over the non-empty bins; n == 0 gives ece None and no bins.
+    """
+    from factory.engine.calibration import expected_calibration_error
+
+    conf = np.clip(np.asarray(confidence, dtype=float), 0.0, 1.0)
+    corr = np.asarray(correct, dtype=bool)
+    if len(conf) == 0:
+        return {"n": 0, "ece": None, "mean_confidence": None, "accuracy": None, "bins": []}
+    from sklearn.calibration import calibration_curve
+
+    acc_b, conf_b = calibration_curve(corr.astype(int), conf, n_bins=bins, strategy="uniform")
+    edges = np.linspace(0.0, 1.0, bins + 1)
+    ids = np.searchsorted(edges[1:-1], conf)  # the binning calibration_curve uses
+    counts = np.bincount(ids, minlength=bins)
+    nonempty = np.flatnonzero(counts)
+    rows = [{"lo": _r(edges[b]), "hi": _r(edges[b + 1]), "n": int(counts[b]), "mean_confidence": _r(c),
+             "accuracy": _r(a)} for b, c, a in zip(nonempty, conf_b, acc_b)]
+    return {"n": int(len(conf)), "ece": _r(expected_calibration_error(conf, corr, bins=bins)),
+            "mean_confidence": _r(conf.mean()), "accuracy": _r(corr.mean()), "bins": rows}
+
+
+def verified_calibration(final: pd.DataFrame, gold: pd.DataFrame | None = None, bins: int = 10) -> dict:
+    """Calibration of the machine's confidence on the items people verified (audit, review, second opinion,
+    arbitration: source calibrated/arbitrated or route audit) and on gold items: fused label vs people's label.
+
+    `final` needs item_id, label, fused_label, fused_confidence and source/route; when it also has
+    raw_confidence (the fused posterior before calibration), that is measured too.  The audit-only figure
+    is the unbiased one for auto-accepted items; the others include items routed for being doubtful.
+    """
+    need = {"item_id", "label", "fused_label", "fused_confidence"}
+    if not need <= set(final.columns):
+        return {"what": "no machine confidence recorded for these labels", "verified": None}
+    f = final[final["fused_confidence"].notna() & final["fused_label"].notna()]
+    checked = pd.Series(False, index=f.index)
+    if "source" in f:
+        checked |= f["source"].isin(VERIFIED_SOURCES)
+    if "route" in f:
+        checked |= f["route"].eq("audit")
+    ref = f.loc[checked, ["item_id", "fused_label", "fused_confidence", "label"]
+                + (["raw_confidence"] if "raw_confidence" in f else [])]
+    if gold is not None and len(gold):
+        g = gold[["item_id", "label"]].merge(f.drop(columns=["label"]), on="item_id")
+        ref = pd.concat([ref[~ref["item_id"].isin(g["item_id"])], g[ref.columns]], ignore_index=True)
+    correct = (ref["fused_label"].astype(str) == ref["label"].astype(str)).to_numpy()
+    out = {"what": "machine (fused) confidence vs people's or gold label on verified items",
+           "verified": calibration_report(ref["fused_confidence"].astype(float), correct, bins)}
+    if "route" in f:
+        a = f[f["route"].eq("audit")]
+        out["audit"] = calibration_report(a["fused_confidence"].astype(float),
+                                          (a["fused_label"].astype(str) == a["label"].astype(str)).to_numpy(), bins)
+    if "raw_confidence" in ref and ref["raw_confidence"].notna().any():
+        r = ref[ref["raw_confidence"].notna()]
+        out["verified_raw"] = calibration_report(r["raw_confidence"].astype(float),
+                                                 (r["fused_label"].astype(str) == r["label"].astype(str)).to_numpy(),
+                                                 bins)
+    return out
+
+
+def reliability_markdown(calibration: dict) -> str:
+    """A reliability diagram as a Markdown table (Dagster metadata): per confidence bin, items, mean confidence
+    and share right, for each measured set (verified, audit, verified before calibration)."""
+    lines = []
+    for name in ("verified", "audit", "verified_raw"):
+        c = calibration.get(name)
+        if not c or not c.get("n"):
+            continue
+        lines += [f"**{name}**: ECE {c['ece']:.4f} on {c['n']} items (mean confidence {c['mean_confidence']:.4f}, "
+                  f"share right {c['accuracy']:.4f})", "",
+                  "| confidence bin | items | mean confidence | share right |", "|---|---|---|---|"]
+        lines += [f"| ({b['lo']:.1f}, {b['hi']:.1f}] | {b['n']} | {b['mean_confidence']:.4f} | {b['accuracy']:.4f} |"
+                  for b in c["bins"]]
+        lines.append("")
+    return "\n".join(lines) or "no verified item carries a machine confidence"
+
+
 # ----------------------------------------------------------------------------- a release's quality
 def measure(final: pd.DataFrame, classes: Sequence[str], *, human: pd.DataFrame | None = None,
             models: pd.DataFrame | None = None, gold: pd.DataFrame | None = None,
@@ -270,6 +406,8 @@ def measure(final: pd.DataFrame, classes: Sequence[str], *, human: pd.DataFrame 
                                        level)
     res["source_shares"] = shares(f["source"]) if "source" in f else {}
     res["route_shares"] = shares(f["route"].fillna("none")) if "route" in f else {}
+    # labels nobody looked at: what the audit must vouch for (None when the sources are unknown)
+    res["machine_accepted"] = int(f["source"].isin(MACHINE_SOURCES).sum()) if "source" in f else None
     res["label_distribution"] = distribution_vs_prior(f["label"].dropna(), prior)
 
     # audit: a uniform random sample of the auto-accepted items, answered by people blind to nothing but
@@ -300,6 +438,8 @@ def measure(final: pd.DataFrame, classes: Sequence[str], *, human: pd.DataFrame 
         }
     else:
         res["gold"] = None
+    if "fused_confidence" in f:
+        res["calibration"] = verified_calibration(f, gold)
     res["agreement"] = agreement(human, models, classes)
     res["per_annotator"] = per_annotator(human, f, level) if human is not None and len(human) else {}
     if texts is not None:
@@ -348,35 +488,51 @@ def per_annotator(human: pd.DataFrame, final: pd.DataFrame, level: float = 0.95)
 
 
 # ----------------------------------------------------------------------------- gates
-def evaluate_gates(report: dict, q: Any) -> list[dict]:
-    """Compare measures to the spec's thresholds (`QualitySpec`); each gate: name, value, threshold, passed, blocking.
+ALWAYS_BLOCKING = ("audit_accuracy",)  # the accuracy promise: min_accuracy blocks whatever `blocking` lists
 
-    A gate whose measure cannot be computed (e.g. no audit sample) is reported with passed = None and
-    never blocks: the certificate says the evidence is missing instead of pretending.
+
+def evaluate_gates(report: dict, q: Any) -> list[dict]:
+    """Compare measures to the spec's thresholds (`QualitySpec`); each gate: name, value, threshold, passed,
+    blocking, reason (a plain sentence).
+
+    The accuracy gate (audit_accuracy, ``min_accuracy``) always blocks.  By default it is decided on the
+    lower bound of the interval at the spec's confidence level (``accuracy_gate: lower_bound``); an audit
+    too small to reach the bound even if every audited item were right fails it ("too small to certify"),
+    and so does a missing audit when labels were accepted without a person.  ``accuracy_gate: estimate``
+    decides on the point estimate instead and says so.  Any other gate whose measure cannot be computed
+    is reported with passed = None and never blocks: the certificate says the evidence is missing.
     """
-    blocking = set(getattr(q, "blocking", ()) or ())
-    use_lower = getattr(q, "accuracy_gate", "estimate") == "lower_bound"
-    interval = getattr(q, "interval", "wilson").replace("-", "_")
+    blocking = set(getattr(q, "blocking", ()) or ()) | set(ALWAYS_BLOCKING)
+    use_lower = getattr(q, "accuracy_gate", "lower_bound") == "lower_bound"
+    interval = getattr(q, "interval", "wilson")
+    key = interval.replace("-", "_")
+    level = report.get("confidence_level", getattr(q, "confidence_level", 0.95))
     gates = []
 
-    def add(name: str, value, threshold, ok_if_ge: bool = True, note: str = "") -> None:
+    def add(name: str, value, threshold, ok_if_ge: bool = True, note: str = "", passed: Any = "auto",
+            reason: str = "") -> None:
         if threshold is None:
             return
-        passed = None if value is None or (isinstance(value, float) and math.isnan(value)) else \
-            bool(value >= threshold if ok_if_ge else value <= threshold)
-        gates.append({"name": name, "value": value, "threshold": threshold,
-                      "rule": ">=" if ok_if_ge else "<=", "passed": passed,
+        if passed == "auto":
+            passed = None if value is None or (isinstance(value, float) and math.isnan(value)) else \
+                bool(value >= threshold if ok_if_ge else value <= threshold)
+        rule = ">=" if ok_if_ge else "<="
+        if not reason:
+            reason = (f"not measured: no evidence for {name}" if passed is None else
+                      f"{name} {value} {rule} {threshold}" if passed else f"{name} {value} is not {rule} {threshold}")
+        gates.append({"name": name, "value": value, "threshold": threshold, "rule": rule, "passed": passed,
                       "blocking": name in blocking and passed is False, "declared_blocking": name in blocking,
-                      "note": note})
+                      "note": note, "reason": reason})
 
     def acc_value(section: dict | None):
         if not section or section["accuracy"]["n"] == 0:
             return None
         a = section["accuracy"]
-        return a[interval][0] if use_lower else a["estimate"]
+        return a[key][0] if use_lower else a["estimate"]
 
-    what = f"{interval} lower bound" if use_lower else "point estimate"
-    add("audit_accuracy", acc_value(report.get("audit")), getattr(q, "min_accuracy", None), note=what)
+    what = f"{interval} lower bound at level {level}" if use_lower else "point estimate"
+    add("audit_accuracy", **_audit_gate(report, getattr(q, "min_accuracy", None), use_lower, interval, level),
+        note=what)
     add("gold_accuracy", acc_value(report.get("gold")), getattr(q, "min_gold_accuracy", None), note=what)
     add("completeness", report["completeness"]["estimate"], getattr(q, "min_completeness", None))
     add("prior_tv_distance", report["label_distribution"].get("tv_distance"), getattr(q, "max_prior_distance", None),
@@ -388,6 +544,44 @@ def evaluate_gates(report: dict, q: Any) -> list[dict]:
     pii = report.get("pii")
     add("pii_items", pii["items_flagged"] if pii else None, getattr(q, "max_pii_items", None), ok_if_ge=False)
     return gates
+
+
+def _audit_gate(report: dict, threshold: float | None, use_lower: bool, interval: str, level: float) -> dict:
+    """Value, verdict and plain reason of the accuracy gate on the audit sample of auto-accepted labels."""
+    if threshold is None:
+        return {"value": None, "threshold": None}
+    audit = report.get("audit") or {}
+    acc = audit.get("accuracy") or {"k": 0, "n": 0, "estimate": None}
+    k, n = int(acc["k"]), int(acc["n"])
+    machine = report.get("machine_accepted")
+    pct = f"{level:.0%}"
+    if n == 0:
+        if not machine:
+            return {"value": None, "threshold": threshold, "passed": None,
+                    "reason": "no label was accepted without a person, so there was nothing for the audit to "
+                              "certify; the accuracy of people's labels is not measured here (give quality.gold)"}
+        need = audit_sample_size(threshold, level, interval)
+        return {"value": None, "threshold": threshold, "passed": False,
+                "reason": f"audit too small to certify: {machine} label(s) were accepted without a person and "
+                          f"none was audited; at least {need} audited items are needed"}
+    est = k / n
+    lo = lower_bound(k, n, level, interval)
+    if not use_lower:
+        return {"value": _r(est), "threshold": threshold, "passed": bool(est >= threshold),
+                "reason": f"decided on the point estimate {est:.4f} ({k}/{n}) because the spec says "
+                          f"accuracy_gate: estimate; this is not a certified bound: the {interval} lower bound "
+                          f"at {pct} is {lo:.4f}"}
+    best = lower_bound(n, n, level, interval)
+    if best < threshold:
+        need = audit_sample_size(threshold, level, interval)
+        return {"value": _r(lo), "threshold": threshold, "passed": False,
+                "reason": f"audit too small to certify: {n} audited item(s); even if all were right the "
+                          f"{interval} lower bound at {pct} would be {best:.4f} < {threshold}; at least {need} "
+                          f"are needed ({k}/{n} were right)"}
+    ok = bool(lo >= threshold)
+    return {"value": _r(lo), "threshold": threshold, "passed": ok,
+            "reason": f"{k}/{n} audited labels right ({est:.4f}); {interval} lower bound at {pct} {lo:.4f} "
+                      + (f">= {threshold}" if ok else f"< {threshold}")}
 
 
 # ----------------------------------------------------------------------------- helpers

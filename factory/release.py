@@ -46,7 +46,7 @@ from typing import Any
 import pandas as pd
 
 from checks.standards import DEFAULT_STANDARD, STANDARDS_DIR
-from factory.errors import ReleaseError
+from factory.errors import ReleaseError, ReleaseRefused
 from factory.ingest import sha256_file
 from factory.ledger import canonical, now
 
@@ -135,14 +135,69 @@ def build_release_table(fx, dataset: str, batch_ids: list[str]) -> pd.DataFrame:
 
 
 def _evidence(fx, dataset: str, batch_ids: list[str]) -> pd.DataFrame:
-    """Per item: route, machine (fused) label and confidence, final label: what the certificate rests on."""
-    frames = [pd.read_parquet(fx.paths.table("final_labels", dataset, b)) for b in batch_ids]
+    """Per item: route, routing reasons, machine (fused) label and confidence, final label and source: what
+    the certificate rests on."""
+    frames = []
+    for b in batch_ids:
+        f = pd.read_parquet(fx.paths.table("final_labels", dataset, b))
+        rp = fx.paths.table("routing", dataset, b)
+        r = pd.read_parquet(rp) if rp.exists() else pd.DataFrame(columns=["item_id"])
+        if "reasons" in r:
+            f = f.merge(r[["item_id", "reasons"]], on="item_id", how="left")
+        frames.append(f)
     df = pd.concat(frames, ignore_index=True)
-    for c in ("route", "fused_label", "fused_confidence"):
+    for c in ("route", "fused_label", "fused_confidence", "reasons"):
         if c not in df:
             df[c] = None
-    return (df[["item_id", "route", "fused_label", "fused_confidence", "label", "source"]]
+    extra = ["raw_confidence"] if "raw_confidence" in df else []
+    return (df[["item_id", "route", "reasons", "fused_label", "fused_confidence", *extra, "label", "source"]]
             .sort_values("item_id").reset_index(drop=True))
+
+
+# routing reasons that flag an item as one the machines cannot vouch for (audit and budget are not flags)
+FLAG_REASONS = ("disagreement", "low_confidence", "bias", "no_support", "verifier_disagrees",
+                "below_accept_confidence", "probable_mislabel", "annotators_disagree", "missing_label")
+
+
+def routing_facts(evidence: pd.DataFrame) -> dict:
+    """What happened to the items routing flagged, counted from the released labels' routes and sources."""
+    from factory.quality import MACHINE_SOURCES
+
+    if evidence["reasons"].isna().all():
+        return {"reasons_recorded": False}
+    reasons = evidence["reasons"].map(_as_list)
+    flagged = reasons.map(lambda rs: any(x in FLAG_REASONS or str(x).startswith("rule:") for x in rs))
+    machine = evidence["source"].isin(MACHINE_SOURCES)
+    why = pd.Series([x for rs in reasons[flagged & machine] for x in rs], dtype=object)
+    return {"reasons_recorded": True, "items": int(len(evidence)), "flagged": int(flagged.sum()),
+            "flagged_decided_by_people": int((flagged & ~machine).sum()),
+            "flagged_accepted_without_a_person": int((flagged & machine).sum()),
+            "reasons_of_those_accepted_without_a_person": {str(k): int(v) for k, v in
+                                                           why.value_counts().sort_index().items()},
+            "accepted_without_a_person": int(machine.sum())}
+
+
+def _as_list(r: Any) -> list:
+    if isinstance(r, str):
+        return json.loads(r)
+    return list(r) if isinstance(r, (list, tuple)) else []
+
+
+def _routing_sentence(f: dict) -> str:
+    if not f.get("reasons_recorded"):
+        return ("The routing reasons of these items were not recorded, so this release cannot say whether the "
+                "items the machines could not vouch for were seen by people.")
+    if f["flagged"] == 0:
+        return (f"Routing flagged none of the {f['items']} items; {f['accepted_without_a_person']} labels were "
+                f"accepted without a person.")
+    if f["flagged_accepted_without_a_person"] == 0:
+        return (f"Every one of the {f['flagged']} items routing flagged (models disagreeing, low confidence, "
+                f"suspected bias, ...) was decided by a person; {f['accepted_without_a_person']} unflagged labels "
+                f"were accepted without a person.")
+    why = ", ".join(f"{k} {v}" for k, v in f["reasons_of_those_accepted_without_a_person"].items())
+    return (f"Of the {f['flagged']} items routing flagged, {f['flagged_accepted_without_a_person']} were accepted "
+            f"WITHOUT a person (their routing reasons: {why}) and {f['flagged_decided_by_people']} were decided "
+            f"by people; the ones accepted without a person carry source `auto` in labels.parquet.")
 
 
 def _changes(prev: pd.DataFrame | None, cur: pd.DataFrame) -> dict:
@@ -251,8 +306,9 @@ def certify(fx, spec, dataset: str, table: pd.DataFrame, evidence: pd.DataFrame,
     human = _human_answers(fx, dataset, set(table["item_id"]))
     models = _model_labels(fx, dataset, batch_ids)
     gold = load_gold(fx, spec)
-    final = table[["item_id", "label", "source"]].merge(evidence[["item_id", "route", "fused_label"]], on="item_id",
-                                                        how="left")
+    machine_cols = ["item_id", "route", "fused_label", "fused_confidence"] + \
+        (["raw_confidence"] if "raw_confidence" in evidence else [])
+    final = table[["item_id", "label", "source"]].merge(evidence[machine_cols], on="item_id", how="left")
     level = spec.quality.confidence_level
     measures = Q.measure(final, spec.class_names, human=human, models=models[["item_id", "labeler", "label"]],
                          gold=gold, prior=spec.prior, n_items=n_items_expected, texts=table["text"], level=level)
@@ -272,35 +328,77 @@ def certify(fx, spec, dataset: str, table: pd.DataFrame, evidence: pd.DataFrame,
         "note": "the audit sample only covers items the router auto-accepted, so thresholds below the one in "
                 "force are not supported by it"}
     std_path = STANDARDS_DIR / f"{standard}.json"
+    facts = routing_facts(evidence)
+    statements = _statements(measures, gates, guarantee, facts, spec)
     return {
         "dataset": dataset, "standard": {"name": standard, "sha256": sha256_path(std_path),
                                          "file": f"standard/{standard}.json"},
         "standard_result": outcome.to_dict(), "interval": spec.quality.interval, "confidence_level": level,
         "items": int(len(table)), "measures": measures, "gates": gates, "accuracy_by_source": by_source,
-        "auto_accept_guarantee": guarantee,
+        "auto_accept_guarantee": guarantee, "routing": facts, "statements": statements,
         "passed": bool(outcome.success and not any(g["passed"] is False for g in gates)),
         "blocking_failures": [f"standard {standard}: {o.message()}" for o in outcome.blocking_failures]
-        + [f"gate {g['name']}: {g['value']} not {g['rule']} {g['threshold']}" for g in gates if g["blocking"]],
+        + [f"gate {g['name']}: {'no value' if g['value'] is None else g['value']} not {g['rule']} {g['threshold']} "
+           f"({g['reason']})" for g in gates if g["blocking"]],
     }
+
+
+def _statements(measures: dict, gates: list[dict], guarantee: dict, facts: dict, spec) -> list[str]:
+    """The certificate's claims as plain sentences, each derived from what was measured (never a bare None)."""
+    out = []
+    acc = next((g for g in gates if g["name"] == "audit_accuracy"), None)
+    if acc is not None:
+        verdict = {True: "passed", False: "FAILED", None: "does not apply"}[acc["passed"]]
+        out.append(f"Accuracy gate (min_accuracy {acc['threshold']}, {acc['note']}) {verdict}: {acc['reason']}.")
+    out.append(_routing_sentence(facts))
+    if guarantee.get("threshold") is None:
+        out.append(f"No auto-accept threshold is certified by this release's audit sample "
+                   f"({guarantee.get('n_sample', 0)} audited items): the error of the auto-accepted labels is not "
+                   f"guaranteed to be <= {guarantee['epsilon']} at probability {1 - guarantee['delta']:.2f}.")
+    else:
+        # the audit only holds items routing accepted (at or above the threshold in force): no claim below it
+        floor = guarantee.get("routing_threshold_in_force") or 0.0
+        which = ("The labels accepted without a person" if guarantee["threshold"] <= floor else
+                 f"Of the labels accepted without a person, those with confidence >= {guarantee['threshold']}")
+        out.append(f"{which} have an error <= {guarantee['epsilon']} with probability >= "
+                   f"{1 - guarantee['delta']:.2f} (Clopper-Pearson bound {guarantee['upper_bound']} on "
+                   f"{guarantee['n_accepted']} of {guarantee['n_sample']} audited items)"
+                   + ("." if guarantee["threshold"] <= floor else "; the others are not covered by this guarantee."))
+    cal = ((measures.get("calibration") or {}).get("verified")) or {}
+    aud = ((measures.get("calibration") or {}).get("audit")) or {}
+    if cal.get("n"):
+        out.append(f"Calibration of the machine's confidence on {cal['n']} items people verified (flagged ones "
+                   f"included): ECE {cal['ece']:.4f} (mean confidence {cal['mean_confidence']:.4f}, share right "
+                   f"{cal['accuracy']:.4f})" + (f"; on the {aud['n']} randomly audited auto-accepted items: ECE "
+                                               f"{aud['ece']:.4f}." if aud.get("n") else "."))
+    else:
+        out.append("The calibration of the machine's confidence was not measured: no verified item carries one.")
+    if measures.get("gold") is None:
+        out.append("No gold items were given (quality.gold), so accuracy against known-correct labels was not measured.")
+    return out
 
 
 def measure_batch(fx, dataset: str, batch_id: str) -> dict:
     """Measured quality of one batch (factory/quality.py) with the spec's gates and the batch's Merkle root.
 
-    For the batch_quality asset: {"measures", "gates", "passed", "merkle_root", "events", "standard"}.
+    For the batch_quality asset: {"measures", "gates", "passed", "merkle_root", "events", "standard"}; the
+    measures carry "calibration": ECE and reliability-diagram bins of the machine's confidence on the items
+    people verified (and gold items).
     """
     from factory import quality as Q
     from factory.provenance import merkle_root
 
     spec = fx.spec(dataset)
     final = pd.read_parquet(fx.paths.table("final_labels", dataset, batch_id))
-    for c in ("route", "fused_label"):
+    for c in ("route", "fused_label", "fused_confidence"):
         if c not in final:
             final[c] = None
     n_raw = len(pd.read_parquet(fx.paths.table("raw_items", dataset, batch_id), columns=["item_id"]))
     human = _human_answers(fx, dataset, set(final["item_id"]))
     models = _model_labels(fx, dataset, [batch_id])
-    measures = Q.measure(final[["item_id", "label", "source", "route", "fused_label"]], spec.class_names,
+    cols = ["item_id", "label", "source", "route", "fused_label", "fused_confidence"] + \
+        (["raw_confidence"] if "raw_confidence" in final else [])  # before calibration, where recorded
+    measures = Q.measure(final[cols], spec.class_names, gold=load_gold(fx, spec),
                          human=human, models=models[["item_id", "labeler", "label"]] if len(models) else None,
                          prior=spec.prior, n_items=n_raw, level=spec.quality.confidence_level)
     gates = Q.evaluate_gates(measures, spec.quality)
@@ -323,6 +421,22 @@ def _size_category(n: int) -> str:
     return "10M<n<100M"
 
 
+_HF_DTYPES = {"string": "string", "object": "string", "str": "string", "float64": "float64", "float32": "float32",
+              "int64": "int64", "int32": "int32", "bool": "bool"}
+
+
+def hf_features(columns: dict[str, str], class_names: list[str]) -> list[dict]:
+    """The card's `dataset_info.features`: one entry per Parquet column (Hugging Face `datasets` casts the
+    files to exactly these), `label` as a ClassLabel over the spec's classes."""
+    out = []
+    for name, dtype in columns.items():
+        if name == "label":
+            out.append({"name": "label", "dtype": {"class_label": {"names": {i: c for i, c in enumerate(class_names)}}}})
+        else:
+            out.append({"name": name, "dtype": _HF_DTYPES.get(str(dtype), "string")})
+    return out
+
+
 def dataset_card(manifest: dict, spec, cert: dict, splits: list[str], date: str) -> str:
     """README.md: a dataset card with a Hugging Face YAML header."""
     import yaml
@@ -337,10 +451,10 @@ def dataset_card(manifest: dict, spec, cert: dict, splits: list[str], date: str)
         "license": spec.license.lower(), "pretty_name": spec.name, "task_categories": ["text-classification"],
         "annotations_creators": creators or ["machine-generated"], "size_categories": [_size_category(manifest["items"])],
         "configs": [{"config_name": "default", "data_files": [{"split": s, "path": f"data/{s}.parquet"} for s in splits]}],
-        "dataset_info": {"features": [{"name": "label", "dtype": {"class_label": {"names": spec.class_names}}}]},
+        "dataset_info": {"features": hf_features(manifest.get("columns") or {"label": "string"}, spec.class_names)},
     }
     q = manifest["quality"]
-    g = cert["auto_accept_guarantee"]
+    families = sorted({str(v).split("@")[0] for v in manifest.get("labelers") or []})
     lines = ["---", yaml.safe_dump(header, sort_keys=True).rstrip(), "---", "",
              f"# {spec.name} {manifest['version']}", "", spec.description, "",
              f"- date: {date} (ingest date of the newest batch; the release contains no other clock time)",
@@ -350,18 +464,16 @@ def dataset_card(manifest: dict, spec, cert: dict, splits: list[str], date: str)
              f"- guideline version {spec.guideline.version}; spec version {manifest['spec_version']}",
              f"- quality standard `{manifest['quality_standard']['name']}` (copy in `standard/`)", "",
              "## How the labels were made", "",
-             f"Mode `{spec.mode}`: several models of different families pre-label every item; their outputs are fused. "
-             f"Items the machines cannot vouch for (disagreement, confidence below {spec.quality.confidence_threshold}, "
-             f"suspected bias) and a random audit sample go to people. Label sources: "
+             f"Mode `{spec.mode}`: {len(families)} model(s) ({', '.join(families) or 'none recorded'}) pre-label "
+             f"every item and their outputs are fused. Routing flags the items the machines cannot vouch for (disagreement, "
+             f"confidence below {spec.quality.confidence_threshold}, suspected bias) for people, and draws a random "
+             f"audit sample of the labels it would accept without a person. Label sources: "
              + ", ".join(f"{k} {v}" for k, v in manifest["counts_per_source"].items()) + ".", "",
              "## Personal information", "", manifest["deidentification"]["statement"], "",
              "## Measured quality", "",
-             f"- audit accuracy of auto-accepted labels: {_pct(q.get('audit_accuracy'))} "
-             f"(Wilson {q.get('audit_wilson')}, n = {q.get('audit_n')})",
+             *[f"- {line}" for line in cert.get("statements", [])],
              f"- completeness: {_pct(q.get('completeness'))}",
-             f"- auto-accept guarantee: threshold {g['threshold']}, error <= {g['epsilon']} with probability >= "
-             f"{1 - g['delta']:.2f} (bound {g['upper_bound']}, {g['n_accepted']} of {g['n_sample']} audited items)",
-             f"- verdict: {'PASS' if cert['passed'] else 'FAIL (non-blocking gates; see the certificate)'}", "",
+             f"- verdict: {_verdict(cert)}", "",
              "Everything with intervals: `quality/certificate.json`, figures: `quality/report.html`.", "",
              "## Verify", "", "```bash", f"factory verify-release releases/{spec.name}/{manifest['version']}", "```", "",
              "recomputes every hash of `manifest-sha256.txt`, re-runs the quality standard on `labels.parquet`, "
@@ -380,6 +492,14 @@ def _deidentification(fx, spec, dataset: str, table: pd.DataFrame) -> dict:
     cats = categories(spec)
     residual = residual_check(table, "text", cats) if cats else None
     return statement(spec, len(table), n_red, residual)
+
+
+def _verdict(cert: dict) -> str:
+    failed = [g["name"] for g in cert["gates"] if g["passed"] is False]
+    if not failed and cert["standard_result"].get("success", True):
+        return "PASS: every gate with evidence passed"
+    return ("FAIL on non-blocking gate(s) " + ", ".join(failed) if failed else
+            "FAIL on non-blocking expectation(s) of the standard") + " (see quality/certificate.json)"
 
 
 def _pct(x) -> str:
@@ -401,6 +521,39 @@ def changelog_entry(manifest: dict, per_split: dict, date: str) -> str:
     return "\n".join(lines)
 
 
+REFUSED_ASSET = "dataset_release"  # refused attempts: check_results rows (batch_id "release", success false)
+
+
+def refuse(fx, dataset: str, version: str, cert: dict, batches: list[str], run_id: str | None) -> None:
+    """Record a refused release attempt in the ledger and raise ReleaseRefused naming the version and each
+    failing gate; no release folder is written."""
+    failures = cert["blocking_failures"]
+    fx.ledger.record_check(dataset, "release", REFUSED_ASSET, cert["standard"]["name"], False,
+                           {"version": version, "refused": True, "failures": failures, "batches": batches,
+                            "gates": [g for g in cert["gates"] if g["passed"] is False]}, run_id)
+    hint = ("Have people audit more of the auto-accepted items (or fix the labels), then release again"
+            if any(g["name"] == "audit_accuracy" and g["passed"] is False for g in cert["gates"]) else
+            "Fix the labels (or the data) that fail, then release again")
+    raise ReleaseRefused(f"release {version} of '{dataset}' REFUSED (nothing was written): blocking quality "
+                         f"gate(s) failed:\n  - " + "\n  - ".join(failures)
+                         + f"\n{hint}; the spec's thresholds are the promise a release makes, not a knob to pass "
+                           "it.", version, failures)
+
+
+def refused_attempts(fx, dataset: str) -> list[dict]:
+    """Refused release attempts of a dataset from the ledger, oldest first: version, failures, when."""
+    df = fx.ledger.table("check_results", dataset=dataset)
+    if df.empty:
+        return []
+    df = df[(df["asset"] == REFUSED_ASSET) & ~df["success"].astype(bool)].sort_values("id")
+    out = []
+    for r in df.itertuples(index=False):
+        d = json.loads(r.details)
+        out.append({"version": d.get("version"), "failures": d.get("failures", []), "batches": d.get("batches", []),
+                    "created_at": r.created_at, "run_id": r.run_id})
+    return out
+
+
 def release(fx, dataset: str, run_id: str | None = None, formats: tuple[str, ...] = ("parquet",)) -> dict:
     """Write the next release of `dataset`; refuse on failed blocking checks or gates, nothing new, or an existing version."""
     from factory import croissant as C
@@ -420,16 +573,18 @@ def release(fx, dataset: str, run_id: str | None = None, formats: tuple[str, ...
     batches = fx.ledger.batches(dataset).set_index("batch_id")
     n_expected = sum(len(pd.read_parquet(fx.paths.table("raw_items", dataset, b), columns=["item_id"])) for b in ready)
     cert = certify(fx, spec, dataset, table, evidence, ready, n_expected)
+    prev = latest_release(fx, dataset)
+    if prev and not (Path(prev["path"]) / DATA_FILE).exists():
+        raise ReleaseError(f"{Path(prev['path']) / DATA_FILE}: release {prev['version']} of '{dataset}' is in the "
+                           f"ledger but its files are missing; restore the folder (releases are immutable)")
+    prev_table = pd.read_parquet(Path(prev["path"]) / DATA_FILE) if prev else None
+    changes = _changes(prev_table, table)
     if cert["blocking_failures"]:
-        raise ReleaseError(f"release of '{dataset}' refused: blocking quality checks failed:\n  - "
-                           + "\n  - ".join(cert["blocking_failures"])
-                           + "\nFix the labels (or the spec's quality thresholds) and release again.")
+        refuse(fx, dataset, next_version(prev["version"] if prev else None, changes, same_bytes=False)[0],
+               cert, ready, run_id)
     events = fx.ledger.events(dataset)
     events = events[events["batch_id"].isin(ready)][EVENT_COLUMNS].reset_index(drop=True)
     roots = batch_roots(events)
-    prev = latest_release(fx, dataset)
-    prev_table = pd.read_parquet(Path(prev["path"]) / DATA_FILE) if prev else None
-    changes = _changes(prev_table, table)
     per_split = changes_per_split(prev_table, table)
     date = max(str(batches.loc[b, "created_at"]) for b in ready)[:10]
     out_root = fx.paths.releases / dataset
@@ -473,6 +628,7 @@ def release(fx, dataset: str, run_id: str | None = None, formats: tuple[str, ...
             "quality_standard": {"name": spec.quality.standard, "file": f"standard/{spec.quality.standard}.json",
                                  "sha256": cert["standard"]["sha256"]},
             "items": len(table),
+            "columns": {c: str(t) for c, t in table.dtypes.items()},
             "counts_per_class": table["label"].value_counts().sort_index().to_dict(),
             "counts_per_source": table["source"].value_counts().sort_index().to_dict(),
             "counts_per_split": table["split"].value_counts().sort_index().to_dict(),
@@ -486,7 +642,9 @@ def release(fx, dataset: str, run_id: str | None = None, formats: tuple[str, ...
             "quality": {"passed": cert["passed"], "audit_accuracy": audit.get("estimate"), "audit_n": audit.get("n"),
                         "audit_wilson": audit.get("wilson"), "completeness": m["completeness"]["estimate"],
                         "pii_items_flagged": (m.get("pii") or {}).get("items_flagged"),
-                        "auto_accept_threshold": cert["auto_accept_guarantee"]["threshold"]},
+                        "auto_accept_threshold": cert["auto_accept_guarantee"]["threshold"],
+                        "routing_statement": _routing_sentence(cert.get("routing") or {}),
+                        "accuracy_gate": spec.quality.accuracy_gate},
         }
         annotations = table["annotators"].map(lambda a: len(json.loads(a)) if isinstance(a, str) else 0)
         answered = annotations[annotations > 0]
@@ -658,6 +816,13 @@ def verify_release(path: str | Path, run_standard: bool = True) -> dict:
             if stated is not None and (stated["k"], stated["n"]) != (recomputed["k"], recomputed["n"]):
                 problems.append(f"quality/certificate.json: audit accuracy {stated['k']}/{stated['n']} does not match "
                                 f"quality/evidence.parquet ({recomputed['k']}/{recomputed['n']})")
+            # the accuracy gate's verdict, recomputed from the evidence: a certificate must never claim more
+            gate = next((g for g in cert.get("gates", []) if g.get("name") == "audit_accuracy"), None)
+            if gate and gate.get("passed") and "lower bound" in str(gate.get("note")):
+                lo = Q.lower_bound(recomputed["k"], recomputed["n"], cert["confidence_level"], cert["interval"])
+                if not lo >= gate["threshold"]:
+                    problems.append(f"quality/certificate.json: the accuracy gate says passed, but the lower bound "
+                                    f"recomputed from quality/evidence.parquet is {lo:.4f} < {gate['threshold']}")
             summary["quality_passed"] = cert.get("passed")
             summary["audit_accuracy"] = recomputed["estimate"]
         except Exception as e:

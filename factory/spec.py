@@ -83,7 +83,13 @@ class QualitySpec(_Strict):
     # measured quality (factory/quality.py): interval kind, level, thresholds, and which gates block a release
     interval: Literal["wilson", "clopper-pearson"] = Field(default="wilson", exclude_if=lambda v: v == "wilson")
     confidence_level: float = Field(default=0.95, gt=0.5, lt=1, exclude_if=lambda v: v == 0.95)
-    accuracy_gate: Literal["estimate", "lower_bound"] = Field(default="estimate", exclude_if=lambda v: v == "estimate")
+    # min_accuracy always blocks a release; by default on the interval's lower bound (a certificate), or on the
+    # point estimate when a spec says `accuracy_gate: estimate` (the certificate then says it is not certified).
+    # The default moved from estimate to lower_bound; defaults stay out of the dump, so a spec that does not
+    # write the field keeps its version (the certificate records the rule applied), and one that wrote
+    # `estimate` now shows it in its dump: its version changed, and so it should.
+    accuracy_gate: Literal["lower_bound", "estimate"] = Field(default="lower_bound",
+                                                              exclude_if=lambda v: v == "lower_bound")
     min_gold_accuracy: float | None = Field(default=None, ge=0, le=1, exclude_if=_is_none)
     min_completeness: float | None = Field(default=1.0, ge=0, le=1, exclude_if=lambda v: v == 1.0)
     max_prior_distance: float | None = Field(default=None, ge=0, le=1, exclude_if=_is_none)

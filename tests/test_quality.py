@@ -139,10 +139,16 @@ def test_measure_and_gates():
     q2 = QualitySpec(min_accuracy=0.5, accuracy_gate="lower_bound", interval="clopper-pearson")
     g2 = {g["name"]: g for g in Q.evaluate_gates(rep, q2)}
     assert g2["audit_accuracy"]["value"] == pytest.approx(0.4439, abs=1e-4) and g2["audit_accuracy"]["passed"] is False
-    # no audit sample: the gate says the evidence is missing and does not block
+    # no audit sample while labels were accepted without a person: a refusal, never "no evidence, pass"
     rep_no = Q.measure(final[final.route == "auto"], ["x", "y"])
     g3 = {g["name"]: g for g in Q.evaluate_gates(rep_no, q)}
-    assert g3["audit_accuracy"]["passed"] is None and g3["audit_accuracy"]["blocking"] is False
+    assert g3["audit_accuracy"]["passed"] is False and g3["audit_accuracy"]["blocking"] is True
+    assert "audit too small to certify" in g3["audit_accuracy"]["reason"]
+    # nobody's label was accepted without a person: nothing for the audit to certify, the gate does not apply
+    rep_people = Q.measure(final[final.route == "review"], ["x", "y"])
+    g4 = {g["name"]: g for g in Q.evaluate_gates(rep_people, q)}
+    assert g4["audit_accuracy"]["passed"] is None and g4["audit_accuracy"]["blocking"] is False
+    assert "nothing for the audit to certify" in g4["audit_accuracy"]["reason"]
 
 
 def test_quality_spec_rejects_unknown_gates_and_standards():
@@ -164,3 +170,68 @@ def test_quality_spec_rejects_unknown_gates_and_standards():
     assert "delivery" not in dump and not {"standard", "auto_accept", "blocking", "gold"} & set(dump["quality"])
     tuned = parse_spec(news_spec(quality={"min_kappa": 0.6}))
     assert tuned.version != s.version and tuned.model_dump(mode="json")["quality"]["min_kappa"] == 0.6
+
+
+def _audited(k: int, n: int, n_auto: int = 100) -> pd.DataFrame:
+    """n audited items of which the machine label was right on k, plus n_auto auto-accepted items."""
+    rows = [dict(item_id=f"a{i}", label="x", fused_label="x" if i < k else "y", route="audit", source="calibrated",
+                 fused_confidence=0.95) for i in range(n)]
+    rows += [dict(item_id=f"u{i}", label="x", fused_label="x", route="auto", source="auto", fused_confidence=0.97)
+             for i in range(n_auto)]
+    return pd.DataFrame(rows)
+
+
+def _gate(k: int, n: int, **spec) -> dict:
+    rep = Q.measure(_audited(k, n), ["x", "y"])
+    return {g["name"]: g for g in Q.evaluate_gates(rep, QualitySpec(**spec))}["audit_accuracy"]
+
+
+def test_accuracy_gate_blocks_on_the_lower_bound_by_default():
+    # the measured failure: 9 of 10 audited right was certified PASS; Wilson [0.596, 0.982] cannot certify 0.9
+    g = _gate(9, 10, min_accuracy=0.9)
+    assert g["passed"] is False and g["blocking"] is True and g["value"] == pytest.approx(0.59585, abs=1e-4)
+    assert "audit too small to certify" in g["reason"] and "at least 35" in g["reason"]
+    # big enough to certify, but not accurate enough: refused on the bound, not for size
+    g = _gate(45, 50, min_accuracy=0.9)
+    assert g["passed"] is False and g["blocking"] and "too small" not in g["reason"] and "< 0.9" in g["reason"]
+    # big and accurate enough: passes, and the value is the bound, not the estimate
+    g = _gate(60, 60, min_accuracy=0.9)
+    assert g["passed"] is True and g["value"] == pytest.approx(Q.wilson_interval(60, 60)[0], abs=1e-6)
+    # the accuracy gate blocks whatever `blocking` lists
+    assert _gate(9, 10, min_accuracy=0.9, blocking=("completeness",))["blocking"] is True
+    # the explicit opt-out: the point estimate decides, and the reason says it is not certified
+    g = _gate(9, 10, min_accuracy=0.9, accuracy_gate="estimate")
+    assert g["passed"] is True and g["value"] == 0.9 and "not a certified bound" in g["reason"]
+    assert QualitySpec().accuracy_gate == "lower_bound"
+
+
+@pytest.mark.parametrize("m,level,interval,expected", [(0.9, 0.95, "wilson", 1.0), (0.9, 0.95, "clopper-pearson", 1.0),
+                                                       (0.8, 0.9, "wilson", 0.95), (0.95, 0.99, "clopper-pearson", 0.99),
+                                                       (0.9, 0.95, "wilson", 0.97)])
+def test_audit_sample_size_is_the_smallest_n_that_reaches_the_bound(m, level, interval, expected):
+    from statsmodels.stats.proportion import proportion_confint
+
+    method = {"wilson": "wilson", "clopper-pearson": "beta"}[interval]
+
+    def lo(n):
+        return proportion_confint(int(np.floor(expected * n + 1e-9)), n, alpha=1 - level, method=method)[0]
+
+    n = Q.audit_sample_size(m, level, interval, expected_accuracy=expected)
+    assert lo(n) >= m and all(lo(j) < m for j in range(1, n))
+    # a perfect audit of that size passes the gate; one item fewer is "too small to certify"
+    if expected == 1.0:
+        assert _gate(n, n, min_accuracy=m, confidence_level=level, interval=interval)["passed"] is True
+        assert "too small" in _gate(n - 1, n - 1, min_accuracy=m, confidence_level=level, interval=interval)["reason"]
+    assert Q.audit_sample_size(0.9, expected_accuracy=0.9) is None  # expecting the threshold: no n certifies
+
+
+def test_calibration_of_verified_items_in_the_measures():
+    f = _audited(8, 10)
+    f.loc[f["route"] == "auto", "source"] = "auto"
+    rep = Q.measure(f, ["x", "y"])
+    cal = rep["calibration"]
+    # verified items: the 10 audited ones, confidence 0.95, right on 8: ECE = |0.8 - 0.95|
+    assert cal["verified"]["n"] == 10 and cal["verified"]["ece"] == pytest.approx(0.15)
+    assert cal["audit"]["bins"] == [{"lo": 0.9, "hi": 1.0, "n": 10, "mean_confidence": 0.95, "accuracy": 0.8}]
+    f["raw_confidence"] = 0.8
+    assert Q.measure(f, ["x", "y"])["calibration"]["verified_raw"]["ece"] == pytest.approx(0.0)

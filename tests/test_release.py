@@ -109,8 +109,11 @@ def world(tmp_path_factory):
         base = tmp_path_factory.mktemp("rel")
         root = base / "factory"
         (root / "datasets").mkdir(parents=True)
+        # the simulated labelers are right 85% of the time and 15 items are audited: the spec promises what that
+        # can certify (min_accuracy is a blocking gate on the Wilson lower bound; test_gates.py refuses 0.9)
         (root / "datasets" / "news.yaml").write_text(yaml.safe_dump(news_spec(
-            seed_size=20, quality={"confidence_threshold": 0.8, "audit_rate": 0.3, "max_quarantine_rate": 0.5})))
+            seed_size=20, quality={"confidence_threshold": 0.8, "audit_rate": 0.3, "max_quarantine_rate": 0.5,
+                                   "min_accuracy": 0.5})))
         df = load_bbc_news(limit_per_class=20, seed=2).reset_index(drop=True)
         truth = {item_id_for(t): lab for t, lab in zip(df["text"], df["label"])}
         fx = Factory.at(root)
@@ -373,7 +376,7 @@ def test_blocking_quality_gate_refuses_the_release(world):
     data["classes"] = [dict(c, prior=0.2) for c in data["classes"]]
     data["quality"] |= {"max_prior_distance": 0.0, "blocking": ["prior_tv_distance"]}
     spec_path.write_text(yaml.safe_dump(data))
-    shutil.rmtree(world["twin"] / "releases", ignore_errors=True)  # whatever earlier tests released
+    # the gates are checked before "nothing new since the last release": whatever earlier tests released here
     with pytest.raises(ReleaseError, match=r"gate prior_tv_distance: [0-9.]+ not <= 0.0"):
         release(fx, "news")
 
@@ -399,3 +402,35 @@ def test_the_users_own_ids_reach_the_release_and_the_label_studio_export(world, 
     assert table.columns[-1] == "external_id"
     assert dict(zip(table["item_id"], table["external_id"])) == {i: ids[i] for i in table["item_id"]}
     assert verify_release(Path(r["path"]))["ok"]
+
+
+def test_a_release_folder_loads_with_hugging_face_datasets_and_declares_its_classes(world, tmp_path, monkeypatch):
+    try:
+        import datasets
+    except ImportError:
+        if os.environ.get("CI") == "true":
+            pytest.fail("datasets is missing in CI: install the test extra (pip install -e '.[test]')")
+        pytest.skip("datasets not installed (pip install -e '.[test]')")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    path = Path(world["rel"]["path"])
+    ds = datasets.load_dataset(str(path), cache_dir=str(tmp_path / "hf"))
+    table = pd.read_parquet(path / "labels.parquet")
+    assert sum(len(s) for s in ds.values()) == len(table) and set(ds) == set(table["split"])
+    feats = ds["train"].features
+    assert list(feats) == list(table.columns)  # every Parquet column declared in the card
+    assert feats["label"].names == CLASSES and feats["n_events"].dtype == "int64"
+    row = ds["train"][0]
+    assert feats["label"].int2str(row["label"]) == table.set_index("item_id").at[row["item_id"], "label"]
+    # croissant.json declares the classes as a categorical enumeration the label field references
+    doc = json.loads((path / "croissant.json").read_text())
+    enum = next(r for r in doc["recordSet"] if r.get("dataType") == "sc:Enumeration")
+    assert [d["classes/name"] for d in enum["data"]] == CLASSES
+    label = next(f for r in doc["recordSet"] for f in r["field"] if f["@id"] == "labels/label")
+    assert label["references"]["field"]["@id"] == "classes/name"
+    try:
+        import mlcroissant as mlc
+    except ImportError:
+        return
+    names = [r["classes/name"] for r in mlc.Dataset(jsonld=str(path / "croissant.json")).records("classes")]
+    assert [n.decode() if isinstance(n, bytes) else n for n in names] == CLASSES

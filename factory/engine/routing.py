@@ -211,6 +211,7 @@ def route_batch(
     bias_ratio: float = 2.0,
     review_budget: int | None = None,
     seed: int = 0,
+    audit_min: int = 0,
 ) -> pd.DataFrame:
     """Send each fused item to people ("review"), leave it to the machines ("auto") or audit it ("audit").
 
@@ -242,6 +243,9 @@ def route_batch(
         review items; the dropped ones become "auto" with reason "budget".
     seed
         Seed of the audit draw; the result is a pure function of the inputs.
+    audit_min
+        Audit at least this many of the auto-accepted items (all of them if fewer): the sample the
+        accuracy gate needs to be reachable (``factory.quality.audit_target``).
 
     Returns
     -------
@@ -304,6 +308,7 @@ def route_batch(
     n_audit = int(round(audit_rate * len(auto_idx)))
     if audit_rate > 0 and len(auto_idx) and n_audit == 0:
         n_audit = 1
+    n_audit = max(n_audit, min(int(audit_min), len(auto_idx)))  # big enough for the gate to be reachable
     audit = np.zeros(n, dtype=bool)
     if n_audit:
         audit[np.sort(rng.choice(auto_idx, size=n_audit, replace=False))] = True
