@@ -243,13 +243,15 @@ def route_batch(
     review_budget
         Most items sent to people, audit included. The audit sample is kept
         first (an unbiased quality estimate needs it), then the highest-value
-        review items; the dropped ones become "auto" with reason "budget".
+        review items; the flagged items beyond the budget become "deferred"
+        (reasons kept, plus "budget"): never "auto", a flagged item is not
+        accepted without a person.
     seed
         Seed of the audit draw; the result is a pure function of the inputs.
 
     Returns
     -------
-    DataFrame indexed by item_id with ``route`` ("review" | "auto" | "audit"),
+    DataFrame indexed by item_id with ``route`` ("review" | "auto" | "audit" | "deferred"),
     ``label``, ``confidence``, ``priority`` (higher = more worth a human look)
     and ``reasons`` (list of "disagreement", "no_support", "low_confidence",
     "bias", "audit", "budget").
@@ -334,6 +336,7 @@ def route_batch(
 
     route = np.full(n, AUTO, dtype=object)
     route[review] = REVIEW
+    route[dropped] = DEFERRED
     route[audit] = AUDIT
     reasons: list[list[str]] = []
     for i in range(n):
