@@ -455,7 +455,7 @@ def _prelabel_model_routes(spec: DatasetSpec, preds: pd.DataFrame, items: pd.Ind
     verifier = _verifier_name(names)
     p = preds[preds["item_id"].isin(items)]
     prim = p[p["labeler"] != verifier].rename(columns={"labeler": "worker_id"})
-    fused = aggregate(prim[["item_id", "worker_id", "label", *prob_cols(classes)]], method=MODEL_FUSION, classes=classes)
+    fused = aggregate(prim[["item_id", "worker_id", "label", *prob_cols(classes)]], method="auto", classes=classes)
     ver = p[p["labeler"] == verifier].set_index("item_id").reindex(fused.index)
     conf_ok = (fused["confidence"] >= spec.prelabel_model.accept_confidence) & \
               (ver["confidence"] >= spec.prelabel_model.accept_confidence)

@@ -275,3 +275,15 @@ def test_cli_status_and_tasks_list_show_deferred(weak_flow):
     res = CliRunner().invoke(main, ["status", "--dataset", "weak", "--root", root])
     assert res.exit_code == 0, res.output
     assert "deferred" in res.output and "--status deferred" in res.output
+
+
+@pytest.mark.slow
+def test_cli_run_says_how_many_flagged_items_exceed_the_budget(weak_flow):
+    from factory.cli import main
+
+    fx, b2 = weak_flow["fx"], weak_flow["b2"]
+    res = CliRunner().invoke(main, ["run", "--dataset", "weak", "--batch", b2, "--stage", "annotate",
+                                    "--root", str(weak_flow["root"])])
+    n = len(P.deferred_items(fx, "weak", b2))
+    assert n > 0, res.output
+    assert f"{n} flagged item(s) exceed review.budget" in res.output and "--status deferred" in res.output
