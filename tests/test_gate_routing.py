@@ -287,3 +287,39 @@ def test_cli_run_says_how_many_flagged_items_exceed_the_budget(weak_flow):
     n = len(P.deferred_items(fx, "weak", b2))
     assert n > 0, res.output
     assert f"{n} flagged item(s) exceed review.budget" in res.output and "--status deferred" in res.output
+
+
+@pytest.mark.slow
+def test_fuse_never_overrules_labelers_that_agree(fx):
+    """Weak labelers (40 noisy BBC seed labels): Dawid-Skene over the three of them relabelled items all
+    three agreed on (62 of 2,185 in benchmarks/fusion_support.py); fuse() must keep their class."""
+    from factory.datasets import load_bbc_news
+    from factory.labelers import make_labelers
+
+    news = load_bbc_news(seed=0).reset_index(drop=True)
+    rng = np.random.default_rng(0)
+    idx = rng.permutation(len(news))
+    news["item_id"] = [f"it_{i:020x}" for i in range(len(news))]
+    train, test = news.iloc[idx[:40]], news.iloc[idx[40:]]
+    classes = fx.spec("news").class_names
+    y = train["label"].to_numpy().copy()
+    flip = rng.random(len(y)) < 0.3
+    y[flip] = rng.choice(classes, int(flip.sum()))
+    frames = []
+    for lb in make_labelers(seed=0):
+        lb.fit(train[["item_id", "text"]], list(y), classes)
+        p = lb.predict_proba(test[["item_id", "text"]])
+        f = pd.DataFrame(p, columns=[f"prob_{c}" for c in classes])
+        f.insert(0, "item_id", test["item_id"].to_numpy())
+        f.insert(1, "labeler", lb.info.name)
+        f.insert(2, "labeler_version", f"{lb.info.name}@test")
+        f.insert(3, "label", np.asarray(classes, dtype=object)[p.argmax(axis=1)])
+        f.insert(4, "confidence", p.max(axis=1))
+        frames.append(f)
+    preds = pd.concat(frames, ignore_index=True)
+    P.write_table(preds, fx.paths.table("model_predictions", "news", "b_weak"))
+    fused = P.fuse(fx, "news", "b_weak").set_index("item_id")
+    wide = preds.pivot(index="item_id", columns="labeler", values="label")
+    agree = wide[wide.nunique(axis=1) == 1].iloc[:, 0]
+    assert len(agree) > 500
+    assert (fused.loc[agree.index, "label"] == agree).all()
