@@ -187,6 +187,7 @@ def build_dataset_assets(dataset: str, root: str | None = None) -> list:
             "routes": dg.MetadataValue.json(r["route"].value_counts().to_dict()),
             "reasons": dg.MetadataValue.json(reasons),
             "to_people": int(r["route"].isin(["review", "audit", "verify"]).sum()),
+            "deferred": int((r["route"] == "deferred").sum()),
             "auto_accept_threshold": dg.MetadataValue.json(r.attrs.get("auto_accept") or {}),
             "auto_accepted_share": float((r["route"] == "auto").mean())})
 
@@ -213,8 +214,11 @@ def build_dataset_assets(dataset: str, root: str | None = None) -> list:
         except FactoryError as e:
             raise _fail(e) from None
         routes = P.read_table(fx, "routing", dataset, batch_id)
-        n_items = int((routes["route"] != "excluded").sum())  # excluded items get no label, by design
-        outcome = validate(out, "final_labels", {"classes": spec.class_names, "n_items": n_items}, standard=standard)
+        # excluded items get no label, by design; deferred ones have none yet (counted, never released)
+        deferred = out["source"] == "deferred"
+        n_items = int((routes["route"] != "excluded").sum()) - int(deferred.sum())
+        outcome = validate(out[~deferred], "final_labels", {"classes": spec.class_names, "n_items": n_items},
+                           standard=standard)
         fx.ledger.record_check(dataset, batch_id, "final_labels", standard, outcome.success,
                                outcome.to_dict(), context.run_id)
         for o in outcome.blocking_failures:
@@ -222,6 +226,7 @@ def build_dataset_assets(dataset: str, root: str | None = None) -> list:
         yield dg.MaterializeResult(
             asset_key=final_key,
             metadata={"items": len(out), "by_source": dg.MetadataValue.json(out["source"].value_counts().to_dict()),
+                      "deferred": int(deferred.sum()),
                       "standard": standard, ANSWERS_SEEN: P.answer_count(fx, dataset, batch_id),
                       "path": str(fx.paths.table("final_labels", dataset, batch_id))},
             check_results=check_results(final_key, outcome))

@@ -144,8 +144,10 @@ def run(dataset: str, batch_id: str | None, stage: str, root: str | None, verbos
             refused_exit("\n".join(f"  release: {f}" for f in r.failures))
         _report_stage(r)
         sys.exit(0 if r.success else 1)
+    from factory.pipeline import needs_finalise
+
     batches = [batch_id] if batch_id else [b for b in fx.ledger.batches(dataset)["batch_id"]
-                                           if not fx.paths.table("final_labels", dataset, b).exists()]
+                                           if needs_finalise(fx, dataset, b)]
     if not batches:
         click.echo(f"no unfinished batch of '{dataset}'; ingest one with `factory ingest FILE --dataset {dataset}`")
         return
@@ -157,6 +159,8 @@ def run(dataset: str, batch_id: str | None, stage: str, root: str | None, verbos
             click.echo(f"batch {b}: stage {st} …")
             r = run_stage(fx.paths.root, dataset, st, instance, b, log_level=level)
             _report_stage(r)
+            if st == "annotate" and r.success:
+                _report_deferred(fx, dataset, b)
             if not r.success:
                 ok = False
                 break
@@ -168,6 +172,18 @@ def run(dataset: str, batch_id: str | None, stage: str, root: str | None, verbos
                            f"factory run --dataset {dataset} --batch {b}")
                 break
     sys.exit(0 if ok else 1)
+
+
+def _report_deferred(fx, dataset: str, batch_id: str) -> None:
+    """One line: how many flagged items exceed the review budget, and what to run next."""
+    from factory.pipeline import deferred_items
+
+    n = len(deferred_items(fx, dataset, batch_id))
+    if n:
+        click.secho(f"  {n} flagged item(s) exceed review.budget ({fx.spec(dataset).review.budget}) and are deferred: "
+                    f"no label, not released; they get first claim on the next batch's budget. See them: "
+                    f"factory tasks list --dataset {dataset} --status deferred (or raise review.budget and run "
+                    f"factory run --dataset {dataset} --batch {batch_id} --stage annotate)", fg="yellow")
 
 
 def _report_stage(r) -> None:
@@ -225,14 +241,21 @@ def tasks() -> None:
 @tasks.command("list")
 @click.option("--dataset", default=None)
 @click.option("--batch", "batch_id", default=None)
-@click.option("--status", type=click.Choice(["open", "answered", "all"]), default="open", show_default=True)
+@click.option("--status", type=click.Choice(["open", "answered", "all", "deferred"]), default="open", show_default=True,
+              help="deferred: flagged items beyond the review budget that wait for one (no task yet).")
 @click.option("--root", default=None, help=ROOT_HELP)
 @click.option("--json", "as_json", is_flag=True,
               help="Full records: whole text, metadata, reasons as a list, your ids.")
 @click.option("--text/--no-text", default=True, help="Show the start of each item's text.")
 def tasks_list(dataset, batch_id, status, root, as_json, text) -> None:
-    """List tasks with the reasons they were routed to people (and your own item ids, task.id_column)."""
+    """List tasks with the reasons they were routed to people, your own item ids (task.id_column), or, with
+    --status deferred, the deferred items."""
+    from factory.pipeline import deferred_items
+
     fx = _fx(root)
+    if status == "deferred":
+        _list_deferred(fx, dataset, batch_id, as_json, text)
+        return
     df = fx.ledger.tasks(dataset, batch_id=batch_id, status=None if status == "all" else status)
     if as_json:
         click.echo(json.dumps(task_records(fx, df, with_text=text), indent=1, ensure_ascii=False, default=str))
@@ -248,6 +271,10 @@ def tasks_list(dataset, batch_id, status, root, as_json, text) -> None:
     if text:
         cols.append("text")
     _echo_df(df[cols] if not df.empty else df, False)
+    n = sum(len(deferred_items(fx, ds, batch_id)) for ds in ([dataset] if dataset else fx.datasets()))
+    if n:
+        click.echo(f"{n} flagged item(s) are deferred beyond the review budget (no task yet): "
+                   f"factory tasks list --status deferred")
 
 
 def _task_items(fx, df: pd.DataFrame) -> dict[str, dict]:
@@ -299,6 +326,25 @@ def _resolve_task(fx, ident: str) -> str:
     if not cands:
         _fail(f"'{ident}' names item {what}, which has no open task; see `factory tasks list --status all`")
     _fail(f"'{ident}' names item {what}, which has {len(cands)} open tasks ({', '.join(cands)}); give the task id")
+
+
+def _list_deferred(fx, dataset: str | None, batch_id: str | None, as_json: bool, text: bool) -> None:
+    """The deferred items of one or every dataset: id, batch, reasons, the machines' label and confidence."""
+    from factory.pipeline import deferred_items
+
+    frames = []
+    for ds in [dataset] if dataset else fx.datasets():
+        d = deferred_items(fx, ds, batch_id)
+        if len(d) and text:
+            it = fx.ledger.items(ds, item_ids=d["item_id"].tolist()).set_index("item_id")["text"]
+            d["text"] = d["item_id"].map(lambda i: str(it.get(i, ""))[:60].replace("\n", " "))
+        frames.append(d.assign(dataset=ds))
+    df = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+    cols = [c for c in ["dataset", "batch_id", "item_id", "reasons", "fused_label", "confidence", "text"] if c in df]
+    _echo_df(df[cols] if not df.empty else df, as_json)
+    if not as_json:
+        click.echo(f"{len(df)} deferred item(s): no accepted label and not released until a person answers; "
+                   f"the next routing pass (a new batch, or `factory run --stage annotate`) funds them first")
 
 
 @tasks.command("answer")

@@ -273,6 +273,10 @@ def status(dataset, batch_id, root, as_json) -> None:
     for b, s in out.items():
         click.echo(f"batch {b}: {s['items']} items")
         click.echo("  paths: " + ", ".join(f"{k} {v}" for k, v in s["paths"].items()))
+        if s.get("deferred"):
+            why = ", ".join(f"{k} {v}" for k, v in s["deferred_reasons"].items())
+            click.secho(f"  deferred {s['deferred']} (flagged beyond review.budget, no label yet; {why}): "
+                        f"factory tasks list --dataset {dataset} --status deferred", fg="yellow")
         click.echo(f"  human answers {s['human_answers']} (~{s['human_minutes']} min), audit sample {s['audit_sample']}, "
                    f"gold accuracy {s['gold_accuracy'] if s['gold_accuracy'] is not None else 'n/a'}")
         for who, f in s["per_annotator"].items():

@@ -121,6 +121,7 @@ def build_release_table(fx, dataset: str, batch_ids: list[str]) -> pd.DataFrame:
     frames = []
     for b in batch_ids:
         fl = pd.read_parquet(fx.paths.table("final_labels", dataset, b))
+        fl = fl[fl["source"] != "deferred"]  # no accepted label yet: never released (counted in the certificate)
         raw = pd.read_parquet(fx.paths.table("raw_items", dataset, b))[["item_id", "text"]]
         frames.append(fl.merge(raw, on="item_id", how="left"))
     df = pd.concat(frames, ignore_index=True)
@@ -146,6 +147,7 @@ def _evidence(fx, dataset: str, batch_ids: list[str]) -> pd.DataFrame:
             f = f.merge(r[["item_id", "reasons"]], on="item_id", how="left")
         frames.append(f)
     df = pd.concat(frames, ignore_index=True)
+    df = df[df["source"] != "deferred"]
     for c in ("route", "fused_label", "fused_confidence", "reasons"):
         if c not in df:
             df[c] = None
@@ -198,6 +200,23 @@ def _routing_sentence(f: dict) -> str:
     return (f"Of the {f['flagged']} items routing flagged, {f['flagged_accepted_without_a_person']} were accepted "
             f"WITHOUT a person (their routing reasons: {why}) and {f['flagged_decided_by_people']} were decided "
             f"by people; the ones accepted without a person carry source `auto` in labels.parquet.")
+
+
+def deferred_summary(fx, dataset: str, batch_ids: list[str]) -> dict:
+    """Flagged items left out of the release because no person answered them within the review budget."""
+    from collections import Counter
+
+    n, reasons = 0, Counter()
+    for b in batch_ids:
+        fl = pd.read_parquet(fx.paths.table("final_labels", dataset, b), columns=["item_id", "source"])
+        ids = set(fl.loc[fl["source"] == "deferred", "item_id"])
+        if ids:
+            r = pd.read_parquet(fx.paths.table("routing", dataset, b), columns=["item_id", "reasons"])
+            n += len(ids)
+            reasons.update(x for rs in r.loc[r["item_id"].isin(ids), "reasons"].map(json.loads) for x in rs)
+    return {"items": n, "reasons": dict(sorted(reasons.items())),
+            "note": "flagged by routing (reasons above) beyond review.budget: no person has answered them, so they "
+                    "have no accepted label and are not in this release; the next routing pass funds them first"}
 
 
 def _changes(prev: pd.DataFrame | None, cur: pd.DataFrame) -> dict:
@@ -390,6 +409,7 @@ def measure_batch(fx, dataset: str, batch_id: str) -> dict:
 
     spec = fx.spec(dataset)
     final = pd.read_parquet(fx.paths.table("final_labels", dataset, batch_id))
+    final = final[final["source"] != "deferred"]  # flagged, nobody answered yet: no label to measure
     for c in ("route", "fused_label", "fused_confidence"):
         if c not in final:
             final[c] = None
@@ -466,9 +486,11 @@ def dataset_card(manifest: dict, spec, cert: dict, splits: list[str], date: str)
              "## How the labels were made", "",
              f"Mode `{spec.mode}`: {len(families)} model(s) ({', '.join(families) or 'none recorded'}) pre-label "
              f"every item and their outputs are fused. Routing flags the items the machines cannot vouch for (disagreement, "
-             f"confidence below {spec.quality.confidence_threshold}, suspected bias) for people, and draws a random "
+             f"confidence below {spec.quality.confidence_threshold}, suspected bias, a label no model gave) for people, "
+             f"defers the flagged items beyond the review budget (never auto-accepted), and draws a random "
              f"audit sample of the labels it would accept without a person. Label sources: "
-             + ", ".join(f"{k} {v}" for k, v in manifest["counts_per_source"].items()) + ".", "",
+             + ", ".join(f"{k} {v}" for k, v in manifest["counts_per_source"].items()) + "."
+             + _deferred_line(cert.get("deferred")), "",
              "## Personal information", "", manifest["deidentification"]["statement"], "",
              "## Measured quality", "",
              *[f"- {line}" for line in cert.get("statements", [])],
@@ -480,6 +502,15 @@ def dataset_card(manifest: dict, spec, cert: dict, splits: list[str], date: str)
              "rechecks every event hash in `provenance/events.parquet` and each batch's Merkle root. "
              "No database is needed.", ""]
     return "\n".join(lines)
+
+
+def _deferred_line(deferred: dict | None) -> str:
+    """The card's sentence on deferred items (empty when there are none)."""
+    if not deferred or not deferred.get("items"):
+        return ""
+    why = ", ".join(f"{k} {v}" for k, v in deferred["reasons"].items())
+    return (f" Not in this release: {deferred['items']} deferred item(s), flagged ({why}) beyond the review "
+            f"budget and not yet answered by a person.")
 
 
 def _deidentification(fx, spec, dataset: str, table: pd.DataFrame) -> dict:
@@ -571,8 +602,11 @@ def release(fx, dataset: str, run_id: str | None = None, formats: tuple[str, ...
     table = build_release_table(fx, dataset, ready)
     evidence = _evidence(fx, dataset, ready)
     batches = fx.ledger.batches(dataset).set_index("batch_id")
+    deferred = deferred_summary(fx, dataset, ready)
     n_expected = sum(len(pd.read_parquet(fx.paths.table("raw_items", dataset, b), columns=["item_id"])) for b in ready)
+    n_expected -= deferred["items"]
     cert = certify(fx, spec, dataset, table, evidence, ready, n_expected)
+    cert["deferred"] = deferred
     prev = latest_release(fx, dataset)
     if prev and not (Path(prev["path"]) / DATA_FILE).exists():
         raise ReleaseError(f"{Path(prev['path']) / DATA_FILE}: release {prev['version']} of '{dataset}' is in the "

@@ -83,7 +83,8 @@ def test_route_batch_reasons_disagreement_low_confidence_and_budget():
     assert (out.drop(["i1", "i2"]).route == "auto").all()
     capped = route_batch(fused, models, confidence_threshold=0.9, audit_rate=0.0, review_budget=1, seed=1)
     assert capped.loc["i2", "route"] == "review"  # disagreement outranks mild low confidence
-    assert capped.loc["i1", "route"] == "auto" and "budget" in capped.loc["i1", "reasons"]
+    # beyond the budget a flagged item is deferred, never auto-accepted
+    assert capped.loc["i1", "route"] == "deferred" and capped.loc["i1", "reasons"] == ["low_confidence", "budget"]
 
 
 def test_route_batch_bias_routes_least_confident_of_overpredicted_class():

@@ -8,8 +8,10 @@ Two entry points, both pure numpy/pandas and deterministic:
   resolved (posterior >= target), never spend more than the budget, and
   escalate items that stay unresolved after ``escalate_after`` answers.
 - :func:`route_batch` — the pipeline step after model pre-labelling. Each item
-  is sent to people ("review"), left to the machines ("auto"), or drawn for a
-  random quality "audit" of the auto-accepted items, with the reasons.
+  is sent to people ("review"), left to the machines ("auto"), drawn for a
+  random quality "audit" of the auto-accepted items, or, when it is flagged but
+  the review budget is spent, "deferred" (no label until a person answers it),
+  with the reasons.  A flagged item is never "auto".
 
 Neither function reads truth: they see posteriors, model outputs and counts.
 """
@@ -23,7 +25,7 @@ import pandas as pd
 __all__ = ["decide", "expected_error_reduction", "route_batch", "prob_columns"]
 
 ACCEPT, ASK, ESCALATE = "accept", "ask", "escalate"
-REVIEW, AUTO, AUDIT = "review", "auto", "audit"
+REVIEW, AUTO, AUDIT, DEFERRED = "review", "auto", "audit", "deferred"
 
 
 def prob_columns(df: pd.DataFrame) -> list[str]:
@@ -213,7 +215,7 @@ def route_batch(
     seed: int = 0,
     audit_min: int = 0,
 ) -> pd.DataFrame:
-    """Send each fused item to people ("review"), leave it to the machines ("auto") or audit it ("audit").
+    """Send each fused item to people ("review"), leave it to the machines ("auto"), audit it ("audit") or defer it.
 
     Parameters
     ----------
@@ -224,6 +226,8 @@ def route_batch(
         Indexed by item_id, one column per labeler holding its argmax label.
     confidence_threshold
         Items whose fused confidence is below it are reviewed ("low_confidence").
+        Items whose fused label is a class no labeler predicted are reviewed
+        ("no_support"): nothing but the fusion vouches for that label.
     prior, seed_distribution
         Expected class shares (counts or fractions). The declared ``prior`` is
         used when given, else the seed labels' distribution; with neither the
@@ -240,7 +244,9 @@ def route_batch(
     review_budget
         Most items sent to people, audit included. The audit sample is kept
         first (an unbiased quality estimate needs it), then the highest-value
-        review items; the dropped ones become "auto" with reason "budget".
+        review items; the flagged items beyond the budget become "deferred"
+        (reasons kept, plus "budget"): never "auto", a flagged item is not
+        accepted without a person.
     seed
         Seed of the audit draw; the result is a pure function of the inputs.
     audit_min
@@ -249,10 +255,10 @@ def route_batch(
 
     Returns
     -------
-    DataFrame indexed by item_id with ``route`` ("review" | "auto" | "audit"),
+    DataFrame indexed by item_id with ``route`` ("review" | "auto" | "audit" | "deferred"),
     ``label``, ``confidence``, ``priority`` (higher = more worth a human look)
-    and ``reasons`` (list of "disagreement", "low_confidence", "bias",
-    "audit", "budget").
+    and ``reasons`` (list of "disagreement", "no_support", "low_confidence",
+    "bias", "audit", "budget").
     """
     if not 0.0 <= audit_rate <= 1.0:
         raise ValueError(f"route_batch: audit_rate must be in [0, 1], got {audit_rate}")
@@ -273,6 +279,11 @@ def route_batch(
         disagreement = (ml.notna() & ml.ne(first, axis=0)).any(axis=1).to_numpy(dtype=bool)
     else:
         disagreement = np.zeros(n, dtype=bool)
+    # a label no labeler gave is the fusion's own invention: never accepted without a person
+    no_support = np.zeros(n, dtype=bool)
+    if ml.shape[1]:
+        gave = ml.notna() & ml.eq(pd.Series(labels, index=idx, dtype="string"), axis=0)
+        no_support = ~gave.any(axis=1).to_numpy(dtype=bool)
     low_conf = conf < confidence_threshold
 
     bias = np.zeros(n, dtype=bool)
@@ -299,9 +310,9 @@ def route_batch(
                 pick = others[np.argsort(-probs[others, j], kind="stable")[:n_short]]
                 bias[pick] = True
 
-    review = disagreement | low_conf | bias
+    review = disagreement | no_support | low_conf | bias
     # value of a human look: how unsure the machines are, plus what each reason adds
-    priority = (1.0 - conf) + 0.5 * disagreement + 0.25 * bias + 0.25 * low_conf
+    priority = (1.0 - conf) + 0.5 * disagreement + 0.5 * no_support + 0.25 * bias + 0.25 * low_conf
 
     rng = np.random.default_rng(seed)
     auto_idx = np.flatnonzero(~review)
@@ -330,12 +341,15 @@ def route_batch(
 
     route = np.full(n, AUTO, dtype=object)
     route[review] = REVIEW
+    route[dropped] = DEFERRED
     route[audit] = AUDIT
     reasons: list[list[str]] = []
     for i in range(n):
         r = []
         if disagreement[i]:
             r.append("disagreement")
+        if no_support[i]:
+            r.append("no_support")
         if low_conf[i]:
             r.append("low_confidence")
         if bias[i]:
