@@ -195,7 +195,8 @@ def test_the_pipeline_sizes_the_audit_for_the_accuracy_gate():
     assert audit_target(spec.quality, [0.995] * 300) == audit_sample_size(0.9, expected_accuracy=0.99) == 53
     fused = _confident(300)
     agree = pd.DataFrame({"m1": fused["label"], "m2": fused["label"]})
-    r = _prelabel_human_routes(spec, fused, agree, {}, 0, 0.8)
+    budget = spec.review.items_allowed(len(fused))
+    r = _prelabel_human_routes(spec, fused, agree, {}, 0, 0.8, budget)
     assert (r["route"] == "audit").sum() == 53
     # model pre-label + model verification: the verified items' audit is sized the same way
     preds = pd.concat([fused.reset_index().assign(labeler=n) for n in ("word_tfidf", "char_sgd", "lsa_knn")])
@@ -203,7 +204,7 @@ def test_the_pipeline_sizes_the_audit_for_the_accuracy_gate():
     assert (r["route"] == "audit").sum() == 53
     # the opt-out gates on the point estimate and keeps audit_rate alone
     est = parse_spec(news_spec(quality={"audit_rate": 0.02, "accuracy_gate": "estimate"}))
-    assert (_prelabel_human_routes(est, fused, agree, {}, 0, 0.8)["route"] == "audit").sum() == 6
+    assert (_prelabel_human_routes(est, fused, agree, {}, 0, 0.8, budget)["route"] == "audit").sum() == 6
 
 
 def test_batch_quality_reports_ece_and_reliability_bins_on_verified_items(tmp_path, news):

@@ -45,7 +45,10 @@ def test_whole_graph_from_spec_to_release(root, fx, bbc_small, truth, tmp_path):
     # models trained on 40 seed labels auto-accept ~88% right here: half of those audited can certify 0.6 on the
     # Wilson lower bound, not 0.9 (min_accuracy blocks; tests/test_gates.py pins the refusals and audit sizing)
     spec_path = root / "datasets" / "news.yaml"
-    spec_path.write_text(spec_path.read_text().replace("audit_rate: 0.05", "audit_rate: 0.5\n  min_accuracy: 0.6"))
+    # and a budget for every flagged item beside that audit: this test follows every item to a label (deferral
+    # beyond the budget is pinned in tests/test_gate_routing.py)
+    spec_path.write_text(spec_path.read_text().replace("audit_rate: 0.05", "audit_rate: 0.5\n  min_accuracy: 0.6")
+                         .replace("budget: 0.6", "budget: 1.0"))
     assert fx.spec("news").quality.min_accuracy == 0.6
     instance = instance_for(root)
     pool = SimulatedPool(truth, acc_low=1.0, acc_high=1.0, expert_accuracy=1.0)  # perfect people
