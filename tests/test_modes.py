@@ -93,9 +93,13 @@ def test_prelabel_model_verifier_excludes_disagreements(root, fx, bbc_small, tru
                for p in events["payload"])
     assert (final.loc[ver, "source"] == "verified").all()
     n_audit = (routes["route"] == "audit").sum()
-    assert n_audit == math.ceil(0.05 * (len(ver) + n_audit))  # the minimum audit sample of model-verified items
+    assert n_audit == math.ceil(0.05 * len(routes))  # the minimum audit sample: a share of ALL the batch's items
     preds = read_table(fx, "model_predictions", "news", batch)
     assert preds["labeler"].nunique() == 3
+    verifier_notes = [r for rs in routes["reasons"].map(json.loads) for r in rs if r.startswith("verifier ")]
+    assert verifier_notes and all(r.startswith("verifier glove_sif_logreg says") for r in verifier_notes)
+    # the embedding labeler embedded through the factory's cache folder, by content hash
+    assert list((root / "data" / "embeddings").glob("glove-*/*.npz"))
 
 
 def test_slices_route_items_by_metadata(root, fx, tmp_path):
