@@ -155,8 +155,9 @@ class EmbeddingCache:
             return
         self.folder.mkdir(parents=True, exist_ok=True)
         name = hashlib.sha256("\n".join(keys.tolist()).encode()).hexdigest()[:24] + ".npz"
-        tmp = self.folder / f".{name}.tmp{os.getpid()}.npz"
-        np.savez(tmp, keys=keys, vectors=vectors)
+        tmp = self.folder / f".{name}.tmp{os.getpid()}"  # no .npz suffix: readers never pick it up
+        with open(tmp, "wb") as fh:
+            np.savez(fh, keys=keys, vectors=vectors)
         os.replace(tmp, self.folder / name)  # a reader never sees half a shard
         self._shards_read.add(name)
 
