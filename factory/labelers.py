@@ -44,6 +44,8 @@ from sklearn.linear_model import LogisticRegression, SGDClassifier
 from sklearn.model_selection import KFold, StratifiedKFold
 from sklearn.preprocessing import StandardScaler, normalize
 
+from factory.embeddings import WORD_PATTERN, embed_texts, glove_encoder
+
 __all__ = [
     "TASK_TYPES",
     "LabelerInfo",
@@ -745,8 +747,6 @@ class GloveSifLogReg(_TemperatureScaledLinear):
         return LogisticRegression(C=self.params["C"], max_iter=self.params["max_iter"], random_state=self.seed)
 
     def _features(self, items: pd.DataFrame) -> np.ndarray:
-        from factory.embeddings import embed_texts
-
         return embed_texts(_texts(items, "text"), cache_dir=self.cache_dir, sif_a=self.params["sif_a"])
 
     def _fit_model(self, items: pd.DataFrame, y: np.ndarray) -> None:
@@ -768,8 +768,6 @@ class GloveSifLogReg(_TemperatureScaledLinear):
 
     def _explain_items(self, items, predicted, top):
         # Words whose (SIF-weighted) vectors point most towards the predicted class's weight row.
-        from factory.embeddings import _TOKEN, glove_encoder
-
         encoder = glove_encoder(self.params["sif_a"])
         scale = self.scaler_.scale_
         out = []
@@ -778,12 +776,12 @@ class GloveSifLogReg(_TemperatureScaledLinear):
                 out.append([])
                 continue
             weights = _linear_class_weights(self.model_.coef_, self.model_.classes_, cls_index) / scale
-            words = [w for w in dict.fromkeys(_TOKEN.findall(text.lower())) if w in encoder._vocab and w.isalpha()]
+            words, sif, vectors = encoder.word_vectors([w for w in dict.fromkeys(WORD_PATTERN.findall(text.lower()))
+                                                        if w.isalpha()])
             if not words:
                 out.append([])
                 continue
-            ids = np.array([encoder._vocab[w] for w in words])
-            score = encoder._weights[ids] * (np.asarray(encoder._vectors[ids]) @ weights)
+            score = sif * (vectors @ weights)
             out.append(_top_terms(score, np.array(words, dtype=object), top))
         return out
 
