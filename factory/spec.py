@@ -161,6 +161,7 @@ class HumanModelSpec(_Strict):
 class PrelabelModelSpec(_Strict):
     """Mode prelabel-model: labelers pre-label, an independent verifier model re-checks."""
 
+    # the joint probability (fused labelers x verifier, independent evidence) an agreed label needs
     accept_confidence: float = Field(default=0.9, ge=0, le=1)
     on_disagreement: Literal["to-human", "exclude"] = "to-human"
     audit_rate: float = Field(default=0.01, ge=0, le=1)
