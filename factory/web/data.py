@@ -16,7 +16,8 @@ import sqlalchemy as sa
 
 from factory.ledger import items as items_table
 from factory.ledger import label_events, task_assignments, tasks as tasks_table
-from factory.spec import DatasetSpec
+from factory.errors import SpecError
+from factory.spec import NAME_RE, DatasetSpec
 
 
 class SpecCache:
@@ -28,6 +29,8 @@ class SpecCache:
         self._lock = threading.Lock()
 
     def get(self, dataset: str) -> DatasetSpec:
+        if not NAME_RE.match(dataset):  # never build a path from a name that is not a dataset name
+            raise SpecError("not a dataset name")
         path = self.fx.paths.spec_path(dataset)
         mtime = path.stat().st_mtime if path.exists() else -1.0
         with self._lock:
