@@ -329,8 +329,11 @@ def verify(dataset: str, root: str | None) -> None:
 @click.option("--no-standard", is_flag=True, help="Only recompute hashes (skip re-running the quality standard).")
 def verify_release(path: str, as_json: bool, no_standard: bool) -> None:
     """Verify a release folder with no database: every hash of manifest-sha256.txt (tampered, missing or
-    extra files are named), the release's own quality standard re-run on labels.parquet, every event hash
-    in provenance/events.parquet and each batch's Merkle root.  Exit 0 when all holds, 1 otherwise."""
+    extra files are named) and every other hash the folder records (manifest.json, croissant.json, the
+    certificate), the release's own quality standard re-run on labels.parquet, every event hash in
+    provenance/events.parquet and each batch's Merkle root, and every released label re-derived from those
+    events and compared with labels.parquet, each split file and every other copy (file and item named).
+    Exit 0 when all holds, 1 otherwise.  `factory verify --dataset D` checks a release against the ledger."""
     from factory.release import verify_release as do_verify
 
     res = do_verify(path, run_standard=not no_standard)

@@ -330,3 +330,82 @@ def lineage(release_path: str | Path) -> dict:
 
 def _agent_id(actor: str, kind: str) -> str:
     return f"urn:factory:{'labeler' if kind == 'model' else 'annotator'}:{actor}"
+
+
+# ----------------------------------------------------------------------------- labels bound to their events
+MACHINE_KINDS = ("model", "fusion")
+MAX_PROBLEMS_PER_FILE = 20
+
+
+def final_labels_from_events(events: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
+    """Each item's final label re-derived from its events alone (the last `final` event by ledger seq), checked
+    against the events it names: they must exist, be the item's own, and carry the label where the source says
+    who decided (arbitrated: the expert's last arbitration; auto/verified: a model or the fusion; people: one of
+    the contributing answers or models).  Returns (item_id, batch_id, label, source, confidence, n_events), problems."""
+    cols = ["item_id", "batch_id", "label", "source", "confidence", "n_events", "seq"]
+    if events.empty:
+        return pd.DataFrame(columns=cols), []
+    ev = events.sort_values("seq")
+    by_id = ev.set_index("event_id")
+    finals = ev[ev["kind"] == "final"].groupby("item_id", sort=True).tail(1)
+    rows, problems = [], []
+    for r in finals.itertuples(index=False):
+        payload = json.loads(r.payload) if isinstance(r.payload, str) and r.payload else {}
+        named = [str(e) for e in payload.get("events") or []]
+        source = payload.get("source") or str(r.actor).removeprefix("final:")
+        where = f"provenance/events.parquet: item {r.item_id}: final event {r.event_id}"
+        missing = [e for e in named if e not in by_id.index]
+        if missing:
+            problems.append(f"{where} names event(s) {missing[:3]} that are not in the release's provenance")
+        present = by_id.loc[[e for e in named if e in by_id.index]]
+        strangers = present[present["item_id"] != r.item_id]
+        if len(strangers):
+            problems.append(f"{where} names event(s) of other items {list(strangers.index[:3])}")
+        own = present[present["item_id"] == r.item_id]
+        label = None if _missing(r.label) else str(r.label)
+        if source == "arbitrated":
+            arb = own[own["kind"] == "arbitration"].sort_values("seq")
+            support = set(arb["label"].tail(1).astype(str))
+        elif source in ("auto", "verified"):
+            support = set(own.loc[own["kind"].isin(MACHINE_KINDS), "label"].dropna().astype(str))
+        else:
+            support = set(own["label"].dropna().astype(str))
+        if named and label not in support:
+            problems.append(f"{where}: label '{label}' ({source}) is not what the events it rests on say "
+                            f"({sorted(support) or 'nothing'})")
+        rows.append({"item_id": str(r.item_id), "batch_id": str(r.batch_id), "label": label, "source": source,
+                     "confidence": None if _missing(r.confidence) else float(r.confidence),
+                     "n_events": len(named), "seq": int(r.seq)})
+    return pd.DataFrame(rows, columns=cols), problems
+
+
+def compare_with_events(name: str, table: pd.DataFrame, derived: pd.DataFrame,
+                        columns: Sequence[str] = ("label", "source", "confidence", "n_events")) -> list[str]:
+    """Problems where a released table (file `name`) disagrees with the labels re-derived from the events: an
+    item without a final event, a final event's item missing from the table, or a differing column."""
+    problems: list[str] = []
+    if "item_id" not in table or "label" not in table:
+        return [f"{name}: no item_id/label columns"]
+    t = table.assign(item_id=table["item_id"].astype(str))
+    dup = t["item_id"][t["item_id"].duplicated()]
+    problems += [f"{name}: item {i}: listed more than once" for i in dup.unique()[:MAX_PROBLEMS_PER_FILE]]
+    t = t.drop_duplicates("item_id").set_index("item_id")
+    d = derived.set_index("item_id")
+    for i in sorted(set(t.index) - set(d.index))[:MAX_PROBLEMS_PER_FILE]:
+        problems.append(f"{name}: item {i}: no final event in provenance/events.parquet backs this label")
+    both = t.index.intersection(d.index)
+    for col in columns:
+        if col not in t:
+            continue
+        a, b = t.loc[both, col], d.loc[both, col]
+        if col == "confidence":
+            diff = ~((pd.to_numeric(a, errors="coerce") - pd.to_numeric(b, errors="coerce")).abs() <= 1e-6)
+            diff &= ~(a.isna() & b.isna())
+        elif col == "n_events":
+            diff = pd.to_numeric(a, errors="coerce") != pd.to_numeric(b, errors="coerce")
+        else:
+            diff = a.astype(str) != b.astype(str)
+        for i in list(both[diff.to_numpy()])[:MAX_PROBLEMS_PER_FILE]:
+            problems.append(f"{name}: item {i}: {col} '{t.at[i, col]}' but its final event in "
+                            f"provenance/events.parquet says '{d.at[i, col]}'")
+    return problems
