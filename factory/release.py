@@ -22,6 +22,8 @@ Layout of a release folder (every file listed in manifest-sha256.txt, BagIt styl
     manifest-sha256.txt       "<sha256>  <path>" for every file above (BagIt payload manifest)
     provenance/events.parquet every ledger event of the released batches (recheckable chain hashes)
     provenance/merkle-roots.json  the Merkle root of each batch over its events' chain hashes
+    provenance/anchor.json    the ledger's chain head and event count the release was cut from (signed with
+                              Ed25519 when FACTORY_SIGNING_KEY is set); `factory verify` checks the ledger against it
     tagmanifest-sha256.txt    "<sha256>  <path>" for manifest-sha256.txt and provenance/* (BagIt tag manifest)
 
 Determinism: the same labels give the same bytes, and the content id (sha256 of manifest-sha256.txt)
@@ -49,6 +51,7 @@ from checks.standards import DEFAULT_STANDARD, STANDARDS_DIR
 from factory.errors import ReleaseError
 from factory.ingest import sha256_file
 from factory.ledger import canonical, now
+from factory.signing import ANCHOR_FILE, check_signature, release_anchor, verify_key
 
 DATA_FILE = "labels.parquet"
 LISTING = "manifest-sha256.txt"
@@ -413,8 +416,9 @@ def release(fx, dataset: str, run_id: str | None = None, formats: tuple[str, ...
         raise ReleaseError(f"release of '{dataset}' refused: blocking quality checks failed:\n  - "
                            + "\n  - ".join(cert["blocking_failures"])
                            + "\nFix the labels (or the spec's quality thresholds) and release again.")
+    cut = fx.ledger.chain_anchor(dataset)  # the chain head the release is cut from, published in provenance/
     events = fx.ledger.events(dataset)
-    events = events[events["batch_id"].isin(ready)][EVENT_COLUMNS].reset_index(drop=True)
+    events = events[events["batch_id"].isin(ready) & (events["seq"] <= cut["seq"])][EVENT_COLUMNS].reset_index(drop=True)
     roots = batch_roots(events)
     prev = latest_release(fx, dataset)
     prev_table = pd.read_parquet(Path(prev["path"]) / DATA_FILE) if prev else None
@@ -498,6 +502,7 @@ def release(fx, dataset: str, run_id: str | None = None, formats: tuple[str, ...
                              if n != "manifest.json" and not n.startswith(RUN_SPECIFIC)}
         (tmp / "manifest.json").write_text(_json(manifest), encoding="utf-8")
         (tmp / "provenance" / "merkle-roots.json").write_text(_json(roots), encoding="utf-8")
+        (tmp / ANCHOR_FILE).write_text(_json(release_anchor(cut, dataset, version)), encoding="utf-8")
         write_listings(tmp)
         manifest_sha = sha256_path(tmp / "manifest.json")
         content_id = sha256_path(tmp / LISTING)
@@ -640,6 +645,7 @@ def verify_release(path: str | Path, run_standard: bool = True) -> dict:
             summary["merkle_roots"] = len(stated_roots)
     elif (path / "provenance").exists():
         problems.append("provenance/: events.parquet or merkle-roots.json missing; the labels cannot be re-derived")
+    problems += _check_anchor(path, events, summary)
     bound = verify_labels_bound(path, manifest, table, events)
     problems += bound
     if events is not None:
@@ -662,6 +668,30 @@ def verify_release(path: str | Path, run_standard: bool = True) -> dict:
             problems.append(f"quality/certificate.json: cannot be rechecked ({type(e).__name__}: {e})")
     summary["files"] = len(_files(path))
     return {"ok": not problems, "problems": problems, "summary": summary}
+
+
+def _check_anchor(path: Path, events: pd.DataFrame | None, summary: dict) -> list[str]:
+    """provenance/anchor.json: well formed, covering at least the released events, and signed by the configured
+    key when one is configured and the anchor carries a signature (the ledger side is `factory verify`)."""
+    f = path / ANCHOR_FILE
+    if not f.exists():
+        return []  # releases written before anchors
+    try:
+        anchor = json.loads(f.read_text(encoding="utf-8"))
+        count, _head = int(anchor["events"]), str(anchor["head"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return [f"{ANCHOR_FILE}: not an anchor record"]
+    problems = []
+    if events is not None and count < len(events):
+        problems.append(f"{ANCHOR_FILE}: cut at {count} events, fewer than the {len(events)} released in "
+                        f"provenance/events.parquet")
+    summary["anchor"] = {"events": count, "head": anchor["head"], "signed": bool(anchor.get("signature"))}
+    if anchor.get("signature"):
+        why = check_signature(anchor, verify_key())
+        if why is not None and "no verify key" not in why:
+            problems.append(f"{ANCHOR_FILE}: {why}")
+        summary["anchor"]["signature"] = why or "valid"
+    return problems
 
 
 def recorded_hashes(path: str | Path) -> list[tuple[str, str, str]]:

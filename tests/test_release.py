@@ -129,7 +129,8 @@ def test_release_folder_has_every_file_and_verifies(world):
     listed = {line.split("  ", 1)[1] for line in (path / "manifest-sha256.txt").read_text().splitlines()}
     tags = {line.split("  ", 1)[1] for line in (path / "tagmanifest-sha256.txt").read_text().splitlines()}
     assert listed | tags == files - {"tagmanifest-sha256.txt"} and not listed & tags
-    assert tags == {"manifest-sha256.txt", "provenance/events.parquet", "provenance/merkle-roots.json"}
+    assert tags == {"manifest-sha256.txt", "provenance/events.parquet", "provenance/merkle-roots.json",
+                    "provenance/anchor.json"}
     res = verify_release(path)
     assert res["ok"], res["problems"]
     assert res["summary"]["expectations"]["passed"] == res["summary"]["expectations"]["total"] == 7
@@ -177,7 +178,8 @@ def test_independent_runs_with_the_same_labels_differ_only_in_provenance(world, 
     assert (other / "manifest-sha256.txt").read_bytes() == (mine / "manifest-sha256.txt").read_bytes()
     differ = sorted(p.relative_to(mine).as_posix() for p in mine.rglob("*") if p.is_file()
                     and (mine / p.relative_to(mine)).read_bytes() != (other / p.relative_to(mine)).read_bytes())
-    assert differ == ["provenance/events.parquet", "provenance/merkle-roots.json", "tagmanifest-sha256.txt"]
+    assert differ == ["provenance/anchor.json", "provenance/events.parquet", "provenance/merkle-roots.json",
+                      "tagmanifest-sha256.txt"]
     from factory.release import content_digests
     assert content_digests(other) == content_digests(mine) and "labels.parquet" in content_digests(mine)
     assert verify_release(other)["ok"]
