@@ -220,3 +220,77 @@ def test_fuzz_every_operation_of_the_openapi_document(tmp_path, monkeypatch):
         call()
     assert operations >= 20 and calls[0] >= 20 * 25
     assert time.monotonic() - started < 60
+
+
+# ----------------------------------------------------------------------------- pages and release files (issue 16)
+def session(app, tokens, who) -> TestClient:
+    c = TestClient(app)
+    csrf = c.get("/login").text.split('name="csrf_token" value="')[1].split('"')[0]
+    c.post("/login", data={"name": who, "token": tokens[who], "csrf_token": csrf})
+    return c
+
+
+def fake_release(fx, version="1.0.0"):
+    import pandas as pd
+
+    folder = fx.paths.releases / "news" / version
+    (folder / "data").mkdir(parents=True)
+    (folder / "quality").mkdir()
+    t = pd.DataFrame({"item_id": ["a", "b"], "text": ["two words", "more words here"], "label": ["tech", "sports"],
+                      "split": ["train", "train"]})
+    t.to_parquet(folder / "labels.parquet", index=False)
+    t.to_parquet(folder / "data" / "train.parquet", index=False)
+    (folder / "quality" / "report.html").write_text("<html>report</html>")
+    (folder / "manifest.json").write_text('{"dataset": "news", "version": "1.0.0", "items": 2}')
+    (folder / "manifest-sha256.txt").write_text("")
+    fx.ledger.record_release(dict(dataset="news", version=version, path=str(folder), manifest_sha256="0" * 64,
+                                  n_items=2, batches="[]", created_at="2026-01-01T00:00:00"))
+    return folder
+
+
+def test_operations_and_releases_pages_show_item_counts(hard):
+    fx, _tasks, tokens, app, _c = hard
+    fake_release(fx)
+    page = session(app, tokens, "op-1").get("/operator").text
+    assert "built-in method" not in page and "<td>6</td>" in page  # the batch's 6 items
+    page = session(app, tokens, "cli-1").get("/releases").text
+    assert "built-in method" not in page and "<td>2</td>" in page
+    assert "data/train.parquet" in page and "quality/report.html" in page
+
+
+def test_queues_are_per_tier_and_add_up_to_the_open_tasks(hard):
+    fx, tasks, tokens, app, c = hard
+    b = tasks[0]["batch_id"]
+    fx.ledger.create_tasks([dict(task_id="t-arb", dataset="news", batch_id=b, item_id=tasks[0]["item_id"],
+                                 kind="arbitrate", reasons=["disputed"])])
+    fx.ledger.create_tasks([dict(task_id="t-l2", dataset="news", batch_id=b, item_id=tasks[1]["item_id"],
+                                 kind="audit", reasons=["audit"], required_tier="L2")])
+    s = c.get("/api/operator/summary", headers=auth(tokens, "op-1")).json()
+    rows = {q["tier"]: q for q in s["queues"]}
+    assert set(rows) == {"L1", "L2", "expert"} and rows["expert"]["kinds"] == {"arbitrate": 1}
+    assert rows["L2"]["kinds"] == {"audit": 1} and rows["L1"]["kinds"] == {"review": 6}
+    assert sum(q["open"] for q in s["queues"]) == s["open_tasks"] == 8
+    page = session(app, tokens, "op-1").get("/operator").text
+    assert "<td>expert</td><td>1</td>" in page and "<strong>8</strong>" in page
+
+
+def test_release_files_in_subfolders_are_served_and_metered_but_cannot_escape(hard, tmp_path):
+    import os
+
+    fx, _tasks, tokens, _app, c = hard
+    folder = fake_release(fx)
+    r = c.get("/api/releases/news/1.0.0/files/quality/report.html", headers=auth(tokens, "aud-1"))
+    assert r.status_code == 200 and r.text == "<html>report</html>"
+    r = c.get("/api/releases/news/1.0.0/files/data/train.parquet", headers=auth(tokens, "cli-1"))
+    assert r.status_code == 200 and r.content == (folder / "data" / "train.parquet").read_bytes()
+    use = c.get("/api/deliveries", headers=auth(tokens, "op-1")).json()
+    assert len(use) == 1 and use[0]["items"] == 2  # the per-split copy carries labels: metered like labels.parquet
+    (tmp_path / "secret.txt").write_text("do not serve")
+    os.symlink(tmp_path / "secret.txt", folder / "data" / "link.txt")
+    os.symlink(tmp_path, folder / "quality" / "up")
+    for bad in ("data/..%2F..%2F..%2Fdatasets%2Fnews.yaml", "data/link.txt", "quality/up/secret.txt", "data/",
+                "data//train.parquet", "data/%2E%2E/labels.parquet", "data/missing.parquet", "data%5Ctrain.parquet",
+                "a/b/c/d/e"):
+        r = c.get(f"/api/releases/news/1.0.0/files/{bad}", headers=auth(tokens, "cli-1"))
+        assert r.status_code == 404, (bad, r.status_code)
+        assert not leaks(r.text, fx.paths.root)

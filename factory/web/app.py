@@ -180,6 +180,7 @@ def _secret(fx) -> str:
 
 
 METERED_FILES = ("labels.parquet", "labels.jsonl", "labels.csv")
+METERED_FOLDERS = ("data/",)  # the per-split copies of the labels
 
 
 def create_app(root: str | Path | None = None, *, dagster_url: str = "http://127.0.0.1:3000",
@@ -446,22 +447,24 @@ def create_app(root: str | Path | None = None, *, dagster_url: str = "http://127
         """Every release with its files."""
         return D.releases_list(fx)
 
-    @app.get("/api/releases/{dataset}/{version}/files/{name}", tags=["releases"])
+    @app.get("/api/releases/{dataset}/{version}/files/{name:path}", tags=["releases"])
     def release_file(dataset: str, version: str, name: str, request: Request,
                      user: User = needs("client", "auditor", "operator")) -> FileResponse:
-        """Download one file of a release (only files directly inside the release folder)."""
+        """Download one file of a release, also in its subfolders (`data/train.parquet`, `quality/report.html`);
+        nothing outside the release folder."""
         _dataset_name(dataset)
         _ident("version", version, VERSION_RE)
         path = D.release_file(fx, dataset, version, name)
         if path is None:
             raise HTTPException(404, f"release {dataset} {version} has no file '{name}'")
-        if user.role == "client" and name in METERED_FILES:  # the delivery ledger prices per item or token
+        if user.role == "client" and (name in METERED_FILES or name.startswith(METERED_FOLDERS)):
+            # the delivery ledger prices per item or token: every file that carries labels is metered
             from factory.delivery import record_delivery
 
             key = request.headers.get("Idempotency-Key")
             record_delivery(fx, dataset, version, user.name, file=name,
                             delivery_id=f"{user.name}:{key}" if key else None)
-        return FileResponse(path, filename=name)
+        return FileResponse(path, filename=name.rsplit("/", 1)[-1])
 
     @app.get("/api/feeds/{dataset}.json", tags=["releases"])
     def feed_json(dataset: str, request: Request, user: User = needs("client", "auditor", "operator")) -> dict:
