@@ -3,6 +3,7 @@ errors, no server path or stack in any response, Secure cookies from `factory se
 operation in the API's own OpenAPI document (schemathesis)."""
 from __future__ import annotations
 
+import json
 import time
 
 import pytest
@@ -294,3 +295,28 @@ def test_release_files_in_subfolders_are_served_and_metered_but_cannot_escape(ha
         r = c.get(f"/api/releases/news/1.0.0/files/{bad}", headers=auth(tokens, "cli-1"))
         assert r.status_code == 404, (bad, r.status_code)
         assert not leaks(r.text, fx.paths.root)
+
+
+def test_the_openapi_document_types_the_json_responses(hard):
+    fx, _tasks, tokens, app, c = hard
+    doc = c.get("/openapi.json").json()
+    typed = {("/api/me", "get"): "MeOut", ("/api/progress", "get"): "ProgressOut",
+             ("/api/items/{item_id}/highlights", "get"): "HighlightsOut",
+             ("/api/items/{item_id}/trace", "get"): "TraceOut", ("/api/items/{item_id}/raw", "get"): "RawItemOut",
+             ("/api/batches", "get"): "BatchOut", ("/api/operator/summary", "get"): "OperatorSummaryOut",
+             ("/api/releases", "get"): "ReleaseOut", ("/api/feeds/{dataset}.json", "get"): "FeedOut",
+             ("/api/deliveries", "get"): "UsageOut"}
+    for (path, method), model in typed.items():
+        schema = doc["paths"][path][method]["responses"]["200"]["content"]["application/json"]["schema"]
+        assert model in json.dumps(schema), (path, schema)
+        assert model in doc["components"]["schemas"]
+    assert "tier" in doc["components"]["schemas"]["TierQueue"]["properties"]
+    # and the data passes its own models (a mismatch would be a 500 here)
+    fake_release(fx)
+    item = fx.ledger.items("news").iloc[0]["item_id"]
+    for who, path in (("ann-1", "/api/progress"), ("op-1", "/api/batches"), ("op-1", "/api/operator/summary"),
+                      ("cli-1", "/api/releases"), ("aud-1", f"/api/items/{item}/trace"), ("op-1", "/api/deliveries"),
+                      ("op-1", f"/api/items/{item}/raw?dataset=news"), ("aud-1", f"/api/items/{item}/highlights"),
+                      ("cli-1", "/api/me")):
+        r = c.get(path, headers=auth(tokens, who))
+        assert r.status_code == 200, (path, r.status_code, r.text[:200])

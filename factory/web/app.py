@@ -30,6 +30,7 @@ from factory.ledger import TaskConflict, TaskNotFound
 from factory.spec import NAME_RE as DATASET_RE
 from factory.users import UserStore
 from factory.web import data as D
+from factory.web import models as M
 from factory.web.auth import (ALL_ROLES, HOME, LOGIN_CSRF_COOKIE, SESSION_COOKIE, SESSION_HOURS, Authenticator, User,
                               check_csrf, client_address, login_blocked, needs)
 
@@ -291,7 +292,7 @@ def create_app(root: str | Path | None = None, *, dagster_url: str = "http://127
 
     # ------------------------------------------------------------------------- API: me and tasks
     @app.get("/api/me", tags=["auth"])
-    def me(user: User = needs(*ALL_ROLES)) -> dict:
+    def me(user: User = needs(*ALL_ROLES)) -> M.MeOut:
         """Who the credentials belong to."""
         return {"name": user.name, "role": user.role, "auth": user.via}
 
@@ -349,7 +350,7 @@ def create_app(root: str | Path | None = None, *, dagster_url: str = "http://127
         return fx.ledger.skip_task(task_id, user.name, body.reason)
 
     @app.get("/api/progress", tags=["tasks"])
-    def my_progress(user: User = needs(*WORKERS)) -> dict:
+    def my_progress(user: User = needs(*WORKERS)) -> M.ProgressOut:
         """Your answers today, the open tasks left, and your last answer (undoable within the grace period)."""
         p = D.progress(fx, user.name)
         p["undo_grace_seconds"] = undo_grace_seconds
@@ -357,7 +358,8 @@ def create_app(root: str | Path | None = None, *, dagster_url: str = "http://127
 
     # ------------------------------------------------------------------------- API: items
     @app.get("/api/items/{item_id}/highlights", tags=["items"])
-    def item_highlights(item_id: str, dataset: str | None = None, user: User = needs(*WORKERS, *READERS)) -> dict:
+    def item_highlights(item_id: str, dataset: str | None = None,
+                        user: User = needs(*WORKERS, *READERS)) -> M.HighlightsOut:
         """Spans of the item's text the models relied on (from each labeler's `explain`)."""
         ds = _dataset_of(item_id, dataset)
         if user.role == "annotator":
@@ -368,10 +370,13 @@ def create_app(root: str | Path | None = None, *, dagster_url: str = "http://127
         return D.highlights(fx, ds, item_id)
 
     @app.get("/api/items/{item_id}/trace", tags=["items"])
-    def item_trace(item_id: str, dataset: str | None = None, user: User = needs(*READERS)) -> dict:
+    def item_trace(item_id: str, dataset: str | None = None, user: User = needs(*READERS)) -> M.TraceOut:
         """An item's whole story: every event (who/what, when, which spec, guideline and run), read-only."""
         ds = _dataset_of(item_id, dataset)
-        return D.trace(fx, ds, item_id)
+        story = D.trace(fx, ds, item_id)
+        if story is None:
+            raise HTTPException(404, f"item '{item_id}' is not in dataset '{ds}'")
+        return story
 
     # ------------------------------------------------------------------------- API: arbitration
     @app.get("/api/arbitration", tags=["arbitration"])
@@ -391,7 +396,7 @@ def create_app(root: str | Path | None = None, *, dagster_url: str = "http://127
         return d
 
     @app.get("/api/items/{item_id}/raw", tags=["items"])
-    def raw_item(item_id: str, dataset: str, user: User = needs(*ALL_ROLES)) -> dict:
+    def raw_item(item_id: str, dataset: str, user: User = needs(*ALL_ROLES)) -> M.RawItemOut:
         """The raw (unredacted) payload, for the roles the spec's compliance.raw_readers allows only (else 403)."""
         from factory.compliance import AccessDenied, raw_payload
 
@@ -433,17 +438,17 @@ def create_app(root: str | Path | None = None, *, dagster_url: str = "http://127
 
     # ------------------------------------------------------------------------- API: batches and releases
     @app.get("/api/batches", tags=["batches"])
-    def batches(user: User = needs("operator", "auditor", "expert")) -> list[dict]:
+    def batches(user: User = needs("operator", "auditor", "expert")) -> list[M.BatchOut]:
         """Every batch with its items and task counts."""
         return D.batches_summary(fx)
 
     @app.get("/api/operator/summary", tags=["batches"])
-    def summary(user: User = needs("operator", "auditor")) -> dict:
+    def summary(user: User = needs("operator", "auditor")) -> M.OperatorSummaryOut:
         """Queue sizes per tier, leases, throughput of human answers, disputed items."""
         return D.operator_summary(fx) | {"dagster_url": dagster_url}
 
     @app.get("/api/releases", tags=["releases"])
-    def releases(user: User = needs("client", "auditor", "operator", "expert")) -> list[dict]:
+    def releases(user: User = needs("client", "auditor", "operator", "expert")) -> list[M.ReleaseOut]:
         """Every release with its files."""
         return D.releases_list(fx)
 
@@ -467,7 +472,7 @@ def create_app(root: str | Path | None = None, *, dagster_url: str = "http://127
         return FileResponse(path, filename=name.rsplit("/", 1)[-1])
 
     @app.get("/api/feeds/{dataset}.json", tags=["releases"])
-    def feed_json(dataset: str, request: Request, user: User = needs("client", "auditor", "operator")) -> dict:
+    def feed_json(dataset: str, request: Request, user: User = needs("client", "auditor", "operator")) -> M.FeedOut:
         """The dataset's release versions as a JSON Feed, newest first (for subscribers)."""
         from factory.delivery import json_feed
 
@@ -485,7 +490,7 @@ def create_app(root: str | Path | None = None, *, dagster_url: str = "http://127
 
     @app.get("/api/deliveries", tags=["releases"])
     def deliveries(client: str | None = None, dataset: str | None = None,
-                   user: User = needs("operator", "auditor")) -> list[dict]:
+                   user: User = needs("operator", "auditor")) -> list[M.UsageOut]:
         """Metered deliveries summed per client and dataset: items, bytes, text tokens."""
         from factory.delivery import usage
 
