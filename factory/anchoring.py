@@ -24,6 +24,7 @@ from factory.signing import ANCHOR_FILE, check_signature, sign, verify_key
 
 
 def checkpoints_file(fx, dataset: str) -> Path:
+    """Where `factory checkpoint` appends by default: checkpoints/<dataset>.jsonl under the factory root."""
     return fx.paths.root / "checkpoints" / f"{dataset}.jsonl"
 
 

@@ -228,3 +228,21 @@ def test_a_bad_key_is_a_clear_error(fx, monkeypatch, tmp_path):
     out = cli("checkpoint", "--dataset", "news", "--root", fx.paths.root)
     assert out.exit_code == 2 and "cannot read the key file" in out.output and "Traceback" not in out.output
     assert cli("checkpoint", "--dataset", "empty", "--root", fx.paths.root).exit_code == 2
+
+
+def test_the_audit_page_checks_the_published_anchors_too(fx):
+    from fastapi.testclient import TestClient
+
+    from factory.users import UserStore
+    from factory.web import create_app
+
+    token = UserStore.for_ledger(fx.ledger).add("aud-1", "auditor")
+    c = TestClient(create_app(fx.paths.root))
+    csrf = c.get("/login").text.split('name="csrf_token" value="')[1].split('"')[0]
+    c.post("/login", data={"name": "aud-1", "token": token, "csrf_token": csrf})
+    item = fx.ledger.events("news").iloc[0]["item_id"]
+    page = c.get("/audit", params={"item": item, "dataset": "news", "verify": "true"}).text
+    assert "intact" in page and "1 published anchor(s) hold" in page
+    rewrite_chain(fx, "news", drop_last=True)
+    page = c.get("/audit", params={"item": item, "dataset": "news", "verify": "true"}).text
+    assert "BROKEN" in page and "events at the end were deleted" in page

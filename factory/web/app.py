@@ -24,6 +24,7 @@ from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
 from pydantic import BaseModel, Field
 
+from factory.anchoring import verify_ledger
 from factory.errors import FactoryError, TaskError, TaskRefused
 from factory.workforce import Workforce, check_answer, eligible_tiers
 from factory.ledger import TaskConflict, TaskNotFound
@@ -603,8 +604,10 @@ def create_app(root: str | Path | None = None, *, dagster_url: str = "http://127
                 error = f"Item '{item}' is not in dataset '{ds}'."
             else:
                 story = D.trace(fx, ds, item)
-                if verify:
-                    chain = fx.ledger.verify_chain(ds)
+                if verify:  # the chain walk and every published anchor (releases, checkpoints)
+                    res = verify_ledger(fx, ds)
+                    chain = {"ok": res["ok"], "events": res["events"], "anchors": res["anchors"],
+                             "problem": "; ".join(res["problems"][:3])}
         return _render(request, "audit.html", user, title="Audit", story=story, error=error, chain=chain,
                        item=item or "", dataset=dataset or "")
 
