@@ -337,6 +337,14 @@ MACHINE_KINDS = ("model", "fusion")
 MAX_PROBLEMS_PER_FILE = 20
 
 
+def _payload(text) -> dict:
+    try:
+        p = json.loads(text) if isinstance(text, str) and text else {}
+    except ValueError:
+        return {}
+    return p if isinstance(p, dict) else {}
+
+
 def final_labels_from_events(events: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
     """Each item's final label re-derived from its events alone (the last `final` event by ledger seq), checked
     against the events it names: they must exist, be the item's own, and carry the label where the source says
@@ -346,37 +354,46 @@ def final_labels_from_events(events: pd.DataFrame) -> tuple[pd.DataFrame, list[s
     if events.empty:
         return pd.DataFrame(columns=cols), []
     ev = events.sort_values("seq")
-    by_id = ev.set_index("event_id")
     finals = ev[ev["kind"] == "final"].groupby("item_id", sort=True).tail(1)
-    rows, problems = [], []
-    for r in finals.itertuples(index=False):
-        payload = json.loads(r.payload) if isinstance(r.payload, str) and r.payload else {}
-        named = [str(e) for e in payload.get("events") or []]
-        source = payload.get("source") or str(r.actor).removeprefix("final:")
-        where = f"provenance/events.parquet: item {r.item_id}: final event {r.event_id}"
-        missing = [e for e in named if e not in by_id.index]
-        if missing:
-            problems.append(f"{where} names event(s) {missing[:3]} that are not in the release's provenance")
-        present = by_id.loc[[e for e in named if e in by_id.index]]
-        strangers = present[present["item_id"] != r.item_id]
-        if len(strangers):
-            problems.append(f"{where} names event(s) of other items {list(strangers.index[:3])}")
-        own = present[present["item_id"] == r.item_id]
-        label = None if _missing(r.label) else str(r.label)
-        if source == "arbitrated":
-            arb = own[own["kind"] == "arbitration"].sort_values("seq")
-            support = set(arb["label"].tail(1).astype(str))
-        elif source in ("auto", "verified"):
-            support = set(own.loc[own["kind"].isin(MACHINE_KINDS), "label"].dropna().astype(str))
-        else:
-            support = set(own["label"].dropna().astype(str))
-        if named and label not in support:
-            problems.append(f"{where}: label '{label}' ({source}) is not what the events it rests on say "
-                            f"({sorted(support) or 'nothing'})")
-        rows.append({"item_id": str(r.item_id), "batch_id": str(r.batch_id), "label": label, "source": source,
-                     "confidence": None if _missing(r.confidence) else float(r.confidence),
-                     "n_events": len(named), "seq": int(r.seq)})
-    return pd.DataFrame(rows, columns=cols), problems
+    payloads = [_payload(p) for p in finals["payload"]]
+    named = [[str(e) for e in (p.get("events") or [])] for p in payloads]
+    derived = pd.DataFrame({
+        "item_id": finals["item_id"].astype(str).to_numpy(), "batch_id": finals["batch_id"].astype(str).to_numpy(),
+        "label": [None if _missing(v) else str(v) for v in finals["label"]],
+        "source": [p.get("source") or str(a).removeprefix("final:") for p, a in zip(payloads, finals["actor"])],
+        "confidence": [None if _missing(v) else float(v) for v in finals["confidence"]],
+        "n_events": [len(n) for n in named], "seq": finals["seq"].astype(int).to_numpy()}, columns=cols)
+    final_ids = dict(zip(derived["item_id"], finals["event_id"]))
+    # one row per (final event, event it names), joined with the named event: vectorised, a release has many items
+    links = pd.DataFrame({"item_id": derived["item_id"].repeat(derived["n_events"]).to_numpy(),
+                          "named": [e for n in named for e in n]})
+    known = ev[["event_id", "item_id", "kind", "label", "seq"]].rename(
+        columns={"item_id": "of_item", "label": "named_label", "seq": "named_seq"}).drop_duplicates("event_id")
+    links = links.merge(known, left_on="named", right_on="event_id", how="left")
+    problems: list[str] = []
+
+    def where(item: str) -> str:
+        return f"provenance/events.parquet: item {item}: final event {final_ids[item]}"
+
+    gone = links[links["event_id"].isna()].groupby("item_id", sort=True)["named"].agg(list)
+    problems += [f"{where(i)} names event(s) {g[:3]} that are not in the release's provenance" for i, g in gone.items()]
+    strange = links[links["event_id"].notna() & (links["of_item"].astype(str) != links["item_id"])]
+    problems += [f"{where(i)} names event(s) of other items {g[:3]}"
+                 for i, g in strange.groupby("item_id", sort=True)["named"].agg(list).items()]
+    own = links[links["of_item"].astype(str) == links["item_id"]].merge(
+        derived[["item_id", "label", "source"]], on="item_id")
+    machine = own["source"].isin(["auto", "verified"])
+    plain = own[~own["source"].eq("arbitrated") & (~machine | own["kind"].isin(MACHINE_KINDS))]
+    supported = set(plain.loc[plain["named_label"].astype(str) == plain["label"].astype(str), "item_id"])
+    arb = own[own["source"].eq("arbitrated") & own["kind"].eq("arbitration")].sort_values("named_seq")
+    last_arb = arb.groupby("item_id").tail(1)
+    supported |= set(last_arb.loc[last_arb["named_label"].astype(str) == last_arb["label"].astype(str), "item_id"])
+    for r in derived[(derived["n_events"] > 0) & ~derived["item_id"].isin(supported)].itertuples():
+        mine = own[own["item_id"] == r.item_id]
+        said = sorted(set(mine["named_label"].dropna().astype(str)))
+        problems.append(f"{where(r.item_id)}: label '{r.label}' ({r.source}) is not what the events it rests on "
+                        f"say ({said or 'nothing'})")
+    return derived, problems
 
 
 def compare_with_events(name: str, table: pd.DataFrame, derived: pd.DataFrame,

@@ -188,3 +188,36 @@ def test_the_cli_names_file_and_item(released, tmp_path):
     recompute_everything(d)
     out = CliRunner().invoke(main, ["verify-release", str(d), "--no-standard"])
     assert out.exit_code == 1 and f"labels.parquet: item {t.at[5, 'item_id']}: label" in out.output
+
+
+def test_final_events_are_checked_against_what_they_name():
+    rows, seq = [], [0]
+
+    def add(item, kind, label, eid, payload=None):
+        seq[0] += 1
+        rows.append(dict(seq=seq[0], event_id=eid, item_id=item, batch_id="b", kind=kind, actor=f"x:{kind}",
+                         label=label, confidence=0.9, payload=json.dumps(payload or {})))
+
+    final = lambda item, label, source, named: add(item, "final", label, f"f-{item}",  # noqa: E731
+                                                   {"source": source, "events": named})
+    add("A", "model", "x", "a1"), add("A", "arbitration", "y", "a2"), add("A", "arbitration", "z", "a3")
+    final("A", "z", "arbitrated", ["a1", "a2", "a3"])  # the expert's last word: holds
+    add("B", "arbitration", "y", "b1"), add("B", "arbitration", "z", "b2")
+    final("B", "y", "arbitrated", ["b1", "b2"])  # an overruled arbitration's label: does not hold
+    add("C", "model", "x", "c1")
+    final("C", "x", "auto", ["c1", "nowhere"])
+    add("D", "model", "x", "d1")
+    final("D", "x", "auto", ["d1", "a1"])  # names an event of item A
+    add("E", "model", "x", "e1"), add("E", "human", "w", "e2")
+    final("E", "w", "calibrated", ["e1", "e2"])  # a person's answer: holds
+    add("F", "human", "w", "f1")
+    final("F", "w", "auto", ["f1"])  # 'auto' but only a person said it: does not hold
+    derived, found = final_labels_from_events(pd.DataFrame(rows))
+    assert dict(zip(derived["item_id"], derived["label"])) == {"A": "z", "B": "y", "C": "x", "D": "x", "E": "w",
+                                                               "F": "w"}
+    text = "\n".join(found)
+    assert "item A:" not in text and "item E:" not in text
+    assert "item B: final event f-B: label 'y' (arbitrated)" in text
+    assert "item C: final event f-C names event(s) ['nowhere']" in text
+    assert "item D: final event f-D names event(s) of other items ['a1']" in text
+    assert "item F: final event f-F: label 'w' (auto)" in text
