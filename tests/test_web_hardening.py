@@ -100,7 +100,7 @@ def test_bodies_over_the_limit_are_413_by_length_or_as_they_stream(hard):
     c.get("/api/tasks/next", headers=auth(tokens, "ann-1"))
     big = {"label": "x" * (200 * 1024), "submission_id": "s"}
     r = c.post("/api/tasks/t0/answer", json=big, headers=auth(tokens, "ann-1"))
-    assert r.status_code == 413 and len(r.content) < 200
+    assert r.status_code == 413 and len(r.content) < 200 and r.headers["x-content-type-options"] == "nosniff"
 
     def chunks():  # no Content-Length: the limit must count what arrives
         for _ in range(100):
@@ -160,6 +160,7 @@ def test_factory_errors_reaching_a_response_lose_their_paths():
                          root)
     assert "/srv" not in msg and "/home/me" not in msg and "/api/tasks/next" in msg
     assert len(public_message("z" * 10_000)) < 600
+    assert public_message("a/b", "/", "") == "a/b"  # a server started in / must not blank every slash
 
 
 def test_secure_cookies_from_factory_serve(tmp_path, monkeypatch):

@@ -7,6 +7,7 @@ event plus corrections.
 """
 from __future__ import annotations
 
+import json
 import logging
 import os
 import re
@@ -139,8 +140,6 @@ class BodyLimit:
 
 
 async def _send_json(send, status: int, body: dict) -> None:
-    import json
-
     raw = json.dumps(body).encode()
     await send({"type": "http.response.start", "status": status,
                 "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(raw)).encode()),
@@ -153,7 +152,7 @@ _ABS_PATH = re.compile(r"(?<![\w.:/])(?:/[\w.@+~-]+){2,}/?")
 
 def public_message(message: str, *secrets_: str) -> str:
     """An error message fit for a response: no server paths (the factory root, any absolute path), bounded length."""
-    for s in sorted({str(x) for x in secrets_ if x}, key=len, reverse=True):
+    for s in sorted({str(x) for x in secrets_ if x and len(str(x)) > 1}, key=len, reverse=True):  # never "/"
         message = message.replace(s, "<factory>")
     message = _ABS_PATH.sub(lambda m: "<path>" if not m.group(0).startswith("/api/") else m.group(0), message)
     return message if len(message) <= MAX_DETAIL_CHARS else message[:MAX_DETAIL_CHARS] + " …"
@@ -214,8 +213,8 @@ def create_app(root: str | Path | None = None, *, dagster_url: str = "http://127
     app.mount("/static", StaticFiles(directory=str(HERE / "static")), name="static")
     specs: D.SpecCache = app.state.specs
 
-    app.add_middleware(SecurityHeaders)
     app.add_middleware(BodyLimit, max_bytes=max_body_bytes)
+    app.add_middleware(SecurityHeaders)  # added last, so outermost: the 413s carry the headers too
     hidden = (str(fx.paths.root), str(Path(fx.paths.root).resolve()), str(Path.home()), os.getcwd())
 
     def _detail(exc: Exception) -> str:
