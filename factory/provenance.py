@@ -397,9 +397,11 @@ def final_labels_from_events(events: pd.DataFrame) -> tuple[pd.DataFrame, list[s
 
 
 def compare_with_events(name: str, table: pd.DataFrame, derived: pd.DataFrame,
-                        columns: Sequence[str] = ("label", "source", "confidence", "n_events")) -> list[str]:
+                        columns: Sequence[str] = ("label", "source", "n_events")) -> list[str]:
     """Problems where a released table (file `name`) disagrees with the labels re-derived from the events: an
-    item without a final event, a final event's item missing from the table, or a differing column."""
+    item without a final event, or a differing label, source or number of events.  Confidence is not compared by
+    default: a re-run of finalisation may refine it (annotators' reliabilities moved) without a new final event,
+    since the final event's dedup key covers label, source and events only."""
     problems: list[str] = []
     if "item_id" not in table or "label" not in table:
         return [f"{name}: no item_id/label columns"]

@@ -503,6 +503,11 @@ def release(fx, dataset: str, run_id: str | None = None, formats: tuple[str, ...
         (tmp / "manifest.json").write_text(_json(manifest), encoding="utf-8")
         (tmp / "provenance" / "merkle-roots.json").write_text(_json(roots), encoding="utf-8")
         (tmp / ANCHOR_FILE).write_text(_json(release_anchor(cut, dataset, version)), encoding="utf-8")
+        unbacked = verify_labels_bound(tmp, manifest, table, events)
+        if unbacked:  # never publish labels its own provenance cannot re-derive (e.g. finalisation still running)
+            raise ReleaseError(f"release of '{dataset}' refused: {len(unbacked)} label(s) are not backed by the "
+                               f"ledger's final events:\n  - " + "\n  - ".join(unbacked[:10])
+                               + "\nRun the batch's finalisation again (`factory run`), then release.")
         write_listings(tmp)
         manifest_sha = sha256_path(tmp / "manifest.json")
         content_id = sha256_path(tmp / LISTING)

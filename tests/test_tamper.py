@@ -221,3 +221,25 @@ def test_final_events_are_checked_against_what_they_name():
     assert "item C: final event f-C names event(s) ['nowhere']" in text
     assert "item D: final event f-D names event(s) of other items ['a1']" in text
     assert "item F: final event f-F: label 'w' (auto)" in text
+
+
+def test_a_release_whose_labels_its_events_do_not_back_is_refused(tmp_path, monkeypatch):
+    """Final labels written without their final events (finalisation interrupted between the two): no release."""
+    monkeypatch.delenv("FACTORY_DATABASE_URL", raising=False)
+    root = tmp_path / "factory"
+    (root / "datasets").mkdir(parents=True)
+    (root / "datasets" / "news.yaml").write_text(yaml.safe_dump(news_spec(
+        seed_size=8, quality={"confidence_threshold": 0.8, "audit_rate": 0.3, "max_quarantine_rate": 0.5})))
+    df = load_bbc_news(limit_per_class=4, seed=5).reset_index(drop=True)
+    truth = {item_id_for(t): lab for t, lab in zip(df["text"], df["label"])}
+    fx = Factory.at(root)
+    b = run_batch(fx, df["text"][:20], truth, tmp_path / "b1.csv")
+    path = fx.paths.table("final_labels", "news", b)
+    t = pd.read_parquet(path)
+    t.loc[0, "label"] = "tech" if t.at[0, "label"] != "tech" else "sports"  # the table moved, no new final event
+    t.to_parquet(path, index=False)
+    from factory.errors import ReleaseError
+
+    with pytest.raises(ReleaseError, match=f"labels.parquet: item {t.at[0, 'item_id']}: label"):
+        release(fx, "news")
+    assert not (fx.paths.releases / "news" / "1.0.0").exists()
