@@ -415,6 +415,15 @@ def verify_release(path: str, as_json: bool, no_standard: bool) -> None:
         click.echo(f"  standard {s['standard']}: {exp['passed']}/{exp['total']} expectations hold on labels.parquet")
     if "events" in s:
         click.echo(f"  provenance: {s['events']} event hashes recomputed, {s['merkle_roots']} batch Merkle root(s) match")
+    if s.get("hashes_checked"):
+        click.echo(f"  {s['hashes_checked']} other recorded hash(es) match (manifest.json, croissant.json, certificate)")
+    if s.get("labels_rederived"):
+        click.echo(f"  every released label re-derived from provenance/events.parquet, in every file that carries it")
+    if s.get("anchor"):
+        a = s["anchor"]
+        click.echo(f"  cut from ledger event {a['events']} (chain head {a['head'][:16]}…), "
+                   f"{'signature ' + a.get('signature', 'not checked') if a['signed'] else 'unsigned'}; "
+                   f"`factory verify --dataset {s['dataset']}` checks the ledger against it")
     if s.get("audit_accuracy") is not None:
         click.echo(f"  audit accuracy recomputed from quality/evidence.parquet: {s['audit_accuracy']:.4f}")
 

@@ -64,6 +64,11 @@ def test_the_untouched_release_verifies_and_rederives_every_label(released):
     res = verify_release(released["path"])
     assert res["ok"], res["problems"]
     assert res["summary"]["labels_rederived"] is True and res["summary"]["hashes_checked"] >= 10
+    from factory.cli import main
+
+    out = CliRunner().invoke(main, ["verify-release", str(released["path"])])
+    assert out.exit_code == 0 and "every released label re-derived" in out.output, out.output
+    assert "cut from ledger event" in out.output and "unsigned" in out.output
 
 
 def test_two_labels_swapped_in_labels_parquet(released, tmp_path):
