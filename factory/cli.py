@@ -439,16 +439,78 @@ def tasks_import(csv_path: str, root: str | None) -> None:
 # ----------------------------------------------------------------------------- provenance and releases
 @main.command()
 @click.option("--dataset", required=True)
+@click.option("--checkpoints", "checkpoint_files", multiple=True, type=click.Path(exists=True, dir_okay=False),
+              help="Another checkpoints file to check against (a copy kept off this machine); repeatable.")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 @click.option("--root", default=None, help=ROOT_HELP)
-def verify(dataset: str, root: str | None) -> None:
-    """Walk the ledger's hash chain of DATASET and report the first broken link."""
-    res = _fx(root).ledger.verify_chain(dataset)
+def verify(dataset: str, checkpoint_files: tuple[str, ...], as_json: bool, root: str | None) -> None:
+    """Walk the ledger's hash chain of DATASET and check it against everything published from it.
+
+    \b
+    - the chain itself: each event's hash and link (the first broken one is named);
+    - every release of DATASET: the event count and chain head it was cut from (provenance/anchor.json)
+      must still be in the ledger, its manifest.json must be the one recorded at release time, and every
+      event it released must still be in the ledger with the same hash;
+    - every checkpoint (checkpoints/DATASET.jsonl and --checkpoints FILE), its Ed25519 signature checked
+      with FACTORY_VERIFY_KEY(_FILE) or the signing key's public half when one is configured.
+    Exit 0 when all holds, 1 otherwise.  See docs/tamper-evidence.md.
+    """
+    from factory.anchoring import verify_ledger
+
+    fx = _fx(root)
+    try:
+        res = verify_ledger(fx, dataset, list(checkpoint_files))
+    except FactoryError as e:
+        _fail(e)
+    if as_json:
+        click.echo(json.dumps(res, indent=2, default=str))
+        sys.exit(0 if res["ok"] else 1)
+    for w in res["warnings"]:
+        click.echo(f"warning: {w}")
     if res["ok"]:
-        click.secho(f"ok: {res['events']} events, chain head {res['head'][:16]}…", fg="green")
+        click.secho(f"ok: {res['events']} events, chain head {res['head'][:16]}…; {res['anchors']} published "
+                    f"anchor(s) hold ({res['anchors_signed']} signed)", fg="green")
         return
-    click.secho(f"BROKEN after {res['events']} good events: seq {res['seq']} event {res['event_id']}: "
-                f"{res['problem']}", fg="red")
+    chain = fx.ledger.verify_chain(dataset)
+    if not chain["ok"]:
+        click.secho(f"BROKEN after {chain['events']} good events: seq {chain['seq']} event {chain['event_id']}: "
+                    f"{chain['problem']}", fg="red")
+    click.secho(f"{len(res['problems'])} problem(s):", fg="red")
+    for p in res["problems"]:
+        click.echo(f"  - {p}")
     sys.exit(1)
+
+
+@main.command()
+@click.option("--dataset", default=None, help="Dataset whose chain head to checkpoint.")
+@click.option("--out", default=None, type=click.Path(dir_okay=False),
+              help="Append to this file instead of checkpoints/DATASET.jsonl under the factory root.")
+@click.option("--generate-key", "new_key", default=None, type=click.Path(dir_okay=False),
+              help="Instead: write a new Ed25519 private key (PEM, mode 0600) to this path and print its public "
+                   "key. Keep it outside the repository; point FACTORY_SIGNING_KEY_FILE at it.")
+@click.option("--root", default=None, help=ROOT_HELP)
+def checkpoint(dataset: str | None, out: str | None, new_key: str | None, root: str | None) -> None:
+    """Publish DATASET's chain head and event count as a checkpoint record, signed with Ed25519 when
+    FACTORY_SIGNING_KEY or FACTORY_SIGNING_KEY_FILE is set.  Copy the checkpoints file where the database's
+    writers cannot reach it (another machine, a git repository, an e-mail): `factory verify` then shows any
+    later rewrite of the events it covers."""
+    from factory.anchoring import write_checkpoint
+    from factory.signing import generate_key
+
+    try:
+        if new_key:
+            click.echo(f"wrote a new Ed25519 signing key to {new_key} (mode 0600); its public key:\n"
+                       f"{generate_key(new_key)}\nexport FACTORY_SIGNING_KEY_FILE={new_key}")
+            return
+        if not dataset:
+            _fail("give --dataset NAME (or --generate-key PATH)")
+        rec = write_checkpoint(_fx(root), dataset, out)
+    except FactoryError as e:
+        _fail(e)
+    signed = f"signed with key {rec['key_id']}" if rec.get("signature") else \
+        "UNSIGNED (set FACTORY_SIGNING_KEY_FILE to sign)"
+    click.echo(f"checkpoint of {dataset}: {rec['events']} events, chain head {rec['head'][:16]}…, {signed}; "
+               f"appended to {rec['file']}")
 
 
 @main.command("verify-release")
@@ -457,8 +519,11 @@ def verify(dataset: str, root: str | None) -> None:
 @click.option("--no-standard", is_flag=True, help="Only recompute hashes (skip re-running the quality standard).")
 def verify_release(path: str, as_json: bool, no_standard: bool) -> None:
     """Verify a release folder with no database: every hash of manifest-sha256.txt (tampered, missing or
-    extra files are named), the release's own quality standard re-run on labels.parquet, every event hash
-    in provenance/events.parquet and each batch's Merkle root.  Exit 0 when all holds, 1 otherwise."""
+    extra files are named) and every other hash the folder records (manifest.json, croissant.json, the
+    certificate), the release's own quality standard re-run on labels.parquet, every event hash in
+    provenance/events.parquet and each batch's Merkle root, and every released label re-derived from those
+    events and compared with labels.parquet, each split file and every other copy (file and item named).
+    Exit 0 when all holds, 1 otherwise.  `factory verify --dataset D` checks a release against the ledger."""
     from factory.release import verify_release as do_verify
 
     res = do_verify(path, run_standard=not no_standard)
@@ -478,6 +543,15 @@ def verify_release(path: str, as_json: bool, no_standard: bool) -> None:
         click.echo(f"  standard {s['standard']}: {exp['passed']}/{exp['total']} expectations hold on labels.parquet")
     if "events" in s:
         click.echo(f"  provenance: {s['events']} event hashes recomputed, {s['merkle_roots']} batch Merkle root(s) match")
+    if s.get("hashes_checked"):
+        click.echo(f"  {s['hashes_checked']} other recorded hash(es) match (manifest.json, croissant.json, certificate)")
+    if s.get("labels_rederived"):
+        click.echo(f"  every released label re-derived from provenance/events.parquet, in every file that carries it")
+    if s.get("anchor"):
+        a = s["anchor"]
+        click.echo(f"  cut from ledger event {a['events']} (chain head {a['head'][:16]}…), "
+                   f"{'signature ' + a.get('signature', 'not checked') if a['signed'] else 'unsigned'}; "
+                   f"`factory verify --dataset {s['dataset']}` checks the ledger against it")
     if s.get("audit_accuracy") is not None:
         click.echo(f"  audit accuracy recomputed from quality/evidence.parquet: {s['audit_accuracy']:.4f}")
 

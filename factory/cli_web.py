@@ -25,14 +25,21 @@ from factory.errors import FactoryError
 @click.option("--undo-seconds", default=120.0, show_default=True, help="Grace period for U (undo).")
 @click.option("--workers", default=1, show_default=True, help="uvicorn worker processes.")
 @click.option("--log-level", default="warning", show_default=True)
+@click.option("--secure-cookies", is_flag=True,
+              help="Mark session cookies Secure (browsers send them over HTTPS only). Use it whenever the workbench "
+                   "is reached through a TLS-terminating proxy; without TLS, sign-in then stops working.")
+@click.option("--max-body-kb", default=1024, show_default=True, type=click.IntRange(1, 1 << 20),
+              help="Largest request body accepted; bigger ones get 413.")
 def serve(port: int, host: str, root: str | None, dagster_url: str, lease_minutes: float, undo_seconds: float,
-          workers: int, log_level: str) -> None:
+          workers: int, log_level: str, secure_cookies: bool, max_body_kb: int) -> None:
     """Run the annotator workbench and REST API (its OpenAPI document is at /openapi.json).
 
     \b
     Pages: /queue (annotators), /arbitrate (experts), /audit (auditors),
     /operator (operators), /releases (clients).  Create users first:
       factory users add ann-1 --role annotator
+    Anywhere but your own machine, run it behind a TLS-terminating proxy
+    (nginx, Caddy, a cloud load balancer) and pass --secure-cookies.
     """
     import uvicorn
 
@@ -40,7 +47,9 @@ def serve(port: int, host: str, root: str | None, dagster_url: str, lease_minute
     fx.ledger  # create the tables before workers start
     os.environ.update({"FACTORY_HOME": str(fx.paths.root), "FACTORY_WEB_DAGSTER_URL": dagster_url,
                        "FACTORY_WEB_LEASE_SECONDS": str(lease_minutes * 60),
-                       "FACTORY_WEB_UNDO_SECONDS": str(undo_seconds)})
+                       "FACTORY_WEB_UNDO_SECONDS": str(undo_seconds),
+                       "FACTORY_WEB_SECURE_COOKIES": "1" if secure_cookies else "",
+                       "FACTORY_WEB_MAX_BODY_BYTES": str(max_body_kb * 1024)})
     from factory.web.app import _secret
 
     os.environ.setdefault("FACTORY_WEB_SECRET", _secret(fx))  # every worker signs sessions with the same key

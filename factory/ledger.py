@@ -474,9 +474,16 @@ class Ledger:
         with self.reader.connect() as c:
             return pd.DataFrame(c.execute(q).mappings().all(), columns=[col.name for col in label_events.c])
 
-    def verify_chain(self, dataset: str) -> dict:
-        """Walk the dataset's hash chain; report the first broken link, if any."""
+    def verify_chain(self, dataset: str, anchors: dict[int, str] | None = None) -> dict:
+        """Walk the dataset's hash chain; report the first broken link, if any.
+
+        `anchors` ({event count: chain hash}, published outside the database: releases, signed checkpoints)
+        are compared on the way: the event at position `count` must carry that hash.  A chain rewritten
+        consistently, or cut at the end with its head fixed, passes the walk but not its anchors; the result's
+        `anchor_problems` names each one that does not hold."""
         prev, n = GENESIS, 0
+        anchors = dict(anchors or {})
+        anchor_problems: list[str] = []
         with self.reader.connect() as c:
             head = c.execute(sa.select(chain_heads).where(chain_heads.c.dataset == dataset)).first()
             for row in c.execute(sa.select(label_events).where(label_events.c.dataset == dataset)
@@ -489,10 +496,31 @@ class Ledger:
                             "problem": "content does not match its hash (the event was edited)"}
                 prev = row["hash"]
                 n += 1
+                if n in anchors and anchors.pop(n) != prev:
+                    anchor_problems.append(f"event {n} (seq {row['seq']}) does not carry the hash published for it: "
+                                           f"the chain up to it was rewritten")
+        for count in sorted(anchors):  # published positions the ledger no longer reaches
+            anchor_problems.append(f"a hash was published for event {count}, but the ledger has only {n} events: "
+                                   f"events at the end were deleted")
         if (head.hash if head else GENESIS) != prev:
             return {"ok": False, "events": n, "seq": None, "event_id": None,
                     "problem": "the chain head does not match the last event (events at the end were deleted)"}
+        if anchor_problems:
+            return {"ok": False, "events": n, "seq": None, "event_id": None, "head": prev,
+                    "problem": anchor_problems[0], "anchor_problems": anchor_problems}
         return {"ok": True, "events": n, "head": prev}
+
+    def chain_anchor(self, dataset: str) -> dict:
+        """The dataset's chain head now: {events (count), head (hash), seq}; what a release or a checkpoint publishes."""
+        with self.reader.connect() as c:
+            head = c.execute(sa.select(chain_heads).where(chain_heads.c.dataset == dataset)).first()
+            if head is None:
+                return {"events": 0, "head": GENESIS, "seq": 0}
+            # appenders of one dataset queue on its head lock, so seq order is chain order: the events up to the
+            # head's seq are exactly the chain the head closes, even while others append
+            n = c.execute(sa.select(sa.func.count()).select_from(label_events).where(
+                label_events.c.dataset == dataset, label_events.c.seq <= head.seq)).scalar_one()
+        return {"events": int(n), "head": head.hash, "seq": int(head.seq)}
 
     # ----------------------------------------------------------------- tasks and answers
     def create_tasks(self, task_rows: Sequence[dict]) -> int:

@@ -334,3 +334,101 @@ def lineage(release_path: str | Path) -> dict:
 
 def _agent_id(actor: str, kind: str) -> str:
     return f"urn:factory:{'labeler' if kind == 'model' else 'annotator'}:{actor}"
+
+
+# ----------------------------------------------------------------------------- labels bound to their events
+MACHINE_KINDS = ("model", "fusion")
+MAX_PROBLEMS_PER_FILE = 20
+
+
+def _payload(text) -> dict:
+    try:
+        p = json.loads(text) if isinstance(text, str) and text else {}
+    except ValueError:
+        return {}
+    return p if isinstance(p, dict) else {}
+
+
+def final_labels_from_events(events: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
+    """Each item's final label re-derived from its events alone (the last `final` event by ledger seq), checked
+    against the events it names: they must exist, be the item's own, and carry the label where the source says
+    who decided (arbitrated: the expert's last arbitration; auto/verified: a model or the fusion; people: one of
+    the contributing answers or models).  Returns (item_id, batch_id, label, source, confidence, n_events), problems."""
+    cols = ["item_id", "batch_id", "label", "source", "confidence", "n_events", "seq"]
+    if events.empty:
+        return pd.DataFrame(columns=cols), []
+    ev = events.sort_values("seq")
+    finals = ev[ev["kind"] == "final"].groupby("item_id", sort=True).tail(1)
+    payloads = [_payload(p) for p in finals["payload"]]
+    named = [[str(e) for e in (p.get("events") or [])] for p in payloads]
+    derived = pd.DataFrame({
+        "item_id": finals["item_id"].astype(str).to_numpy(), "batch_id": finals["batch_id"].astype(str).to_numpy(),
+        "label": [None if _missing(v) else str(v) for v in finals["label"]],
+        "source": [p.get("source") or str(a).removeprefix("final:") for p, a in zip(payloads, finals["actor"])],
+        "confidence": [None if _missing(v) else float(v) for v in finals["confidence"]],
+        "n_events": [len(n) for n in named], "seq": finals["seq"].astype(int).to_numpy()}, columns=cols)
+    final_ids = dict(zip(derived["item_id"], finals["event_id"]))
+    # one row per (final event, event it names), joined with the named event: vectorised, a release has many items
+    links = pd.DataFrame({"item_id": derived["item_id"].repeat(derived["n_events"]).to_numpy(),
+                          "named": [e for n in named for e in n]})
+    known = ev[["event_id", "item_id", "kind", "label", "seq"]].rename(
+        columns={"item_id": "of_item", "label": "named_label", "seq": "named_seq"}).drop_duplicates("event_id")
+    links = links.merge(known, left_on="named", right_on="event_id", how="left")
+    problems: list[str] = []
+
+    def where(item: str) -> str:
+        return f"provenance/events.parquet: item {item}: final event {final_ids[item]}"
+
+    gone = links[links["event_id"].isna()].groupby("item_id", sort=True)["named"].agg(list)
+    problems += [f"{where(i)} names event(s) {g[:3]} that are not in the release's provenance" for i, g in gone.items()]
+    strange = links[links["event_id"].notna() & (links["of_item"].astype(str) != links["item_id"])]
+    problems += [f"{where(i)} names event(s) of other items {g[:3]}"
+                 for i, g in strange.groupby("item_id", sort=True)["named"].agg(list).items()]
+    own = links[links["of_item"].astype(str) == links["item_id"]].merge(
+        derived[["item_id", "label", "source"]], on="item_id")
+    machine = own["source"].isin(["auto", "verified"])
+    plain = own[~own["source"].eq("arbitrated") & (~machine | own["kind"].isin(MACHINE_KINDS))]
+    supported = set(plain.loc[plain["named_label"].astype(str) == plain["label"].astype(str), "item_id"])
+    arb = own[own["source"].eq("arbitrated") & own["kind"].eq("arbitration")].sort_values("named_seq")
+    last_arb = arb.groupby("item_id").tail(1)
+    supported |= set(last_arb.loc[last_arb["named_label"].astype(str) == last_arb["label"].astype(str), "item_id"])
+    for r in derived[(derived["n_events"] > 0) & ~derived["item_id"].isin(supported)].itertuples():
+        mine = own[own["item_id"] == r.item_id]
+        said = sorted(set(mine["named_label"].dropna().astype(str)))
+        problems.append(f"{where(r.item_id)}: label '{r.label}' ({r.source}) is not what the events it rests on "
+                        f"say ({said or 'nothing'})")
+    return derived, problems
+
+
+def compare_with_events(name: str, table: pd.DataFrame, derived: pd.DataFrame,
+                        columns: Sequence[str] = ("label", "source", "n_events")) -> list[str]:
+    """Problems where a released table (file `name`) disagrees with the labels re-derived from the events: an
+    item without a final event, or a differing label, source or number of events.  Confidence is not compared by
+    default: a re-run of finalisation may refine it (annotators' reliabilities moved) without a new final event,
+    since the final event's dedup key covers label, source and events only."""
+    problems: list[str] = []
+    if "item_id" not in table or "label" not in table:
+        return [f"{name}: no item_id/label columns"]
+    t = table.assign(item_id=table["item_id"].astype(str))
+    dup = t["item_id"][t["item_id"].duplicated()]
+    problems += [f"{name}: item {i}: listed more than once" for i in dup.unique()[:MAX_PROBLEMS_PER_FILE]]
+    t = t.drop_duplicates("item_id").set_index("item_id")
+    d = derived.set_index("item_id")
+    for i in sorted(set(t.index) - set(d.index))[:MAX_PROBLEMS_PER_FILE]:
+        problems.append(f"{name}: item {i}: no final event in provenance/events.parquet backs this label")
+    both = t.index.intersection(d.index)
+    for col in columns:
+        if col not in t:
+            continue
+        a, b = t.loc[both, col], d.loc[both, col]
+        if col == "confidence":
+            diff = ~((pd.to_numeric(a, errors="coerce") - pd.to_numeric(b, errors="coerce")).abs() <= 1e-6)
+            diff &= ~(a.isna() & b.isna())
+        elif col == "n_events":
+            diff = pd.to_numeric(a, errors="coerce") != pd.to_numeric(b, errors="coerce")
+        else:
+            diff = a.astype(str) != b.astype(str)
+        for i in list(both[diff.to_numpy()])[:MAX_PROBLEMS_PER_FILE]:
+            problems.append(f"{name}: item {i}: {col} '{t.at[i, col]}' but its final event in "
+                            f"provenance/events.parquet says '{d.at[i, col]}'")
+    return problems

@@ -22,6 +22,8 @@ Layout of a release folder (every file listed in manifest-sha256.txt, BagIt styl
     manifest-sha256.txt       "<sha256>  <path>" for every file above (BagIt payload manifest)
     provenance/events.parquet every ledger event of the released batches (recheckable chain hashes)
     provenance/merkle-roots.json  the Merkle root of each batch over its events' chain hashes
+    provenance/anchor.json    the ledger's chain head and event count the release was cut from (signed with
+                              Ed25519 when FACTORY_SIGNING_KEY is set); `factory verify` checks the ledger against it
     tagmanifest-sha256.txt    "<sha256>  <path>" for manifest-sha256.txt and provenance/* (BagIt tag manifest)
 
 Determinism: the same labels give the same bytes, and the content id (sha256 of manifest-sha256.txt)
@@ -49,6 +51,7 @@ from checks.standards import DEFAULT_STANDARD, STANDARDS_DIR
 from factory.errors import ReleaseError, ReleaseRefused
 from factory.ingest import sha256_file
 from factory.ledger import canonical, now
+from factory.signing import ANCHOR_FILE, check_signature, release_anchor, verify_key
 
 DATA_FILE = "labels.parquet"
 LISTING = "manifest-sha256.txt"
@@ -616,8 +619,9 @@ def release(fx, dataset: str, run_id: str | None = None, formats: tuple[str, ...
     if cert["blocking_failures"]:
         refuse(fx, dataset, next_version(prev["version"] if prev else None, changes, same_bytes=False)[0],
                cert, ready, run_id)
+    cut = fx.ledger.chain_anchor(dataset)  # the chain head the release is cut from, published in provenance/
     events = fx.ledger.events(dataset)
-    events = events[events["batch_id"].isin(ready)][EVENT_COLUMNS].reset_index(drop=True)
+    events = events[events["batch_id"].isin(ready) & (events["seq"] <= cut["seq"])][EVENT_COLUMNS].reset_index(drop=True)
     roots = batch_roots(events)
     per_split = changes_per_split(prev_table, table)
     date = max(str(batches.loc[b, "created_at"]) for b in ready)[:10]
@@ -701,6 +705,12 @@ def release(fx, dataset: str, run_id: str | None = None, formats: tuple[str, ...
                              if n != "manifest.json" and not n.startswith(RUN_SPECIFIC)}
         (tmp / "manifest.json").write_text(_json(manifest), encoding="utf-8")
         (tmp / "provenance" / "merkle-roots.json").write_text(_json(roots), encoding="utf-8")
+        (tmp / ANCHOR_FILE).write_text(_json(release_anchor(cut, dataset, version)), encoding="utf-8")
+        unbacked = verify_labels_bound(tmp, manifest, table, events)
+        if unbacked:  # never publish labels its own provenance cannot re-derive (e.g. finalisation still running)
+            raise ReleaseError(f"release of '{dataset}' refused: {len(unbacked)} label(s) are not backed by the "
+                               f"ledger's final events:\n  - " + "\n  - ".join(unbacked[:10])
+                               + "\nRun the batch's finalisation again (`factory run`), then release.")
         write_listings(tmp)
         manifest_sha = sha256_path(tmp / "manifest.json")
         content_id = sha256_path(tmp / LISTING)
@@ -818,9 +828,12 @@ def verify_release(path: str | Path, run_standard: bool = True) -> dict:
                                                             "splits": list(manifest.get("splits") or {})})
             summary["expectations"] = {"passed": sum(o.success for o in outcome.outcomes), "total": len(outcome.outcomes)}
             problems += [f"{DATA_FILE}: standard {std_name}: {o.message()}" for o in outcome.outcomes if not o.success]
+    hash_problems, summary["hashes_checked"] = verify_recorded_hashes(path)
+    problems += hash_problems
     ev_path = path / "provenance" / "events.parquet"
     roots_path = path / "provenance" / "merkle-roots.json"
     stated_roots = json.loads(roots_path.read_text(encoding="utf-8")) if roots_path.exists() else None
+    events = None
     if ev_path.exists() and stated_roots is not None:
         try:
             events = pd.read_parquet(ev_path)
@@ -838,6 +851,13 @@ def verify_release(path: str | Path, run_standard: bool = True) -> dict:
             problems += [f"provenance/merkle-roots.json: batch {b} of manifest.json has no Merkle root" for b in missing]
             summary["events"] = int(len(events))
             summary["merkle_roots"] = len(stated_roots)
+    elif (path / "provenance").exists():
+        problems.append("provenance/: events.parquet or merkle-roots.json missing; the labels cannot be re-derived")
+    problems += _check_anchor(path, events, summary)
+    bound = verify_labels_bound(path, manifest, table, events)
+    problems += bound
+    if events is not None:
+        summary["labels_rederived"] = not bound
     cert_path, ev2 = path / "quality" / "certificate.json", path / "quality" / "evidence.parquet"
     if cert_path.exists() and ev2.exists():
         try:
@@ -865,6 +885,157 @@ def verify_release(path: str | Path, run_standard: bool = True) -> dict:
     return {"ok": not problems, "problems": problems, "summary": summary}
 
 
+def _check_anchor(path: Path, events: pd.DataFrame | None, summary: dict) -> list[str]:
+    """provenance/anchor.json: well formed, covering at least the released events, and signed by the configured
+    key when one is configured and the anchor carries a signature (the ledger side is `factory verify`)."""
+    f = path / ANCHOR_FILE
+    if not f.exists():
+        return []  # releases written before anchors
+    try:
+        anchor = json.loads(f.read_text(encoding="utf-8"))
+        count, _head = int(anchor["events"]), str(anchor["head"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return [f"{ANCHOR_FILE}: not an anchor record"]
+    problems = []
+    if events is not None and count < len(events):
+        problems.append(f"{ANCHOR_FILE}: cut at {count} events, fewer than the {len(events)} released in "
+                        f"provenance/events.parquet")
+    summary["anchor"] = {"events": count, "head": anchor["head"], "signed": bool(anchor.get("signature"))}
+    if anchor.get("signature"):
+        why = check_signature(anchor, verify_key())
+        if why is not None and "no verify key" not in why:
+            problems.append(f"{ANCHOR_FILE}: {why}")
+        summary["anchor"]["signature"] = why or "valid"
+    return problems
+
+
+def recorded_hashes(path: str | Path) -> list[tuple[str, str, str]]:
+    """Every sha256 a release records about its own files, wherever it is written: manifest.json's `files` and
+    standard, croissant.json's FileObjects, the certificate's standard.  [(where, file, sha256)]."""
+    path = Path(path)
+    out: list[tuple[str, str, str]] = []
+
+    def load(name: str):
+        try:
+            return json.loads((path / name).read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return None
+
+    def walk(where: str, node: Any) -> None:
+        # any object carrying a sha256 and naming a file of the release (file / contentUrl / path)
+        if isinstance(node, dict):
+            ref = next((node[k] for k in ("file", "contentUrl", "path") if isinstance(node.get(k), str)), None)
+            if isinstance(node.get("sha256"), str) and ref is not None:
+                out.append((where, ref, node["sha256"]))
+            for v in node.values():
+                walk(where, v)
+        elif isinstance(node, list):
+            for v in node:
+                walk(where, v)
+
+    m = load("manifest.json")
+    if isinstance(m, dict):
+        out += [("manifest.json", n, d) for n, d in sorted((m.get("files") or {}).items())]
+        walk("manifest.json", {k: v for k, v in m.items() if k != "files"})
+    for name in ("croissant.json", "quality/certificate.json"):
+        doc = load(name)
+        if doc is not None:
+            walk(name, doc)
+    return out
+
+
+def verify_recorded_hashes(path: str | Path) -> tuple[list[str], int]:
+    """Recompute every hash of `recorded_hashes`, and the certificate's audit-sample hash from
+    quality/evidence.parquet; return (problems naming the file that records the hash, hashes checked)."""
+    from factory.guarantee import sample_hash
+
+    path = Path(path)
+    root = path.resolve()
+    problems, n = [], 0
+    for where, ref, digest in recorded_hashes(path):
+        n += 1
+        f = (path / ref).resolve()
+        if not f.is_relative_to(root) or not f.is_file():
+            problems.append(f"{where}: records a sha256 for {ref}, which is not a file of this release")
+        elif sha256_path(f) != digest:
+            problems.append(f"{where}: the sha256 it records for {ref} differs from the file (one of them was changed)")
+    cert_path, ev_path = path / "quality" / "certificate.json", path / "quality" / "evidence.parquet"
+    try:
+        stated = json.loads(cert_path.read_text(encoding="utf-8"))["auto_accept_guarantee"]["sample_sha256"]
+        evidence = pd.read_parquet(ev_path)
+    except (OSError, ValueError, KeyError, TypeError):
+        stated = None
+    except Exception:  # an unreadable evidence file is reported by the certificate check below
+        stated = None
+    if stated:
+        n += 1
+        audit = evidence[evidence["route"] == "audit"]
+        got = sample_hash(audit["fused_confidence"].astype(float).to_numpy(),
+                          (audit["fused_label"].astype(str) == audit["label"].astype(str)).to_numpy())
+        if got != stated:
+            problems.append("quality/certificate.json: auto_accept_guarantee.sample_sha256 differs from the audit "
+                            "sample in quality/evidence.parquet")
+    return problems, n
+
+
+def verify_labels_bound(path: str | Path, manifest: dict, table: pd.DataFrame,
+                        events: pd.DataFrame | None) -> list[str]:
+    """Every released label re-derived from provenance/events.parquet and compared with labels.parquet, every
+    split file (rows equal to labels.parquet's, each item in its own split's file), labels.jsonl/.csv and
+    quality/evidence.parquet.  Each problem names the file and the item."""
+    from factory.provenance import MAX_PROBLEMS_PER_FILE, compare_with_events, final_labels_from_events
+
+    path = Path(path)
+    if events is None:
+        return []  # releases written before provenance: nothing to bind to (the listings still hold)
+    derived, problems = final_labels_from_events(events)
+    released_batches = {str(b["batch_id"]) for b in manifest.get("batches", [])}
+    derived = derived[derived["batch_id"].isin(released_batches)] if released_batches else derived
+    problems += compare_with_events(DATA_FILE, table, derived)
+    missing = sorted(set(derived["item_id"]) - set(table["item_id"].astype(str)))
+    problems += [f"{DATA_FILE}: item {i}: has a final event in provenance/events.parquet but is not released"
+                 for i in missing[:MAX_PROBLEMS_PER_FILE]]
+    by_item = table.assign(item_id=table["item_id"].astype(str)).drop_duplicates("item_id").set_index("item_id")
+    seen: set[str] = set()
+    for f in sorted((path / "data").glob("*.parquet")) if (path / "data").is_dir() else []:
+        name = f"data/{f.name}"
+        try:
+            part = pd.read_parquet(f)
+        except Exception as e:
+            problems.append(f"{name}: unreadable ({type(e).__name__})")
+            continue
+        part = part.assign(item_id=part["item_id"].astype(str))
+        wrong = part.loc[part.get("split", pd.Series(f.stem, index=part.index)).astype(str) != f.stem, "item_id"]
+        problems += [f"{name}: item {i}: belongs to another split" for i in wrong[:MAX_PROBLEMS_PER_FILE]]
+        seen |= set(part["item_id"])
+        common = [c for c in by_item.columns if c in part.columns]
+        mine = part.drop_duplicates("item_id").set_index("item_id")
+        both = mine.index.intersection(by_item.index)
+        for c in common:
+            a, b = mine.loc[both, c], by_item.loc[both, c]
+            diff = ~((a == b) | (a.isna() & b.isna()))
+            problems += [f"{name}: item {i}: {c} differs from {DATA_FILE}" for i in both[diff.to_numpy()][:5]]
+    if seen and "split" in table:
+        unsplit = sorted(set(by_item.index) - seen)
+        problems += [f"data/: item {i}: in {DATA_FILE} but in no split file" for i in unsplit[:MAX_PROBLEMS_PER_FILE]]
+    for name, read in (("labels.jsonl", lambda p: pd.read_json(p, lines=True, dtype={"item_id": str, "label": str})),
+                       ("labels.csv", lambda p: pd.read_csv(p, dtype={"item_id": str, "label": str}))):
+        if (path / name).exists():
+            try:
+                problems += compare_with_events(name, read(path / name), derived, columns=("label",))
+            except Exception as e:
+                problems.append(f"{name}: unreadable ({type(e).__name__})")
+    ev_file = path / "quality" / "evidence.parquet"
+    if ev_file.exists():
+        try:
+            problems += compare_with_events("quality/evidence.parquet", pd.read_parquet(ev_file), derived,
+                                            columns=("label", "source"))
+        except Exception as e:
+            problems.append(f"quality/evidence.parquet: unreadable ({type(e).__name__})")
+    return problems
+
+
+_verify_lock = threading.Lock()
 _verify_lock = threading.Lock()
 
 

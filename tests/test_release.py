@@ -78,7 +78,8 @@ def finalise(fx, b):
     preds = pd.read_parquet(fx.paths.table("model_predictions", "news", b))
     fused = preds.groupby("item_id").first()
     dec = fx.ledger.human_decisions("news", batch_id=b).set_index("item_id")
-    ev = fx.ledger.events("news", batch_id=b).groupby("item_id")["event_id"].agg(list)
+    ev = fx.ledger.events("news", batch_id=b)
+    ev = ev[ev["kind"] != "final"].groupby("item_id")["event_id"].agg(list)  # as the pipeline: what it rests on
     rows, finals = [], []
     for item in routes.index:
         human = item in dec.index
@@ -92,7 +93,7 @@ def finalise(fx, b):
                      "spec_version": spec.version, "guideline_version": spec.guideline.version})
         finals.append(dict(batch_id=b, item_id=item, kind="final", actor=f"final:{source}", label=label,
                            confidence=rows[-1]["confidence"], payload={"source": source, "events": ev[item]},
-                           dedup_key=f"final:{b}:{item}:{label}", spec_version=spec.version,
+                           dedup_key=f"final:{b}:{item}:{label}:{len(ev[item])}", spec_version=spec.version,
                            guideline_version=spec.guideline.version, run_id="run-b"))
     write_table(pd.DataFrame(rows), fx.paths.table("final_labels", "news", b))
     fx.ledger.append_events("news", finals)
@@ -131,7 +132,8 @@ def test_release_folder_has_every_file_and_verifies(world):
     listed = {line.split("  ", 1)[1] for line in (path / "manifest-sha256.txt").read_text().splitlines()}
     tags = {line.split("  ", 1)[1] for line in (path / "tagmanifest-sha256.txt").read_text().splitlines()}
     assert listed | tags == files - {"tagmanifest-sha256.txt"} and not listed & tags
-    assert tags == {"manifest-sha256.txt", "provenance/events.parquet", "provenance/merkle-roots.json"}
+    assert tags == {"manifest-sha256.txt", "provenance/events.parquet", "provenance/merkle-roots.json",
+                    "provenance/anchor.json"}
     res = verify_release(path)
     assert res["ok"], res["problems"]
     assert res["summary"]["expectations"]["passed"] == res["summary"]["expectations"]["total"] == 7
@@ -179,7 +181,8 @@ def test_independent_runs_with_the_same_labels_differ_only_in_provenance(world, 
     assert (other / "manifest-sha256.txt").read_bytes() == (mine / "manifest-sha256.txt").read_bytes()
     differ = sorted(p.relative_to(mine).as_posix() for p in mine.rglob("*") if p.is_file()
                     and (mine / p.relative_to(mine)).read_bytes() != (other / p.relative_to(mine)).read_bytes())
-    assert differ == ["provenance/events.parquet", "provenance/merkle-roots.json", "tagmanifest-sha256.txt"]
+    assert differ == ["provenance/anchor.json", "provenance/events.parquet", "provenance/merkle-roots.json",
+                      "tagmanifest-sha256.txt"]
     from factory.release import content_digests
     assert content_digests(other) == content_digests(mine) and "labels.parquet" in content_digests(mine)
     assert verify_release(other)["ok"]
@@ -276,7 +279,8 @@ def test_versions_changelog_diff_and_refusals(world):
     jl = pd.read_json(p3 / "labels.jsonl", lines=True, dtype=False)
     assert len(jl) == len(pd.read_csv(p3 / "labels.csv")) == 90 and list(jl["item_id"]) == sorted(jl["item_id"])
     dist = {d["name"] for d in json.loads((p3 / "croissant.json").read_text())["distribution"]}
-    assert dist == {"labels.parquet", "labels.jsonl", "labels.csv"} and verify_release(p3)["ok"]
+    assert dist == {"labels.parquet", "labels.jsonl", "labels.csv"}
+    assert verify_release(p3)["ok"], verify_release(p3)["problems"]
     log = (Path(r3["path"]) / "CHANGELOG.md").read_text()
     assert "major: relabels" in log
     per_split = json.loads((Path(r3["path"]) / "manifest.json").read_text())["changes_per_split"]

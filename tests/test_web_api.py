@@ -230,7 +230,8 @@ def test_batches_operator_and_trace_for_readers(web):
     b = c.get("/api/batches", headers=h(web, "op-1")).json()
     assert b[0]["items"] == 6 and b[0]["open_tasks"] == 6
     s = c.get("/api/operator/summary", headers=h(web, "op-1")).json()
-    assert s["open_tasks"] == 6 and s["queues"] == [{"dataset": "news", "kind": "review", "open": 6}]
+    assert s["open_tasks"] == 6 and s["queues"] == [{"dataset": "news", "tier": "L1", "open": 6,
+                                                      "kinds": {"review": 6}}]
     item = web.tasks[0]["item_id"]
     tr = c.get(f"/api/items/{item}/trace", headers=h(web, "aud-1")).json()
     assert tr["text"] == TEXTS[0] and tr["tasks"][0]["task_id"] == "t0"

@@ -7,28 +7,43 @@ event plus corrections.
 """
 from __future__ import annotations
 
+import json
+import logging
 import os
+import re
 import secrets
+import uuid
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
 import anyio.to_thread
 from fastapi import FastAPI, HTTPException, Request, Response
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, RedirectResponse
 from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
 from pydantic import BaseModel, Field
 
+from factory.anchoring import verify_ledger
 from factory.errors import FactoryError, TaskError, TaskRefused
 from factory.workforce import Workforce, check_answer, eligible_tiers
 from factory.ledger import TaskConflict, TaskNotFound
+from factory.spec import NAME_RE as DATASET_RE
 from factory.users import UserStore
 from factory.web import data as D
+from factory.web import models as M
 from factory.web.auth import (ALL_ROLES, HOME, LOGIN_CSRF_COOKIE, SESSION_COOKIE, SESSION_HOURS, Authenticator, User,
                               check_csrf, client_address, login_blocked, needs)
 
 HERE = Path(__file__).parent
+log = logging.getLogger("factory.web")
+MAX_BODY_BYTES = 1 << 20  # 1 MiB: an answer is a few hundred bytes; a guideline gap note at most 4000 characters
+MAX_ERRORS_SHOWN = 10  # a 422 lists at most this many problems, never the input itself
+MAX_DETAIL_CHARS = 500
+# ids that only reach the database (items, tasks) are bounded, printable, and never contain a path separator
+ID_RE = re.compile(r"^[^\x00-\x1f\x7f/\\]{1,256}$")
+VERSION_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,63}$")
 WORKERS = ("annotator", "expert")
 READERS = ("expert", "auditor", "operator")
 EXPERT_TASK_KINDS = ("arbitrate",)
@@ -81,6 +96,77 @@ class SecurityHeaders:
         return await self.app(scope, receive, send_with_headers)
 
 
+class BodyTooLarge(HTTPException):
+    """A request body over the limit (an HTTPException, so FastAPI's body parsing lets it through as a 413)."""
+
+    def __init__(self, limit: int):
+        super().__init__(413, f"request body too large: at most {limit} bytes")
+
+
+class BodyLimit:
+    """Pure ASGI middleware refusing request bodies over `max_bytes` with 413, by Content-Length or as it streams."""
+
+    def __init__(self, app, max_bytes: int = MAX_BODY_BYTES):
+        self.app, self.max_bytes = app, max_bytes
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        declared = dict(scope.get("headers") or []).get(b"content-length")
+        if declared is not None and (not declared.isdigit() or int(declared) > self.max_bytes):
+            return await _send_json(send, 413, {"detail": f"request body too large: at most {self.max_bytes} bytes"})
+        seen, started = 0, False
+
+        async def limited_receive():
+            nonlocal seen
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > self.max_bytes:  # chunked bodies carry no Content-Length: count what arrives
+                    raise BodyTooLarge(self.max_bytes)
+            return message
+
+        async def tracking_send(message):
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, limited_receive, tracking_send)
+        except BodyTooLarge as e:
+            if started:
+                raise
+            await _send_json(send, 413, {"detail": e.detail})
+
+
+async def _send_json(send, status: int, body: dict) -> None:
+    raw = json.dumps(body).encode()
+    await send({"type": "http.response.start", "status": status,
+                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(raw)).encode()),
+                            (b"connection", b"close")]})
+    await send({"type": "http.response.body", "body": raw})
+
+
+_ABS_PATH = re.compile(r"(?<![\w.:/])(?:/[\w.@+~-]+){2,}/?")
+
+
+def public_message(message: str, *secrets_: str) -> str:
+    """An error message fit for a response: no server paths (the factory root, any absolute path), bounded length."""
+    for s in sorted({str(x) for x in secrets_ if x and len(str(x)) > 1}, key=len, reverse=True):  # never "/"
+        message = message.replace(s, "<factory>")
+    message = _ABS_PATH.sub(lambda m: "<path>" if not m.group(0).startswith("/api/") else m.group(0), message)
+    return message if len(message) <= MAX_DETAIL_CHARS else message[:MAX_DETAIL_CHARS] + " …"
+
+
+def validation_errors(exc: RequestValidationError) -> list[dict]:
+    """A 422's problems without the input they were about: where, what, and the type (at most MAX_ERRORS_SHOWN)."""
+    out = [{"loc": [str(x)[:64] for x in e.get("loc", ())][:8], "msg": str(e.get("msg", ""))[:200],
+            "type": str(e.get("type", ""))[:64]} for e in exc.errors()[:MAX_ERRORS_SHOWN]]
+    if len(exc.errors()) > MAX_ERRORS_SHOWN:
+        out.append({"loc": [], "msg": f"and {len(exc.errors()) - MAX_ERRORS_SHOWN} more problem(s)", "type": "more"})
+    return out
+
+
 def _secret(fx) -> str:
     env = os.environ.get("FACTORY_WEB_SECRET")
     if env:
@@ -95,11 +181,12 @@ def _secret(fx) -> str:
 
 
 METERED_FILES = ("labels.parquet", "labels.jsonl", "labels.csv")
+METERED_FOLDERS = ("data/",)  # the per-split copies of the labels
 
 
 def create_app(root: str | Path | None = None, *, dagster_url: str = "http://127.0.0.1:3000",
                lease_seconds: float = 600, undo_grace_seconds: float = 120, secure_cookies: bool = False,
-               threads: int = 5) -> FastAPI:
+               threads: int = 5, max_body_bytes: int = MAX_BODY_BYTES) -> FastAPI:
     """The FastAPI application over the factory at `root` (default: $FACTORY_HOME or the current directory)."""
     from factory.pipeline import Factory
 
@@ -126,35 +213,72 @@ def create_app(root: str | Path | None = None, *, dagster_url: str = "http://127
     app.mount("/static", StaticFiles(directory=str(HERE / "static")), name="static")
     specs: D.SpecCache = app.state.specs
 
-    app.add_middleware(SecurityHeaders)
+    app.add_middleware(BodyLimit, max_bytes=max_body_bytes)
+    app.add_middleware(SecurityHeaders)  # added last, so outermost: the 413s carry the headers too
+    hidden = (str(fx.paths.root), str(Path(fx.paths.root).resolve()), str(Path.home()), os.getcwd())
+
+    def _detail(exc: Exception) -> str:
+        return public_message(str(exc), *hidden)
 
     @app.exception_handler(TaskNotFound)
     async def _not_found(_req, exc):
-        return JSONResponse({"detail": str(exc)}, status_code=404)
+        return JSONResponse({"detail": _detail(exc)}, status_code=404)
 
     @app.exception_handler(TaskConflict)
     async def _conflict(_req, exc):
-        return JSONResponse({"detail": str(exc)}, status_code=409)
+        return JSONResponse({"detail": _detail(exc)}, status_code=409)
 
     @app.exception_handler(TaskRefused)
     def _refused(_req: Request, exc: TaskRefused) -> JSONResponse:
-        return JSONResponse({"detail": str(exc)}, status_code=403)
+        return JSONResponse({"detail": _detail(exc)}, status_code=403)
 
     @app.exception_handler(TaskError)
     async def _task_error(_req, exc):
-        return JSONResponse({"detail": str(exc)}, status_code=422)
+        return JSONResponse({"detail": _detail(exc)}, status_code=422)
 
     @app.exception_handler(FactoryError)
     async def _factory_error(_req, exc):
-        return JSONResponse({"detail": str(exc)}, status_code=400)
+        return JSONResponse({"detail": _detail(exc)}, status_code=400)
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid_request(_req, exc: RequestValidationError):
+        # FastAPI's default echoes every input back (10 MB in, 10 MB out): say where and what, never the input
+        return JSONResponse({"detail": validation_errors(exc)}, status_code=422)
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, exc: Exception):
+        # the stack stays in the server's log, under an id the caller can quote; the response says nothing inside
+        request_id = uuid.uuid4().hex[:16]
+        log.error("request %s %s %s failed", request_id, request.method, request.url.path, exc_info=exc)
+        return JSONResponse({"detail": f"internal error; quote request id {request_id} to the operator",
+                             "request_id": request_id}, status_code=500, headers={"X-Request-ID": request_id})
+
+    def _dataset_name(dataset: str) -> str:
+        # checked before anything touches the file system: a name is a spec file stem, nothing else
+        if not DATASET_RE.match(dataset):
+            raise HTTPException(422, "dataset names are lowercase letters, digits, '-' or '_', starting with a "
+                                     "letter (at most 63 characters)")
+        return dataset
+
+    def _ident(kind: str, value: str, pattern: re.Pattern = ID_RE) -> str:
+        if not pattern.match(value):
+            raise HTTPException(422, f"malformed {kind}")
+        return value
 
     def _spec(dataset: str):
+        _dataset_name(dataset)
+        if not fx.paths.spec_path(dataset).is_file():
+            raise HTTPException(404, f"dataset '{dataset}': no such dataset in this factory")
         try:
             return specs.get(dataset)
-        except FactoryError:
-            raise HTTPException(404, f"dataset '{dataset}': no spec datasets/{dataset}.yaml in this factory")
+        except FactoryError as e:  # a broken spec on the server: the operator reads why in the log, not the caller
+            log.error("dataset %s: spec cannot be read: %s", dataset, e)
+            raise HTTPException(503, f"dataset '{dataset}': its spec cannot be read; the operator must fix it")
 
     def _dataset_of(item_id: str, dataset: str | None) -> str:
+        _ident("item id", item_id)
+        if dataset is not None:
+            _dataset_name(dataset)
         found = D.datasets_of_item(fx, item_id)
         if dataset:
             if dataset not in found:
@@ -168,7 +292,7 @@ def create_app(root: str | Path | None = None, *, dagster_url: str = "http://127
 
     # ------------------------------------------------------------------------- API: me and tasks
     @app.get("/api/me", tags=["auth"])
-    def me(user: User = needs(*ALL_ROLES)) -> dict:
+    def me(user: User = needs(*ALL_ROLES)) -> M.MeOut:
         """Who the credentials belong to."""
         return {"name": user.name, "role": user.role, "auth": user.via}
 
@@ -226,7 +350,7 @@ def create_app(root: str | Path | None = None, *, dagster_url: str = "http://127
         return fx.ledger.skip_task(task_id, user.name, body.reason)
 
     @app.get("/api/progress", tags=["tasks"])
-    def my_progress(user: User = needs(*WORKERS)) -> dict:
+    def my_progress(user: User = needs(*WORKERS)) -> M.ProgressOut:
         """Your answers today, the open tasks left, and your last answer (undoable within the grace period)."""
         p = D.progress(fx, user.name)
         p["undo_grace_seconds"] = undo_grace_seconds
@@ -234,7 +358,8 @@ def create_app(root: str | Path | None = None, *, dagster_url: str = "http://127
 
     # ------------------------------------------------------------------------- API: items
     @app.get("/api/items/{item_id}/highlights", tags=["items"])
-    def item_highlights(item_id: str, dataset: str | None = None, user: User = needs(*WORKERS, *READERS)) -> dict:
+    def item_highlights(item_id: str, dataset: str | None = None,
+                        user: User = needs(*WORKERS, *READERS)) -> M.HighlightsOut:
         """Spans of the item's text the models relied on (from each labeler's `explain`)."""
         ds = _dataset_of(item_id, dataset)
         if user.role == "annotator":
@@ -245,36 +370,46 @@ def create_app(root: str | Path | None = None, *, dagster_url: str = "http://127
         return D.highlights(fx, ds, item_id)
 
     @app.get("/api/items/{item_id}/trace", tags=["items"])
-    def item_trace(item_id: str, dataset: str | None = None, user: User = needs(*READERS)) -> dict:
+    def item_trace(item_id: str, dataset: str | None = None, user: User = needs(*READERS)) -> M.TraceOut:
         """An item's whole story: every event (who/what, when, which spec, guideline and run), read-only."""
         ds = _dataset_of(item_id, dataset)
-        return D.trace(fx, ds, item_id)
+        story = D.trace(fx, ds, item_id)
+        if story is None:
+            raise HTTPException(404, f"item '{item_id}' is not in dataset '{ds}'")
+        return story
 
     # ------------------------------------------------------------------------- API: arbitration
     @app.get("/api/arbitration", tags=["arbitration"])
     def disputes(dataset: str | None = None, user: User = needs("expert")) -> list[dict]:
         """Items people did not resolve (disagreement, audit contradiction, open skip), oldest first."""
-        names = [dataset] if dataset else sorted(set(fx.ledger.tasks()["dataset"]))
+        names = [_dataset_name(dataset)] if dataset else sorted(set(fx.ledger.tasks()["dataset"]))
         return [d for n in names for d in D.disputed_items(fx, n)]
 
     @app.get("/api/arbitration/{dataset}/{item_id}", tags=["arbitration"])
     def dispute(dataset: str, item_id: str, user: User = needs("expert")) -> dict:
         """The conflicting answers and model outputs, with their sources and reliabilities."""
         _spec(dataset)
+        _ident("item id", item_id)
         d = D.arbitration_detail(fx, specs, dataset, item_id)
         if d is None:
             raise HTTPException(404, f"item '{item_id}' is not in dataset '{dataset}'")
         return d
 
     @app.get("/api/items/{item_id}/raw", tags=["items"])
-    def raw_item(item_id: str, dataset: str, user: User = needs(*ALL_ROLES)) -> dict:
+    def raw_item(item_id: str, dataset: str, user: User = needs(*ALL_ROLES)) -> M.RawItemOut:
         """The raw (unredacted) payload, for the roles the spec's compliance.raw_readers allows only (else 403)."""
         from factory.compliance import AccessDenied, raw_payload
 
+        _ident("item id", item_id)
+        spec = _spec(dataset)  # a valid name of an existing spec, read through the cache, before anything else
+        if user.role not in spec.compliance.raw_readers:  # the role is checked before the item is looked up
+            raise HTTPException(403, f"role '{user.role}' may not read raw payloads of '{dataset}'")
         try:
             return {"item_id": item_id, "dataset": dataset, "text": raw_payload(fx, dataset, item_id, user.role)}
         except AccessDenied as e:
-            raise HTTPException(403, str(e)) from None
+            raise HTTPException(403, _detail(e)) from None
+        except FactoryError:
+            raise HTTPException(404, f"item '{item_id}' is not in dataset '{dataset}'") from None
 
     @app.post("/api/items/{item_id}/arbitrate", tags=["arbitration"], status_code=201)
     def arbitrate(item_id: str, body: ArbitrateIn, user: User = needs("expert", write=True)) -> dict:
@@ -303,40 +438,45 @@ def create_app(root: str | Path | None = None, *, dagster_url: str = "http://127
 
     # ------------------------------------------------------------------------- API: batches and releases
     @app.get("/api/batches", tags=["batches"])
-    def batches(user: User = needs("operator", "auditor", "expert")) -> list[dict]:
+    def batches(user: User = needs("operator", "auditor", "expert")) -> list[M.BatchOut]:
         """Every batch with its items and task counts."""
         return D.batches_summary(fx)
 
     @app.get("/api/operator/summary", tags=["batches"])
-    def summary(user: User = needs("operator", "auditor")) -> dict:
+    def summary(user: User = needs("operator", "auditor")) -> M.OperatorSummaryOut:
         """Queue sizes per tier, leases, throughput of human answers, disputed items."""
         return D.operator_summary(fx) | {"dagster_url": dagster_url}
 
     @app.get("/api/releases", tags=["releases"])
-    def releases(user: User = needs("client", "auditor", "operator", "expert")) -> list[dict]:
+    def releases(user: User = needs("client", "auditor", "operator", "expert")) -> list[M.ReleaseOut]:
         """Every release with its files."""
         return D.releases_list(fx)
 
-    @app.get("/api/releases/{dataset}/{version}/files/{name}", tags=["releases"])
+    @app.get("/api/releases/{dataset}/{version}/files/{name:path}", tags=["releases"])
     def release_file(dataset: str, version: str, name: str, request: Request,
                      user: User = needs("client", "auditor", "operator")) -> FileResponse:
-        """Download one file of a release (only files directly inside the release folder)."""
+        """Download one file of a release, also in its subfolders (`data/train.parquet`, `quality/report.html`);
+        nothing outside the release folder."""
+        _dataset_name(dataset)
+        _ident("version", version, VERSION_RE)
         path = D.release_file(fx, dataset, version, name)
         if path is None:
             raise HTTPException(404, f"release {dataset} {version} has no file '{name}'")
-        if user.role == "client" and name in METERED_FILES:  # the delivery ledger prices per item or token
+        if user.role == "client" and (name in METERED_FILES or name.startswith(METERED_FOLDERS)):
+            # the delivery ledger prices per item or token: every file that carries labels is metered
             from factory.delivery import record_delivery
 
             key = request.headers.get("Idempotency-Key")
             record_delivery(fx, dataset, version, user.name, file=name,
                             delivery_id=f"{user.name}:{key}" if key else None)
-        return FileResponse(path, filename=name)
+        return FileResponse(path, filename=name.rsplit("/", 1)[-1])
 
     @app.get("/api/feeds/{dataset}.json", tags=["releases"])
-    def feed_json(dataset: str, request: Request, user: User = needs("client", "auditor", "operator")) -> dict:
+    def feed_json(dataset: str, request: Request, user: User = needs("client", "auditor", "operator")) -> M.FeedOut:
         """The dataset's release versions as a JSON Feed, newest first (for subscribers)."""
         from factory.delivery import json_feed
 
+        _dataset_name(dataset)
         return json_feed(fx.paths.releases, dataset, base_url=str(request.base_url).rstrip("/"))
 
     @app.get("/api/feeds/{dataset}.atom", tags=["releases"])
@@ -344,12 +484,13 @@ def create_app(root: str | Path | None = None, *, dagster_url: str = "http://127
         """The same feed in Atom."""
         from factory.delivery import atom_feed
 
+        _dataset_name(dataset)
         return Response(atom_feed(fx.paths.releases, dataset, base_url=str(request.base_url).rstrip("/")),
                         media_type="application/atom+xml")
 
     @app.get("/api/deliveries", tags=["releases"])
     def deliveries(client: str | None = None, dataset: str | None = None,
-                   user: User = needs("operator", "auditor")) -> list[dict]:
+                   user: User = needs("operator", "auditor")) -> list[M.UsageOut]:
         """Metered deliveries summed per client and dataset: items, bytes, text tokens."""
         from factory.delivery import usage
 
@@ -462,8 +603,10 @@ def create_app(root: str | Path | None = None, *, dagster_url: str = "http://127
                 error = f"Item '{item}' is not in dataset '{ds}'."
             else:
                 story = D.trace(fx, ds, item)
-                if verify:
-                    chain = fx.ledger.verify_chain(ds)
+                if verify:  # the chain walk and every published anchor (releases, checkpoints)
+                    res = verify_ledger(fx, ds)
+                    chain = {"ok": res["ok"], "events": res["events"], "anchors": res["anchors"],
+                             "problem": "; ".join(res["problems"][:3])}
         return _render(request, "audit.html", user, title="Audit", story=story, error=error, chain=chain,
                        item=item or "", dataset=dataset or "")
 
@@ -492,4 +635,6 @@ def app_from_env() -> FastAPI:
                       dagster_url=os.environ.get("FACTORY_WEB_DAGSTER_URL", "http://127.0.0.1:3000"),
                       lease_seconds=float(os.environ.get("FACTORY_WEB_LEASE_SECONDS", 600)),
                       undo_grace_seconds=float(os.environ.get("FACTORY_WEB_UNDO_SECONDS", 120)),
-                      threads=int(os.environ.get("FACTORY_WEB_THREADS", 5)))
+                      threads=int(os.environ.get("FACTORY_WEB_THREADS", 5)),
+                      secure_cookies=os.environ.get("FACTORY_WEB_SECURE_COOKIES", "") in ("1", "true", "yes"),
+                      max_body_bytes=int(os.environ.get("FACTORY_WEB_MAX_BODY_BYTES", MAX_BODY_BYTES)))

@@ -16,7 +16,8 @@ import sqlalchemy as sa
 
 from factory.ledger import items as items_table
 from factory.ledger import label_events, task_assignments, tasks as tasks_table
-from factory.spec import DatasetSpec
+from factory.errors import SpecError
+from factory.spec import NAME_RE, DatasetSpec
 
 
 class SpecCache:
@@ -28,6 +29,8 @@ class SpecCache:
         self._lock = threading.Lock()
 
     def get(self, dataset: str) -> DatasetSpec:
+        if not NAME_RE.match(dataset):  # never build a path from a name that is not a dataset name
+            raise SpecError("not a dataset name")
         path = self.fx.paths.spec_path(dataset)
         mtime = path.stat().st_mtime if path.exists() else -1.0
         with self._lock:
@@ -327,11 +330,33 @@ def batches_summary(fx) -> list[dict]:
     return out
 
 
+EXPERT_KINDS = ("arbitrate",)  # tasks only experts are offered, whatever their required tier says
+
+
+def task_tier(kind: str, required_tier) -> str:
+    """The least tier offered a task: expert for arbitration, its required tier, else L1 (anyone)."""
+    if kind in EXPERT_KINDS:
+        return "expert"
+    return str(required_tier) if isinstance(required_tier, str) and required_tier else "L1"
+
+
+def tier_queues(open_tasks: pd.DataFrame) -> list[dict]:
+    """Open tasks per dataset and tier, each with its count per kind; the rows add up to the open tasks."""
+    if open_tasks.empty:
+        return []
+    req = open_tasks["required_tier"] if "required_tier" in open_tasks else pd.Series(None, index=open_tasks.index)
+    t = open_tasks.assign(tier=[task_tier(k, r) for k, r in zip(open_tasks["kind"], req)])
+    out = []
+    for (ds, tier), g in t.groupby(["dataset", "tier"], sort=True):
+        out.append({"dataset": ds, "tier": tier, "open": int(len(g)),
+                    "kinds": {str(k): int(n) for k, n in g["kind"].value_counts().sort_index().items()}})
+    return out
+
+
 def operator_summary(fx) -> dict:
-    """Queues per tier (task kind), leases held, throughput of human answers, disputed items."""
+    """Queues per tier (with their task kinds), leases held, throughput of human answers, disputed items."""
     t = fx.ledger.tasks()
     open_t = t[t["status"] == "open"] if not t.empty else t
-    queues = open_t.groupby(["dataset", "kind"]).size().reset_index(name="open") if not open_t.empty else None
     now = datetime.now(timezone.utc)
     since = (now - timedelta(hours=24)).isoformat()
     e = label_events
@@ -345,7 +370,7 @@ def operator_summary(fx) -> dict:
     datasets = sorted(set(t["dataset"])) if not t.empty else []
     disputes = {d: len(disputed_items(fx, d)) for d in datasets}
     return {
-        "queues": [] if queues is None else queues.to_dict("records"),
+        "queues": tier_queues(open_t),
         "open_tasks": int(len(open_t)), "leased_now": int(leases),
         "answers_last_hour": last_hour, "answers_last_24h": len(recent),
         "annotators_last_24h": len({r[1] for r in recent}),
@@ -358,24 +383,31 @@ def releases_list(fx) -> list[dict]:
     out = []
     for r in rel.to_dict("records"):
         folder = Path(r["path"])
-        files = sorted(p.name for p in folder.iterdir() if p.is_file()) if folder.is_dir() else []
+        files = (sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file())
+                 if folder.is_dir() else [])
         out.append({"dataset": r["dataset"], "version": r["version"], "items": int(r["n_items"]),
                     "created_at": r["created_at"], "manifest_sha256": r["manifest_sha256"], "files": files})
     return sorted(out, key=lambda d: (d["dataset"], d["created_at"]))
 
 
 def release_file(fx, dataset: str, version: str, name: str) -> Path | None:
-    """The file `name` of a release, or None: only a plain file directly inside the release folder."""
+    """The file `name` (e.g. `labels.parquet`, `data/train.parquet`) of a release, or None: only a plain file
+    inside the release folder, reached through listed names one folder at a time."""
     rel = fx.ledger.releases(dataset)
     rel = rel[rel["version"] == version] if not rel.empty else rel
     if rel.empty:
         return None
     folder = Path(rel.iloc[0]["path"]).resolve()
-    if not folder.is_dir() or name in ("", ".", "..") or "/" in name or "\\" in name or "\x00" in name:
+    parts = name.split("/")
+    if not folder.is_dir() or len(parts) > 4 or any(
+            p in ("", ".", "..") or "\\" in p or "\x00" in p or p.startswith(".") for p in parts):
         return None
-    if name not in set(p.name for p in folder.iterdir()):  # listed names only: no traversal, no globbing
-        return None
-    path = (folder / name).resolve()
-    if path.parent != folder or not path.is_file():  # a symlink pointing out of the folder is refused
+    here = folder
+    for part in parts:  # listed names only: no traversal, no globbing
+        if not here.is_dir() or part not in {p.name for p in here.iterdir()}:
+            return None
+        here = here / part
+    path = here.resolve()
+    if not path.is_relative_to(folder) or not path.is_file():  # a symlink pointing out of the folder is refused
         return None
     return path
