@@ -75,7 +75,8 @@ def _meta(spec: DatasetSpec, run_id: str | None) -> dict:
 
 
 def task_id_for(dataset: str, batch_id: str, item_id: str, kind: str) -> str:
-    return "t_" + hashlib.sha256(f"{dataset}|{batch_id}|{item_id}|{kind}".encode()).hexdigest()[:16]
+    """The internal key of a task (deterministic: a rerun finds it); people see `Ledger.public_task_id(key)`."""
+    return "k_" + hashlib.sha256(f"{dataset}|{batch_id}|{item_id}|{kind}".encode()).hexdigest()[:16]
 
 
 # ----------------------------------------------------------------------------- design
@@ -142,7 +143,8 @@ def required_tier(spec: DatasetSpec, label: str | None, reasons: list[str], meta
 def _task(dataset: str, batch_id: str, item_id: str, kind: str, reasons: list[str], *, tier: str = "L1",
           suggestion: str | None = None, run_id: str | None = None, round_: int = 1, domain: str | None = None) -> dict:
     kid = kind if round_ == 1 else f"{kind}#{round_}"
-    return dict(task_id=task_id_for(dataset, batch_id, item_id, kid), dataset=dataset, batch_id=batch_id,
+    # keyed: the ledger turns the key into the unguessable public id when it creates the task
+    return dict(task_id=task_id_for(dataset, batch_id, item_id, kid), keyed=True, dataset=dataset, batch_id=batch_id,
                 item_id=item_id, kind=kind, reasons=reasons, suggestion=suggestion, run_id=run_id,
                 required_tier=tier, domain=domain)
 
