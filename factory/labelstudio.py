@@ -17,6 +17,7 @@ from xml.sax.saxutils import quoteattr
 
 from factory.errors import FactoryError
 from factory.gate import Answer, submit_answers
+from factory.workforce import shown_kind_and_reasons
 
 FROM_NAME, TO_NAME = "label", "text"
 
@@ -52,6 +53,8 @@ def export_tasks(fx, batch_id: str, *, include_answered: bool = False) -> list[d
     by_item = {i: g for i, g in ev.groupby("item_id")}
     out = []
     for t in tasks.itertuples(index=False):
+        kind, reasons = shown_kind_and_reasons(t.kind, json.loads(t.reasons) if isinstance(t.reasons, str)
+                                               else list(t.reasons))  # a honeypot looks like an audit
         preds = []
         g = by_item.get(t.item_id)
         if g is not None:
@@ -61,8 +64,7 @@ def export_tasks(fx, batch_id: str, *, include_answered: bool = False) -> list[d
                               "result": _choice(r.label)})
         out.append({
             "data": {"text": items.loc[t.item_id, "text"], "factory_task_id": t.task_id, "item_id": t.item_id,
-                     "dataset": dataset, "batch_id": batch_id, "task_kind": t.kind,
-                     "reasons": json.loads(t.reasons) if isinstance(t.reasons, str) else list(t.reasons)},
+                     "dataset": dataset, "batch_id": batch_id, "task_kind": kind, "reasons": reasons},
             "predictions": preds,
         })
     return out

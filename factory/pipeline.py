@@ -516,7 +516,13 @@ def _honeypots(fx: Factory, spec: DatasetSpec, dataset: str, batch_id: str, n_ta
         return []
     n = min(len(gold), max(1, int(round(rate * n_tasks))))
     pick = gold.sample(n=n, random_state=seed)["item_id"]
-    return [_task(dataset, batch_id, i, "gold", ["honeypot"], run_id=run_id) for i in pick]
+    # like an audit task, a honeypot shows the models' fused label (never the gold one) where suggestions are
+    # shown: a task without a suggestion among tasks with one would give the honeypot away
+    fused: dict = {}
+    if spec.review.show_model_suggestion:
+        ev = fx.ledger.events(dataset, kind="fusion")
+        fused = ev[ev["item_id"].isin(set(pick))].groupby("item_id")["label"].last().to_dict() if len(ev) else {}
+    return [_task(dataset, batch_id, i, "gold", ["honeypot"], run_id=run_id, suggestion=fused.get(i)) for i in pick]
 
 
 # ----------------------------------------------------------------------------- final labels

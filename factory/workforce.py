@@ -4,7 +4,8 @@ Annotators are pseudonymous ids with a tier (L1 < L2 < L3 < expert), domains and
 change of an annotator (added, certified, failed a test, suspended, reinstated, proposed for promotion,
 promoted) is an event with its reason; the registry row is the current state derived from them.
 Gold items (known answers) serve qualification tests and hidden honeypots; their true label never
-reaches an annotator (tasks carry no suggestion for them).
+reaches an annotator (a honeypot shows the models' fused label like an audit task, never the gold one,
+and looks like an audit task: `shown_kind_and_reasons`).
 """
 from __future__ import annotations
 
@@ -384,6 +385,17 @@ def next_task(fx, annotator: str, *, dataset: str | None = None, exclude_kinds=N
         annotator, dataset=dataset, exclude_kinds=exclude_kinds, lease_seconds=lease_seconds, tiers=tiers,
         accept=lambda t: can_take(person, t, load=held, registered_only=registered_only(t["dataset"])),
         prefer=pull_preference, may_add=person is None or held < person["max_open_tasks"])
+
+
+def shown_kind_and_reasons(kind: str, reasons: Sequence[str]) -> tuple[str, list[str]]:
+    """What the person answering sees of a task's kind and reasons: a hidden gold task looks like an audit.
+
+    A honeypot that announced itself would measure nothing; every page, API payload and export
+    an annotator sees goes through this.
+    """
+    if kind == "gold":
+        return "audit", ["audit"]
+    return kind, list(reasons)
 
 
 def _lease_holder(ledger: Ledger, task_id: str) -> str | None:

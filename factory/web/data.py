@@ -18,6 +18,7 @@ from factory.ledger import items as items_table
 from factory.ledger import label_events, task_assignments, tasks as tasks_table
 from factory.disputes import disputed_items  # noqa: F401  (moved to the core: the answer gate needs it)
 from factory.spec import DatasetSpec
+from factory.workforce import shown_kind_and_reasons
 
 
 class SpecCache:
@@ -63,9 +64,10 @@ def datasets_of_item(fx, item_id: str) -> list[str]:
 def task_payload(fx, specs: SpecCache, task: dict, *, with_text: bool = True) -> dict:
     """A task as the API and the queue page show it (the model suggestion only if the spec allows)."""
     spec = specs.get(task["dataset"])
+    kind, reasons = shown_kind_and_reasons(task["kind"], _json(task["reasons"]))  # a honeypot looks like an audit
     out = {
         "task_id": task["task_id"], "dataset": task["dataset"], "batch_id": task["batch_id"],
-        "item_id": task["item_id"], "kind": task["kind"], "reasons": _json(task["reasons"]),
+        "item_id": task["item_id"], "kind": kind, "reasons": reasons,
         "lease_until": task.get("lease_until"),
         "suggestion": task.get("suggestion") if spec.review.show_model_suggestion else None,
         "suggestion_shown": bool(spec.review.show_model_suggestion),
