@@ -227,6 +227,24 @@ class TrainedLabelers:
                      training_hash=lb.info.training_hash, n_train=lb.info.n_train) for lb in self.labelers]
 
 
+GIVE_UP_AFTER_SKIPS = 2  # distinct people who skipped a first-pass task before the batch stops waiting for it
+
+
+def given_up_tasks(fx: Factory, dataset: str) -> set[str]:
+    """Open seed/annotate tasks skipped by GIVE_UP_AFTER_SKIPS different people: nobody will label them.
+
+    The batch stops waiting for them; in mode human-model their item, if nobody answered it at all,
+    is routed up a tier as `missing_label` (an omission the verification step must see).
+    """
+    skips = fx.ledger.events(dataset, kind="skip")
+    if skips.empty:
+        return set()
+    open_tasks = fx.ledger.tasks(dataset, status="open")
+    first = set(open_tasks.loc[open_tasks["kind"].isin(["seed", "annotate"]), "task_id"])
+    n = skips[skips["task_id"].isin(first)].groupby("task_id")["actor"].nunique()
+    return set(n.index[n >= GIVE_UP_AFTER_SKIPS])
+
+
 def train_labelers(fx: Factory, dataset: str, batch_id: str | None = None, seed: int = 0) -> TrainedLabelers:
     """Train (or reuse, if the same human labels were seen before) the differentiated labelers."""
     from factory.labelers import Labeler, labeler_suite_version, make_labelers, training_hash
@@ -234,8 +252,9 @@ def train_labelers(fx: Factory, dataset: str, batch_id: str | None = None, seed:
     spec = fx.spec(dataset)
     if batch_id is not None:
         open_tasks = fx.ledger.tasks(dataset, status="open")
-        first = open_tasks[(open_tasks["kind"] == "seed")
-                           | ((open_tasks["kind"] == "annotate") & (open_tasks["batch_id"] == batch_id))]
+        first = open_tasks[((open_tasks["kind"] == "seed")
+                            | ((open_tasks["kind"] == "annotate") & (open_tasks["batch_id"] == batch_id)))
+                           & ~open_tasks["task_id"].isin(given_up_tasks(fx, dataset))]
         if len(first):
             raise NotReadyError(f"waiting for people: {len(first)} seed/annotation task(s) of '{dataset}' are open; "
                                 f"answer them (`factory tasks list --dataset {dataset}`) and rerun")
@@ -644,7 +663,8 @@ def final_labels(fx: Factory, dataset: str, batch_id: str, run_id: str | None = 
     classes = spec.class_names
 
     tasks = fx.ledger.tasks(dataset, batch_id=batch_id)
-    waiting = tasks[(tasks["status"] == "open") & (tasks["kind"] != "gold")]
+    waiting = tasks[(tasks["status"] == "open") & (tasks["kind"] != "gold")
+                    & ~tasks["task_id"].isin(given_up_tasks(fx, dataset))]
     if len(waiting):
         raise NotReadyError(f"waiting for people: {len(waiting)} of {len(tasks)} task(s) of batch {batch_id} "
                             f"are open (`factory tasks list --batch {batch_id}`)")
