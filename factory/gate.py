@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 from factory.disputes import disputed_items
 from factory.errors import TaskError, TaskRefused
 from factory.ledger import TaskConflict, TaskNotFound, now
-from factory.workforce import Workforce, answer_refusal
+from factory.workforce import Workforce, answer_refusal, registry_rows
 
 STATUS = {TaskNotFound: 404, TaskConflict: 409, TaskRefused: 403}
 
@@ -108,19 +108,17 @@ class GateReport:
 class _Context:
     """What the checks of one call read once: specs, the registry, tasks, leases."""
 
-    def __init__(self, fx):
+    def __init__(self, fx, answers: Sequence[Answer], spec_of=None):
         self.fx, self.ledger = fx, fx.ledger
-        self.wf = Workforce(fx.ledger)
+        self.spec_of = spec_of or fx.spec
         self.specs: dict = {}
-        reg = self.wf.list()
-        self.people = {r["annotator_id"]: dict(r, domains=json.loads(r["domains"]), languages=json.loads(r["languages"]))
-                       for r in reg.to_dict("records")}
+        self.people = registry_rows(fx.ledger, [a.annotator for a in answers if a.annotator])
         self.disputed: dict[str, set[str]] = {}
         self.item_events: dict[tuple, object] = {}
 
     def spec(self, dataset: str):
         if dataset not in self.specs:
-            self.specs[dataset] = self.fx.spec(dataset)
+            self.specs[dataset] = self.spec_of(dataset)
         return self.specs[dataset]
 
     def events_of(self, dataset: str, item_id: str):
@@ -256,13 +254,14 @@ def _check(ctx: _Context, a: Answer, *, source: str, require_lease: bool) -> tup
 
 
 def submit_answers(fx, answers: Sequence[Answer], *, source: str, require_lease: bool = False,
-                   dry_run: bool = False) -> GateReport:
+                   dry_run: bool = False, spec_of=None) -> GateReport:
     """Check every answer against every rule; write all of them in one transaction, or none and report why.
 
     `source` names the door (cli, import, label-studio, web, web-arbitration) in each event's
-    payload; `require_lease` (the workbench) accepts a task's answer only from its lease holder.
+    payload; `require_lease` (the workbench) accepts a task's answer only from its lease holder;
+    `spec_of(dataset)` loads a spec (default `fx.spec`; the workbench passes its cache).
     """
-    ctx = _Context(fx)
+    ctx = _Context(fx, answers, spec_of)
     rep = GateReport(source=source, checked=len(answers), dry_run=dry_run)
     plan: list[tuple[int, dict]] = []
     seen: dict[str, str] = {}
@@ -310,15 +309,16 @@ def _log_refusals(ctx: _Context, answers: Sequence[Answer], rep: GateReport, dry
     rows = [(a, r) for a, r in rows if a is not None and a.annotator in ctx.people]
     if not rows:
         return
+    wf = Workforce(ctx.ledger)
     with ctx.ledger.engine.begin() as c:
         for a, r in rows:
-            ctx.wf._event(c, a.annotator, "refused_answer", r.cause,
+            wf._event(c, a.annotator, "refused_answer", r.cause,
                           {"task_id": a.task_id, "item_id": a.item_id, "source": rep.source})
 
 
-def submit_answer(fx, answer: Answer, *, source: str, require_lease: bool = False) -> dict:
+def submit_answer(fx, answer: Answer, *, source: str, require_lease: bool = False, spec_of=None) -> dict:
     """One answer through `submit_answers`; returns its result (event_id, duplicate) or raises the refusal."""
-    rep = submit_answers(fx, [answer], source=source, require_lease=require_lease)
+    rep = submit_answers(fx, [answer], source=source, require_lease=require_lease, spec_of=spec_of)
     rep.raise_first()
     return rep.results[0]
 

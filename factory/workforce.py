@@ -284,6 +284,18 @@ def _check_person(a: dict, task: dict, item_answered_by: Iterable[str] = (), dom
     return a
 
 
+def registry_rows(ledger: Ledger, annotator_ids: Iterable[str]) -> dict[str, dict]:
+    """Registry rows (domains and languages decoded) of the given people who are registered, in one query."""
+    ids = sorted(set(annotator_ids))
+    if not ledger.__dict__.get("_workforce_tables"):  # made on first use (embedded), once per ledger object
+        wf_metadata.create_all(ledger.engine)
+        ledger.__dict__["_workforce_tables"] = True
+    with ledger.reader.connect() as c:
+        rows = c.execute(sa.select(annotators).where(annotators.c.annotator_id.in_(ids))).mappings().all() if ids else []
+    return {r["annotator_id"]: dict(r, domains=json.loads(r["domains"]), languages=json.loads(r["languages"]))
+            for r in rows}
+
+
 def _domains(person) -> list[str]:
     d = person["domains"] if isinstance(person, dict) else person.domains
     return json.loads(d) if isinstance(d, str) else list(d or [])
@@ -352,25 +364,21 @@ def dispatch(tasks: pd.DataFrame, people: pd.DataFrame, answered_by: dict[str, s
 
 
 def next_task(fx, annotator: str, *, dataset: str | None = None, exclude_kinds=None,
-              lease_seconds: float = 600) -> dict | None:
+              lease_seconds: float = 600, spec_of=None) -> dict | None:
     """Lease `annotator` their next task under the dispatch policy (`can_take`, `pull_preference`); None if none.
 
     The workbench's queue: the ledger walks open tasks in queue order, skipping what the person
     skipped or already answered; this policy keeps the tasks they may take (tier, domain,
     registration, per-person limit) and takes the one needing the highest tier first.
     """
-    wf = Workforce(fx.ledger)
-    try:
-        person = wf.get(annotator)
-    except TaskError:
-        person = None
+    person = registry_rows(fx.ledger, [annotator]).get(annotator)
     if person is not None and person["status"] != "active":
         raise TaskRefused(f"annotator '{annotator}' is suspended; see `factory annotators show {annotator}`")
     specs: dict = {}
 
     def registered_only(ds: str) -> bool:
         if ds not in specs:
-            specs[ds] = fx.spec(ds).workforce.registered_only
+            specs[ds] = (spec_of or fx.spec)(ds).workforce.registered_only
         return specs[ds]
 
     held = 0
@@ -472,8 +480,8 @@ def check_answer(fx, t: dict, annotator: str, *, rationale: str | None = None, l
     """Apply the workforce rules (`answer_refusal`) to `annotator` answering task `t`; raise (and log) when they refuse.
 
     Refusals of a registered annotator are logged as `refused_answer` events.  Without
-    `leases_checked`, a task leased to someone else is refused too.  Every door calls this through
-    `factory.gate.submit_answers`.
+    `leases_checked`, a task leased to someone else is refused too.  A check only: answers enter the
+    ledger through `factory.gate.submit_answers`, which applies the same rules (and the lease first).
     """
     ledger = fx.ledger
     spec = fx.spec(t["dataset"])

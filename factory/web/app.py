@@ -179,7 +179,8 @@ def create_app(root: str | Path | None = None, *, dagster_url: str = "http://127
         # expert-tier tasks (arbitration) never reach annotators' queues
         # the dispatch policy the simulator uses too (workforce.can_take): tier, domain, registration, limits
         t = dispatch_next_task(fx, user.name, dataset=dataset, lease_seconds=lease_seconds,
-                               exclude_kinds=EXPERT_TASK_KINDS if user.role != "expert" else None)
+                               exclude_kinds=EXPERT_TASK_KINDS if user.role != "expert" else None,
+                               spec_of=specs.get)
         if t is None:
             return Response(status_code=204)
         return D.task_payload(fx, specs, t)
@@ -205,7 +206,7 @@ def create_app(root: str | Path | None = None, *, dagster_url: str = "http://127
         # the gate: lease first (409 naming nobody), then the workforce rules (403), schema (422), idempotency
         res = submit_answer(fx, Answer(label=body.label, annotator=user.name, task_id=task_id,
                                        submission_id=body.submission_id, where=f"task {task_id}"),
-                            source="web", require_lease=True)
+                            source="web", require_lease=True, spec_of=specs.get)
         if res["duplicate"]:
             response.status_code = 200
         return {"task_id": task_id, "label": body.label, "event_id": res["event_id"], "duplicate": res["duplicate"],
@@ -285,7 +286,7 @@ def create_app(root: str | Path | None = None, *, dagster_url: str = "http://127
         # the gate: a registered, active expert of the domain, a rationale, a disputed item, no task held by another
         res = submit_answer(fx, Answer(label=body.label, annotator=user.name, dataset=body.dataset, item_id=item_id,
                                        rationale=body.rationale, evidence=evidence, where=f"item {item_id}"),
-                            source="web-arbitration")
+                            source="web-arbitration", spec_of=specs.get)
         return {"event_id": res["event_id"], "tasks": res.get("tasks", [])}
 
     @app.post("/api/items/{item_id}/guideline-gap", tags=["arbitration"], status_code=201)
