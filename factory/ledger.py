@@ -767,7 +767,7 @@ class Ledger:
             ts = start.isoformat(timespec="microseconds")
             until = (start + timedelta(seconds=lease_seconds)).isoformat(timespec="microseconds")
             params = {"me": annotator, "ts": ts, "floor": self._queue_floor(floor_key), "skip": 0,
-                      "n": 1 if accept is None and prefer is None else self.POLICY_WINDOW,
+                      "n": 1 if prefer is None else self.POLICY_WINDOW,
                       **({"dataset": dataset} if dataset else {})}
             try:
                 with self.engine.begin() as c:
@@ -802,8 +802,9 @@ class Ledger:
                 continue
         raise TaskConflict(f"could not lease a task to {annotator}: too much contention, try again")
 
-    # how many free tasks the dispatch policy sees at once (in queue order); the queue is walked window by window
-    POLICY_WINDOW = 200
+    # how many free tasks a preference (`prefer`) chooses among, in queue order; without one the queue is walked
+    # a task at a time until `accept` takes one (the SQL's tier filter already removed most refusals)
+    POLICY_WINDOW = 25
 
     def _pick(self, c, free_sql, params: dict, accept, prefer) -> dict | None:
         """The free task to lease: the first in queue order, or the policy's preferred accepted one."""

@@ -392,7 +392,8 @@ def next_task(fx, annotator: str, *, dataset: str | None = None, exclude_kinds=N
     return fx.ledger.next_task(
         annotator, dataset=dataset, exclude_kinds=exclude_kinds, lease_seconds=lease_seconds, tiers=tiers,
         accept=lambda t: can_take(person, t, load=held, registered_only=registered_only(t["dataset"])),
-        prefer=pull_preference, may_add=person is None or held < person["max_open_tasks"])
+        # an L1 person (or someone not registered) is offered L1 tasks only: the preference would be queue order
+        prefer=pull_preference if len(tiers) > 1 else None, may_add=person is None or held < person["max_open_tasks"])
 
 
 def shown_kind_and_reasons(kind: str, reasons: Sequence[str]) -> tuple[str, list[str]]:
