@@ -359,10 +359,11 @@ def tasks_answer(task_id: str, label: str, annotator: str, rationale: str | None
     """Answer TASK_ID with LABEL (one of the dataset's classes).  Instead of a task id you may name the item,
     by its item id or your own id (task.id_column), when it has exactly one open task.
 
-    The workforce rules apply: a suspended or under-tier annotator, a task leased to someone else,
-    a review of one's own label and an arbitration without a rationale are refused and logged.
+    The answer goes through the gate (factory.gate): a task leased to someone else, a suspended or
+    under-tier annotator, an unregistered one above L1, a review of one's own label and an
+    arbitration without a rationale are refused (and logged in the annotator's history).
     """
-    from factory.workforce import submit
+    from factory.gate import submit
 
     fx = _fx(root)
     task_id = _resolve_task(fx, task_id)
@@ -377,13 +378,17 @@ def tasks_answer(task_id: str, label: str, annotator: str, rationale: str | None
 
 @tasks.command("import")
 @click.argument("csv_path", type=click.Path(exists=True, dir_okay=False))
+@click.option("--dry-run", is_flag=True, help="Check every row, write nothing.")
 @click.option("--root", default=None, help=ROOT_HELP)
-def tasks_import(csv_path: str, root: str | None) -> None:
-    """Import answers from a CSV with columns task_id (or item_id: the factory's or your own id), annotator, label.
+def tasks_import(csv_path: str, dry_run: bool, root: str | None) -> None:
+    """Import answers from a CSV with columns task_id (or item_id: the factory's or your own id), annotator, label,
+    and optionally rationale (required on arbitration tasks) and submission_id (a retried import adds nothing twice).
 
-    Every row is checked first (task exists and is open, label in the schema); if any row is bad,
-    nothing is imported and every bad row is listed.
+    Every row goes through the same gate as a single answer (leases, workforce rules, schema); if
+    any row is refused, nothing is imported and one report lists every refused row with its cause.
     """
+    from factory.gate import Answer, submit_answers
+
     fx = _fx(root)
     try:
         df = pd.read_csv(csv_path, dtype=str, keep_default_na=False)
@@ -391,49 +396,36 @@ def tasks_import(csv_path: str, root: str | None) -> None:
         _fail(f"{csv_path}: not a readable CSV ({e})")
     missing = [c for c in ("annotator", "label") if c not in df.columns]
     if missing or not ({"task_id", "item_id"} & set(df.columns)):
-        _fail(f"{csv_path}: needs columns task_id (or item_id), annotator, label; found {list(df.columns)}")
-    open_tasks = fx.ledger.tasks(status="open")
-    by_item = open_tasks.groupby("item_id")["task_id"].agg(list).to_dict()
-    specs: dict = {}
-    problems, plan = [], []
-    seen: set = set()
-    for i, r in enumerate(df.itertuples(index=False), start=2):
-        tid = getattr(r, "task_id", "") or ""
+        _fail(f"{csv_path}: needs columns task_id (or item_id), annotator, label (and rationale for arbitrations); "
+              f"found {list(df.columns)}")
+    by_item = None
+    problems, answers = [], []
+    for i, r in enumerate(df.to_dict("records"), start=2):
+        where = f"{csv_path} row {i}"
+        tid = r.get("task_id", "") or ""
         if not tid:
-            ident = getattr(r, "item_id", "")
+            if by_item is None:
+                open_tasks = fx.ledger.tasks(status="open")
+                by_item = open_tasks.groupby("item_id")["task_id"].agg(list).to_dict()
+            ident = r.get("item_id", "")
             cands = by_item.get(ident) or [t for _, i in fx.ledger.resolve_item(None, ident)
                                            for t in by_item.get(i, [])]
             if len(cands) != 1:
-                problems.append(f"row {i}: item_id '{ident}' has {len(cands)} open tasks; give task_id")
+                problems.append(f"{where}: item_id '{ident}' has {len(cands)} open tasks; give task_id")
                 continue
             tid = cands[0]
-        t = fx.ledger.task(tid)
-        if t is None:
-            problems.append(f"row {i}: task '{tid}' does not exist")
-            continue
-        if tid in seen:
-            problems.append(f"row {i}: task '{tid}' appears twice in the file")
-            continue
-        seen.add(tid)
-        if tid not in set(open_tasks["task_id"]):
-            problems.append(f"row {i}: task '{tid}' is already answered")
-            continue
-        spec = specs.setdefault(t["dataset"], fx.spec(t["dataset"]))
-        if r.label not in spec.class_names:
-            problems.append(f"row {i}: label '{r.label}' is not in the schema {spec.class_names}")
-            continue
-        if not r.annotator.strip():
-            problems.append(f"row {i}: annotator is empty")
-            continue
-        plan.append((tid, r.label, r.annotator, spec))
+        answers.append(Answer(label=r["label"], annotator=r["annotator"].strip(), task_id=tid,
+                              rationale=r.get("rationale") or None, submission_id=r.get("submission_id") or None,
+                              where=where))
+    rep = submit_answers(fx, answers, source="import", dry_run=dry_run or bool(problems))
+    problems += [f"{x.where}: {x.cause}" for x in rep.refused]
     if problems:
-        _fail(f"{csv_path}: nothing imported, {len(problems)} bad row(s):\n  " + "\n  ".join(problems[:50]))
-    # one transaction: every answer is written or none
-    fx.ledger.answer_tasks([{"task_id": tid, "label": label, "annotator": who, "source": "import",
-                             "spec_version": spec.version, "guideline_version": spec.guideline.version}
-                            for tid, label, who, spec in plan],
-                           {ds: sp.class_names for ds, sp in specs.items()})
-    click.echo(f"imported {len(plan)} answers from {csv_path}")
+        _fail(f"{csv_path}: nothing imported, {len(problems)} refused row(s) of {len(df)}:\n  " + "\n  ".join(problems))
+    if dry_run:
+        click.echo(f"dry run: {rep.recorded} answer(s) from {csv_path} would be imported")
+        return
+    click.echo(f"imported {rep.recorded} answers from {csv_path}"
+               + (f" ({rep.duplicates} already recorded)" if rep.duplicates else ""))
 
 
 # ----------------------------------------------------------------------------- provenance and releases

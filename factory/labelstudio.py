@@ -3,8 +3,10 @@
 Export writes Label Studio's JSON task format: one task per routed factory task, `data.text` the
 item, `data.factory_task_id` the task id, and one prediction per labeler (plus the fusion) with
 `model_version` and `score`.  Import reads a Label Studio JSON export and turns its annotations into
-ordinary human label events; every annotation is checked first (known task, label in the schema,
-annotator mapped, no conflicting answer) and if anything is wrong nothing is imported.
+ordinary human label events through the answer gate (`factory.gate`): every annotation is checked
+first (known task, label in the schema, annotator mapped, then the gate's leases and workforce rules)
+and if anything is wrong nothing is imported.  A textarea result (e.g. `rationale`) becomes the
+answer's rationale, which an arbitration task requires.
 """
 from __future__ import annotations
 
@@ -14,6 +16,8 @@ from pathlib import Path
 from xml.sax.saxutils import quoteattr
 
 from factory.errors import FactoryError
+from factory.gate import Answer, submit_answers
+from factory.workforce import shown_kind_and_reasons
 
 FROM_NAME, TO_NAME = "label", "text"
 
@@ -49,6 +53,8 @@ def export_tasks(fx, batch_id: str, *, include_answered: bool = False) -> list[d
     by_item = {i: g for i, g in ev.groupby("item_id")}
     out = []
     for t in tasks.itertuples(index=False):
+        kind, reasons = shown_kind_and_reasons(t.kind, json.loads(t.reasons) if isinstance(t.reasons, str)
+                                               else list(t.reasons))  # a honeypot looks like an audit
         preds = []
         g = by_item.get(t.item_id)
         if g is not None:
@@ -60,8 +66,7 @@ def export_tasks(fx, batch_id: str, *, include_answered: bool = False) -> list[d
             "data": {"text": items.loc[t.item_id, "text"], "factory_task_id": t.task_id, "item_id": t.item_id,
                      # the user's own id (spec task.id_column), so Label Studio shows the id they know
                      "external_id": items.loc[t.item_id, "external_id"] or None,
-                     "dataset": dataset, "batch_id": batch_id, "task_kind": t.kind,
-                     "reasons": json.loads(t.reasons) if isinstance(t.reasons, str) else list(t.reasons)},
+                     "dataset": dataset, "batch_id": batch_id, "task_kind": kind, "reasons": reasons},
             "predictions": preds,
         })
     return out
@@ -138,7 +143,6 @@ def plan_import(fx, path: str | Path, annotator_map: dict[str, str] | None = Non
         raise LabelStudioError(f"{path}: a Label Studio JSON export is a list of tasks, got {type(data).__name__}")
     ledger: Ledger = fx.ledger
     specs: dict = {}
-    task_tables: dict = {}  # (dataset, batch) -> its tasks with status, read once per batch
     seen: set[str] = set()
     for n, task in enumerate(data):
         rep.tasks += 1
@@ -180,7 +184,10 @@ def plan_import(fx, path: str | Path, annotator_map: dict[str, str] | None = Non
             if who is None:
                 rep.problems.append(f"{aw}: Label Studio user '{shown}' is not in the annotator map")
                 continue
-            answers.append({"task_id": tid, "label": labels[0], "annotator": who,
+            notes = [x for r in a.get("result", []) if r.get("type") == "textarea"
+                     for x in r.get("value", {}).get("text", [])]
+            answers.append({"task_id": tid, "label": labels[0], "annotator": who, "where": aw,
+                            "rationale": " ".join(map(str, notes)).strip() or None,
                             "submission_id": f"ls:{task.get('id', n)}:{a.get('id', len(answers))}",
                             "spec_version": spec.version, "guideline_version": spec.guideline.version,
                             "source": "label-studio",
@@ -193,33 +200,21 @@ def plan_import(fx, path: str | Path, annotator_map: dict[str, str] | None = Non
                                 f"({', '.join(a['annotator'] + '=' + a['label'] for a in answers)}); the factory "
                                 f"takes one answer per task: resolve it in Label Studio or arbitrate it here")
             continue
-        first = answers[0]
-        key = (t["dataset"], t["batch_id"])
-        if key not in task_tables:
-            task_tables[key] = ledger.tasks(t["dataset"], batch_id=t["batch_id"]).set_index("task_id")
-        row = task_tables[key].loc[tid]
-        if row["status"] == "answered":
-            if row["answer"] == first["label"] and row["annotator"] == first["annotator"]:
-                rep.duplicates += 1
-                continue
-            rep.problems.append(f"{where}: factory task '{tid}' is already answered '{row['answer']}' by "
-                                f"{row['annotator']}")
-            continue
-        rep.plan.append(first)
+        rep.plan.append(answers[0])
     return rep
 
 
 def import_export(fx, path: str | Path, annotator_map: dict[str, str] | None = None,
                   dry_run: bool = False) -> ImportReport:
-    """Import a Label Studio JSON export as human label events: all of it, or nothing if any problem."""
+    """Import a Label Studio JSON export as human label events through the gate: all of it, or nothing."""
     rep = plan_import(fx, path, annotator_map)
-    if rep.problems or dry_run or not rep.plan:
+    if rep.problems or not rep.plan:
         return rep
-    classes = {}
-    for a in rep.plan:
-        t = fx.ledger.task(a["task_id"])
-        classes.setdefault(t["dataset"], fx.spec(t["dataset"]).class_names)
-    results = fx.ledger.answer_tasks(rep.plan, classes)
-    rep.recorded = sum(not r["duplicate"] for r in results)
-    rep.duplicates += sum(r["duplicate"] for r in results)
+    answers = [Answer(label=a["label"], annotator=a["annotator"], task_id=a["task_id"], rationale=a.get("rationale"),
+                      submission_id=a["submission_id"], payload=a["payload"], where=a["where"]) for a in rep.plan]
+    gate = submit_answers(fx, answers, source="label-studio", dry_run=dry_run)
+    rep.problems += [f"{r.where}: {r.cause}" for r in gate.refused]
+    if not rep.problems:
+        rep.recorded = 0 if dry_run else gate.recorded
+        rep.duplicates += gate.duplicates
     return rep

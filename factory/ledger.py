@@ -8,7 +8,9 @@ deleted row is found by `verify_chain`.
 from __future__ import annotations
 
 import hashlib
+import hmac
 import json
+import secrets
 import time
 import uuid
 from collections.abc import Iterable, Sequence
@@ -208,6 +210,15 @@ login_failures = sa.Table(
     sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
     sa.Column("key", sa.String(300), nullable=False, index=True),
     sa.Column("at", sa.Float, nullable=False),
+)
+
+# per-ledger secrets (the task-id key): made once at random, kept with the ledger so that a rerun after a
+# crash derives the same task ids, never shown to anyone
+ledger_keys = sa.Table(
+    "ledger_keys", metadata,
+    sa.Column("name", sa.String(64), primary_key=True),
+    sa.Column("value", sa.String(128), nullable=False),
+    sa.Column("created_at", sa.String(32), nullable=False),
 )
 
 GENESIS = "0" * 64
@@ -523,10 +534,41 @@ class Ledger:
         return {"events": int(n), "head": head.hash, "seq": int(head.seq)}
 
     # ----------------------------------------------------------------- tasks and answers
+    def _key(self, name: str) -> str:
+        """A per-ledger secret, made at random on first use (two first users: the first insert wins)."""
+        cache = self.__dict__.setdefault("_keys", {})
+        if name not in cache:
+            for _attempt in range(3):
+                with self.reader.connect() as c:
+                    row = c.execute(sa.select(ledger_keys.c.value).where(ledger_keys.c.name == name)).first()
+                if row:
+                    cache[name] = row[0]
+                    break
+                try:
+                    with self.engine.begin() as c:
+                        c.execute(ledger_keys.insert().values(name=name, value=secrets.token_hex(32), created_at=now()))
+                except sa.exc.IntegrityError:
+                    continue
+        return cache[name]
+
+    def public_task_id(self, key: str) -> str:
+        """The task id people see for an internal task key: HMAC-SHA256 under this ledger's secret.
+
+        Deterministic for one ledger (a rerun after a crash finds the tasks it made), unguessable
+        for anyone without the secret (one's own task ids say nothing about other people's).
+        """
+        return "t_" + hmac.new(self._key("task_id").encode(), key.encode(), hashlib.sha256).hexdigest()[:24]
+
     def create_tasks(self, task_rows: Sequence[dict]) -> int:
-        """Create review tasks; a task id that exists already is left as it is (idempotent)."""
+        """Create review tasks; a task id that exists already is left as it is (idempotent).
+
+        Rows marked `keyed` (made by `pipeline._task`) carry an internal key as task_id; it is
+        replaced here by `public_task_id(key)`.
+        """
         if not task_rows:
             return 0
+        task_rows = [{k: v for k, v in dict(t, task_id=self.public_task_id(t["task_id"])).items() if k != "keyed"}
+                     if t.get("keyed") else {k: v for k, v in t.items() if k != "keyed"} for t in task_rows]
         ids = [t["task_id"] for t in task_rows]
         with self.engine.begin() as c:
             have: set[str] = set()
@@ -614,6 +656,18 @@ class Ledger:
         out = []
         with self.engine.begin() as c:
             for a in answers:
+                if a.get("arbitration"):  # an expert's decision on an item (dataset, item_id, rationale)
+                    classes = list(map(str, classes_by_dataset[a["dataset"]]))
+                    if str(a["label"]) not in classes:
+                        raise TaskError(f"item '{a['item_id']}': label '{a['label']}' is not in the schema {classes}")
+                    if not a.get("rationale") or not str(a["rationale"]).strip():
+                        raise TaskError(f"item '{a['item_id']}': an arbitration needs a rationale (why this label)")
+                    out.append(self._arbitrate(c, a["dataset"], a["item_id"], str(a["label"]), a["annotator"],
+                                               a["rationale"], spec_version=a.get("spec_version"),
+                                               guideline_version=a.get("guideline_version"),
+                                               evidence=a.get("evidence"), source=a.get("source", "import"),
+                                               submission_id=a.get("submission_id")))
+                    continue
                 t = c.execute(sa.select(tasks).where(tasks.c.task_id == a["task_id"])).mappings().first()
                 if t is None:
                     raise TaskNotFound(f"task '{a['task_id']}': no such task")
@@ -624,7 +678,8 @@ class Ledger:
                                         spec_version=a.get("spec_version"),
                                         guideline_version=a.get("guideline_version"),
                                         source=a.get("source", "import"), submission_id=a.get("submission_id"),
-                                        extra=a.get("payload")))
+                                        extra=a.get("payload"), correct=bool(a.get("correct")),
+                                        require_lease=bool(a.get("require_lease"))))
         return out
 
     def _task_history(self, c, task_id: str) -> list[dict]:
@@ -657,26 +712,31 @@ class Ledger:
         task_id = t["task_id"]
         history = self._task_history(c, task_id)
         if submission_id:
+            # idempotency is scoped to the submitter: someone else's submission id matches nothing of theirs
             for h in history:
-                if h["kind"] != "retraction" and json.loads(h["payload"]).get("submission_id") == submission_id:
+                if (h["kind"] != "retraction" and h["actor"] == annotator
+                        and json.loads(h["payload"]).get("submission_id") == submission_id):
                     if h["label"] != label:
                         raise TaskConflict(f"task '{task_id}': submission '{submission_id}' was already recorded "
                                            f"with label '{h['label']}'; a retry must carry the same answer")
                     return {"event_id": h["event_id"], "duplicate": True}
+        ts = now()
+        if require_lease and not correct:  # the lease first: a task you do not hold says nothing about itself
+            self._check_lease(c, task_id, annotator, ts)
         prior = self._live(history)
         if prior and not correct:
             first = prior[0]
             if first["label"] == label and first["actor"] == annotator:
                 return {"event_id": first["event_id"], "duplicate": True}
+            if first["actor"] != annotator:  # blind review: never another person's label or name
+                raise TaskConflict(f"task '{task_id}' was already answered by another person; your answer was "
+                                   f"not recorded")
             raise TaskConflict(f"task '{task_id}' was already answered '{first['label']}' by "
                                f"{first['actor']}; to correct it, answer again with --correct "
                                f"(the first answer is kept and superseded, never overwritten; on the web "
                                f"workbench: undo with U within the grace period, or ask an expert to arbitrate)")
         if correct and not prior:
             raise TaskError(f"task '{task_id}': nothing to correct, the task has no answer yet")
-        ts = now()
-        if require_lease and not correct:
-            self._check_lease(c, task_id, annotator, ts)
         n_retracted = sum(h["kind"] == "retraction" for h in history)
         n_answers = sum(h["kind"] != "retraction" for h in history)
         if correct:
@@ -737,7 +797,8 @@ class Ledger:
                     .select_from(tasks.outerjoin(a, a.c.task_id == tasks.c.task_id))
                     .where(floor, sa.or_(a.c.task_id.is_(None), a.c.lease_until < ts, a.c.assignee == me), ~skipped,
                            ~answered_item, *scope)
-                    .order_by(tasks.c.created_at, tasks.c.task_id).limit(1))
+                    .order_by(tasks.c.created_at, tasks.c.task_id)
+                    .limit(sa.bindparam("n", type_=sa.Integer)).offset(sa.bindparam("skip", type_=sa.Integer)))
             first_open = (sa.select(tasks.c.created_at).where(floor, *scope)
                           .order_by(tasks.c.created_at, tasks.c.task_id).limit(1))
             cache[key] = (held, free, first_open)
@@ -760,13 +821,16 @@ class Ledger:
 
     def next_task(self, annotator: str, *, dataset: str | None = None, kinds: Sequence[str] | None = None,
                   exclude_kinds: Sequence[str] | None = None, lease_seconds: float = 600,
-                  tiers: Sequence[str] | None = None) -> dict | None:
+                  tiers: Sequence[str] | None = None, accept=None, prefer=None, may_add: bool = True) -> dict | None:
         """Lease the next open task to `annotator` (or renew the one they hold); None when nothing is left.
 
         A task leased to someone else is not offered until the lease runs out; then it can be
         reassigned, and the first holder's late answer is refused (TaskConflict).  Tasks the
         annotator skipped, or whose item they already answered (blind overlap, no review of one's own
         label), are not offered to them; `tiers` limits the offer to tasks of those required tiers.
+        `accept(task) -> bool` and `prefer(task) -> sort key` are the dispatch policy
+        (`workforce.can_take`, `workforce.pull_preference`): the first preferred accepted task is
+        leased.  `may_add=False` (the person holds their limit of tasks) only renews a held lease.
         """
         shape = (bool(dataset), tuple(kinds or ()), tuple(exclude_kinds or ()), tuple(sorted(tiers or ())))
         held_sql, free_sql, first_open_sql = self._queue_sql(*shape)
@@ -776,7 +840,8 @@ class Ledger:
             start = datetime.now(timezone.utc)
             ts = start.isoformat(timespec="microseconds")
             until = (start + timedelta(seconds=lease_seconds)).isoformat(timespec="microseconds")
-            params = {"me": annotator, "ts": ts, "floor": self._queue_floor(floor_key),
+            params = {"me": annotator, "ts": ts, "floor": self._queue_floor(floor_key), "skip": 0,
+                      "n": 1 if prefer is None else self.POLICY_WINDOW,
                       **({"dataset": dataset} if dataset else {})}
             try:
                 with self.engine.begin() as c:
@@ -790,10 +855,11 @@ class Ledger:
                         born = floors.get(floor_key, (time.monotonic(), ""))[0] if params["floor"] else time.monotonic()
                         floors[floor_key] = (born, first_open)
                         params["floor"] = first_open
-                    row = c.execute(free_sql, params).mappings().first()
+                    if not may_add:
+                        return None
+                    row = self._pick(c, free_sql, params, accept, prefer)
                     if row is None:
                         return None
-                    row = dict(row)
                     if row.pop("leased") is None:
                         c.execute(a.insert().values(task_id=row["task_id"], assignee=annotator, assigned_at=ts,
                                                     lease_until=until, n_assignments=1))
@@ -809,6 +875,24 @@ class Ledger:
             except sa.exc.IntegrityError:
                 continue
         raise TaskConflict(f"could not lease a task to {annotator}: too much contention, try again")
+
+    # how many free tasks a preference (`prefer`) chooses among, in queue order; without one the queue is walked
+    # a task at a time until `accept` takes one (the SQL's tier filter already removed most refusals)
+    POLICY_WINDOW = 25
+
+    def _pick(self, c, free_sql, params: dict, accept, prefer) -> dict | None:
+        """The free task to lease: the first in queue order, or the policy's preferred accepted one."""
+        if accept is None and prefer is None:
+            row = c.execute(free_sql, params).mappings().first()
+            return dict(row) if row else None
+        while True:
+            rows = [dict(r) for r in c.execute(free_sql, params).mappings()]
+            ok = [r for r in rows if accept is None or accept(r)]
+            if ok:
+                return min(ok, key=prefer) if prefer else ok[0]
+            if len(rows) < params["n"]:
+                return None
+            params = dict(params, skip=params["skip"] + params["n"])
 
     def assignment(self, task_id: str) -> dict | None:
         """The task's current lease (assignee, lease_until), or None if it was never assigned."""
@@ -895,36 +979,52 @@ class Ledger:
                             f"use one of {list(classes)}")
         if not rationale or not str(rationale).strip():
             raise TaskError(f"item '{item_id}': an arbitration needs a rationale (why this label)")
-        label = str(label)
-        meta = {"spec_version": spec_version, "guideline_version": guideline_version}
         with self.engine.begin() as c:
-            item = self._item(c, dataset, item_id)
-            arb_id = uuid.uuid4().hex
-            ts = now()
-            events, corrected = [], []
-            for t in c.execute(sa.select(tasks).where(tasks.c.dataset == dataset, tasks.c.item_id == item_id)
-                               .order_by(tasks.c.created_at)).mappings():
-                history = self._task_history(c, t["task_id"])
-                live = self._live(history)
-                if live and live[-1]["label"] == label:
-                    continue
-                n_retracted = sum(h["kind"] == "retraction" for h in history)
-                n_answers = sum(h["kind"] != "retraction" for h in history)
-                key = (f"correction:{t['task_id']}:{n_answers}" if live else
-                       f"answer:{t['task_id']}" + (f":{n_retracted}" if n_retracted else ""))
-                events.append({"event_id": uuid.uuid4().hex, "dedup_key": key, "batch_id": t["batch_id"],
-                               "item_id": item_id, "task_id": t["task_id"], "kind": "correction" if live else "human",
-                               "actor": expert, "label": label,
-                               "payload": {"task_kind": t["kind"], "source": "arbitration", "submission_id": None,
-                                           "arbitration": arb_id},
-                               "supersedes": live[-1]["event_id"] if live else None, "created_at": ts, **meta})
-                corrected.append(t["task_id"])
-            arb = {"event_id": arb_id, "batch_id": item["batch_id"], "item_id": item_id, "kind": "arbitration",
-                   "actor": expert, "label": label, "created_at": ts,
-                   "payload": {"rationale": str(rationale).strip(), "tasks": corrected, "evidence": evidence or {}},
-                   **meta}
-            self._append(c, dataset, [arb, *events])
-        return {"event_id": arb_id, "tasks": corrected}
+            return self._arbitrate(c, dataset, item_id, str(label), expert, rationale, spec_version=spec_version,
+                                   guideline_version=guideline_version, evidence=evidence)
+
+    def _arbitrate(self, c, dataset: str, item_id: str, label: str, expert: str, rationale: str, *,
+                   spec_version: str | None = None, guideline_version: str | None = None,
+                   evidence: dict | None = None, source: str = "arbitration",
+                   submission_id: str | None = None) -> dict:
+        meta = {"spec_version": spec_version, "guideline_version": guideline_version}
+        item = self._item(c, dataset, item_id)
+        if submission_id:  # idempotent retry of the same expert's decision (scoped to the expert)
+            for r in c.execute(sa.select(label_events.c.event_id, label_events.c.label, label_events.c.payload)
+                               .where(label_events.c.dataset == dataset, label_events.c.item_id == item_id,
+                                      label_events.c.kind == "arbitration", label_events.c.actor == expert)):
+                if json.loads(r.payload).get("submission_id") == submission_id:
+                    if r.label != label:
+                        raise TaskConflict(f"item '{item_id}': submission '{submission_id}' was already "
+                                           f"recorded with another label; a retry must carry the same answer")
+                    return {"event_id": r.event_id, "tasks": [], "duplicate": True}
+        arb_id = uuid.uuid4().hex
+        ts = now()
+        events, corrected = [], []
+        for t in c.execute(sa.select(tasks).where(tasks.c.dataset == dataset, tasks.c.item_id == item_id)
+                           .order_by(tasks.c.created_at)).mappings():
+            history = self._task_history(c, t["task_id"])
+            live = self._live(history)
+            if live and live[-1]["label"] == label:
+                continue
+            n_retracted = sum(h["kind"] == "retraction" for h in history)
+            n_answers = sum(h["kind"] != "retraction" for h in history)
+            key = (f"correction:{t['task_id']}:{n_answers}" if live else
+                   f"answer:{t['task_id']}" + (f":{n_retracted}" if n_retracted else ""))
+            events.append({"event_id": uuid.uuid4().hex, "dedup_key": key, "batch_id": t["batch_id"],
+                           "item_id": item_id, "task_id": t["task_id"], "kind": "correction" if live else "human",
+                           "actor": expert, "label": label,
+                           "payload": {"task_kind": t["kind"], "source": "arbitration", "submission_id": None,
+                                       "arbitration": arb_id, "door": source},
+                           "supersedes": live[-1]["event_id"] if live else None, "created_at": ts, **meta})
+            corrected.append(t["task_id"])
+        arb = {"event_id": arb_id, "batch_id": item["batch_id"], "item_id": item_id, "kind": "arbitration",
+               "actor": expert, "label": label, "created_at": ts,
+               "payload": {"rationale": str(rationale).strip(), "tasks": corrected, "evidence": evidence or {},
+                           "source": source, "submission_id": submission_id},
+               **meta}
+        self._append(c, dataset, [arb, *events])
+        return {"event_id": arb_id, "tasks": corrected, "duplicate": False}
 
     def flag_guideline_gap(self, dataset: str, item_id: str, expert: str, note: str, *,
                            guideline_version: str | None = None) -> dict:

@@ -76,7 +76,8 @@ def _meta(spec: DatasetSpec, run_id: str | None) -> dict:
 
 
 def task_id_for(dataset: str, batch_id: str, item_id: str, kind: str) -> str:
-    return "t_" + hashlib.sha256(f"{dataset}|{batch_id}|{item_id}|{kind}".encode()).hexdigest()[:16]
+    """The internal key of a task (deterministic: a rerun finds it); people see `Ledger.public_task_id(key)`."""
+    return "k_" + hashlib.sha256(f"{dataset}|{batch_id}|{item_id}|{kind}".encode()).hexdigest()[:16]
 
 
 # ----------------------------------------------------------------------------- design
@@ -143,7 +144,8 @@ def required_tier(spec: DatasetSpec, label: str | None, reasons: list[str], meta
 def _task(dataset: str, batch_id: str, item_id: str, kind: str, reasons: list[str], *, tier: str = "L1",
           suggestion: str | None = None, run_id: str | None = None, round_: int = 1, domain: str | None = None) -> dict:
     kid = kind if round_ == 1 else f"{kind}#{round_}"
-    return dict(task_id=task_id_for(dataset, batch_id, item_id, kid), dataset=dataset, batch_id=batch_id,
+    # keyed: the ledger turns the key into the unguessable public id when it creates the task
+    return dict(task_id=task_id_for(dataset, batch_id, item_id, kid), keyed=True, dataset=dataset, batch_id=batch_id,
                 item_id=item_id, kind=kind, reasons=reasons, suggestion=suggestion, run_id=run_id,
                 required_tier=tier, domain=domain)
 
@@ -226,6 +228,24 @@ class TrainedLabelers:
                      training_hash=lb.info.training_hash, n_train=lb.info.n_train) for lb in self.labelers]
 
 
+GIVE_UP_AFTER_SKIPS = 2  # distinct people who skipped a first-pass task before the batch stops waiting for it
+
+
+def given_up_tasks(fx: Factory, dataset: str) -> set[str]:
+    """Open seed/annotate tasks skipped by GIVE_UP_AFTER_SKIPS different people: nobody will label them.
+
+    The batch stops waiting for them; in mode human-model their item, if nobody answered it at all,
+    is routed up a tier as `missing_label` (an omission the verification step must see).
+    """
+    skips = fx.ledger.events(dataset, kind="skip")
+    if skips.empty:
+        return set()
+    open_tasks = fx.ledger.tasks(dataset, status="open")
+    first = set(open_tasks.loc[open_tasks["kind"].isin(["seed", "annotate"]), "task_id"])
+    n = skips[skips["task_id"].isin(first)].groupby("task_id")["actor"].nunique()
+    return set(n.index[n >= GIVE_UP_AFTER_SKIPS])
+
+
 def train_labelers(fx: Factory, dataset: str, batch_id: str | None = None, seed: int = 0) -> TrainedLabelers:
     """Train (or reuse, if the same human labels were seen before) the differentiated labelers."""
     from factory.labelers import Labeler, labeler_suite_version, make_labelers, training_hash
@@ -233,8 +253,9 @@ def train_labelers(fx: Factory, dataset: str, batch_id: str | None = None, seed:
     spec = fx.spec(dataset)
     if batch_id is not None:
         open_tasks = fx.ledger.tasks(dataset, status="open")
-        first = open_tasks[(open_tasks["kind"] == "seed")
-                           | ((open_tasks["kind"] == "annotate") & (open_tasks["batch_id"] == batch_id))]
+        first = open_tasks[((open_tasks["kind"] == "seed")
+                            | ((open_tasks["kind"] == "annotate") & (open_tasks["batch_id"] == batch_id)))
+                           & ~open_tasks["task_id"].isin(given_up_tasks(fx, dataset))]
         if len(first):
             raise NotReadyError(f"waiting for people: {len(first)} seed/annotation task(s) of '{dataset}' are open; "
                                 f"answer them (`factory tasks list --dataset {dataset}`) and rerun")
@@ -716,7 +737,13 @@ def _honeypots(fx: Factory, spec: DatasetSpec, dataset: str, batch_id: str, n_ta
         return []
     n = min(len(gold), max(1, int(round(rate * n_tasks))))
     pick = gold.sample(n=n, random_state=seed)["item_id"]
-    return [_task(dataset, batch_id, i, "gold", ["honeypot"], run_id=run_id) for i in pick]
+    # like an audit task, a honeypot shows the models' fused label (never the gold one) where suggestions are
+    # shown: a task without a suggestion among tasks with one would give the honeypot away
+    fused: dict = {}
+    if spec.review.show_model_suggestion:
+        ev = fx.ledger.events(dataset, kind="fusion")
+        fused = ev[ev["item_id"].isin(set(pick))].groupby("item_id")["label"].last().to_dict() if len(ev) else {}
+    return [_task(dataset, batch_id, i, "gold", ["honeypot"], run_id=run_id, suggestion=fused.get(i)) for i in pick]
 
 
 # ----------------------------------------------------------------------------- final labels
@@ -839,7 +866,8 @@ def final_labels(fx: Factory, dataset: str, batch_id: str, run_id: str | None = 
     classes = spec.class_names
 
     tasks = fx.ledger.tasks(dataset, batch_id=batch_id)
-    waiting = tasks[(tasks["status"] == "open") & (tasks["kind"] != "gold")]
+    waiting = tasks[(tasks["status"] == "open") & (tasks["kind"] != "gold")
+                    & ~tasks["task_id"].isin(given_up_tasks(fx, dataset))]
     if len(waiting):
         raise NotReadyError(f"waiting for people: {len(waiting)} of {len(tasks)} task(s) of batch {batch_id} "
                             f"are open (`factory tasks list --batch {batch_id}`)")

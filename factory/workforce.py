@@ -4,7 +4,8 @@ Annotators are pseudonymous ids with a tier (L1 < L2 < L3 < expert), domains and
 change of an annotator (added, certified, failed a test, suspended, reinstated, proposed for promotion,
 promoted) is an event with its reason; the registry row is the current state derived from them.
 Gold items (known answers) serve qualification tests and hidden honeypots; their true label never
-reaches an annotator (tasks carry no suggestion for them).
+reaches an annotator (a honeypot shows the models' fused label like an audit task, never the gold one,
+and looks like an audit task: `shown_kind_and_reasons`).
 """
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ import pandas as pd
 import sqlalchemy as sa
 
 from factory.errors import TaskError, TaskRefused
-from factory.ledger import Ledger, canonical, now
+from factory.ledger import Ledger, canonical, now, task_assignments
 from factory.quality import wilson_interval
 
 TIERS = ("L1", "L2", "L3", "expert")
@@ -260,23 +261,74 @@ class Workforce:
     def check_can_answer(self, annotator_id: str, task: dict, item_answered_by: Sequence[str] = (),
                          domain: str | None = None) -> dict:
         """Refuse an answer from a suspended, unqualified, unassigned annotator or on their own label."""
-        a = self.get(annotator_id)
-        if a["status"] != "active":
-            raise TaskRefused(f"annotator '{annotator_id}' is suspended and cannot answer task '{task['task_id']}'; "
-                            f"see `factory annotators show {annotator_id}`")
-        need = task.get("required_tier") or "L1"
-        if not tier_at_least(a["tier"], need):
-            raise TaskRefused(f"task '{task['task_id']}' needs tier {need}; annotator '{annotator_id}' is {a['tier']}")
-        if domain and a["domains"] and domain not in a["domains"] and need == "expert":
-            raise TaskRefused(f"task '{task['task_id']}' needs an expert of domain '{domain}'; "
-                            f"'{annotator_id}' covers {a['domains']}")
-        assigned = task.get("assigned_to")
-        if assigned and assigned != annotator_id:
-            raise TaskRefused(f"task '{task['task_id']}' is assigned to someone else, not to '{annotator_id}'")
-        if annotator_id in set(item_answered_by) and task.get("kind") in ("review", "verify", "arbitrate", "second"):
-            raise TaskRefused(f"task '{task['task_id']}' reviews a label that '{annotator_id}' gave; nobody "
-                            f"reviews their own label")
-        return a
+        return _check_person(self.get(annotator_id), task, item_answered_by, domain)
+
+
+def _check_person(a: dict, task: dict, item_answered_by: Iterable[str] = (), domain: str | None = None) -> dict:
+    """The rules on a registered person `a` (registry row) answering `task`; raises TaskRefused."""
+    annotator_id = a["annotator_id"]
+    if a["status"] != "active":
+        raise TaskRefused(f"annotator '{annotator_id}' is suspended and cannot answer task '{task['task_id']}'; "
+                          f"see `factory annotators show {annotator_id}`")
+    need = task.get("required_tier") or "L1"
+    if not tier_at_least(a["tier"], need):
+        raise TaskRefused(f"task '{task['task_id']}' needs tier {need}; annotator '{annotator_id}' is {a['tier']}")
+    if domain and a["domains"] and domain not in a["domains"] and need == "expert":
+        raise TaskRefused(f"task '{task['task_id']}' needs an expert of domain '{domain}'; "
+                          f"'{annotator_id}' covers {a['domains']}")
+    assigned = task.get("assigned_to")
+    if assigned and assigned != annotator_id:
+        raise TaskRefused(f"task '{task['task_id']}' is assigned to someone else, not to '{annotator_id}'")
+    if annotator_id in set(item_answered_by) and task.get("kind") in ("review", "verify", "arbitrate", "second"):
+        raise TaskRefused(f"task '{task['task_id']}' reviews a label that '{annotator_id}' gave; nobody "
+                          f"reviews their own label")
+    return a
+
+
+def registry_rows(ledger: Ledger, annotator_ids: Iterable[str]) -> dict[str, dict]:
+    """Registry rows (domains and languages decoded) of the given people who are registered, in one query."""
+    ids = sorted(set(annotator_ids))
+    if not ledger.__dict__.get("_workforce_tables"):  # made on first use (embedded), once per ledger object
+        wf_metadata.create_all(ledger.engine)
+        ledger.__dict__["_workforce_tables"] = True
+    with ledger.reader.connect() as c:
+        rows = c.execute(sa.select(annotators).where(annotators.c.annotator_id.in_(ids))).mappings().all() if ids else []
+    return {r["annotator_id"]: dict(r, domains=json.loads(r["domains"]), languages=json.loads(r["languages"]))
+            for r in rows}
+
+
+def _domains(person) -> list[str]:
+    d = person["domains"] if isinstance(person, dict) else person.domains
+    return json.loads(d) if isinstance(d, str) else list(d or [])
+
+
+def can_take(person: dict | None, task: dict, *, seen: Iterable[str] = (), load: int = 0,
+             registered_only: bool = False) -> bool:
+    """The one dispatch rule, for push (`dispatch`) and pull (`next_task`): may this person be given this task?
+
+    A registered person (registry row): active, tier at least the task's (an arbitration needs an
+    expert), below their `max_open_tasks`, of the task's domain when it needs an expert, and not
+    already on the item (blind overlap, nobody reviews their own label).  Someone not registered
+    (None): L1 tasks only, never an arbitration or qualification, and not at all when the spec says
+    `registered_only` — the same lines the gate (`answer_refusal`) holds at answer time.
+    """
+    need = "expert" if task.get("kind") == "arbitrate" else (task.get("required_tier") or "L1")
+    if person is None:
+        return not registered_only and need == "L1" and task.get("kind") not in ("arbitrate", "qualification")
+    domain = task.get("domain")
+    return (person["status"] == "active" and tier_at_least(person["tier"], need)
+            and person["annotator_id"] not in set(seen) and load < person["max_open_tasks"]
+            and (need != "expert" or not domain or not _domains(person) or domain in _domains(person)))
+
+
+def pull_preference(task: dict) -> tuple:
+    """Which of the tasks a person may take comes first: the one needing the highest tier, then queue order.
+
+    The mirror of `dispatch`'s choice of the lowest sufficient tier for a task: work that needs
+    a senior person goes to the senior person who asks, so experts stay on what only they can do.
+    """
+    need = "expert" if task.get("kind") == "arbitrate" else (task.get("required_tier") or "L1")
+    return (-RANK[need], str(task.get("created_at")), str(task.get("task_id")))
 
 
 def dispatch(tasks: pd.DataFrame, people: pd.DataFrame, answered_by: dict[str, set[str]],
@@ -286,42 +338,74 @@ def dispatch(tasks: pd.DataFrame, people: pd.DataFrame, answered_by: dict[str, s
     `tasks` has task_id, item_id, kind, required_tier (and optionally domain); `people` is the
     registry; `answered_by` maps item_id to the annotators who already answered (or were assigned)
     that item, so overlap stays blind (one person per item) and nobody reviews their own label.
-    Returns task_id -> annotator_id (tasks nobody can take are left out).
+    Eligibility is `can_take` (the rule pull dispatch uses too).  Returns task_id -> annotator_id
+    (tasks nobody can take are left out).
     """
     rng = np.random.default_rng(seed)
     load = dict(open_load or {})
-    active = people[people["status"] == "active"]
+    people_rows = people.to_dict("records")
     out: dict[str, str] = {}
     seen = {k: set(v) for k, v in answered_by.items()}
     order = rng.permutation(len(tasks))
+    task_rows = tasks.to_dict("records")
     for i in order:
-        t = tasks.iloc[i]
-        need = t.get("required_tier") or "L1"
-        cands = [p for p in active.itertuples(index=False)
-                 if tier_at_least(p.tier, need) and p.annotator_id not in seen.get(t["item_id"], set())
-                 and load.get(p.annotator_id, 0) < p.max_open_tasks
-                 and (need != "expert" or not t.get("domain") or not json.loads(p.domains)
-                      or t.get("domain") in json.loads(p.domains))]
+        t = task_rows[i]
+        if t.get("domain") is not None and not isinstance(t.get("domain"), str):
+            t = dict(t, domain=None)  # NaN from a frame without domains
+        cands = [p for p in people_rows if can_take(p, t, seen=seen.get(t["item_id"], ()),
+                                                    load=load.get(p["annotator_id"], 0))]
         if not cands:
             continue
         # the lowest sufficient tier first (experts stay free for what needs them), then the least loaded
-        best = min(cands, key=lambda p: (RANK[p.tier], load.get(p.annotator_id, 0), p.annotator_id))
-        out[t["task_id"]] = best.annotator_id
-        load[best.annotator_id] = load.get(best.annotator_id, 0) + 1
-        seen.setdefault(t["item_id"], set()).add(best.annotator_id)
+        best = min(cands, key=lambda p: (RANK[p["tier"]], load.get(p["annotator_id"], 0), p["annotator_id"]))
+        out[t["task_id"]] = best["annotator_id"]
+        load[best["annotator_id"]] = load.get(best["annotator_id"], 0) + 1
+        seen.setdefault(t["item_id"], set()).add(best["annotator_id"])
     return pd.Series(out, dtype=object)
 
 
-def eligible_tiers(fx, annotator: str) -> tuple[str, ...] | None:
-    """The required tiers a person may take: up to their tier if registered (none if suspended); None = no filter."""
-    wf = Workforce(fx.ledger)
-    try:
-        a = wf.get(annotator)
-    except TaskError:
-        return None  # not in the registry: the spec decides (registered_only) when they answer
-    if a["status"] != "active":
+def next_task(fx, annotator: str, *, dataset: str | None = None, exclude_kinds=None,
+              lease_seconds: float = 600, spec_of=None) -> dict | None:
+    """Lease `annotator` their next task under the dispatch policy (`can_take`, `pull_preference`); None if none.
+
+    The workbench's queue: the ledger walks open tasks in queue order, skipping what the person
+    skipped or already answered; this policy keeps the tasks they may take (tier, domain,
+    registration, per-person limit) and takes the one needing the highest tier first.
+    """
+    person = registry_rows(fx.ledger, [annotator]).get(annotator)
+    if person is not None and person["status"] != "active":
         raise TaskRefused(f"annotator '{annotator}' is suspended; see `factory annotators show {annotator}`")
-    return tuple(t for t in TIERS if RANK[t] <= RANK[a["tier"]])
+    specs: dict = {}
+
+    def registered_only(ds: str) -> bool:
+        if ds not in specs:
+            specs[ds] = (spec_of or fx.spec)(ds).workforce.registered_only
+        return specs[ds]
+
+    held = 0
+    if person is not None:
+        a = task_assignments
+        with fx.ledger.reader.connect() as c:
+            held = c.execute(sa.select(sa.func.count()).select_from(a).where(
+                a.c.assignee == annotator, a.c.lease_until >= now())).scalar_one()
+    tiers = tuple(t for t in TIERS if RANK[t] <= RANK[person["tier"]]) if person is not None else ("L1",)
+    # at their limit of held tasks a person only renews the lease they hold (may_add=False)
+    return fx.ledger.next_task(
+        annotator, dataset=dataset, exclude_kinds=exclude_kinds, lease_seconds=lease_seconds, tiers=tiers,
+        accept=lambda t: can_take(person, t, load=held, registered_only=registered_only(t["dataset"])),
+        # an L1 person (or someone not registered) is offered L1 tasks only: the preference would be queue order
+        prefer=pull_preference if len(tiers) > 1 else None, may_add=person is None or held < person["max_open_tasks"])
+
+
+def shown_kind_and_reasons(kind: str, reasons: Sequence[str]) -> tuple[str, list[str]]:
+    """What the person answering sees of a task's kind and reasons: a hidden gold task looks like an audit.
+
+    A honeypot that announced itself would measure nothing; every page, API payload and export
+    an annotator sees goes through this.
+    """
+    if kind == "gold":
+        return "audit", ["audit"]
+    return kind, list(reasons)
 
 
 def _lease_holder(ledger: Ledger, task_id: str) -> str | None:
@@ -341,7 +425,6 @@ def _stable_round(*parts: str) -> int:
 
 def open_qualification(fx, dataset: str, annotator_id: str, tier: str, n: int, seed: int = 0) -> list[str]:
     """Open a qualification test: n gold items as tasks leased to `annotator_id` alone (no answer shown)."""
-    from factory.ledger import task_assignments
     from factory.pipeline import _task
 
     wf = Workforce(fx.ledger)
@@ -354,68 +437,72 @@ def open_qualification(fx, dataset: str, annotator_id: str, tier: str, n: int, s
     rows = [_task(dataset, "qualification", i, "qualification", [f"qualification test {tier} for {annotator_id}"],
                   tier="L1", round_=_stable_round(annotator_id, tier)) for i in pick]
     fx.ledger.create_tasks(rows)
+    ids = [fx.ledger.public_task_id(r["task_id"]) for r in rows]  # the keys became public ids
     far = "9999-12-31T00:00:00+00:00"
     with fx.ledger.engine.begin() as c:
-        for r in rows:
-            if c.execute(sa.select(task_assignments.c.task_id).where(task_assignments.c.task_id == r["task_id"])).first():
+        for tid in ids:
+            if c.execute(sa.select(task_assignments.c.task_id).where(task_assignments.c.task_id == tid)).first():
                 continue
-            c.execute(task_assignments.insert().values(task_id=r["task_id"], assignee=annotator_id, assigned_at=now(),
+            c.execute(task_assignments.insert().values(task_id=tid, assignee=annotator_id, assigned_at=now(),
                                                        lease_until=far, n_assignments=1))
-    return [r["task_id"] for r in rows]
+    return ids
+
+
+def answer_refusal(spec, person: dict | None, t: dict, annotator: str, *, item_answered_by: Iterable[str] = (),
+                   rationale: str | None = None) -> TaskError | None:
+    """The workforce rules for `annotator` answering task `t` (leases aside): the error to raise, or None.
+
+    `person` is the registry row (None: not registered).  Refused (TaskRefused): a suspended or
+    under-tier annotator, a review of one's own label, an arbitration or qualification by someone
+    not registered, anyone not registered on a task above L1, and anyone not registered when the spec
+    says `workforce.registered_only`.  An arbitration without a rationale is a TaskError.
+    """
+    need = t.get("required_tier") or "L1"
+    if t["kind"] == "arbitrate":
+        need = "expert"  # an arbitration is an expert's decision, whatever tier the task row says
+    if person is not None:
+        try:
+            _check_person(person, dict(t, required_tier=need), item_answered_by, spec.workforce.domain)
+        except TaskRefused as e:
+            return e
+    elif spec.workforce.registered_only or t["kind"] in ("arbitrate", "qualification") or need != "L1":
+        why = ("an arbitration needs a registered expert" if t["kind"] == "arbitrate" else
+               f"dataset '{t['dataset']}' accepts answers from registered annotators only" if
+               spec.workforce.registered_only or t["kind"] == "qualification" else
+               f"a task of tier {need} accepts answers from registered annotators only")
+        tier = "expert" if t["kind"] == "arbitrate" else need  # a hint that works when pasted: --tier is required
+        return TaskRefused(f"'{annotator}' is not in the annotator registry; {why} "
+                           f"(`factory annotators add {annotator} --tier {tier}`)")
+    if t["kind"] == "arbitrate" and (not rationale or not str(rationale).strip()):
+        return TaskError(f"task '{t['task_id']}' is an expert arbitration: the decision needs a rationale "
+                         f"(--rationale \"why this label\")")
+    return None
 
 
 def check_answer(fx, t: dict, annotator: str, *, rationale: str | None = None, leases_checked: bool = False) -> None:
-    """Apply the workforce rules to `annotator` answering task `t`; raise (and log) when they refuse.
+    """Apply the workforce rules (`answer_refusal`) to `annotator` answering task `t`; raise (and log) when they refuse.
 
-    Refused (TaskRefused, logged as a `refused_answer` event of a registered annotator): a suspended
-    or under-tier annotator, a task leased to someone else, a review of one's own label, an
-    arbitration by someone who is not a registered expert, anyone not in the registry when the spec
-    says `workforce.registered_only`.  An arbitration without a rationale is a TaskError.  With
-    `leases_checked`, the lease is left to `Ledger.answer_task(require_lease=True)`.
+    Refusals of a registered annotator are logged as `refused_answer` events.  Without
+    `leases_checked`, a task leased to someone else is refused too.  A check only: answers enter the
+    ledger through `factory.gate.submit_answers`, which applies the same rules (and the lease first).
     """
     ledger = fx.ledger
     spec = fx.spec(t["dataset"])
     wf = Workforce(ledger)
-    registered = set(wf.list()["annotator_id"])
-    # the workbench's ledger call checks leases itself (409 for an expired or reassigned task)
-    holder = None if leases_checked else _lease_holder(ledger, t["task_id"])
     try:
-        if annotator in registered:
-            ev = ledger.events(t["dataset"], item_id=t["item_id"], kind=["human", "correction"])
-            others = set(ev.loc[ev["task_id"] != t["task_id"], "actor"])
-            wf.check_can_answer(annotator, dict(t, assigned_to=holder), others, spec.workforce.domain)
-        elif spec.workforce.registered_only or t["kind"] in ("arbitrate", "qualification"):
-            raise TaskRefused(f"'{annotator}' is not in the annotator registry; "
-                              + ("an arbitration needs a registered expert" if t["kind"] == "arbitrate" else
-                                 f"dataset '{t['dataset']}' accepts answers from registered annotators only")
-                              + f" (`factory annotators add {annotator} --tier "
-                                 f"{'expert' if t['kind'] == 'arbitrate' else t.get('required_tier') or 'L1'}`)")
-        elif holder and holder != annotator:
-            raise TaskRefused(f"task '{t['task_id']}' is assigned to someone else, not to '{annotator}'")
-        if t["kind"] == "arbitrate" and (not rationale or not rationale.strip()):
-            raise TaskError(f"task '{t['task_id']}' is an expert arbitration: the decision needs a rationale "
-                            f"(--rationale \"why this label\")")
-    except TaskError as e:
-        if annotator in registered:
+        person = wf.get(annotator)
+    except TaskError:
+        person = None
+    holder = None if leases_checked else _lease_holder(ledger, t["task_id"])
+    err = None
+    if holder and holder != annotator:
+        err = TaskRefused(f"task '{t['task_id']}' is assigned to someone else, not to '{annotator}'")
+    if err is None:
+        ev = ledger.events(t["dataset"], item_id=t["item_id"], kind=["human", "correction"])
+        others = set(ev.loc[ev["task_id"] != t["task_id"], "actor"])
+        err = answer_refusal(spec, person, t, annotator, item_answered_by=others, rationale=rationale)
+    if err is not None:
+        if person is not None:
             with ledger.engine.begin() as c:
-                wf._event(c, annotator, "refused_answer", str(e), {"task_id": t["task_id"]})
-        raise
-
-
-def submit(fx, task_id: str, label: str, annotator: str, *, rationale: str | None = None, correct: bool = False,
-           source: str = "cli") -> dict:
-    """Record a person's answer after the workforce rules (`check_answer`): the CLI's entry point.
-
-    An answer to an arbitration task is the expert's final decision (`Ledger.arbitrate`).
-    """
-    t = fx.ledger.task(task_id)
-    if t is None:
-        raise TaskError(f"task '{task_id}': no such task; list open tasks with `factory tasks list`")
-    check_answer(fx, t, annotator, rationale=rationale)
-    spec = fx.spec(t["dataset"])
-    if t["kind"] == "arbitrate":
-        res = fx.ledger.arbitrate(t["dataset"], t["item_id"], label, annotator, rationale, spec.class_names,
-                                  spec_version=spec.version, guideline_version=spec.guideline.version)
-        return {"event_id": res["event_id"], "duplicate": False, "arbitration": True}
-    return fx.ledger.answer_task(task_id, label, annotator, spec.class_names, spec_version=spec.version,
-                                 guideline_version=spec.guideline.version, correct=correct, source=source)
+                wf._event(c, annotator, "refused_answer", str(err), {"task_id": t["task_id"]})
+        raise err

@@ -74,7 +74,7 @@ def test_people_in_the_loop_through_the_cli(cli, fx, bbc_small, truth, tmp_path,
     bad = pd.DataFrame(rows + [{"task_id": "t_missing", "annotator": "ann-2", "label": "tech"}])
     bad.to_csv(tmp_path / "bad.csv", index=False)
     res = cli("tasks", "import", tmp_path / "bad.csv", ok=False)
-    assert "nothing imported" in res.output and "task 't_missing' does not exist" in res.output
+    assert "nothing imported" in res.output and "bad.csv row 41: task 't_missing': no such task" in res.output
     assert len(fx.ledger.tasks("news", status="open")) == 39
     pd.DataFrame(rows).to_csv(tmp_path / "good.csv", index=False)
     assert "imported 39 answers" in cli("tasks", "import", tmp_path / "good.csv").output

@@ -33,8 +33,11 @@ def test_answer_rules(ledger):
         ledger.answer_task("t2", "c", "ann-1", CLASSES)
     with pytest.raises(TaskError, match="no such task"):
         ledger.answer_task("nope", "a", "ann-1", CLASSES)
-    with pytest.raises(TaskError, match="already answered 'a' by ann-1.*--correct"):
+    with pytest.raises(TaskError, match="already answered by another person") as blind:
         ledger.answer_task("t1", "b", "ann-2", CLASSES)
+    assert "ann-1" not in str(blind.value) and "'a'" not in str(blind.value)  # blind: no name, no label
+    with pytest.raises(TaskError, match="already answered 'a' by ann-1.*--correct"):  # one's own answer is shown
+        ledger.answer_task("t1", "b", "ann-1", CLASSES)
     assert ledger.answer_task("t1", "a", "ann-1", CLASSES)["duplicate"] is True
     with pytest.raises(TaskError, match="nothing to correct"):
         ledger.answer_task("t2", "a", "ann-1", CLASSES, correct=True)

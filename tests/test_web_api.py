@@ -129,7 +129,7 @@ def test_annotators_see_and_answer_only_their_tasks(web):
     assert c.get(f"/api/tasks/{b}", headers=h(web, "ann-1")).status_code == 404
     assert c.get(f"/api/tasks/{a}", headers=h(web, "ann-1")).status_code == 200
     r = c.post(f"/api/tasks/{b}/answer", json={"label": "tech", "submission_id": "x"}, headers=h(web, "ann-1"))
-    assert r.status_code == 409 and "reassigned" in r.json()["detail"]
+    assert r.status_code == 409 and "not assigned to ann-1" in r.json()["detail"] and "ann-2" not in r.json()["detail"]
     r = c.post("/api/tasks/t5/answer", json={"label": "tech", "submission_id": "y"}, headers=h(web, "ann-1"))
     assert r.status_code == 409 and "not assigned to ann-1" in r.json()["detail"]
 
@@ -146,7 +146,7 @@ def test_expired_and_reassigned_leases_are_409(tmp_path, monkeypatch):
     time.sleep(0.4)
     assert c.get("/api/tasks/next", headers=ann2).json()["task_id"] == first  # reassigned to ann-2
     r = c.post(f"/api/tasks/{first}/answer", json={"label": "tech", "submission_id": "b"}, headers=ann1)
-    assert r.status_code == 409 and "reassigned" in r.json()["detail"]
+    assert r.status_code == 409 and "not assigned to ann-1" in r.json()["detail"]
     r = c.post(f"/api/tasks/{first}/answer", json={"label": "sports", "submission_id": "c"}, headers=ann2)
     assert r.status_code == 201
     assert list(fx.ledger.events("news", kind="human")["actor"]) == ["ann-2"]
@@ -188,7 +188,10 @@ def test_skip_needs_a_reason_and_the_task_goes_to_someone_else(web):
 
 
 def test_arbitration_needs_a_rationale_and_makes_the_expert_label_final(web):
+    from factory.workforce import Workforce
+
     fx, c = web.fx, web.client
+    Workforce(fx.ledger).add("exp-1", "expert")  # an arbitration needs a registered expert (the gate)
     t0 = fx.ledger.task("t0")
     fx.ledger.create_tasks([dict(task_id="t0b", dataset="news", batch_id=t0["batch_id"], item_id=t0["item_id"],
                                  kind="audit", reasons=["audit"], suggestion="business")])
@@ -415,9 +418,9 @@ def test_next_offers_only_tasks_the_tier_allows_and_never_an_item_already_answer
         c.post(f"/api/tasks/{tid}/answer", json={"label": "tech", "submission_id": f"s-{tid}"}, headers=h(web, "ann-1"))
     assert "t_l3" not in seen                       # tier L3 is above ann-1's L1
     assert "t_own" not in seen and t0["task_id"] in seen  # ann-1 labelled that item: never reviews it
-    offered = []  # someone else (unregistered, so no tier filter) is offered both
+    offered = []  # someone not registered is offered L1 tasks only (registered-only above L1)
     while (r := c.get("/api/tasks/next", headers=h(web, "ann-2"))).status_code == 200:
         offered.append(r.json()["task_id"])
         c.post(f"/api/tasks/{offered[-1]}/answer", json={"label": "tech", "submission_id": f"s2-{offered[-1]}"},
                headers=h(web, "ann-2"))
-    assert offered == ["t_l3", "t_own"]
+    assert offered == ["t_own"]

@@ -120,6 +120,9 @@ def test_annotator_and_expert_in_a_real_browser(tmp_path, monkeypatch):
     classes, tasks = info["classes"], info["tasks"]
     store = UserStore.for_ledger(fx.ledger)
     tok = {n: store.add(n, r) for n, r in (("ann-1", "annotator"), ("ann-2", "annotator"), ("exp-1", "expert"))}
+    from factory.workforce import Workforce
+
+    Workforce(fx.ledger).add("exp-1", "expert")  # an arbitration needs a registered expert (factory.gate)
     # a second person already audited the first item with another answer than the one ann-1 will give
     first = tasks[0]
     fx.ledger.create_tasks([dict(task_id="t-audit", dataset="news", batch_id=first["batch_id"],

@@ -8,7 +8,8 @@ from hypothesis import strategies as st
 
 from factory.errors import TaskError
 from factory.ingest import ingest
-from factory.workforce import RANK, TIERS, Policy, Workforce, dispatch, open_qualification, submit
+from factory.gate import submit
+from factory.workforce import RANK, TIERS, Policy, Workforce, dispatch, open_qualification
 from tests.conftest import write_csv
 
 POLICY = Policy(pass_threshold={"L1": 0.6, "L2": 0.8, "L3": 0.9, "expert": 0.95}, test_size=10,
@@ -53,7 +54,7 @@ def test_certification_pass_and_fail(fx, team, truth):
 def test_a_qualification_task_belongs_to_its_candidate(fx, team):
     wf, _, _ = team
     tids = open_qualification(fx, "news", "ann-good", "L2", 10)
-    with pytest.raises(TaskError, match="assigned to someone else"):
+    with pytest.raises(TaskError, match="held by another person"):
         submit(fx, tids[0], "tech", "ann-bad")
     assert "refused_answer" in set(wf.events("ann-bad")["kind"])
 

@@ -27,7 +27,8 @@ from pydantic import BaseModel, Field
 
 from factory.anchoring import verify_ledger
 from factory.errors import FactoryError, TaskError, TaskRefused
-from factory.workforce import Workforce, check_answer, eligible_tiers
+from factory.gate import Answer, submit_answer
+from factory.workforce import Workforce, next_task as dispatch_next_task
 from factory.ledger import TaskConflict, TaskNotFound
 from factory.spec import NAME_RE as DATASET_RE
 from factory.users import UserStore
@@ -300,9 +301,10 @@ def create_app(root: str | Path | None = None, *, dagster_url: str = "http://127
     def next_task(dataset: str | None = None, user: User = needs(*WORKERS, write=True)) -> Any:
         """Lease the next open task to the caller (or return the one they hold); 204 when the queue is empty."""
         # expert-tier tasks (arbitration) never reach annotators' queues
-        t = fx.ledger.next_task(user.name, dataset=dataset, lease_seconds=lease_seconds,
-                                exclude_kinds=EXPERT_TASK_KINDS if user.role != "expert" else None,
-                                tiers=eligible_tiers(fx, user.name))
+        # the dispatch policy the simulator uses too (workforce.can_take): tier, domain, registration, limits
+        t = dispatch_next_task(fx, user.name, dataset=dataset, lease_seconds=lease_seconds,
+                               exclude_kinds=EXPERT_TASK_KINDS if user.role != "expert" else None,
+                               spec_of=specs.get)
         if t is None:
             return Response(status_code=204)
         return D.task_payload(fx, specs, t)
@@ -325,17 +327,13 @@ def create_app(root: str | Path | None = None, *, dagster_url: str = "http://127
                          422: {"description": "Label not in the dataset's schema."}})
     def answer(task_id: str, body: AnswerIn, response: Response, user: User = needs(*WORKERS, write=True)) -> dict:
         """Answer a task you hold; idempotent by `submission_id`."""
-        t = fx.ledger.task(task_id)
-        if t is None:
-            raise HTTPException(404, f"task '{task_id}': no such task")
-        spec = _spec(t["dataset"])
-        check_answer(fx, t, user.name, leases_checked=True)  # the workforce rules: suspension, tier, own label (403 when refused)
-        res = fx.ledger.answer_task(task_id, body.label, user.name, spec.class_names, spec_version=spec.version,
-                                    guideline_version=spec.guideline.version, source="web",
-                                    submission_id=body.submission_id, require_lease=True)
+        # the gate: lease first (409 naming nobody), then the workforce rules (403), schema (422), idempotency
+        res = submit_answer(fx, Answer(label=body.label, annotator=user.name, task_id=task_id,
+                                       submission_id=body.submission_id, where=f"task {task_id}"),
+                            source="web", require_lease=True, spec_of=specs.get)
         if res["duplicate"]:
             response.status_code = 200
-        return {"task_id": task_id, "label": body.label, **res,
+        return {"task_id": task_id, "label": body.label, "event_id": res["event_id"], "duplicate": res["duplicate"],
                 "undo_seconds": undo_grace_seconds if not res["duplicate"] else None}
 
     @app.post("/api/tasks/{task_id}/undo", tags=["tasks"])
@@ -414,15 +412,17 @@ def create_app(root: str | Path | None = None, *, dagster_url: str = "http://127
     @app.post("/api/items/{item_id}/arbitrate", tags=["arbitration"], status_code=201)
     def arbitrate(item_id: str, body: ArbitrateIn, user: User = needs("expert", write=True)) -> dict:
         """The expert's final decision with its rationale; corrections make every task of the item follow it."""
-        spec = _spec(body.dataset)
+        _spec(body.dataset)
         detail = D.arbitration_detail(fx, specs, body.dataset, item_id)
         if detail is None:
             raise HTTPException(404, f"item '{item_id}' is not in dataset '{body.dataset}'")
         evidence = {"answers": [{k: a[k] for k in ("event_id", "actor", "label", "kind")} for a in detail["answers"]],
                     "models": [{k: m[k] for k in ("source", "label", "confidence")} for m in detail["models"]]}
-        return fx.ledger.arbitrate(body.dataset, item_id, body.label, user.name, body.rationale, spec.class_names,
-                                   spec_version=spec.version, guideline_version=spec.guideline.version,
-                                   evidence=evidence)
+        # the gate: a registered, active expert of the domain, a rationale, a disputed item, no task held by another
+        res = submit_answer(fx, Answer(label=body.label, annotator=user.name, dataset=body.dataset, item_id=item_id,
+                                       rationale=body.rationale, evidence=evidence, where=f"item {item_id}"),
+                            source="web-arbitration", spec_of=specs.get)
+        return {"event_id": res["event_id"], "tasks": res.get("tasks", [])}
 
     @app.post("/api/items/{item_id}/guideline-gap", tags=["arbitration"], status_code=201)
     def guideline_gap(item_id: str, body: GapIn, user: User = needs("expert", write=True)) -> dict:
