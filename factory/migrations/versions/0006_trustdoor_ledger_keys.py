@@ -1,14 +1,14 @@
 """Per-ledger secrets: the key of the unguessable public task ids (HMAC of the internal task key).
 
 Revision ID: 0005_trustdoor
-Revises: 0004
+Revises: 0005_ingest
 Create Date: 2026-12-01
 """
 import sqlalchemy as sa
 from alembic import op
 
 revision = "0005_trustdoor"
-down_revision = "0004"
+down_revision = "0005_ingest"
 branch_labels = None
 depends_on = None
 
