@@ -152,6 +152,9 @@ def test_verifier_accepts_on_agreement_and_joint_probability():
 
 
 def test_prelabel_model_audit_is_a_share_of_all_items(ab_spec):
+    # the audit_rate share alone: on the point-estimate gate no audit size is forced by min_accuracy
+    # (the sizing for the lower-bound gate is pinned in tests/test_gates.py)
+    ab_spec = ab_spec.model_copy(update={"quality": ab_spec.quality.model_copy(update={"accuracy_gate": "estimate"})})
     n = 300
     rows = {"word_tfidf_logreg": [("A", 0.99)] * n, "char_ngram_sgd": [("A", 0.99)] * n,
             "glove_sif_logreg": [("A", 0.99)] * 50 + [("B", 0.99)] * (n - 50)}  # only 50 verified
