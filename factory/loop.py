@@ -12,8 +12,10 @@ replay`` both call it, so what is benchmarked is what users run.  A round:
    confidences near 1 and an early stop.  Without overlap a person counts at the spec's
    ``workforce.default_reliability``.
 2. :func:`unverified_bound` -- the estimated accuracy of the items nobody answered: the mean of
-   their calibrated confidence minus a one-sided interval at the spec's confidence level that
-   counts both the sampling spread and the few answered items the calibration rests on.
+   the models' confidence on them, calibrated conservatively (a temperature fitted to people's
+   answers as if people were never wrong: every disagreement is charged to the models), minus a
+   one-sided interval at the spec's confidence level that counts both the sampling spread and
+   the few answered items the calibration rests on.
 3. The stopping rule: while that lower bound is below ``spec.quality.min_accuracy`` every item
    may be asked (also confident ones: the set must improve, not only its weak items) in the
    order of the engine's expected error reduction (:func:`factory.engine.routing.decide`),
@@ -37,8 +39,9 @@ __all__ = ["LoopSettings", "FusedPeople", "RoundResult", "fuse_people", "unverif
 
 # pseudo-answers pulling one person's confusion row toward the pooled crowd's, and the pooled
 # crowd's toward the spec's default reliability: chosen once, for every data set
-SHRINK_PERSON = 5.0
+SHRINK_PERSON = 20.0
 SHRINK_POOL = 20.0
+MIN_OVERLAP_ANSWERS = 30  # overlapping answers needed before the evidence exponent is fitted
 
 
 @dataclass(frozen=True)
@@ -69,6 +72,8 @@ class FusedPeople:
     temperature: float  # the models' prior was p ** (1 / temperature), renormalised
     n_calibration: int  # answered items the temperature was fitted on
     pooled_reliability: float
+    evidence_exponent: float = 1.0  # confusion matrices were pulled toward uniform by it (held-out fit)
+    conservative_confidence: np.ndarray | None = None  # models' top probability, calibrated as if people were never wrong
 
 
 @dataclass
@@ -150,7 +155,11 @@ def fuse_people(prior: np.ndarray | None, item_index: pd.Index, answers: pd.Data
         if overlap.any():
             np.add.at(counts, (wid[overlap], slice(None), lab[overlap]), q[pos[overlap]])
         tot = counts.sum(axis=0)
-        pooled = (tot + SHRINK_POOL * pool0) / (tot.sum(axis=1, keepdims=True) + SHRINK_POOL)
+        # the pooled crowd is one-coin: a class-conditional pooled matrix let EM drift to a permuted
+        # solution on items with two answers (dog: accuracy 0.71 -> 0.35); people's own matrices keep
+        # their class-conditional errors once they have the answers to show them
+        r_pool = (np.trace(tot) + SHRINK_POOL * k * default_reliability) / (tot.sum() + SHRINK_POOL * k)
+        pooled = _onecoin(float(np.clip(r_pool, 1.0 / k + 0.05, 0.999)), k)
         new = (counts + SHRINK_PERSON * pooled[None]) / (counts.sum(axis=2, keepdims=True) + SHRINK_PERSON)
         new[fixed] = conf[fixed]
         conf = new
@@ -163,11 +172,55 @@ def fuse_people(prior: np.ndarray | None, item_index: pd.Index, answers: pd.Data
             t = float(np.exp(optimize.minimize_scalar(nll, bounds=(-3.0, 3.0), method="bounded").x))
         elif not have_prior:
             rho = (q[answered].sum(axis=0) + 1.0) / (answered.sum() + k)
+    tau = 1.0
+    if overlap.sum() >= MIN_OVERLAP_ANSWERS:
+        # EM's confusion matrices are fitted on posteriors that contain the person's own answer, so
+        # they over-state people's accuracy, and people's errors are not independent (hard items fool
+        # several at once): the posterior is over-confident.  Pull every matrix toward uniform by the
+        # factor that best predicts each overlapping answer from the item's OTHER answers and the prior
+        # (cross-fitted: no answer calibrates itself), then recompute the posterior.
+        item_prior = _temper(base, t) if have_prior else np.broadcast_to(rho, (n, k))
+        lp = np.log(np.clip(item_prior, 1e-12, 1.0))
+        o = np.flatnonzero(overlap)
+        raw = conf[wid, :, lab]
+
+        def heldout_nll(lam: float) -> float:
+            ll = np.log(lam * raw + (1.0 - lam) / k)
+            total = np.zeros((n, k))
+            np.add.at(total, pos, ll)
+            z = lp[pos[o]] + total[pos[o]] - ll[o]
+            z -= z.max(axis=1, keepdims=True)
+            qo = np.exp(z)
+            qo /= qo.sum(axis=1, keepdims=True)
+            return -float(np.log(np.clip((qo * (lam * raw[o] + (1.0 - lam) / k)).sum(axis=1), 1e-12, None)).sum())
+
+        tau = float(optimize.minimize_scalar(heldout_nll, bounds=(0.05, 1.0), method="bounded").x)
+        conf = tau * conf + (1.0 - tau) / k
+        logq = lp.copy()
+        np.add.at(logq, pos, np.log(conf[wid, :, lab]))
+        logq -= logq.max(axis=1, keepdims=True)
+        q = np.exp(logq)
+        q /= q.sum(axis=1, keepdims=True)
+        pooled = tau * pooled + (1.0 - tau) / k
     post = pd.DataFrame(q, index=item_index, columns=[f"prob_{c}" for c in classes])
+    # the conservative model confidence the stopping bound uses: the temperature that best predicts
+    # people's answers as if people were never wrong.  Model accuracy and people's accuracy cannot be
+    # told apart from single answers (only their agreement is seen); charging every disagreement to
+    # the model can only understate the model (agreement <= accuracy when errors are independent).
+    t_cons = 1.0
+    if have_prior and answered.any():
+        bp, lp_ = base[pos], lab
+
+        def nll_cons(log_t: float) -> float:
+            pt = _temper(bp, float(np.exp(log_t)))
+            return -float(np.log(np.clip(pt[np.arange(len(lp_)), lp_], 1e-12, 1.0)).sum())
+
+        t_cons = float(np.exp(optimize.minimize_scalar(nll_cons, bounds=(-3.0, 3.0), method="bounded").x))
+    conservative = (_temper(base, t_cons) if have_prior else np.broadcast_to(rho, (n, k))).max(axis=1)
     shares = (tot.sum(axis=1) / max(tot.sum(), 1e-9)) if n_w and tot.sum() > 0 else np.full(k, 1.0 / k)
     rel = pd.Series([float((np.diag(conf[w]) * shares).sum()) for w in range(n_w)], index=workers, dtype=float)
     return FusedPeople(post, rel, t if have_prior else 1.0, int(answered.sum()),
-                       float((np.diag(pooled) * shares).sum()))
+                       float((np.diag(pooled) * shares).sum()), tau, conservative)
 
 
 def unverified_bound(confidence: np.ndarray, n_calibration: int, level: float) -> dict:
@@ -219,7 +272,7 @@ def people_round(prior: pd.DataFrame | None, answers: pd.DataFrame, settings: Lo
     post = fused.posterior
     conf = post.to_numpy().max(axis=1)
     unverified = (counts == 0).to_numpy()
-    bound = unverified_bound(conf[unverified], fused.n_calibration, settings.level)
+    bound = unverified_bound(fused.conservative_confidence[unverified], fused.n_calibration, settings.level)
     met = bound["lower"] >= settings.target
     cap = settings.max_answers if max_answers_per_item is None else max_answers_per_item
     # bound not met: nothing counts as resolved, the expected gain alone orders who is asked

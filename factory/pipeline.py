@@ -22,7 +22,7 @@ from factory.engine.routing import route_batch
 from factory.engine.seeding import select_seed
 from factory.errors import FactoryError, NotReadyError
 from factory.ledger import Ledger
-from factory.loop import LoopSettings, fuse_people, people_round
+from factory import loop as people_loop
 from factory.spec import DatasetSpec, load_spec
 
 TASK_TYPE = {"classification": "classification", "pairs": "pair"}
@@ -598,11 +598,11 @@ def escalate(fx: Factory, dataset: str, batch_id: str, run_id: str | None = None
     base = routes.loc[people, "route"].map({"verify": spec.human_model.overlap + 1}).fillna(1).astype(int)
     n_eff = n - base + 1
     # the one people-in-the-loop round the replay benchmark runs too (factory.loop.people_round)
-    act = people_round(pd.DataFrame(prior, index=people, columns=prob_cols(classes)),
-                       d[["item_id", "worker_id", "label"]], LoopSettings.from_spec(spec, escalate_after=2,
-                                                                                  max_answers=MAX_ANSWERS),
-                       classes, n_answers=n_eff, budget_left=len(people),
-                       known_reliability=_known_reliabilities(fx, dataset)).decisions
+    settings = people_loop.LoopSettings.from_spec(spec, escalate_after=2, max_answers=MAX_ANSWERS)
+    act = people_loop.people_round(pd.DataFrame(prior, index=people, columns=prob_cols(classes)),
+                                   d[["item_id", "worker_id", "label"]], settings, classes, n_answers=n_eff,
+                                   budget_left=len(people),
+                                   known_reliability=_known_reliabilities(fx, dataset)).decisions
     new = []
     for item_id, a in act.iterrows():
         rnd = int(n[item_id]) + 1
@@ -673,9 +673,10 @@ def final_labels(fx: Factory, dataset: str, batch_id: str, run_id: str | None = 
         hm = (out.loc[idx, "mode"] == "human-model").to_numpy()
         prior[hm] = 0.5 * prior[hm] + 0.5 / len(classes)  # people first: a weak model prior
         # the same fusion of people and models the escalation round decided on (factory.loop)
-        post = fuse_people(prior, idx, d.rename(columns={"actor": "worker_id"})[["item_id", "worker_id", "label"]],
-                           classes, default_reliability=spec.workforce.default_reliability,
-                           known_reliability=_known_reliabilities(fx, dataset)).posterior.to_numpy()
+        answers = d.rename(columns={"actor": "worker_id"})[["item_id", "worker_id", "label"]]
+        post = people_loop.fuse_people(prior, idx, answers, classes,
+                                       default_reliability=spec.workforce.default_reliability,
+                                       known_reliability=_known_reliabilities(fx, dataset)).posterior.to_numpy()
         out.loc[idx, "label"] = np.asarray(classes, dtype=object)[post.argmax(axis=1)]
         out.loc[idx, "confidence"] = post.max(axis=1)
         per_item = d.groupby("item_id").agg(
