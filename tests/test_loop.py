@@ -85,6 +85,7 @@ def test_stopping_is_decided_by_the_lower_bound(monkeypatch, margin, stops):
     # loop keeps asking about unverified items, at the target it asks none of them
     truth = _truth(400)
     prior = _prior(truth, right=0.97)
+    prior.iloc[300:] = [0.5, 0.3, 0.2]  # unverified items the models are unsure of: worth asking unless certified
     crowd = Crowd(truth, r=0.9)
     crowd.ask(truth.index[:150])
     real = L.unverified_bound
@@ -101,6 +102,21 @@ def test_stopping_is_decided_by_the_lower_bound(monkeypatch, margin, stops):
     else:
         assert asked_unverified > 0 and not res.stopped and not res.extra["bound_met"]
         assert any("unverified accuracy bound" in r for rs in res.decisions["reasons"] for r in rs)
+
+
+def test_bound_does_not_trust_an_assumed_reliability():
+    # people are better (0.9) than the spec assumes (0.8): fitted jointly, the models' temperature then
+    # over-sharpens (disagreements blamed on people) and the bound claimed ~1.0 for items only 97% right.
+    # The bound charges disagreements to the models, so it stays at or below the truth.
+    truth = _truth(400)
+    prior = _prior(truth, right=0.97)
+    crowd = Crowd(truth, r=0.9)
+    crowd.ask(truth.index[:150])
+    res = people_round(prior, crowd.answers, _settings(target=0.9, reliability=0.8), CLASSES, budget_left=50)
+    unverified = ~prior.index.isin(crowd.answers["item_id"])
+    model_top = np.asarray(CLASSES)[prior.to_numpy().argmax(1)]
+    true_acc = float((model_top[unverified] == truth.to_numpy()[unverified]).mean())
+    assert res.bound["lower"] <= true_acc
 
 
 def test_items_are_asked_in_order_of_expected_gain():
