@@ -74,6 +74,7 @@ class FusedPeople:
     pooled_reliability: float
     evidence_exponent: float = 1.0  # confusion matrices were pulled toward uniform by it (held-out fit)
     conservative_confidence: np.ndarray | None = None  # models' top probability, calibrated as if people were never wrong
+    conservative_prior: np.ndarray | None = None  # the models' probabilities under that calibration
 
 
 @dataclass
@@ -216,11 +217,12 @@ def fuse_people(prior: np.ndarray | None, item_index: pd.Index, answers: pd.Data
             return -float(np.log(np.clip(pt[np.arange(len(lp_)), lp_], 1e-12, 1.0)).sum())
 
         t_cons = float(np.exp(optimize.minimize_scalar(nll_cons, bounds=(-3.0, 3.0), method="bounded").x))
-    conservative = (_temper(base, t_cons) if have_prior else np.broadcast_to(rho, (n, k))).max(axis=1)
+    conservative_prior = _temper(base, t_cons) if have_prior else np.broadcast_to(rho, (n, k)).copy()
+    conservative = conservative_prior.max(axis=1)
     shares = (tot.sum(axis=1) / max(tot.sum(), 1e-9)) if n_w and tot.sum() > 0 else np.full(k, 1.0 / k)
     rel = pd.Series([float((np.diag(conf[w]) * shares).sum()) for w in range(n_w)], index=workers, dtype=float)
     return FusedPeople(post, rel, t if have_prior else 1.0, int(answered.sum()),
-                       float((np.diag(pooled) * shares).sum()), tau, conservative)
+                       float((np.diag(pooled) * shares).sum()), tau, conservative, conservative_prior)
 
 
 def unverified_bound(confidence: np.ndarray, n_calibration: int, level: float) -> dict:
@@ -276,7 +278,14 @@ def people_round(prior: pd.DataFrame | None, answers: pd.DataFrame, settings: Lo
     met = bound["lower"] >= settings.target
     cap = settings.max_answers if max_answers_per_item is None else max_answers_per_item
     # bound not met: nothing counts as resolved, the expected gain alone orders who is asked
-    dec = decide(post, seen, target=settings.target if met else 1.0, budget_left=budget_left,
+    ranked = post
+    if not met and unverified.any():
+        # rank the unverified items by the same conservative confidence the bound uses: by the EM posterior
+        # they looked settled (expected gain ~0), the loop stopped asking while the bound stayed below
+        # the target (product: at 20% of the answers with the bound at 0.84 of 0.98)
+        ranked = post.copy()
+        ranked.iloc[np.flatnonzero(unverified)] = fused.conservative_prior[unverified]
+    dec = decide(ranked, seen, target=settings.target if met else 1.0, budget_left=budget_left,
                  max_answers_per_item=cap, escalate_after=settings.escalate_after,
                  worker_reliability=fused.pooled_reliability, lookahead=settings.lookahead)
     if met:

@@ -119,6 +119,19 @@ def test_bound_does_not_trust_an_assumed_reliability():
     assert res.bound["lower"] <= true_acc
 
 
+def test_bound_below_target_keeps_asking_even_when_the_posterior_looks_sure():
+    # the same misspecified state: by the jointly fitted posterior every unverified item is settled (no expected
+    # gain), but the bound is below the target, so the loop must go on asking within its budget
+    truth = _truth(400)
+    prior = _prior(truth, right=0.97)
+    crowd = Crowd(truth, r=0.9)
+    crowd.ask(truth.index[:150])
+    res = people_round(prior, crowd.answers, _settings(target=0.95, reliability=0.8), CLASSES, budget_left=50)
+    assert res.bound["lower"] < 0.95
+    assert res.fused.posterior.to_numpy().max(axis=1).min() > 0.999  # what made the old loop stop
+    assert not res.stopped and int((res.decisions["action"] == "ask").sum()) == 50
+
+
 def test_items_are_asked_in_order_of_expected_gain():
     truth = _truth(200)
     rng = np.random.default_rng(5)
