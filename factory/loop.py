@@ -278,16 +278,24 @@ def people_round(prior: pd.DataFrame | None, answers: pd.DataFrame, settings: Lo
     met = bound["lower"] >= settings.target
     cap = settings.max_answers if max_answers_per_item is None else max_answers_per_item
     # bound not met: nothing counts as resolved, the expected gain alone orders who is asked
-    ranked = post
-    if not met and unverified.any():
-        # rank the unverified items by the same conservative confidence the bound uses: by the EM posterior
-        # they looked settled (expected gain ~0), the loop stopped asking while the bound stayed below
-        # the target (product: at 20% of the answers with the bound at 0.84 of 0.98)
-        ranked = post.copy()
-        ranked.iloc[np.flatnonzero(unverified)] = fused.conservative_prior[unverified]
-    dec = decide(ranked, seen, target=settings.target if met else 1.0, budget_left=budget_left,
+    dec = decide(post, seen, target=settings.target if met else 1.0, budget_left=budget_left,
                  max_answers_per_item=cap, escalate_after=settings.escalate_after,
                  worker_reliability=fused.pooled_reliability, lookahead=settings.lookahead)
+    left = max(int(budget_left), 0) - int((dec["action"] == ASK).sum())
+    if not met and left > 0 and unverified.any():
+        # budget left after every answer the posterior values: the bound is still below the target, so
+        # keep asking about unverified items, ranked by the conservative confidence the bound uses.  By the
+        # EM posterior they looked settled (expected gain ~0) and the loop stopped while the bound stayed
+        # below the target (product: at 20% of the answers, bound 0.84 of 0.98).
+        rest = unverified & (dec["action"] != ASK).to_numpy()
+        ranked = pd.DataFrame(fused.conservative_prior[rest], index=index[rest], columns=post.columns)
+        extra = decide(ranked, seen[rest], target=1.0, budget_left=left, max_answers_per_item=cap if np.isscalar(cap)
+                       else pd.Series(cap).reindex(index[rest]), escalate_after=settings.escalate_after,
+                       worker_reliability=fused.pooled_reliability, lookahead=settings.lookahead)
+        more = extra.index[extra["action"] == ASK]
+        dec.loc[more, "action"] = ASK
+        dec.loc[more, "expected_gain"] = extra.loc[more, "expected_gain"]
+        dec.loc[more, "reasons"] = extra.loc[more, "reasons"]
     if met:
         # the unverified items are certified as a set: only answered items are finished one by one
         dec.loc[unverified & (dec["action"] == ASK).to_numpy(), "action"] = ACCEPT
