@@ -1,40 +1,40 @@
-"""Replay benchmark: a human-in-the-loop run on real crowd answers.
+"""Replay benchmark: the pipeline's people-in-the-loop round, driven by a crowd that reveals real answers.
 
 The factory starts with no labels. An item's human answers become visible only
-when the factory routes that item to people, one answer per request, in the
-order of ``answers.csv``, never more than the file holds for it; every revealed
-answer (seed labels included) counts as human effort. Models read only
-``items.csv`` / ``records.csv``; ``truth.csv`` is read only to score.
+when the loop asks for that item, one answer per request, in the order of
+``answers.csv``, never more than the file holds for it; every revealed answer
+(seed labels included) counts as human effort. Models read only ``items.csv`` /
+``records.csv`` (a folder without them, e.g. dog, runs without models);
+``truth.csv`` is read only to score.
 
 One run per seed walks a fixed schedule of cumulative answer budgets:
 
 1. seed: :func:`factory.engine.seeding.select_seed` (k-means++ on hashed word
-   features of the item text) picks the first items; each gets one answer;
+   features of the item text; random for folders without text) picks the first
+   items; each gets one answer;
 2. each round: train the labelers (for pair folders the two pair-similarity
-   ones) on the majority vote of the revealed answers (ties left out), predict
-   every item; fuse with :func:`factory.engine.aggregate.aggregate_full`
-   (Dawid-Skene; each labeler is one more worker giving soft answers) over the
-   answered items, and take the labelers' mean probability for the others;
-   :func:`factory.engine.routing.decide` then picks the items whose next
-   answer buys the largest expected error drop, up to the next budget on the
-   schedule, and those answers are revealed;
+   ones) on the majority vote of the revealed answers (ties left out); answered
+   items get out-of-fold probabilities (a model never vouches for the answer it
+   was trained on), the others the full fit's; the labelers are fused as the
+   pipeline's ``fuse`` step does (``aggregate(method="auto")``). Then
+   :func:`factory.loop.people_round` -- the same function the pipeline's
+   escalation step calls -- fuses people with that prior, bounds the accuracy
+   of the items nobody answered, and picks who is asked next (expected error
+   reduction), up to the next budget on the schedule; those answers are
+   revealed. When the round asks nothing, the loop has stopped by itself.
 3. whenever a reporting budget (10, 15, 20, 25, 30, 40, 60, 100 % of the
-   file's answers) is reached, accuracy over ALL items of the fused labels
-   and the ECE of their confidences are recorded. Budgets share one run per
-   seed: the run at 25 % is exactly the prefix of the run at 100 %.
+   file's answers) is reached, accuracy over ALL items of the fused labels and
+   the ECE of their confidences are recorded. Budgets share one run per seed:
+   the run at 25 % is exactly the prefix of the run at 100 %.
 
-Hyper-parameters and how they were chosen (there is no second folder with
-item text to tune on, so product was looked at; read the numbers with that
-in mind): the schedule, escalate-after-3 and the two pair-similarity
-labelers were fixed before any scored run. ``target`` was 0.95 in the first
-run, which stopped asking at ~31 % of the answers; it was raised to 0.99 so
-larger budgets can be spent (at <= 25 % the ranking by expected gain, not the
-target, decides who is asked). Fusion over the answered items only and
-``soft_bins=2`` were chosen after aggregate()'s soft-answer encoding changed
-under us and DS over all items fell below the models' own accuracy, by
-comparing fusion variants on product states of seed 0.
+Settings: a dataset spec (``replay_spec``) as ``factory init`` writes it, with
+``quality.min_accuracy`` = 0.98 (the accuracy the loop must certify for the
+items nobody answered before it stops: set high so the loop keeps asking up to
+the accuracy a full crowd gives) and no experts (an item the loop would
+escalate keeps its fused label). The same settings run every data set of
+``benchmarks/generalise.py``; none was tuned per set.
 
-Run: ``python -m benchmarks.replay --data ../shared/bench/crowd/product --out bench-out --seeds 5``.
+Run: ``factory bench replay --out bench-out --data ../shared/bench/crowd/product``.
 """
 from __future__ import annotations
 
@@ -52,11 +52,11 @@ BUDGETS = (0.10, 0.15, 0.20, 0.25, 0.30, 0.40, 0.60, 1.00)
 # round ends (fractions of all answers); the reporting budgets are among them
 SCHEDULE = (0.03, 0.06, 0.10, 0.15, 0.20, 0.25, 0.30, 0.40, 0.50, 0.60, 0.80, 1.00)
 DEFAULTS = {
-    "target": 0.99,  # posterior at which an item stops getting answers (0.95 stopped at ~31% of answers)
-    "escalate_after": 3,  # no experts in a replay: an escalated item keeps its fused label
+    "min_accuracy": 0.98,  # spec.quality.min_accuracy of the replay spec: the loop's stopping target
+    "confidence_level": 0.95,  # spec.quality.confidence_level (the spec default)
+    "default_reliability": 0.9,  # spec.workforce.default_reliability (the spec default)
     "labelers": ("pair_sim_logreg", "pair_sim_gbdt"),  # for pair folders; classification uses all three
-    "fusion": "ds",  # aggregate() method fusing answers and models on the answered items
-    "soft_bins": 2,  # a model's soft answer enters DS as (argmax, confident half or not)
+    "folds": 2,  # out-of-fold model probabilities for answered items
 }
 
 
@@ -70,14 +70,18 @@ def _parse_price(values: pd.Series) -> pd.Series:
 def load_folder(data: Path) -> tuple[pd.DataFrame, str, pd.DataFrame, pd.Series]:
     """Read a replay folder: (items for the labelers, task_type, answers in file order, truth by item_id)."""
     data = Path(data)
-    for name in ("answers.csv", "truth.csv", "items.csv"):
+    for name in ("answers.csv", "truth.csv"):
         if not (data / name).exists():
-            raise FileNotFoundError(f"replay: {data / name} is missing; a replay folder needs answers.csv, truth.csv and items.csv")
+            raise FileNotFoundError(f"replay: {data / name} is missing; a replay folder needs answers.csv and truth.csv "
+                                    f"(and items.csv for models to read)")
     answers = pd.read_csv(data / "answers.csv")
     missing = {"item_id", "worker_id", "label"} - set(answers.columns)
     if missing:
         raise ValueError(f"replay: {data / 'answers.csv'} lacks column(s) {sorted(missing)}")
     truth = pd.read_csv(data / "truth.csv").set_index("item_id")["label"]
+    if not (data / "items.csv").exists():  # answers only (e.g. dog): the loop runs without models
+        ids = pd.Index(pd.unique(pd.concat([answers["item_id"], truth.index.to_series()], ignore_index=True)))
+        return pd.DataFrame({"item_id": ids}), "none", answers.reset_index(drop=True), truth
     raw = pd.read_csv(data / "items.csv")
     if "text" in raw.columns:
         items = pd.DataFrame({"item_id": raw["item_id"], "text": raw["text"].fillna("").astype(str)})
@@ -116,6 +120,8 @@ def seed_features(items: pd.DataFrame):
     """Hashed, L2-normalised word counts of the item text: what seed selection compares items by."""
     from sklearn.feature_extraction.text import HashingVectorizer
 
+    if len(items.columns) == 1:  # no text: no features
+        return None
     if "text" in items.columns:
         texts = items["text"].tolist()
     else:
@@ -141,21 +147,28 @@ def _ece(confidence: np.ndarray, correct: np.ndarray) -> float:
 # --------------------------------------------------------------------------- one run
 
 
-class _Replay:
-    """State of one seeded run: which answers of which items have been revealed."""
+def replay_spec(classes: list, opts: dict):
+    """The dataset spec the replay runs under: the template's defaults plus the options (see DEFAULTS)."""
+    from factory.spec import parse_spec
 
-    def __init__(self, items: pd.DataFrame, task_type: str, answers: pd.DataFrame, classes: list, opts: dict, seed: int):
-        self.items = items
-        self.task_type = task_type
-        self.classes = classes
-        self.opts = opts
-        self.seed = seed
-        self.item_ids = pd.Index(items["item_id"])
-        # answers grouped per item in file order; pointer = how many are revealed
-        self.answers = answers
-        self.rows_of = answers.groupby("item_id", sort=False).indices
-        self.available = pd.Series({k: len(v) for k, v in self.rows_of.items()}).reindex(self.item_ids).fillna(0).astype(int)
-        self.revealed = pd.Series(0, index=self.item_ids)
+    return parse_spec({
+        "name": "replay", "description": "replay of recorded crowd answers", "license": "benchmark data",
+        "classes": [{"name": str(c), "definition": f"class {c}"} for c in classes],
+        "guideline": {"version": "1"},
+        "quality": {"min_accuracy": opts["min_accuracy"], "confidence_level": opts["confidence_level"]},
+        "workforce": {"default_reliability": opts["default_reliability"]},
+    }, source="<replay spec>")
+
+
+class ReplayCrowd:
+    """A crowd that reveals the recorded answers of an item one at a time, in file order."""
+
+    def __init__(self, answers: pd.DataFrame, item_ids: pd.Index):
+        self.answers = answers.assign(label=answers["label"].astype(str))
+        self.rows_of = self.answers.groupby("item_id", sort=False).indices
+        self.available = (pd.Series({k: len(v) for k, v in self.rows_of.items()}, dtype=int)
+                          .reindex(item_ids).fillna(0).astype(int))
+        self.revealed = pd.Series(0, index=item_ids)
         self.used = 0
 
     def reveal(self, item_ids) -> int:
@@ -172,131 +185,172 @@ class _Replay:
             return self.answers.iloc[:0]
         return self.answers.iloc[np.sort(np.concatenate(rows))]
 
-    def _labelers(self):
-        from factory.labelers import make_labelers
 
-        labelers = make_labelers(self.task_type, seed=self.seed)
-        if self.task_type == "pair" and self.opts.get("labelers"):
-            wanted = set(self.opts["labelers"])
-            labelers = [lab for lab in labelers if lab.name in wanted]
-        return labelers
+def _labelers(task_type: str, opts: dict, seed: int) -> list:
+    from factory.labelers import make_labelers
 
-    def training_labels(self, human: pd.DataFrame) -> pd.Series:
-        """Majority vote of the revealed answers per item; tied items are left out of training.
-
-        Not Dawid-Skene: with one answer per item (the seed) DS is not
-        identifiable and collapses every item onto the majority class.
-        """
-        from factory.engine.aggregate import aggregate
-
-        votes = aggregate(human, method="mv", classes=self.classes)
-        k_max = votes[[f"prob_{c}" for c in self.classes]].to_numpy()
-        top = np.sort(k_max, axis=1)
-        clear = top[:, -1] > top[:, -2] if k_max.shape[1] > 1 else np.ones(len(votes), dtype=bool)
-        return votes.loc[clear, "label"]
-
-    def fuse(self) -> tuple[pd.DataFrame, float]:
-        """Train labelers on the current human labels and fuse them with the answers.
-
-        Items with human answers: ``aggregate_full`` (Dawid-Skene) over their
-        answers plus one soft answer per labeler, fitted on the answered
-        items only. Items without answers: the labelers' mean probability.
-        Fitting DS over every item let EM re-cluster the ~90 % model-only items
-        and drift (accuracy fell below the models' own); on the answered items
-        it learns how far to trust each model against people where it matters.
-        Returns the posterior of every item and the answer-weighted mean
-        reliability of the human workers.
-        """
-        from factory.engine.aggregate import aggregate_full
-
-        human = self.human_answers()
-        classes = self.classes
-        pcols = [f"prob_{c}" for c in classes]
-        k = len(classes)
-        if not len(human):  # nothing known yet: uniform posterior
-            post = pd.DataFrame(np.full((len(self.item_ids), k), 1.0 / k), index=self.item_ids, columns=pcols)
-            return post, 0.7
-        train_labels = self.training_labels(human)
-        train = self.items.set_index("item_id").loc[train_labels.index].reset_index()
-        model_probs = []
-        for lab in self._labelers():
-            lab.fit(train, train_labels.tolist(), classes)
-            model_probs.append((lab.name, lab.predict_proba(self.items)))
-        mean_probs = np.mean([p for _, p in model_probs], axis=0)
-        post = pd.DataFrame(mean_probs, index=self.item_ids, columns=pcols)
-
-        answered = self.revealed.index[self.revealed > 0]
-        in_answered = self.item_ids.isin(answered)
-        model_rows = []
-        for name, probs in model_probs:
-            frame = pd.DataFrame(probs[in_answered], columns=pcols)
-            frame.insert(0, "item_id", self.item_ids[in_answered])
-            frame.insert(1, "worker_id", f"model:{name}")
-            model_rows.append(frame)
-        table = pd.concat([human.assign(**{c: np.nan for c in pcols})] + model_rows, ignore_index=True)
-        res = aggregate_full(table, method=self.opts["fusion"], classes=classes, soft_bins=self.opts["soft_bins"])
-        post.loc[answered, pcols] = res.items.loc[answered, pcols].to_numpy(dtype=float)
-        probs = post[pcols].to_numpy(dtype=float)
-        post.insert(0, "label", np.asarray(classes, dtype=object)[probs.argmax(1)])
-        post.insert(1, "confidence", probs.max(1))
-        workers = res.workers[~res.workers.index.astype(str).str.startswith("model:")]
-        rel = float(np.average(workers["reliability"], weights=workers["n_answers"].clip(lower=1)))
-        return post, rel
+    labelers = make_labelers(task_type, seed=seed)
+    if task_type == "pair" and opts.get("labelers"):
+        wanted = set(opts["labelers"])
+        labelers = [lab for lab in labelers if lab.name in wanted]
+    return labelers
 
 
-def run_seed(items, task_type, answers, truth, classes, opts, seed, budgets=BUDGETS, schedule=SCHEDULE) -> list[dict]:
-    """One seeded replay along the schedule; one record per reporting budget."""
-    from factory.engine.routing import decide
+def training_labels(human: pd.DataFrame, classes: list) -> pd.Series:
+    """Majority vote of the revealed answers per item; tied items are left out of training."""
+    from factory.engine.aggregate import aggregate
+
+    votes = aggregate(human, method="mv", classes=classes)
+    p = votes[[f"prob_{c}" for c in classes]].to_numpy()
+    top = np.sort(p, axis=1)
+    clear = top[:, -1] > top[:, -2] if p.shape[1] > 1 else np.ones(len(votes), dtype=bool)
+    return votes.loc[clear, "label"].astype(str)
+
+
+def model_prior(items: pd.DataFrame, task_type: str, human: pd.DataFrame, classes: list, opts: dict,
+                seed: int) -> pd.DataFrame | None:
+    """The labelers' fused probabilities for every item, as the pipeline's fuse step makes them.
+
+    Items the labelers trained on get out-of-fold probabilities: a model must not vouch for the
+    answer it learnt (in-sample probabilities made the old replay over-confident).
+    """
+    from factory.engine.aggregate import aggregate
+    from factory.labelers import cross_val_proba
+
+    if task_type == "none" or not len(human):
+        return None
+    labels = training_labels(human, classes)
+    if labels.nunique() < 2:
+        return None
+    by_id = items.set_index("item_id")
+    train = by_id.loc[labels.index].reset_index()
+    pcols = [f"prob_{c}" for c in classes]
+    frames = []
+    for i, lab in enumerate(_labelers(task_type, opts, seed)):
+        probs = lab.fit(train, labels.tolist(), classes).predict_proba(items)
+        oof = cross_val_proba(lambda lab=lab: type(lab)(seed=seed), train, labels.tolist(), classes,
+                              folds=int(opts["folds"]), seed=seed)
+        probs[items["item_id"].isin(labels.index).to_numpy()] = \
+            pd.DataFrame(oof, index=labels.index).reindex(items["item_id"][items["item_id"].isin(labels.index)]).to_numpy()
+        f = pd.DataFrame(probs, columns=pcols)
+        f.insert(0, "item_id", items["item_id"].to_numpy())
+        f.insert(1, "worker_id", f"model:{lab.name}")
+        f.insert(2, "label", np.asarray(classes, dtype=object)[probs.argmax(1)])
+        frames.append(f)
+    fused = aggregate(pd.concat(frames, ignore_index=True), method="auto", classes=classes)
+    return fused.reindex(items["item_id"])[pcols]
+
+
+def run_seed(items, task_type, answers, truth, classes, opts, seed, budgets=BUDGETS, schedule=SCHEDULE) -> dict:
+    """One seeded replay along the schedule: one record per reporting budget, one per round."""
     from factory.engine.seeding import select_seed
+    from factory.loop import LoopSettings, people_round
 
     t0 = time.time()
+    classes = [str(c) for c in classes]
     total = len(answers)
-    rp = _Replay(items, task_type, answers, classes, opts, seed)
+    item_ids = pd.Index(items["item_id"])
+    crowd = ReplayCrowd(answers, item_ids)
+    spec = replay_spec(classes, opts)
+    # no experts in a replay: an item is only "escalated" once its recorded answers are used up
+    settings = LoopSettings.from_spec(spec, escalate_after=int(crowd.available.max()),
+                                      max_answers=int(crowd.available.max()))
     features = seed_features(items)
-    answerable = np.flatnonzero(rp.available.to_numpy() > 0)
+    answerable = np.flatnonzero(crowd.available.to_numpy() > 0)
     n_seed = int(schedule[0] * total)
-    picks = answerable[select_seed(features[answerable], n_seed, seed=seed)]
-    rp.reveal(rp.item_ids[picks])
-    truth_ids = truth.index.intersection(rp.item_ids)
-    records = []
+    if features is not None:
+        picks = answerable[select_seed(features[answerable], n_seed, seed=seed)]
+    else:
+        picks = np.random.default_rng(seed).choice(answerable, size=min(n_seed, len(answerable)), replace=False)
+    crowd.reveal(item_ids[picks])
+    truth = truth.astype(str)
+    truth_ids = truth.index.intersection(item_ids)
+    records, rounds = [], []
     stopped = False
     for i, stop in enumerate(schedule):
-        post, rel = rp.fuse()
-        probs = post[[f"prob_{c}" for c in classes]].to_numpy(dtype=float)
-        label = np.asarray(classes, dtype=object)[probs.argmax(1)]
-        conf = probs.max(1)
-        pred = pd.Series(label, index=rp.item_ids)
-        correct = (pred.reindex(truth_ids).to_numpy() == truth.reindex(truth_ids).to_numpy())
-        conf_t = pd.Series(conf, index=rp.item_ids).reindex(truth_ids).to_numpy()
+        human = crowd.human_answers()
+        prior = model_prior(items, task_type, human, classes, opts, seed)
+        allowed = (int(round(schedule[i + 1] * total)) - crowd.used) if i + 1 < len(schedule) else 0
+        res = people_round(prior, human[["item_id", "worker_id", "label"]], settings, classes, item_index=item_ids,
+                           budget_left=max(allowed, 0), max_answers_per_item=crowd.available)
+        post = res.fused.posterior
+        probs = post.to_numpy(dtype=float)
+        pred = pd.Series(np.asarray(classes, dtype=object)[probs.argmax(1)], index=item_ids)
+        conf = pd.Series(probs.max(1), index=item_ids)
+        correct = pred.reindex(truth_ids).to_numpy() == truth.reindex(truth_ids).to_numpy()
         acc = float(correct.mean())
-        print(f"[replay] seed {seed} stop {stop:.2f}: {rp.used} answers ({rp.used / total:.1%}), "
-              f"accuracy {acc:.4f}, {time.time() - t0:.0f}s", flush=True)
+        unver = crowd.revealed.reindex(truth_ids).to_numpy() == 0
+        rounds.append({
+            "answers_used": int(crowd.used), "share": round(crowd.used / total, 4), "accuracy": acc,
+            "ece": _ece(conf.reindex(truth_ids).to_numpy(), correct.astype(float)),
+            "bound_lower": res.bound["lower"] if res.bound["n_unverified"] else None,
+            "bound_estimate": res.bound["estimate"], "bound_met": bool(res.extra["bound_met"]),
+            "n_unverified": int(unver.sum()),
+            "unverified_accuracy": float(correct[unver].mean()) if unver.any() else None,
+            "asked": int((res.decisions["action"] == "ask").sum()), "stopped": bool(res.stopped),
+            "temperature": round(res.fused.temperature, 4), "pooled_reliability": round(res.fused.pooled_reliability, 4),
+        })
+        print(f"[replay] seed {seed} stop {stop:.2f}: {crowd.used} answers ({crowd.used / total:.1%}), accuracy "
+              f"{acc:.4f}, bound {res.bound['lower']:.3f} on {res.bound['n_unverified']} unverified, "
+              f"{time.time() - t0:.0f}s", flush=True)
         if opts.get("dump_dir"):
-            # fused state for error analysis (truth joined later, outside the loop)
-            state = post[["label", "confidence"]].assign(n_answers=rp.revealed.to_numpy())
+            state = pd.DataFrame({"label": pred, "confidence": conf, "n_answers": crowd.revealed})
             Path(opts["dump_dir"]).mkdir(parents=True, exist_ok=True)
             state.to_csv(Path(opts["dump_dir"]) / f"seed{seed}_stop{stop:.2f}.csv")
         for b in budgets:
-            # a budget is recorded at its own stop, or at every later budget once the run asks for nothing more
+            # a budget is recorded at its own stop, or at every later budget once the loop asks for nothing more
             if abs(b - stop) < 1e-9 or (stopped and b > stop):
-                records.append({"budget": b, "answers_used": int(rp.used), "accuracy": acc,
-                                "ece": _ece(conf_t, correct.astype(float))})
+                records.append({"budget": b, "answers_used": int(crowd.used), "accuracy": acc,
+                                "ece": rounds[-1]["ece"]})
         if stopped or i + 1 == len(schedule):
             break
-        allowed = int(round(schedule[i + 1] * total)) - rp.used
-        dec = decide(post, rp.revealed, target=opts["target"], budget_left=allowed,
-                     max_answers_per_item=rp.available, escalate_after=opts["escalate_after"],
-                     worker_reliability=rel)
-        asked = dec.index[dec["action"] == "ask"]
-        got = rp.reveal(asked)
-        if got == 0:
-            stopped = True  # nothing left worth asking: every later budget sees this state
-            print(f"[replay] seed {seed}: nothing left worth asking at {rp.used} answers", flush=True)
-    return records
+        got = crowd.reveal(res.decisions.index[res.decisions["action"] == "ask"])
+        if res.stopped or got == 0:
+            stopped = True  # the loop stopped by itself: every later budget sees this state
+            print(f"[replay] seed {seed}: loop stopped at {crowd.used} answers ({res.stop_reason})", flush=True)
+    return {"records": records, "rounds": rounds, "stopped_at": int(crowd.used) if stopped else None}
 
 
 def _run_seed_star(args):
     return run_seed(*args)
+
+
+def replay(items: pd.DataFrame, task_type: str, answers: pd.DataFrame, truth: pd.Series, options: dict, *,
+           seeds: int = 5, workers: int = 2, label: str = "replay") -> dict:
+    """Run the seeded replays of one data set; return the points per budget and every round."""
+    classes = sorted(str(c) for c in pd.unique(answers["label"].astype(str)))
+    answers = answers.assign(label=answers["label"].astype(str))
+    truth = truth.astype(str)
+    print(f"[{label}] {len(items)} items, {len(answers)} answers, task {task_type}, classes {classes}", flush=True)
+    target = dawid_skene_target(answers, truth)
+    print(f"[{label}] target (crowd-kit DawidSkene on all answers): {target:.4f}", flush=True)
+    jobs = [(items, task_type, answers, truth, classes, options, s) for s in range(int(seeds))]
+    if int(workers) > 1 and len(jobs) > 1:
+        with ProcessPoolExecutor(max_workers=int(workers)) as pool:
+            per_seed = list(pool.map(_run_seed_star, jobs))
+    else:
+        per_seed = [run_seed(*j) for j in jobs]
+    points = []
+    for b in BUDGETS:
+        recs = [r for seed_res in per_seed for r in seed_res["records"] if abs(r["budget"] - b) < 1e-9]
+        acc = np.array([r["accuracy"] for r in recs])
+        points.append({
+            "budget": b,
+            "answers_used": int(round(np.mean([r["answers_used"] for r in recs]))),
+            "accuracy_mean": round(float(acc.mean()), 4),
+            "accuracy_min": round(float(acc.min()), 4),
+            "seeds": len(recs),
+            "ece": round(float(np.mean([r["ece"] for r in recs])), 4),
+        })
+    return {
+        "answers_total": int(len(answers)),
+        "items": int(len(items)),
+        "target_accuracy": round(target, 4),
+        "options": {k: (list(v) if isinstance(v, tuple) else v) for k, v in options.items()},
+        "points": points,
+        "stopped_at": [r["stopped_at"] for r in per_seed],
+        "rounds": [r["rounds"] for r in per_seed],
+    }
 
 
 def run(out: Path, data: Path | None = None, seeds: int = 5, workers: int = 2, **opts) -> dict:
@@ -315,40 +369,10 @@ def run(out: Path, data: Path | None = None, seeds: int = 5, workers: int = 2, *
         options["dump_dir"] = str(opts["dump_dir"])
     t0 = time.time()
     items, task_type, answers, truth = load_folder(Path(data))
-    classes = sorted(pd.unique(answers["label"]).tolist())
-    print(f"[replay] {data}: {len(items)} items, {len(answers)} answers, task {task_type}, classes {classes}", flush=True)
-    target = dawid_skene_target(answers, truth)
-    print(f"[replay] target (crowd-kit DawidSkene on all answers): {target:.4f}", flush=True)
-
-    jobs = [(items, task_type, answers, truth, classes, options, s) for s in range(int(seeds))]
-    if int(workers) > 1 and len(jobs) > 1:
-        with ProcessPoolExecutor(max_workers=int(workers)) as pool:
-            per_seed = list(pool.map(_run_seed_star, jobs))
-    else:
-        per_seed = [run_seed(*j) for j in jobs]
-
-    points = []
-    for b in BUDGETS:
-        recs = [r for seed_recs in per_seed for r in seed_recs if abs(r["budget"] - b) < 1e-9]
-        acc = np.array([r["accuracy"] for r in recs])
-        points.append({
-            "budget": b,
-            "answers_used": int(round(np.mean([r["answers_used"] for r in recs]))),
-            "accuracy_mean": round(float(acc.mean()), 4),
-            "accuracy_min": round(float(acc.min()), 4),
-            "seeds": len(recs),
-            "ece": round(float(np.mean([r["ece"] for r in recs])), 4),
-        })
-    result = {
-        "data": str(data),
-        "answers_total": int(len(answers)),
-        "items": int(len(items)),
-        "target_accuracy": round(target, 4),
-        "options": {k: (list(v) if isinstance(v, tuple) else v) for k, v in options.items()},
-        "points": points,
-        "seconds": round(time.time() - t0, 1),
-    }
+    result = {"data": str(data), **replay(items, task_type, answers, truth, options, seeds=seeds, workers=workers)}
+    result["seconds"] = round(time.time() - t0, 1)
     (out / f"{NAME}.json").write_text(json.dumps(result, indent=2))
+    points, target = result["points"], result["target_accuracy"]
 
     fig, ax = plt.subplots(figsize=(6, 4))
     xs = [p["budget"] * 100 for p in points]
@@ -396,10 +420,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--data", type=Path, default=None, help="folder with answers.csv, truth.csv, items.csv [, records.csv]")
     parser.add_argument("--seeds", type=int, default=5, help="number of seeded runs (default 5)")
     parser.add_argument("--workers", type=int, default=2, help="parallel processes, one seed each (default 2)")
-    parser.add_argument("--target", type=float, default=None, help=f"posterior to stop asking (default {DEFAULTS['target']})")
+    parser.add_argument("--min-accuracy", type=float, default=None,
+                        help=f"the replay spec's quality.min_accuracy (default {DEFAULTS['min_accuracy']})")
     parser.add_argument("--dump", type=Path, default=None, help="write each round's fused labels here (error analysis)")
     args = parser.parse_args(argv)
-    result = run(args.out, args.data, seeds=args.seeds, workers=args.workers, target=args.target, dump_dir=args.dump)
+    result = run(args.out, args.data, seeds=args.seeds, workers=args.workers, min_accuracy=args.min_accuracy,
+                 dump_dir=args.dump)
     for metric, value, goal in summary_rows(result):
         print(f"| {metric} | {value} | {goal} |")
 

@@ -626,8 +626,8 @@ def demo(root: str, n_batches: int, limit: int | None, seed_size: int, mode: str
     click.echo(f"see the asset graph:  {summary['dagster_ui']}")
 
 
-BENCHMARKS = ("aggregation", "replay", "verify", "speed", "pipeline", "guarantee", "workbench", "scale", "spans",
-              "spans_speed")
+BENCHMARKS = ("aggregation", "replay", "verify", "speed", "pipeline", "guarantee", "workbench", "generalise", "scale",
+              "spans", "spans_speed")
 
 
 @main.command()
@@ -635,13 +635,14 @@ BENCHMARKS = ("aggregation", "replay", "verify", "speed", "pipeline", "guarantee
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False), help="Folder for NAME.json and NAME.png.")
 @click.option("--data", default=None, type=click.Path(exists=True), help="Benchmark data folder (e.g. ../shared/bench/crowd).")
 @click.option("--answers", default=None, type=int, help="speed, scale: number of synthetic answers.")
-@click.option("--seeds", default=None, type=int, help="replay: number of seeds.")
-@click.option("--items", default=None, type=int, help="pipeline: items in the batch.")
+@click.option("--seeds", default=None, type=int, help="replay, generalise: number of seeds.")
+@click.option("--items", default=None, type=int, help="pipeline: items in the batch; generalise: items per text set.")
 def bench(name: str, out_dir: str, data: str | None, answers: int | None, seeds: int | None, items: int | None) -> None:
     """Run a benchmark script from benchmarks/ and write DIR/NAME.json and DIR/NAME.png.
 
     `all` runs every benchmark and also writes DIR/summary.md (a Markdown table).  aggregation takes
-    --data CROWD_FOLDER, replay takes --data CROWD_FOLDER/product (or the crowd folder itself).
+    --data CROWD_FOLDER, replay takes --data CROWD_FOLDER/product (or the crowd folder itself),
+    generalise takes --data CROWD_FOLDER (product and dog, plus text sets with a simulated crowd).
     """
     import importlib
 

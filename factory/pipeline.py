@@ -22,6 +22,7 @@ from factory.engine.routing import route_batch
 from factory.engine.seeding import select_seed
 from factory.errors import FactoryError, NotReadyError
 from factory.ledger import Ledger
+from factory import loop as people_loop
 from factory.quality import audit_target
 from factory.spec import DatasetSpec, load_spec
 
@@ -772,18 +773,22 @@ def combine(prior: np.ndarray, item_index: pd.Index, answers: pd.DataFrame, clas
     return p / p.sum(axis=1, keepdims=True)
 
 
-def _reliabilities(fx: Factory, dataset: str, who: pd.Series) -> pd.Series:
-    """Each person's one-coin accuracy: gold accuracy once they have enough gold answers, else the spec's default."""
+def _known_reliabilities(fx: Factory, dataset: str) -> pd.Series:
+    """Gold accuracy of each person with enough gold answers (annotator_id -> accuracy); others are estimated."""
     from factory.workforce import Workforce
 
     spec = fx.spec(dataset)
     # gold figures only: an empty reliability series skips the engine's dataset-wide Dawid-Skene
     scores = Workforce(fx.ledger).scores(dataset, reliability=pd.Series(dtype=float))
     if scores.empty:
-        return pd.Series(spec.workforce.default_reliability, index=who.index)
+        return pd.Series(dtype=float)
     enough = scores[scores["gold_answers"] >= spec.workforce.min_gold_answers]
-    known = enough.set_index("annotator_id")["gold_accuracy"]
-    return who.map(known).fillna(spec.workforce.default_reliability)
+    return enough.set_index("annotator_id")["gold_accuracy"].astype(float)
+
+
+def _reliabilities(fx: Factory, dataset: str, who: pd.Series) -> pd.Series:
+    """Each person's one-coin accuracy: gold accuracy once they have enough gold answers, else the spec's default."""
+    return who.map(_known_reliabilities(fx, dataset)).fillna(fx.spec(dataset).workforce.default_reliability)
 
 
 def escalate(fx: Factory, dataset: str, batch_id: str, run_id: str | None = None) -> pd.DataFrame:
@@ -793,8 +798,6 @@ def escalate(fx: Factory, dataset: str, batch_id: str, run_id: str | None = None
     the target (spec.quality.min_accuracy) get one more answer from someone who has not seen the item (at least tier L2); items
     still unsettled after two answers go to an expert.  Returns the new tasks.
     """
-    from factory.engine.routing import decide
-
     spec = fx.spec(dataset)
     classes = spec.class_names
     routes = read_table(fx, "routing", dataset, batch_id).set_index("item_id")
@@ -815,28 +818,20 @@ def escalate(fx: Factory, dataset: str, batch_id: str, run_id: str | None = None
                           & (routes["route"] != "seed")]
     if not len(people):
         return pd.DataFrame()
-    d = dec[dec["item_id"].isin(people)].assign(reliability=lambda x: _reliabilities(fx, dataset, x["actor"]))
+    d = dec[dec["item_id"].isin(people)].rename(columns={"actor": "worker_id"})
     prior = fused.loc[people, prob_cols(classes)].to_numpy(copy=True)
     if (routes.loc[people, "mode"] == "human-model").any():  # people first: the models' prior is kept weak
         hm = (routes.loc[people, "mode"] == "human-model").to_numpy()
         prior[hm] = 0.5 * prior[hm] + 0.5 / len(classes)
-    post = pd.DataFrame(combine(prior, people, d, classes), index=people, columns=prob_cols(classes))
     n = d.groupby("item_id").size().reindex(people).fillna(0).astype(int)
     base = routes.loc[people, "route"].map({"verify": spec.human_model.overlap + 1}).fillna(1).astype(int)
     n_eff = n - base + 1
-    act = decide(post, n_eff, target=spec.quality.min_accuracy, budget_left=len(people),
-                 max_answers_per_item=MAX_ANSWERS, escalate_after=2,
-                 worker_reliability=spec.workforce.default_reliability)
-    # people are never silently overruled: where the posterior's label is not the people's majority,
-    # another person looks (or, after two, an expert decides)
-    majority = (d.groupby(["item_id", "label"]).size().rename("n").reset_index()
-                .sort_values(["item_id", "n", "label"], ascending=[True, False, True])
-                .drop_duplicates("item_id").set_index("item_id")["label"].reindex(people))
-    top = pd.Series(np.asarray(classes, dtype=object)[post.to_numpy().argmax(axis=1)], index=people)
-    overruled = (top != majority) & (act["action"] == "accept")
-    act.loc[overruled, "action"] = np.where(n_eff[overruled] < 2, "ask", "escalate")
-    act.loc[overruled, "reasons"] = pd.Series([["people_and_models_disagree"]] * int(overruled.sum()),
-                                              index=act.index[overruled.to_numpy()], dtype=object)
+    # the one people-in-the-loop round the replay benchmark runs too (factory.loop.people_round)
+    settings = people_loop.LoopSettings.from_spec(spec, escalate_after=2, max_answers=MAX_ANSWERS)
+    act = people_loop.people_round(pd.DataFrame(prior, index=people, columns=prob_cols(classes)),
+                                   d[["item_id", "worker_id", "label"]], settings, classes, n_answers=n_eff,
+                                   budget_left=len(people),
+                                   known_reliability=_known_reliabilities(fx, dataset)).decisions
     new = []
     for item_id, a in act.iterrows():
         rnd = int(n[item_id]) + 1
@@ -906,12 +901,15 @@ def final_labels(fx: Factory, dataset: str, batch_id: str, run_id: str | None = 
     else:
         d = decisions
     if len(d):
-        d = d.assign(reliability=_reliabilities(fx, dataset, d["actor"]))
         idx = pd.Index(sorted(d["item_id"].unique()))
         prior = fused.loc[idx, prob_cols(classes)].to_numpy(copy=True)
         hm = (out.loc[idx, "mode"] == "human-model").to_numpy()
         prior[hm] = 0.5 * prior[hm] + 0.5 / len(classes)  # people first: a weak model prior
-        post = combine(prior, idx, d, classes)
+        # the same fusion of people and models the escalation round decided on (factory.loop)
+        answers = d.rename(columns={"actor": "worker_id"})[["item_id", "worker_id", "label"]]
+        post = people_loop.fuse_people(prior, idx, answers, classes,
+                                       default_reliability=spec.workforce.default_reliability,
+                                       known_reliability=_known_reliabilities(fx, dataset)).posterior.to_numpy()
         out.loc[idx, "label"] = np.asarray(classes, dtype=object)[post.argmax(axis=1)]
         out.loc[idx, "confidence"] = post.max(axis=1)
         per_item = d.groupby("item_id").agg(
