@@ -905,6 +905,10 @@ def final_labels(fx: Factory, dataset: str, batch_id: str, run_id: str | None = 
         prior = fused.loc[idx, prob_cols(classes)].to_numpy(copy=True)
         hm = (out.loc[idx, "mode"] == "human-model").to_numpy()
         prior[hm] = 0.5 * prior[hm] + 0.5 / len(classes)  # people first: a weak model prior
+        # seed items taught the labelers: their models' probabilities echo the very answers being fused, so
+        # they are no evidence here (and escalation never reviews seed items, so nothing could correct a flip)
+        seeded = (routes["route"].reindex(idx) == "seed").to_numpy()
+        prior[seeded] = 1.0 / len(classes)
         # the same fusion of people and models the escalation round decided on (factory.loop)
         answers = d.rename(columns={"actor": "worker_id"})[["item_id", "worker_id", "label"]]
         post = people_loop.fuse_people(prior, idx, answers, classes,

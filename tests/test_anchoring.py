@@ -36,7 +36,8 @@ def pristine(tmp_path_factory):
         root = base / "factory"
         (root / "datasets").mkdir(parents=True)
         (root / "datasets" / "news.yaml").write_text(yaml.safe_dump(news_spec(
-            seed_size=12, quality={"confidence_threshold": 0.8, "audit_rate": 0.3, "max_quarantine_rate": 0.5})))
+            seed_size=12, quality={"confidence_threshold": 0.8, "audit_rate": 0.5, "max_quarantine_rate": 0.5,
+                     "min_accuracy": 0.5})))
         df = load_bbc_news(limit_per_class=8, seed=4).reset_index(drop=True)
         truth = {item_id_for(t): lab for t, lab in zip(df["text"], df["label"])}
         run_batch(Factory.at(root), df["text"][:32], truth, base / "b1.csv")

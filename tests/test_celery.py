@@ -74,7 +74,7 @@ def _reference_labels(tmp_path, texts_by_batch, seed_texts, truth, monkeypatch) 
     monkeypatch.delenv("FACTORY_DATABASE_URL")  # a SQLite ledger and a local instance under the root
     monkeypatch.setenv("DAGSTER_HOME", str(root / "dagster_home"))
     monkeypatch.setenv("FACTORY_EXECUTOR", "multiprocess")
-    (root / "datasets" / "news.yaml").write_text(yaml.safe_dump(news_spec(seed_size=20)))
+    (root / "datasets" / "news.yaml").write_text(yaml.safe_dump(news_spec(seed_size=20, review={"budget": 1.0})))
     fx = P.Factory.at(root)
     pool = SimulatedPool(truth, acc_low=1.0, acc_high=1.0, expert_accuracy=1.0)
     instance = instance_for(root)
@@ -119,7 +119,7 @@ def test_four_batches_annotated_and_finalised_by_two_celery_workers(broker, pg_d
     upgrade(ledger_url)
     root, home = tmp_path / "factory", tmp_path / "dagster_home"
     (root / "datasets").mkdir(parents=True)
-    (root / "datasets" / "news.yaml").write_text(yaml.safe_dump(news_spec(seed_size=20)))
+    (root / "datasets" / "news.yaml").write_text(yaml.safe_dump(news_spec(seed_size=20, review={"budget": 1.0})))
     home.mkdir()
     shutil.copy(REPO / "deploy" / "celery" / "dagster.yaml", home / "dagster.yaml")
     queue = f"factory-test-{uuid.uuid4().hex[:8]}"  # this test's own queue: no stray worker takes its steps
@@ -198,4 +198,6 @@ def test_four_batches_annotated_and_finalised_by_two_celery_workers(broker, pg_d
         assert len(f) == 20
         got.update(zip(f["item_id"], f["label"]))
     ref = _reference_labels(tmp_path, batch_texts, seed_texts, truth, monkeypatch)
-    assert got == ref
+    # (a budget for every flagged item: which deferred items a concurrent routing pass funds first depends on
+    # which batch routes first, a race the in-process order does not have; deferral is tests/test_gate_routing.py's)
+    assert got == ref and all(isinstance(v, str) for v in got.values())

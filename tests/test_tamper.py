@@ -30,7 +30,8 @@ def released(tmp_path_factory):
         root = base / "factory"
         (root / "datasets").mkdir(parents=True)
         (root / "datasets" / "news.yaml").write_text(yaml.safe_dump(news_spec(
-            seed_size=20, quality={"confidence_threshold": 0.8, "audit_rate": 0.3, "max_quarantine_rate": 0.5})))
+            seed_size=20, quality={"confidence_threshold": 0.8, "audit_rate": 0.5, "max_quarantine_rate": 0.5,
+                     "min_accuracy": 0.5})))
         df = load_bbc_news(limit_per_class=12, seed=3).reset_index(drop=True)
         truth = {item_id_for(t): lab for t, lab in zip(df["text"], df["label"])}
         fx = Factory.at(root)
@@ -234,7 +235,8 @@ def test_a_release_whose_labels_its_events_do_not_back_is_refused(tmp_path, monk
     root = tmp_path / "factory"
     (root / "datasets").mkdir(parents=True)
     (root / "datasets" / "news.yaml").write_text(yaml.safe_dump(news_spec(
-        seed_size=8, quality={"confidence_threshold": 0.8, "audit_rate": 0.3, "max_quarantine_rate": 0.5})))
+        seed_size=8, quality={"confidence_threshold": 0.8, "audit_rate": 0.5, "max_quarantine_rate": 0.5,
+                     "min_accuracy": 0.5})))
     df = load_bbc_news(limit_per_class=4, seed=5).reset_index(drop=True)
     truth = {item_id_for(t): lab for t, lab in zip(df["text"], df["label"])}
     fx = Factory.at(root)
