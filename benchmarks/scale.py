@@ -27,28 +27,12 @@ from pathlib import Path
 
 import numpy as np
 
+from benchmarks.speed import N_CLASSES, N_WORKERS, PER_ITEM, worker_confusions
+
 NAME = "scale"
-N_WORKERS = 1000
-N_CLASSES = 5
-PER_ITEM = 10
 ROW_GROUP = 1_000_000
 SIZES = (1_000_000, 10_000_000, 100_000_000)
 GOAL_SECONDS, GOAL_RSS_MB = 60.0, 8192.0
-
-
-def _confusions(rng: np.random.Generator) -> np.ndarray:
-    acc = rng.uniform(0.25, 0.9, size=N_WORKERS)
-    bias = rng.integers(0, N_CLASSES, size=N_WORKERS)
-    err = 1.0 - acc
-    conf = np.empty((N_WORKERS, N_CLASSES, N_CLASSES))
-    conf[:] = (err * 0.5 / (N_CLASSES - 1))[:, None, None]
-    idx = np.arange(N_CLASSES)
-    conf[np.arange(N_WORKERS)[:, None], idx[None, :], bias[:, None]] += (err * 0.5)[:, None]
-    conf[:, idx, idx] = 0.0
-    conf /= conf.sum(axis=2, keepdims=True)
-    conf *= err[:, None, None]
-    conf[:, idx, idx] = acc[:, None]
-    return conf
 
 
 def write_synthetic(path: Path, n_answers: int, seed: int = 0, progress=None) -> Path:
@@ -58,7 +42,7 @@ def write_synthetic(path: Path, n_answers: int, seed: int = 0, progress=None) ->
     import pyarrow.parquet as pq
 
     rng = np.random.default_rng(seed)
-    conf = _confusions(rng)
+    conf = worker_confusions(rng)
     cdf_all = np.cumsum(conf, axis=2)
     prior = np.array([0.35, 0.25, 0.2, 0.12, 0.08])
     n_items = n_answers // PER_ITEM

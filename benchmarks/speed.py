@@ -44,15 +44,11 @@ N_CLASSES = 5
 PER_ITEM = 10
 
 
-def synthetic_answers(n_answers: int = 1_000_000, seed: int = 0) -> tuple[pd.DataFrame, pd.Series]:
-    """Seeded synthetic crowd: (answers[item_id, worker_id, label], truth indexed by item_id)."""
-    rng = np.random.default_rng(seed)
-    n_items = max(n_answers // PER_ITEM, 1)
-    prior = np.array([0.35, 0.25, 0.2, 0.12, 0.08])
-    truth = rng.choice(N_CLASSES, size=n_items, p=prior)
+def worker_confusions(rng: np.random.Generator) -> np.ndarray:
+    """confusion[w, k, l] of N_WORKERS workers: accuracy U(0.25, 0.9); half of a worker's errors go to its
+    bias class, the rest uniformly over the other classes."""
     acc = rng.uniform(0.25, 0.9, size=N_WORKERS)
     bias_class = rng.integers(0, N_CLASSES, size=N_WORKERS)
-    # confusion[w, k, l]: half of a worker's errors go to its bias class, the rest uniformly
     conf = np.empty((N_WORKERS, N_CLASSES, N_CLASSES))
     err = 1.0 - acc
     conf[:] = (err * 0.5 / (N_CLASSES - 1))[:, None, None]
@@ -62,6 +58,16 @@ def synthetic_answers(n_answers: int = 1_000_000, seed: int = 0) -> tuple[pd.Dat
     conf /= conf.sum(axis=2, keepdims=True)
     conf *= err[:, None, None]
     conf[:, idx, idx] = acc[:, None]
+    return conf
+
+
+def synthetic_answers(n_answers: int = 1_000_000, seed: int = 0) -> tuple[pd.DataFrame, pd.Series]:
+    """Seeded synthetic crowd: (answers[item_id, worker_id, label], truth indexed by item_id)."""
+    rng = np.random.default_rng(seed)
+    n_items = max(n_answers // PER_ITEM, 1)
+    prior = np.array([0.35, 0.25, 0.2, 0.12, 0.08])
+    truth = rng.choice(N_CLASSES, size=n_items, p=prior)
+    conf = worker_confusions(rng)
     # distinct workers per item: answer j comes from window [j*100, j*100+99] shifted per item
     window = N_WORKERS // PER_ITEM
     start = rng.integers(0, N_WORKERS, size=n_items)

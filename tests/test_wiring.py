@@ -207,3 +207,26 @@ def test_an_item_everyone_skipped_is_a_missing_label_not_a_stall(fx, root, bbc_s
     except NotReadyError as e:
         assert "are open" not in str(e) and "opened" in str(e), str(e)
     assert fx.ledger.tasks("news", batch_id=b).set_index("task_id").at[skipped, "status"] == "open"
+
+
+def test_the_audit_a_batch_needs_is_reserved_before_deferred_items_are_funded(fx, root, bbc_small, tmp_path,
+                                                                               monkeypatch):
+    """A backlog of deferred items must not crowd out the audit: without it nothing the machines accept in
+    this batch can ever be certified, and every later release is refused as 'audit too small'."""
+    b, items, _ = _routable(fx, root, tmp_path, bbc_small, review={"budget": 0.5})
+    fused = P.read_table(fx, "fused_labels", "news", b)
+    certified = float(np.quantile(fused["confidence"], 0.3))  # most items acceptable
+    monkeypatch.setattr(P, "auto_accept_threshold", lambda fx_, ds, bid: (certified, {"threshold": certified}))
+    given = {}
+
+    def backlog(fx_, ds, budget, **kw):  # earlier batches' deferred items would take all they are given
+        given["budget"] = budget
+        return budget
+
+    monkeypatch.setattr(P, "fund_deferred", backlog)
+    routes = P.review_tasks(fx, "news", b)
+    info = routes.attrs["auto_accept"]
+    assert info["audit_reserved"] > 0
+    assert given["budget"] == info["review_budget"] - info["audit_reserved"]
+    machine = routes["route"].isin(["auto", "audit"]).sum()  # the audit is drawn from what machines accept
+    assert (routes["route"] == "audit").sum() == min(info["audit_reserved"], machine) > 0
