@@ -756,27 +756,6 @@ FINAL_SOURCES = ("auto", "calibrated", "annotated", "verified", "arbitrated")
 MAX_ANSWERS = 3
 
 
-def combine(prior: np.ndarray, item_index: pd.Index, answers: pd.DataFrame, classes: list[str]) -> np.ndarray:
-    """Posterior of each item given a prior (model probabilities) and people's answers of known reliability.
-
-    One-coin update: an answer of reliability r multiplies its class by r and every other class by
-    (1 - r) / (k - 1).  Vectorised over answers with np.add.at in log space.
-    """
-    k = len(classes)
-    logp = np.log(np.clip(prior, 1e-6, 1.0))
-    if len(answers):
-        pos = item_index.get_indexer(answers["item_id"])
-        cls = pd.Index(classes).get_indexer(answers["label"].astype(str))
-        keep = (pos >= 0) & (cls >= 0)
-        r = np.clip(answers["reliability"].to_numpy(dtype=float)[keep], 0.5, 0.999)
-        other = np.log((1 - r) / (k - 1))
-        np.add.at(logp, pos[keep], other[:, None] * np.ones(k))
-        np.add.at(logp, (pos[keep], cls[keep]), np.log(r) - other)
-    logp -= logp.max(axis=1, keepdims=True)
-    p = np.exp(logp)
-    return p / p.sum(axis=1, keepdims=True)
-
-
 def _known_reliabilities(fx: Factory, dataset: str) -> pd.Series:
     """Gold accuracy of each person with enough gold answers (annotator_id -> accuracy); others are estimated."""
     from factory.workforce import Workforce
@@ -788,11 +767,6 @@ def _known_reliabilities(fx: Factory, dataset: str) -> pd.Series:
         return pd.Series(dtype=float)
     enough = scores[scores["gold_answers"] >= spec.workforce.min_gold_answers]
     return enough.set_index("annotator_id")["gold_accuracy"].astype(float)
-
-
-def _reliabilities(fx: Factory, dataset: str, who: pd.Series) -> pd.Series:
-    """Each person's one-coin accuracy: gold accuracy once they have enough gold answers, else the spec's default."""
-    return who.map(_known_reliabilities(fx, dataset)).fillna(fx.spec(dataset).workforce.default_reliability)
 
 
 def escalate(fx: Factory, dataset: str, batch_id: str, run_id: str | None = None) -> pd.DataFrame:
