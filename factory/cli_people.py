@@ -252,22 +252,59 @@ def guideline_questions(dataset, root, as_json) -> None:
     click.echo(df.to_json(orient="records", indent=1) if as_json else (df.to_string(index=False) if len(df) else "(none)"))
 
 
+def batch_work(fx, dataset: str, batch_id: str | None = None) -> list[dict]:
+    """Per batch: how far it got (ingested, prepared, routed, final), its open and answered tasks, its deferred
+    items, and the command that moves it on when people or a run are what it waits for."""
+    from factory.pipeline import deferred_items
+
+    batches = fx.ledger.batches(dataset)["batch_id"].tolist()
+    tasks = fx.ledger.tasks(dataset)
+    rows = []
+    for b in [batch_id] if batch_id else batches:
+        bt = tasks[tasks["batch_id"] == b] if not tasks.empty else tasks
+        n_open = int((bt["status"] == "open").sum()) if len(bt) else 0
+        n_answered = int((bt["status"] == "answered").sum()) if len(bt) else 0
+        final = fx.paths.table("final_labels", dataset, b).exists()
+        routed = fx.paths.table("routing", dataset, b).exists()
+        stage = ("final" if final else "routed" if routed else
+                 "prepared" if fx.paths.table("raw_items", dataset, b).exists() else "ingested")
+        n_deferred = len(deferred_items(fx, dataset, b)) if routed else 0
+        if n_open:
+            nxt = (f"people answer {n_open} task(s): factory tasks list --dataset {dataset} --batch {b}; then "
+                   f"factory run --dataset {dataset} --batch {b}")
+        elif not final:
+            nxt = f"factory run --dataset {dataset} --batch {b}"
+        else:
+            nxt = ""
+        rows.append({"batch_id": b, "stage": stage, "open": n_open, "answered": n_answered,
+                     "deferred": n_deferred, "next": nxt})
+    return rows
+
+
 @click.command("status")
 @click.option("--dataset", required=True)
-@click.option("--batch", "batch_id", default=None, help="One batch (default: every finished batch).")
+@click.option("--batch", "batch_id", default=None, help="One batch (default: every batch).")
 @click.option("--root", default=None, help=ROOT_HELP)
 @click.option("--json", "as_json", is_flag=True)
 def status(dataset, batch_id, root, as_json) -> None:
-    """Per-batch report: items per path, answers, estimated human minutes, per-annotator figures, gold accuracy."""
+    """Per-batch report: the work of every batch (stage; open, answered and deferred; what to run next), then for
+    finished batches items per path, answers, estimated human minutes, per-annotator figures, gold accuracy."""
     from factory.pipeline import batch_summary
 
     fx = _fx(root)
+    work = batch_work(fx, dataset, batch_id)
     ids = [batch_id] if batch_id else [b for b in fx.ledger.batches(dataset)["batch_id"]
                                        if fx.paths.table("final_labels", dataset, b).exists()]
-    out = {b: batch_summary(fx, dataset, b) for b in ids}
+    out = {b: batch_summary(fx, dataset, b) for b in ids if fx.paths.table("final_labels", dataset, b).exists()}
     if as_json:
-        click.echo(json.dumps(out, indent=2, default=str))
+        click.echo(json.dumps({"work": work, "finished": out}, indent=2, default=str))
         return
+    for w in work:  # what is open, answered, deferred and waiting, for every batch, finished or not
+        line = (f"batch {w['batch_id']}: {w['stage']}; tasks open {w['open']}, answered {w['answered']}"
+                + (f", deferred items {w['deferred']}" if w["deferred"] else ""))
+        click.secho(line, fg="yellow" if w["next"] else None)
+        if w["next"]:
+            click.echo(f"  next: {w['next']}")
     if not out:
         click.echo(f"no finished batch of '{dataset}' yet")
     for b, s in out.items():

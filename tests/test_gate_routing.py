@@ -278,6 +278,21 @@ def test_cli_status_and_tasks_list_show_deferred(weak_flow):
     res = CliRunner().invoke(main, ["status", "--dataset", "weak", "--root", root])
     assert res.exit_code == 0, res.output
     assert "deferred" in res.output and "--status deferred" in res.output
+    # every batch's work, finished or not: batch 1 is final with the deferred items it funded now open as tasks;
+    # batch 2 is routed and waits (its budget went to batch 1's backlog). Each says what comes next.
+    res = CliRunner().invoke(main, ["status", "--dataset", "weak", "--root", root, "--json"])
+    work = {w["batch_id"]: w for w in json.loads(res.output)["work"]}
+    fx, b1, b2 = weak_flow["fx"], weak_flow["b1"], weak_flow["b2"]
+    tasks = fx.ledger.tasks("weak")
+    n_open = {b: int(((tasks["batch_id"] == b) & (tasks["status"] == "open")).sum()) for b in (b1, b2)}
+    assert work[b1]["stage"] == "final" and work[b2]["stage"] == "routed"
+    assert work[b1]["open"] == n_open[b1] > 0 and work[b2]["open"] == n_open[b2]
+    for b in (b1, b2):
+        assert work[b]["deferred"] == len(P.deferred_items(fx, "weak", b)) > 0
+    res = CliRunner().invoke(main, ["status", "--dataset", "weak", "--root", root])
+    assert f"batch {b1}: final; tasks open {n_open[b1]}" in res.output
+    assert f"factory tasks list --dataset weak --batch {b1}" in res.output
+    assert f"batch {b2}: routed; tasks open {n_open[b2]}" in res.output
 
 
 @pytest.mark.slow
