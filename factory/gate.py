@@ -220,15 +220,14 @@ def _check(ctx: _Context, a: Answer, *, source: str, require_lease: bool) -> tup
     err = answer_refusal(spec, person, t, a.annotator, item_answered_by=others, rationale=a.rationale)
     if err is not None:
         raise err
-    if str(a.label) not in set(map(str, spec.class_names)):
-        raise TaskError(f"label '{a.label}' is not in the schema of '{t['dataset']}'; use one of {spec.class_names}")
+    label = spec.label_schema.parse(a.label)  # the task type checks and canonicalises (where: the caller's row)
     meta = {"spec_version": spec.version, "guideline_version": spec.guideline.version, "source": source,
             "submission_id": a.submission_id}
     if t["kind"] == "arbitrate":
         if a.task_id is None and not ctx.is_disputed(t["dataset"], t["item_id"]):
             raise TaskConflict(f"item '{t['item_id']}' is not disputed (people agree and no expert task is open); "
                                f"there is nothing to arbitrate")
-        return dict(meta, arbitration=True, dataset=t["dataset"], item_id=t["item_id"], label=str(a.label),
+        return dict(meta, arbitration=True, dataset=t["dataset"], item_id=t["item_id"], label=label,
                     annotator=a.annotator, rationale=str(a.rationale).strip(), evidence=a.evidence,
                     task_id=a.task_id), None
     mine = live[live["task_id"] == t["task_id"]]
@@ -242,14 +241,14 @@ def _check(ctx: _Context, a: Answer, *, source: str, require_lease: bool) -> tup
         elif first["actor"] != a.annotator:  # blind: neither the other person's label nor their name
             raise TaskConflict(f"task '{t['task_id']}' was already answered by another person; your answer was not "
                                f"recorded")
-        elif first["label"] != str(a.label):
+        elif first["label"] != label:
             raise TaskConflict(f"task '{t['task_id']}' is already answered '{first['label']}' by {a.annotator}; "
                                f"to correct it, answer again with --correct")
         else:
             return None, {"task_id": t["task_id"], "event_id": first["event_id"], "duplicate": True}
     elif a.correct:
         raise TaskError(f"task '{t['task_id']}': nothing to correct, the task has no answer yet")
-    return dict(meta, task_id=t["task_id"], label=str(a.label), annotator=a.annotator, correct=a.correct,
+    return dict(meta, task_id=t["task_id"], label=label, annotator=a.annotator, correct=a.correct,
                 require_lease=require_lease, payload=a.payload), None
 
 
@@ -285,7 +284,7 @@ def submit_answers(fx, answers: Sequence[Answer], *, source: str, require_lease:
         return rep
     results: dict[int, dict] = dict(replays)
     if plan and not dry_run:
-        classes = {d: s.class_names for d, s in ctx.specs.items()}
+        classes = {d: s.label_schema for d, s in ctx.specs.items()}
         try:
             written = ctx.ledger.answer_tasks([e for _, e in plan], classes)
         except TaskError as e:  # a race with another writer: nothing was written (one transaction)

@@ -22,8 +22,14 @@ import pandas as pd
 import sqlalchemy as sa
 
 from factory.errors import TaskError
+from factory.tasks import LabelSchema, schema
 
 metadata = sa.MetaData()
+
+
+def _schema(classes: "LabelSchema | Sequence[str]") -> LabelSchema:
+    """A dataset's label schema; a bare class list is a classification schema (older callers)."""
+    return classes if isinstance(classes, LabelSchema) else schema("classification", list(map(str, classes)))
 
 
 class TaskNotFound(TaskError):
@@ -647,8 +653,12 @@ class Ledger:
                                 guideline_version=guideline_version, correct=correct, source=source,
                                 submission_id=submission_id, require_lease=require_lease)
 
-    def answer_tasks(self, answers: Sequence[dict], classes_by_dataset: dict[str, Sequence[str]]) -> list[dict]:
+    def answer_tasks(self, answers: Sequence[dict],
+                     classes_by_dataset: dict[str, "LabelSchema | Sequence[str]"]) -> list[dict]:
         """Record many answers in one transaction: all are written or none (raises on the first bad one).
+
+        `classes_by_dataset` gives each dataset's label schema (``spec.label_schema``: the task type bound
+        to the classes, which checks and canonicalises every label) or, for classification, its classes.
 
         Each answer is a dict with task_id, label, annotator and optionally spec_version,
         guideline_version, source, submission_id, payload (extra provenance merged into the event).
@@ -657,12 +667,10 @@ class Ledger:
         with self.engine.begin() as c:
             for a in answers:
                 if a.get("arbitration"):  # an expert's decision on an item (dataset, item_id, rationale)
-                    classes = list(map(str, classes_by_dataset[a["dataset"]]))
-                    if str(a["label"]) not in classes:
-                        raise TaskError(f"item '{a['item_id']}': label '{a['label']}' is not in the schema {classes}")
+                    label = _schema(classes_by_dataset[a["dataset"]]).parse(a["label"], f"item '{a['item_id']}'")
                     if not a.get("rationale") or not str(a["rationale"]).strip():
                         raise TaskError(f"item '{a['item_id']}': an arbitration needs a rationale (why this label)")
-                    out.append(self._arbitrate(c, a["dataset"], a["item_id"], str(a["label"]), a["annotator"],
+                    out.append(self._arbitrate(c, a["dataset"], a["item_id"], label, a["annotator"],
                                                a["rationale"], spec_version=a.get("spec_version"),
                                                guideline_version=a.get("guideline_version"),
                                                evidence=a.get("evidence"), source=a.get("source", "import"),
@@ -671,10 +679,8 @@ class Ledger:
                 t = c.execute(sa.select(tasks).where(tasks.c.task_id == a["task_id"])).mappings().first()
                 if t is None:
                     raise TaskNotFound(f"task '{a['task_id']}': no such task")
-                classes = list(map(str, classes_by_dataset[t["dataset"]]))
-                if str(a["label"]) not in classes:
-                    raise TaskError(f"task '{a['task_id']}': label '{a['label']}' is not in the schema {classes}")
-                out.append(self._answer(c, dict(t), str(a["label"]), a["annotator"],
+                label = _schema(classes_by_dataset[t["dataset"]]).parse(a["label"], f"task '{a['task_id']}'")
+                out.append(self._answer(c, dict(t), label, a["annotator"],
                                         spec_version=a.get("spec_version"),
                                         guideline_version=a.get("guideline_version"),
                                         source=a.get("source", "import"), submission_id=a.get("submission_id"),

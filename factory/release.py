@@ -448,13 +448,14 @@ _HF_DTYPES = {"string": "string", "object": "string", "str": "string", "float64"
               "int64": "int64", "int32": "int32", "bool": "bool"}
 
 
-def hf_features(columns: dict[str, str], class_names: list[str]) -> list[dict]:
+def hf_features(columns: dict[str, str], spec) -> list[dict]:
     """The card's `dataset_info.features`: one entry per Parquet column (Hugging Face `datasets` casts the
-    files to exactly these), `label` as a ClassLabel over the spec's classes."""
+    files to exactly these), `label` as the task type's feature (classification: a ClassLabel over the
+    spec's classes)."""
     out = []
     for name, dtype in columns.items():
         if name == "label":
-            out.append({"name": "label", "dtype": {"class_label": {"names": {i: c for i, c in enumerate(class_names)}}}})
+            out.append({"name": "label", "dtype": spec.task_type.hf_feature(spec.class_names)})
         else:
             out.append({"name": name, "dtype": _HF_DTYPES.get(str(dtype), "string")})
     return out
@@ -474,7 +475,7 @@ def dataset_card(manifest: dict, spec, cert: dict, splits: list[str], date: str)
         "license": spec.license.lower(), "pretty_name": spec.name, "task_categories": ["text-classification"],
         "annotations_creators": creators or ["machine-generated"], "size_categories": [_size_category(manifest["items"])],
         "configs": [{"config_name": "default", "data_files": [{"split": s, "path": f"data/{s}.parquet"} for s in splits]}],
-        "dataset_info": {"features": hf_features(manifest.get("columns") or {"label": "string"}, spec.class_names)},
+        "dataset_info": {"features": hf_features(manifest.get("columns") or {"label": "string"}, spec)},
     }
     q = manifest["quality"]
     families = sorted({str(v).split("@")[0] for v in manifest.get("labelers") or []})
