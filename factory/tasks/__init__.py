@@ -13,6 +13,7 @@ from typing import Any, Sequence
 from factory.tasks.base import AnswerError, TaskType
 from factory.tasks.classification import Classification
 from factory.tasks.multilabel import MultiLabel
+from factory.tasks.spans import Spans
 
 __all__ = ["AnswerError", "LabelSchema", "TaskType", "get", "names", "register", "schema"]
 
@@ -57,9 +58,9 @@ class LabelSchema:
     def task_type(self) -> TaskType:
         return get(self.type)
 
-    def parse(self, value: Any, where: str = "") -> str:
+    def parse(self, value: Any, where: str = "", item: dict | None = None) -> str:
         """The canonical stored form of an answer; AnswerError naming `where` and the cause."""
-        return self.task_type.parse_answer(value, self.classes, where)
+        return self.task_type.parse_answer(value, self.classes, where, item)
 
 
 def schema(task_type: str, classes: Sequence[str]) -> LabelSchema:
@@ -68,3 +69,4 @@ def schema(task_type: str, classes: Sequence[str]) -> LabelSchema:
 
 register(Classification())
 register(MultiLabel())
+register(Spans())

@@ -41,19 +41,21 @@ class TaskType(Protocol):
     def spec_errors(self, classes: Sequence[str]) -> list[str]:
         """What is wrong with a spec's classes for this type (empty when fine)."""
 
-    def parse_answer(self, value: Any, classes: Sequence[str], where: str = "") -> str:
+    def parse_answer(self, value: Any, classes: Sequence[str], where: str = "", item: dict | None = None) -> str:
         """A person's answer, a model's prediction or a gold label in its canonical stored text form.
 
+        ``item`` is what the type may need to know of the item (spans: ``n_tokens`` for the bounds).
         Raises :class:`AnswerError` naming ``where`` (file and row, task id) and the cause."""
 
     def decode(self, stored: str) -> Any:
         """The canonical text form back into the value a release carries (a class name, a list, ...)."""
 
-    def fuse(self, answers: pd.DataFrame, classes: Sequence[str]) -> pd.DataFrame:
+    def fuse(self, answers: pd.DataFrame, classes: Sequence[str], items: pd.DataFrame | None = None) -> pd.DataFrame:
         """Fuse ``item_id, worker_id, label`` answers (canonical labels) into one row per item (index
-        ``item_id``): ``label`` (canonical), ``confidence`` (the fused label's posterior probability)."""
+        ``item_id``): ``label`` (canonical), ``confidence`` (the fused label's posterior probability).
+        ``items`` (``item_id`` plus what the type needs, e.g. ``n_tokens``) is the items' recorded context."""
 
-    def agreement(self, answers: pd.DataFrame, classes: Sequence[str]) -> dict:
+    def agreement(self, answers: pd.DataFrame, classes: Sequence[str], items: pd.DataFrame | None = None) -> dict:
         """Inter-annotator agreement of ``item_id, worker_id, label`` answers: what kappa / alpha mean for
         this type, as ``{"measure": value, ...}`` (nan where undefined)."""
 

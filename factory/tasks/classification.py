@@ -21,7 +21,7 @@ class Classification:
     def spec_errors(self, classes: Sequence[str]) -> list[str]:
         return [] if len(classes) >= 2 else [f"classification needs at least 2 classes, got {len(classes)}"]
 
-    def parse_answer(self, value: Any, classes: Sequence[str], where: str = "") -> str:
+    def parse_answer(self, value: Any, classes: Sequence[str], where: str = "", item: dict | None = None) -> str:
         names = [str(c) for c in classes]
         if isinstance(value, (list, tuple, set, frozenset)):
             raise AnswerError(f"{where}: a classification answer is one class, got {len(value)} values "
@@ -33,11 +33,11 @@ class Classification:
     def decode(self, stored: str) -> Any:
         return stored
 
-    def fuse(self, answers: pd.DataFrame, classes: Sequence[str]) -> pd.DataFrame:
+    def fuse(self, answers: pd.DataFrame, classes: Sequence[str], items: pd.DataFrame | None = None) -> pd.DataFrame:
         out = aggregate(answers[["item_id", "worker_id", "label"]], method="ds", classes=list(classes))
         return out[["label", "confidence"]]
 
-    def agreement(self, answers: pd.DataFrame, classes: Sequence[str]) -> dict:
+    def agreement(self, answers: pd.DataFrame, classes: Sequence[str], items: pd.DataFrame | None = None) -> dict:
         counts = answers.groupby("item_id")["worker_id"].nunique()
         multi = answers[answers["item_id"].isin(counts.index[counts >= 2])]
         alpha = krippendorff_alpha_nominal(multi) if len(multi) else math.nan

@@ -36,7 +36,7 @@ class MultiLabel:
             errs.append(f"multi-label needs 1 to 62 classes, got {len(classes)}")
         return errs
 
-    def parse_answer(self, value: Any, classes: Sequence[str], where: str = "") -> str:
+    def parse_answer(self, value: Any, classes: Sequence[str], where: str = "", item: dict | None = None) -> str:
         names = [str(c) for c in classes]
         if value is None or (isinstance(value, float) and math.isnan(value)):
             raise AnswerError(f"{where}: no answer; the empty set is an answer too: give '' or []".lstrip(": "))
@@ -59,14 +59,14 @@ class MultiLabel:
     def decode(self, stored: str) -> list[str]:
         return stored.split(SEP) if stored else []
 
-    def fuse(self, answers: pd.DataFrame, classes: Sequence[str]) -> pd.DataFrame:
+    def fuse(self, answers: pd.DataFrame, classes: Sequence[str], items: pd.DataFrame | None = None) -> pd.DataFrame:
         out = aggregate_multilabel(answers.rename(columns={"label": "labels"})[["item_id", "worker_id", "labels"]],
                                    list(classes))
         order = {c: i for i, c in enumerate(classes)}
         label = out["labels"].map(lambda s: SEP.join(sorted(s, key=order.__getitem__)))
         return pd.DataFrame({"label": label, "confidence": out["confidence"]}, index=out.index)
 
-    def agreement(self, answers: pd.DataFrame, classes: Sequence[str]) -> dict:
+    def agreement(self, answers: pd.DataFrame, classes: Sequence[str], items: pd.DataFrame | None = None) -> dict:
         counts = answers.groupby("item_id")["worker_id"].nunique()
         multi = answers[answers["item_id"].isin(counts.index[counts >= 2])]
         per_class = {}
