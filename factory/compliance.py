@@ -13,17 +13,7 @@ import sqlalchemy as sa
 
 from factory.errors import FactoryError
 from factory.ledger import canonical, now
-
-compliance_metadata = sa.MetaData()
-
-raw_payloads = sa.Table(
-    "raw_payloads", compliance_metadata,
-    sa.Column("dataset", sa.String(64), primary_key=True),
-    sa.Column("item_id", sa.String(64), primary_key=True),
-    sa.Column("text", sa.Text, nullable=False),
-    sa.Column("categories", sa.Text, nullable=False),
-    sa.Column("created_at", sa.String(32), nullable=False),
-)
+from factory.tables import compliance_metadata, raw_payloads
 
 DETECTOR = "factory.pii@1"
 
