@@ -9,46 +9,23 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from dataclasses import dataclass, field
-from functools import cached_property
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from factory.config import Paths
 from factory.engine import aggregate
 from factory.engine.routing import route_batch
 from factory.engine.seeding import select_seed
 from factory.errors import FactoryError, NotReadyError
-from factory.ledger import Ledger
 from factory import loop as people_loop
 from factory.quality import audit_target
-from factory.spec import DatasetSpec, load_spec
+from factory.root import Factory  # noqa: F401  (the root object lived here; callers still import it from pipeline)
+from factory.spec import DatasetSpec
 from factory.task_rows import max_tier, task_id_for, task_row
 
 TASK_TYPE = {"classification": "classification", "pairs": "pair"}
-
-
-@dataclass
-class Factory:
-    """A factory root: its folders, its ledger and its dataset specs."""
-
-    paths: Paths = field(default_factory=Paths.from_env)
-
-    @classmethod
-    def at(cls, root: str | Path | None = None) -> "Factory":
-        return cls(Paths.from_env(root))
-
-    @cached_property
-    def ledger(self) -> Ledger:
-        return Ledger(self.paths.database_url)
-
-    def spec(self, dataset: str) -> DatasetSpec:
-        return load_spec(self.paths.spec_path(dataset))
-
-    def datasets(self) -> list[str]:
-        return sorted(p.stem for p in self.paths.datasets.glob("*.yaml"))
 
 
 # ----------------------------------------------------------------------------- tables

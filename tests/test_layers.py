@@ -24,6 +24,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("storage: migrations policy", ("db",)),
     ("storage: the ledger", ("ledger",)),
     ("storage: side tables and readers of the chain", ("tables", "signing", "provenance", "users", "migrations")),
+    ("root: the Factory object (folders, ledger, specs)", ("root",)),
     ("services: intake and people", ("compliance", "ingest", "workforce")),
     ("services: people processes", ("guidelines", "gate", "labelstudio", "simulate")),
     ("pipeline: the Factory root and the batch steps", ("pipeline",)),
