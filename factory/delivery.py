@@ -23,6 +23,7 @@ import sqlalchemy as sa
 
 from factory.errors import FactoryError
 from factory.ledger import now
+from factory.release import release_dirs, sha256_path, show
 from factory.tables import deliveries, delivery_metadata
 
 TOKENIZERS = ("whitespace-cjk", "whitespace", "characters")
@@ -93,8 +94,6 @@ def record_delivery(fx, dataset: str, version: str, client: str, *, file: str = 
     spec = fx.spec(dataset)
     m = meter_release(path, file, split, spec.delivery.tokenizer)
     listing = path / "manifest-sha256.txt"
-    from factory.release import sha256_path
-
     row = {"delivery_id": delivery_id or uuid.uuid4().hex, "client": client, "dataset": dataset, "version": version,
            "content_id": sha256_path(listing) if listing.exists() else None, "file": m["file"], "split": split,
            "items": m["items"], "bytes": m["bytes"], "tokens": m["tokens"], "tokenizer": m["tokenizer"],
@@ -133,8 +132,6 @@ def usage(fx, client: str | None = None, dataset: str | None = None) -> pd.DataF
 
 # ----------------------------------------------------------------------------- feeds
 def _versions(releases_root: str | Path, dataset: str) -> list[dict]:
-    from factory.release import release_dirs, show
-
     out = []
     for d in release_dirs(releases_root, dataset):
         m = show(d)

@@ -17,6 +17,7 @@ from xml.sax.saxutils import quoteattr
 
 from factory.errors import FactoryError
 from factory.gate import Answer, submit_answers
+from factory.ledger import Ledger
 from factory.workforce import shown_kind_and_reasons
 
 FROM_NAME, TO_NAME = "label", "text"
@@ -131,8 +132,6 @@ def read_annotator_map(path: str | Path) -> dict[str, str]:
 
 def plan_import(fx, path: str | Path, annotator_map: dict[str, str] | None = None) -> ImportReport:
     """Check a Label Studio JSON export against the ledger; the report's plan is what an import would write."""
-    from factory.ledger import Ledger
-
     path = Path(path)
     rep = ImportReport(str(path))
     try:

@@ -21,6 +21,7 @@ from typing import Any
 import pandas as pd
 import sqlalchemy as sa
 
+from factory.db import ensure_schema
 from factory.errors import TaskError
 
 metadata = sa.MetaData()
@@ -274,9 +275,7 @@ class Ledger:
         else:
             self.engine = sa.create_engine(url, pool_pre_ping=True)
             self.reader = self.engine
-        from factory.db import ensure_schema  # SQLite upgrades itself; other databases must be at the head
-
-        ensure_schema(self.engine, url, metadata)
+        ensure_schema(self.engine, url, metadata)  # SQLite upgrades itself; other databases must be at the head
 
     # ----------------------------------------------------------------- specs and batches
     def record_spec(self, dataset: str, version: str, guideline_version: str, body: dict) -> bool:

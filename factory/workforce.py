@@ -17,6 +17,7 @@ import numpy as np
 import pandas as pd
 import sqlalchemy as sa
 
+from factory.engine import aggregate_full
 from factory.errors import TaskError, TaskRefused
 from factory.ledger import Ledger, canonical, now, task_assignments
 from factory.quality import wilson_interval
@@ -172,8 +173,6 @@ class Workforce:
 
     def engine_reliability(self, dataset: str) -> pd.Series:
         """The label engine's reliability of each person (Dawid-Skene over every current human answer)."""
-        from factory.engine import aggregate_full
-
         dec = self.ledger.human_decisions(dataset)
         if dec.empty or dec["item_id"].nunique() < 2:
             return pd.Series(dtype=float)
