@@ -561,7 +561,7 @@ class Ledger:
     def create_tasks(self, task_rows: Sequence[dict]) -> int:
         """Create review tasks; a task id that exists already is left as it is (idempotent).
 
-        Rows marked `keyed` (made by `pipeline._task`) carry an internal key as task_id; it is
+        Rows marked `keyed` (made by `task_rows.task_row`) carry an internal key as task_id; it is
         replaced here by `public_task_id(key)`.
         """
         if not task_rows:
