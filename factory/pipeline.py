@@ -23,7 +23,7 @@ from factory import loop as people_loop
 from factory.quality import audit_target
 from factory.root import Factory  # noqa: F401  (the root object lived here; callers still import it from pipeline)
 from factory.spec import DatasetSpec
-from factory.task_rows import max_tier, task_id_for, task_row
+from factory.task_rows import max_tier, task_id_for, task_row  # noqa: F401  (task_id_for: callers import it from here)
 
 TASK_TYPE = {"classification": "classification", "pairs": "pair"}
 
