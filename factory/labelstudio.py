@@ -16,6 +16,7 @@ from pathlib import Path
 
 from factory.errors import FactoryError
 from factory.gate import Answer, submit_answers
+from factory.ledger import Ledger
 from factory.tasks import AnswerError
 from factory.workforce import shown_kind_and_reasons
 
@@ -126,8 +127,6 @@ def read_annotator_map(path: str | Path) -> dict[str, str]:
 
 def plan_import(fx, path: str | Path, annotator_map: dict[str, str] | None = None) -> ImportReport:
     """Check a Label Studio JSON export against the ledger; the report's plan is what an import would write."""
-    from factory.ledger import Ledger
-
     path = Path(path)
     rep = ImportReport(str(path))
     try:

@@ -21,6 +21,7 @@ from typing import Any
 import pandas as pd
 import sqlalchemy as sa
 
+from factory.db import ensure_schema
 from factory.errors import TaskError
 from factory.tasks import LabelSchema, schema
 
@@ -280,9 +281,7 @@ class Ledger:
         else:
             self.engine = sa.create_engine(url, pool_pre_ping=True)
             self.reader = self.engine
-        from factory.db import ensure_schema  # SQLite upgrades itself; other databases must be at the head
-
-        ensure_schema(self.engine, url, metadata)
+        ensure_schema(self.engine, url, metadata)  # SQLite upgrades itself; other databases must be at the head
 
     # ----------------------------------------------------------------- specs and batches
     def record_spec(self, dataset: str, version: str, guideline_version: str, body: dict) -> bool:
@@ -568,7 +567,7 @@ class Ledger:
     def create_tasks(self, task_rows: Sequence[dict]) -> int:
         """Create review tasks; a task id that exists already is left as it is (idempotent).
 
-        Rows marked `keyed` (made by `pipeline._task`) carry an internal key as task_id; it is
+        Rows marked `keyed` (made by `task_rows.task_row`) carry an internal key as task_id; it is
         replaced here by `public_task_id(key)`.
         """
         if not task_rows:

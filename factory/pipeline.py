@@ -9,45 +9,23 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from dataclasses import dataclass, field
-from functools import cached_property
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from factory.config import Paths
 from factory.engine import aggregate
 from factory.engine.routing import route_batch
 from factory.engine.seeding import select_seed
 from factory.errors import FactoryError, NotReadyError
-from factory.ledger import Ledger
 from factory import loop as people_loop
 from factory.quality import audit_target
-from factory.spec import DatasetSpec, load_spec
+from factory.root import Factory  # noqa: F401  (the root object lived here; callers still import it from pipeline)
+from factory.spec import DatasetSpec
+from factory.task_rows import max_tier, task_id_for, task_row  # noqa: F401  (task_id_for: callers import it from here)
 
 TASK_TYPE = {"classification": "classification", "pairs": "pair"}
-
-
-@dataclass
-class Factory:
-    """A factory root: its folders, its ledger and its dataset specs."""
-
-    paths: Paths = field(default_factory=Paths.from_env)
-
-    @classmethod
-    def at(cls, root: str | Path | None = None) -> "Factory":
-        return cls(Paths.from_env(root))
-
-    @cached_property
-    def ledger(self) -> Ledger:
-        return Ledger(self.paths.database_url)
-
-    def spec(self, dataset: str) -> DatasetSpec:
-        return load_spec(self.paths.spec_path(dataset))
-
-    def datasets(self) -> list[str]:
-        return sorted(p.stem for p in self.paths.datasets.glob("*.yaml"))
 
 
 # ----------------------------------------------------------------------------- tables
@@ -76,11 +54,6 @@ def _meta(spec: DatasetSpec, run_id: str | None) -> dict:
     return {"spec_version": spec.version, "guideline_version": spec.guideline.version, "run_id": run_id}
 
 
-def task_id_for(dataset: str, batch_id: str, item_id: str, kind: str) -> str:
-    """The internal key of a task (deterministic: a rerun finds it); people see `Ledger.public_task_id(key)`."""
-    return "k_" + hashlib.sha256(f"{dataset}|{batch_id}|{item_id}|{kind}".encode()).hexdigest()[:16]
-
-
 # ----------------------------------------------------------------------------- design
 def record_spec(fx: Factory, dataset: str) -> DatasetSpec:
     """Validate the dataset's spec file and record its version in the ledger."""
@@ -107,7 +80,6 @@ def raw_items(fx: Factory, dataset: str, batch_id: str) -> pd.DataFrame:
 
 # ----------------------------------------------------------------------------- modes and risk
 TRAINING_KINDS = ("seed", "annotate", "review", "audit", "second", "verify", "arbitrate", "requeue")
-TIER_RANK = {"L1": 0, "L2": 1, "L3": 2, "expert": 3}
 
 
 def item_modes(spec: DatasetSpec, items: pd.DataFrame) -> pd.Series:
@@ -119,10 +91,6 @@ def item_modes(spec: DatasetSpec, items: pd.DataFrame) -> pd.Series:
             hit = np.array([m.get(rule.field) in rule.equals for m in meta], dtype=bool)
             modes[hit] = rule.mode
     return modes
-
-
-def max_tier(*tiers: str | None) -> str:
-    return max((t for t in tiers if t), key=lambda t: TIER_RANK[t], default="L1")
 
 
 def required_tier(spec: DatasetSpec, label: str | None, reasons: list[str], meta: dict | None = None) -> str:
@@ -140,15 +108,6 @@ def required_tier(spec: DatasetSpec, label: str | None, reasons: list[str], meta
                     w.uncertain_tier if "low_confidence" in reasons else None,
                     w.class_tiers.get(str(label)) if label is not None else None,
                     w.sensitive_tier if spec.compliance.grade != "general" else None)
-
-
-def _task(dataset: str, batch_id: str, item_id: str, kind: str, reasons: list[str], *, tier: str = "L1",
-          suggestion: str | None = None, run_id: str | None = None, round_: int = 1, domain: str | None = None) -> dict:
-    kid = kind if round_ == 1 else f"{kind}#{round_}"
-    # keyed: the ledger turns the key into the unguessable public id when it creates the task
-    return dict(task_id=task_id_for(dataset, batch_id, item_id, kid), keyed=True, dataset=dataset, batch_id=batch_id,
-                item_id=item_id, kind=kind, reasons=reasons, suggestion=suggestion, run_id=run_id,
-                required_tier=tier, domain=domain)
 
 
 # ----------------------------------------------------------------------------- people first
@@ -194,9 +153,9 @@ def initial_tasks(fx: Factory, dataset: str, batch_id: str, run_id: str | None =
     tier = required_tier(spec, None, [])
     hm = items[modes.to_numpy() == "human-model"]
     for r in range(1, spec.human_model.overlap + 1):
-        rows += [_task(dataset, batch_id, i, "annotate", [f"human-model: first labels, copy {r} of "
-                                                          f"{spec.human_model.overlap}"], tier=tier, run_id=run_id,
-                       round_=r) for i in hm["item_id"]]
+        rows += [task_row(dataset, batch_id, i, "annotate", [f"human-model: first labels, copy {r} of "
+                                                             f"{spec.human_model.overlap}"], tier=tier, run_id=run_id,
+                          round_=r) for i in hm["item_id"]]
     pre = items[modes.to_numpy() != "human-model"]
     if len(pre):
         have = len(human_labels(fx, dataset))
@@ -205,8 +164,8 @@ def initial_tasks(fx: Factory, dataset: str, batch_id: str, run_id: str | None =
         need = max(0, spec.seed.size - have - open_seed - len(hm))
         if need:
             picks = select_seed(_features(pre["text"].tolist()), min(need, len(pre)), seed=seed)
-            rows += [_task(dataset, batch_id, pre["item_id"].iloc[int(i)], "seed",
-                           ["seed: diverse sample to train the labelers"], tier=tier, run_id=run_id)
+            rows += [task_row(dataset, batch_id, pre["item_id"].iloc[int(i)], "seed",
+                              ["seed: diverse sample to train the labelers"], tier=tier, run_id=run_id)
                      for i in sorted(picks)]
     fx.ledger.create_tasks(rows)
     out = fx.ledger.tasks(dataset, batch_id=batch_id)
@@ -643,8 +602,8 @@ def review_tasks(fx: Factory, dataset: str, batch_id: str, run_id: str | None = 
                  required_tier(spec, r.label, r.reasons, meta.get(r.item_id)))
         for r in routes.itertuples(index=False)]
     show = spec.review.show_model_suggestion
-    rows = [_task(dataset, batch_id, r.item_id, r.route, r.reasons, tier=r.required_tier, run_id=run_id,
-                  suggestion=str(r.label) if show and r.route != "verify" else None, domain=spec.workforce.domain)
+    rows = [task_row(dataset, batch_id, r.item_id, r.route, r.reasons, tier=r.required_tier, run_id=run_id,
+                     suggestion=str(r.label) if show and r.route != "verify" else None, domain=spec.workforce.domain)
             for r in routes[routes["route"].isin(["review", "audit", "verify"])].itertuples(index=False)]
     rows += _honeypots(fx, spec, dataset, batch_id, len(rows), run_id, seed)
     fx.ledger.create_tasks(rows)
@@ -712,9 +671,9 @@ def fund_deferred(fx: Factory, dataset: str, budget: int, *, exclude_batch: str 
     rows = []
     for r in d.itertuples(index=False):
         reasons = [x for x in r.reasons if x != "budget"] + ["deferred"]
-        rows.append(_task(dataset, r.batch_id, r.item_id, "review", reasons,
-                          tier=required_tier(spec, r.fused_label, reasons), run_id=run_id,
-                          suggestion=str(r.fused_label) if show else None, domain=spec.workforce.domain))
+        rows.append(task_row(dataset, r.batch_id, r.item_id, "review", reasons,
+                             tier=required_tier(spec, r.fused_label, reasons), run_id=run_id,
+                             suggestion=str(r.fused_label) if show else None, domain=spec.workforce.domain))
     fx.ledger.create_tasks(rows)
     return len(rows)
 
@@ -748,7 +707,7 @@ def _honeypots(fx: Factory, spec: DatasetSpec, dataset: str, batch_id: str, n_ta
     if spec.review.show_model_suggestion:
         ev = fx.ledger.events(dataset, kind="fusion")
         fused = ev[ev["item_id"].isin(set(pick))].groupby("item_id")["label"].last().to_dict() if len(ev) else {}
-    return [_task(dataset, batch_id, i, "gold", ["honeypot"], run_id=run_id, suggestion=fused.get(i)) for i in pick]
+    return [task_row(dataset, batch_id, i, "gold", ["honeypot"], run_id=run_id, suggestion=fused.get(i)) for i in pick]
 
 
 # ----------------------------------------------------------------------------- final labels
@@ -814,11 +773,11 @@ def escalate(fx: Factory, dataset: str, batch_id: str, run_id: str | None = None
     for item_id, a in act.iterrows():
         rnd = int(n[item_id]) + 1
         if a["action"] == "ask":
-            new.append(_task(dataset, batch_id, item_id, "second", ["second_opinion"] + list(a["reasons"])[:2],
-                             tier=max_tier("L2", routes.at[item_id, "required_tier"]), run_id=run_id, round_=rnd))
+            new.append(task_row(dataset, batch_id, item_id, "second", ["second_opinion"] + list(a["reasons"])[:2],
+                                tier=max_tier("L2", routes.at[item_id, "required_tier"]), run_id=run_id, round_=rnd))
         elif a["action"] == "escalate":
-            new.append(_task(dataset, batch_id, item_id, "arbitrate", ["unresolved"] + list(a["reasons"])[:2],
-                             tier="expert", run_id=run_id, domain=spec.workforce.domain))
+            new.append(task_row(dataset, batch_id, item_id, "arbitrate", ["unresolved"] + list(a["reasons"])[:2],
+                                tier="expert", run_id=run_id, domain=spec.workforce.domain))
     fx.ledger.create_tasks(new)
     return pd.DataFrame(new)
 
