@@ -117,12 +117,11 @@ def ingest(path: str, dataset: str, root: str | None, run_: bool) -> None:
     problem (empty, not UTF-8, unknown or missing column) is refused whole and nothing is written.
     """
     from factory.ingest import ingest as do_ingest
-    from factory.progress import bars
 
     fx = _fx(root)
     try:
         spec = fx.spec(dataset)
-        rep = do_ingest(path, spec, fx.ledger, bars())
+        rep = do_ingest(path, spec, fx.ledger, fx.progress)
     except FactoryError as e:
         _fail(e)
     from assets.runner import add_batch_partition, instance_for, run_stage
@@ -661,12 +660,14 @@ def bench(name: str, out_dir: str, data: str | None, answers: int | None, seeds:
     """
     import importlib
 
+    from factory.progress import bars
+
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     opts = {k: v for k, v in {"answers": answers, "seeds": seeds, "items": items}.items() if v is not None}
     names = BENCHMARKS if name == "all" else (name,)
     rows = []
-    for n in names:
+    for n in bars().track(names, "bench", unit="benchmarks", label=str):
         mod = importlib.import_module(f"benchmarks.{n}")
         d = Path(data) if data else None
         if n == "replay" and d is not None and (d / "product").is_dir():

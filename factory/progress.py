@@ -52,10 +52,14 @@ class Step:
 
     def __enter__(self) -> "Step":
         self.started = time.perf_counter()
+        if self.progress.active:
+            self.progress.__dict__.setdefault("_open", []).append(self)
         self.progress._start(self)
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:
+        if self in self.progress.__dict__.get("_open", ()):
+            self.progress._open.remove(self)
         self.progress._end(self, exc_type is None)
 
 
@@ -94,6 +98,12 @@ class Progress:
             if s.n < n:
                 s.update(int(n) - s.n)
 
+    def note(self, text: str) -> None:
+        """Say what the innermost open step is doing now (a phase of a long step, e.g. 'certify')."""
+        open_steps = self.__dict__.get("_open")
+        if open_steps:
+            open_steps[-1].update(0, note=text)
+
     # what a reporter shows; the base shows nothing
     def _start(self, step: Step) -> None:
         pass
@@ -108,6 +118,26 @@ class Progress:
 NULL = Progress()
 
 
+class _AboveBars:
+    """stdout while bars are drawn on the same terminal: each line is written above the bars (tqdm.write, the
+    redirection recipe of tqdm's documentation), so a `print` inside a step does not land on a bar's line."""
+
+    def __init__(self, stream: TextIO, bar_file: TextIO):
+        self.stream, self.bar_file = stream, bar_file
+
+    def write(self, text: str) -> int:
+        from tqdm import tqdm
+
+        if text.rstrip():
+            with tqdm.external_write_mode(file=self.bar_file):
+                self.stream.write(text if text.endswith("\n") else text + "\n")
+                self.stream.flush()
+        return len(text)
+
+    def __getattr__(self, name: str):
+        return getattr(self.stream, name)
+
+
 class Bars(Progress):
     """tqdm bars (count, rate, elapsed; percentage and ETA when the total is known) on `file` (stderr)."""
 
@@ -115,25 +145,35 @@ class Bars(Progress):
 
     def __init__(self, file: TextIO | None = None):
         self.file = file
+        self._stdout: TextIO | None = None  # the real stdout while lines are routed above the bars
+        self._depth = 0  # bars open now
 
     def _start(self, step: Step) -> None:
         from tqdm import tqdm
 
-        step.state[self] = tqdm(total=step.total, desc=step.desc, unit=f" {step.unit}", file=self.file or sys.stderr,
+        file = self.file or sys.stderr
+        if self._stdout is None and _isatty(sys.stdout) and _isatty(file):
+            self._stdout, sys.stdout = sys.stdout, _AboveBars(sys.stdout, file)
+        self._depth += 1
+        step.state[self] = tqdm(total=step.total, desc=step.desc, unit=f" {step.unit}", file=file,
                                 leave=True, dynamic_ncols=True, mininterval=0.2, disable=False)
 
     def _update(self, step: Step, n: int, note: str | None) -> None:
         bar = step.state.get(self)
         if bar is not None:
             if note:
-                bar.set_postfix_str(note, refresh=False)
-            bar.update(n)
+                bar.set_postfix_str(note, refresh=not n)  # a phase change shows at once
+            if n:
+                bar.update(n)
 
     def _end(self, step: Step, ok: bool) -> None:
         bar = step.state.pop(self, None)
         if bar is not None:
             bar.leave = ok  # a step that stopped early (an error, or waiting for people) leaves no bar behind
             bar.close()
+            self._depth -= 1
+        if self._stdout is not None and not self._depth:
+            sys.stdout, self._stdout = self._stdout, None
 
 
 def _count(step: Step) -> str:
