@@ -63,7 +63,6 @@ def run(out: Path, data: Path | None = None, items: int = 10_000, seed: int = 0,
     from assets.runner import add_batch_partition, instance_for, run_stage
     from factory.ingest import ingest, item_id_for
     from factory.pipeline import Factory, read_table
-    from factory.progress import bars
     from factory.simulate import SimulatedPool
 
     out = Path(out)
@@ -79,7 +78,7 @@ def run(out: Path, data: Path | None = None, items: int = 10_000, seed: int = 0,
     (work / "datasets" / "bench.yaml").write_text(yaml.safe_dump(spec))
     src = work / "batch.csv"
     df[["text"]].to_csv(src, index=False)
-    fx = Factory.at(work, bars())  # the stages draw their own bars (factory --progress, or a terminal)
+    fx = Factory.at(work)
     instance = instance_for(work)
     truth = {item_id_for(t): lab for t, lab in zip(df["text"], df["label"])}
     pool = SimulatedPool(truth, seed=seed)
@@ -96,7 +95,7 @@ def run(out: Path, data: Path | None = None, items: int = 10_000, seed: int = 0,
         print(f"[pipeline] {name}: {timings[name]:.1f}s", flush=True)
         return r
 
-    rep = timed("ingest", lambda: ingest(src, fx.spec("bench"), fx.ledger, fx.progress))
+    rep = timed("ingest", lambda: ingest(src, fx.spec("bench"), fx.ledger))
     add_batch_partition(instance, "bench", rep.batch_id)
     for stage in ("prepare", "annotate", "finalise"):
         for rnd in range(1, 6):  # finalise may open second opinions / arbitrations: people answer, it reruns
