@@ -100,6 +100,30 @@ def test_when_bars_are_shown(monkeypatch):
     assert isinstance(P.bars(), P.Bars) and P.bars(auto=False) is P.NULL  # a Dagster run outside `factory`: no bars
 
 
+def test_printed_lines_go_above_the_bars_on_a_terminal(monkeypatch):
+    monkeypatch.setattr(P, "_isatty", lambda stream: True)
+    out, err = io.StringIO(), io.StringIO()
+    monkeypatch.setattr(sys, "stdout", out)
+    rep = P.Bars(err)
+    for i in rep.track(range(2), "bench", unit="benchmarks"):
+        assert sys.stdout is not out  # routed through tqdm while a bar is drawn
+        print(f"line {i}")
+    assert sys.stdout is out and out.getvalue() == "line 0\nline 1\n"
+
+
+def test_the_command_line_keeps_the_terminal_it_started_on():
+    """A Dagster step run in-process points file descriptor 2 at its compute log: bars keep a duplicate of the
+    terminal's descriptor taken when the command started."""
+    try:
+        fd = sys.stderr.fileno()
+    except (AttributeError, ValueError, OSError):
+        pytest.skip("stderr has no file descriptor here")
+    P.configure(True)
+    assert P._stream is not sys.stderr and P._stream.fileno() != fd
+    P.reset()
+    assert P._stream is None
+
+
 # ----------------------------------------------------------------------------- the command line
 @pytest.fixture
 def cli(root):
@@ -154,6 +178,8 @@ def test_a_run_shows_every_long_step_with_counts_and_dagster_logs_them(cli, root
     s = _steps(res.stderr)
     n = fx.ledger.releases("news").iloc[0]["n_items"]
     assert f"{n} items" in s["release"] and "check labels against the ledger" in s["release"]
+    for phase in ("collect final labels", f"certify {n} labels", "write files"):  # each phase shows as it starts
+        assert phase in res.stderr
     res = cli("--progress", "verify", "--dataset", "news")
     assert "events" in _steps(res.stderr)["verify ledger"]
 
@@ -174,7 +200,17 @@ def test_quiet_without_a_terminal_and_when_told(cli, tmp_path, bbc_small):
     assert res.stderr == ""
     res = cli("ingest", write_csv(tmp_path / "c.csv", bbc_small["text"][40:60]), "--dataset", "news",
               env={P.ENV: "1"})
-    assert "20/20" in _steps(res.stderr)["ingest: validate"]
+    s = _steps(res.stderr)
+    assert "20 rows" in s["ingest: read"] and "20/20" in s["ingest: validate"] and "20/20" in s["ingest: write"]
+
+
+def test_a_folder_is_read_file_by_file(cli, tmp_path):
+    folder = tmp_path / "texts"
+    folder.mkdir()
+    for i in range(5):
+        (folder / f"t{i}.txt").write_text(f"text number {i} about markets and shares")
+    res = cli("--progress", "ingest", folder, "--dataset", "news")
+    assert "5 files" in _steps(res.stderr)["ingest: read"] and "5/5" in _steps(res.stderr)["ingest: validate"]
 
 
 def test_json_output_draws_no_bar_even_on_a_terminal(cli, monkeypatch, tmp_path, bbc_small):
