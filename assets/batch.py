@@ -126,8 +126,9 @@ def build_dataset_assets(dataset: str, root: str | None = None) -> list:
         except FactoryError as e:
             raise _fail(e) from None
         batch = fx.ledger.batch(batch_id) or {}
-        outcome = validate(df, "raw_items", standard=standard)
-        outcome.outcomes.append(_residual_outcome(fx.spec(dataset), df))
+        with _progress(context).work("check raw items", len(df), "rows"):  # Great Expectations + PII scan
+            outcome = validate(df, "raw_items", standard=standard)
+            outcome.outcomes.append(_residual_outcome(fx.spec(dataset), df))
         fx.ledger.record_check(dataset, batch_id, "raw_items", standard, outcome.success,
                                outcome.to_dict(), context.run_id)
         return dg.MaterializeResult(
@@ -143,7 +144,7 @@ def build_dataset_assets(dataset: str, root: str | None = None) -> list:
                           "while the dataset has fewer human labels than spec.seed.size, a diverse seed sample.")
     def initial_tasks(context: dg.AssetExecutionContext, factory: FactoryResource) -> dg.MaterializeResult:
         try:
-            t = P.initial_tasks(factory.factory(), dataset, context.partition_key, context.run_id)
+            t = P.initial_tasks(factory.factory(_progress(context)), dataset, context.partition_key, context.run_id)
         except FactoryError as e:
             raise _fail(e) from None
         return dg.MaterializeResult(metadata={"tasks": len(t),
@@ -237,8 +238,9 @@ def build_dataset_assets(dataset: str, root: str | None = None) -> list:
         # excluded items get no label, by design; deferred ones have none yet (counted, never released)
         deferred = out["source"] == "deferred"
         n_items = int((routes["route"] != "excluded").sum()) - int(deferred.sum())
-        outcome = validate(out[~deferred], "final_labels", {"classes": spec.class_names, "n_items": n_items},
-                           standard=standard)
+        with _progress(context).work("check final labels", int((~deferred).sum()), "rows"):
+            outcome = validate(out[~deferred], "final_labels", {"classes": spec.class_names, "n_items": n_items},
+                               standard=standard)
         fx.ledger.record_check(dataset, batch_id, "final_labels", standard, outcome.success,
                                outcome.to_dict(), context.run_id)
         for o in outcome.blocking_failures:

@@ -182,6 +182,7 @@ def human_labels(fx: Factory, dataset: str) -> pd.DataFrame:
     return pd.concat(frames, ignore_index=True).drop_duplicates("item_id", keep="last").reset_index(drop=True)
 
 
+@counted("initial tasks", "tasks")
 def initial_tasks(fx: Factory, dataset: str, batch_id: str, run_id: str | None = None, seed: int = 0) -> pd.DataFrame:
     """Tasks people answer before the models run.
 

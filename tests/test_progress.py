@@ -156,7 +156,9 @@ def test_a_run_shows_every_long_step_with_counts_and_dagster_logs_them(cli, root
     assert "80/80" in s["ingest: write"]
     batch = fx.ledger.batches("news").iloc[0]["batch_id"]
 
-    cli("run", "--dataset", "news", "--batch", batch, env={P.ENV: "1"})  # seed tasks: people first
+    res = cli("run", "--dataset", "news", "--batch", batch, env={P.ENV: "1"})  # seed tasks: people first
+    s = _steps(res.stderr)
+    assert "80/80" in s["check raw items"] and "40 tasks" in s["initial tasks"]
     pool = SimulatedPool(truth)
     pool.answer_open_tasks(fx.ledger, fx.spec("news"))
     res = cli("run", "--dataset", "news", "--batch", batch, env={P.ENV: "1"})
@@ -172,7 +174,7 @@ def test_a_run_shows_every_long_step_with_counts_and_dagster_logs_them(cli, root
         res = cli("--progress", "run", "--dataset", "news", "--batch", batch)
         if "finalise: ok" in res.stdout:
             break
-    assert "80 items" in _steps(res.stderr)["final labels"]
+    assert "80 items" in _steps(res.stderr)["final labels"] and "rows" in _steps(res.stderr)["check final labels"]
     res = cli("--progress", "run", "--dataset", "news", "--stage", "release")
     assert "release: ok" in res.stdout
     s = _steps(res.stderr)
@@ -186,7 +188,7 @@ def test_a_run_shows_every_long_step_with_counts_and_dagster_logs_them(cli, root
     # inside Dagster the same steps are coarse lines of the run's log: start, then count and rate
     instance = dg.DagsterInstance.get()
     logged = [e.user_message for r in instance.get_runs() for e in instance.all_logs(r.run_id)]
-    for line in ("train labelers: done 120/120 items", "predict: done 240/240 items", "fuse: done 80 items",
+    for line in ("check raw items: done 80/80 rows", "initial tasks: done 40 tasks", "train labelers: done 120/120 items", "predict: done 240/240 items", "fuse: done 80 items",
                  "route: done 80 items", "final labels: done 80 items", f"release: done {n} items"):
         assert any(m.startswith(line) for m in logged), line
     assert not any("predict" in m and "item_" in m for m in logged)  # coarse: no line per item
