@@ -14,7 +14,6 @@ from factory.datasets import load_bbc_news
 from factory.ingest import ingest, item_id_for
 from factory.pipeline import Factory, read_table
 from factory.pipeline import batch_summary, needs_finalise
-from factory.progress import bars
 from factory.simulate import SimulatedPool
 from factory.workforce import Workforce
 
@@ -84,7 +83,7 @@ def run_demo(root: Path, batches: int = 2, limit: int | None = None, seed_size: 
     for i, chunk in enumerate(_chunks(news, batches)):
         path = inbox / f"bbc-news-part{i + 1}.csv"
         chunk[["text"]].to_csv(path, index=False)
-        rep = ingest(path, spec, fx.ledger, bars())
+        rep = ingest(path, spec, fx.ledger)
         add_batch_partition(instance, DATASET, rep.batch_id)
         batch_ids.append(rep.batch_id)
         progress(f"[demo] ingested {path.name}: {rep.items} items, {rep.duplicates_within + rep.duplicates_across} "

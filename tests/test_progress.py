@@ -244,7 +244,8 @@ def logged(monkeypatch):
     return lines, use
 
 
-def test_replay_counts_its_seeds(logged, monkeypatch):
+@pytest.mark.parametrize("workers", [1, 2])  # in this process, and in a process pool (forked: the stub goes too)
+def test_replay_counts_its_seeds(logged, monkeypatch, workers):
     from benchmarks import replay as rp
 
     lines, use = logged
@@ -254,7 +255,7 @@ def test_replay_counts_its_seeds(logged, monkeypatch):
     monkeypatch.setattr(rp, "run_seed", lambda *a, **k: {"records": rec, "rounds": [], "stopped_at": None})
     answers = pd.DataFrame({"item_id": ["i1"], "worker_id": ["w"], "label": ["a"]})
     rp.replay(pd.DataFrame({"item_id": ["i1"]}), "none", answers, pd.Series(["a"], index=["i1"]), dict(rp.DEFAULTS),
-              seeds=3, workers=1, label="toy")
+              seeds=3, workers=workers, label="toy")
     assert any(m.startswith("toy: seeds: done 3/3 seeds") for m in lines), lines
 
 
