@@ -30,6 +30,7 @@ from contextlib import contextmanager
 from typing import Callable, Iterable, Iterator, TextIO
 
 ENV = "FACTORY_PROGRESS"
+_EVERY = 0.1  # seconds between two counts of a tracked loop (tqdm redraws at most every 0.2 s anyway)
 _ON, _OFF = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
 
 
@@ -84,11 +85,18 @@ class Progress:
 
     def _track(self, iterable, desc, total, unit, weight, label) -> Iterator:
         with self.step(desc, total, unit) as s:
+            pending, last = 0, time.perf_counter()
             for x in iterable:
                 if label is not None:
                     s.update(0, note=label(x))
                 yield x
-                s.update(weight)
+                pending += weight
+                now = time.perf_counter()
+                if now - last >= _EVERY:  # a slow element counts at once; fast ones are counted in bunches
+                    s.update(pending)
+                    pending, last = 0, now
+            if pending:
+                s.update(pending)
 
     @contextmanager
     def work(self, desc: str, n: int, unit: str = "items") -> Iterator[Step]:
