@@ -19,6 +19,7 @@ import pandas as pd
 from factory.errors import FactoryError
 from factory.ingest import sha256_file
 from factory.ledger import now
+from factory.progress import counted
 from factory.release import release_dirs
 from factory.signing import ANCHOR_FILE, check_signature, sign, verify_key
 
@@ -109,6 +110,7 @@ def _release_against_ledger(fx, dataset: str, folder: Path, ledger_events) -> tu
     return anchor, problems
 
 
+@counted("verify ledger", "events", count=lambda r: r["events"])
 def verify_ledger(fx, dataset: str, checkpoint_files: list[str | Path] | None = None) -> dict:
     """The chain walk plus every published anchor: each release folder of the dataset (its anchor, its manifest
     as the ledger recorded it, its events as the ledger holds them) and every checkpoint record (signature
