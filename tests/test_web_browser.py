@@ -2,7 +2,8 @@
 
 An annotator signs in, labels three items with the keyboard, undoes the last; an expert arbitrates
 the item two people disagree on; the ledger must hold exactly those events.  The run saves a
-screenshot of the queue page to docs/workbench-queue.png.  Skips when Chromium or Playwright is
+screenshot of the queue page in its tmp folder, or to docs/workbench-queue.png (the README's picture) with
+FACTORY_UPDATE_SCREENSHOTS=1: a test run leaves the repository as it was.  Skips when Chromium or Playwright is
 missing locally, fails instead when CI=true.
 """
 from __future__ import annotations
@@ -109,6 +110,7 @@ def _serve(app):
 
 
 def test_annotator_and_expert_in_a_real_browser(tmp_path, monkeypatch):
+    shot = (DOCS if os.environ.get("FACTORY_UPDATE_SCREENSHOTS") == "1" else tmp_path) / "workbench-queue.png"
     _require_browser()
     from playwright.sync_api import sync_playwright
 
@@ -161,8 +163,8 @@ def test_annotator_and_expert_in_a_real_browser(tmp_path, monkeypatch):
                 page.keyboard.press("Escape")
                 page.wait_for_function("document.getElementById('done-today').textContent === '2'")
                 page.wait_for_selector("#toast", state="hidden", timeout=10_000)
-                DOCS.mkdir(exist_ok=True)
-                page.screenshot(path=str(DOCS / "workbench-queue.png"))
+                shot.parent.mkdir(exist_ok=True)
+                page.screenshot(path=str(shot))
 
                 expert = browser.new_context(viewport={"width": 1360, "height": 860}, bypass_csp=True).new_page()
                 expert.goto(base + "/login")
@@ -203,7 +205,7 @@ def test_annotator_and_expert_in_a_real_browser(tmp_path, monkeypatch):
     dec = fx.ledger.human_decisions("news").set_index("task_id")["label"]
     assert dec[first["task_id"]] == dec["t-audit"] == classes[decided]
     assert fx.ledger.verify_chain("news")["ok"]
-    assert (DOCS / "workbench-queue.png").stat().st_size > 10_000
+    assert shot.stat().st_size > 10_000
 
 
 def test_the_quality_report_reads_well_in_a_browser(tmp_path, monkeypatch):
