@@ -32,9 +32,11 @@ from dataclasses import dataclass, field
 from factory.disputes import disputed_items
 from factory.errors import TaskError, TaskRefused
 from factory.ledger import TaskConflict, TaskNotFound, now
-from factory.workforce import Workforce, answer_refusal, registry_rows
+from factory.workforce import Workforce, answer_refusal, ensure_registry_tables, registry_rows
 
 STATUS = {TaskNotFound: 404, TaskConflict: 409, TaskRefused: 403}
+# what the ledger needs of a task's earlier answers to write the next one (Ledger._task_history's fields)
+HISTORY_FIELDS = ("event_id", "kind", "actor", "label", "payload", "supersedes", "created_at")
 
 
 @dataclass(frozen=True)
@@ -106,13 +108,16 @@ class GateReport:
 
 
 class _Context:
-    """What the checks of one call read once: specs, the registry, tasks, leases."""
+    """What the checks of one call read once: specs, the registry, tasks, leases.
 
-    def __init__(self, fx, answers: Sequence[Answer], spec_of=None):
-        self.fx, self.ledger = fx, fx.ledger
+    Everything is read on `conn`, the connection whose transaction then writes the answers: the checks
+    and the write see one state of the ledger, and a submission costs one round trip per read."""
+
+    def __init__(self, fx, answers: Sequence[Answer], spec_of=None, conn=None):
+        self.fx, self.ledger, self.conn = fx, fx.ledger, conn
         self.spec_of = spec_of or fx.spec
         self.specs: dict = {}
-        self.people = registry_rows(fx.ledger, [a.annotator for a in answers if a.annotator])
+        self.people = registry_rows(fx.ledger, [a.annotator for a in answers if a.annotator], conn=conn)
         self.disputed: dict[str, set[str]] = {}
         self.item_events: dict[tuple, object] = {}
 
@@ -125,7 +130,7 @@ class _Context:
         key = (dataset, item_id)
         if key not in self.item_events:
             self.item_events[key] = self.ledger.events(dataset, item_id=item_id,
-                                                       kind=["human", "correction", "retraction"])
+                                                       kind=["human", "correction", "retraction"], conn=self.conn)
         return self.item_events[key]
 
     def is_disputed(self, dataset: str, item_id: str) -> bool:
@@ -140,9 +145,11 @@ def _live(ev) -> "object":
     return ev[(ev["kind"] != "retraction") & ~ev["event_id"].isin(gone)]
 
 
-def _lease_refusal(ctx: _Context, task_id: str, annotator: str, require_lease: bool, ts: str) -> TaskError | None:
-    """The lease rule: nobody answers a task someone else holds; with `require_lease`, only its holder does."""
-    a = ctx.ledger.assignment(task_id)
+def _lease_refusal(ctx: _Context, task_id: str, annotator: str, require_lease: bool, ts: str,
+                   lease: dict | None | bool = False) -> TaskError | None:
+    """The lease rule: nobody answers a task someone else holds; with `require_lease`, only its holder does.
+    `lease` is the task's lease when the caller read it already (None: never leased)."""
+    a = ctx.ledger.assignment(task_id) if lease is False else lease
     held = a is not None and a["lease_until"] >= ts
     if require_lease:
         if a is None or a["assignee"] != annotator:
@@ -185,7 +192,7 @@ def _check(ctx: _Context, a: Answer, *, source: str, require_lease: bool) -> tup
         t = {"task_id": f"item {a.item_id}", "dataset": a.dataset, "item_id": a.item_id, "kind": "arbitrate",
              "required_tier": "expert", "batch_id": None}
     else:
-        t = ctx.ledger.task(a.task_id)
+        t = ctx.ledger.task_with_lease(ctx.conn, a.task_id)
         if t is None:
             raise TaskNotFound(f"task '{a.task_id}': no such task; list open tasks with `factory tasks list`")
         replay = _own_replay(ctx, t, a)
@@ -210,7 +217,7 @@ def _check(ctx: _Context, a: Answer, *, source: str, require_lease: bool) -> tup
                 raise TaskConflict(f"item '{t['item_id']}' has a task held by another person right now; the "
                                    f"arbitration was not recorded, try again when the lease ends")
     else:
-        err = _lease_refusal(ctx, t["task_id"], a.annotator, require_lease, ts)
+        err = _lease_refusal(ctx, t["task_id"], a.annotator, require_lease, ts, lease=t["lease"])
         if err is not None:
             raise err
     ev = ctx.events_of(t["dataset"], t["item_id"])
@@ -249,8 +256,11 @@ def _check(ctx: _Context, a: Answer, *, source: str, require_lease: bool) -> tup
             return None, {"task_id": t["task_id"], "event_id": first["event_id"], "duplicate": True}
     elif a.correct:
         raise TaskError(f"task '{t['task_id']}': nothing to correct, the task has no answer yet")
+    task = {k: v for k, v in t.items() if k != "lease"}
+    history = [{k: (None if v is None or v != v else v) for k, v in h.items()}  # NaN (pandas) is None
+               for h in ev[ev["task_id"] == t["task_id"]][list(HISTORY_FIELDS)].to_dict("records")]
     return dict(meta, task_id=t["task_id"], label=str(a.label), annotator=a.annotator, correct=a.correct,
-                require_lease=require_lease, payload=a.payload), None
+                require_lease=require_lease, payload=a.payload, task=task, history=history), None
 
 
 def submit_answers(fx, answers: Sequence[Answer], *, source: str, require_lease: bool = False,
@@ -259,10 +269,30 @@ def submit_answers(fx, answers: Sequence[Answer], *, source: str, require_lease:
 
     `source` names the door (cli, import, label-studio, web, web-arbitration) in each event's
     payload; `require_lease` (the workbench) accepts a task's answer only from its lease holder;
-    `spec_of(dataset)` loads a spec (default `fx.spec`; the workbench passes its cache).
+    `spec_of(dataset)` loads a spec (default `fx.spec`; the workbench passes its cache).  The checks
+    read in the transaction that writes (one connection, one commit per call).
     """
-    ctx = _Context(fx, answers, spec_of)
     rep = GateReport(source=source, checked=len(answers), dry_run=dry_run)
+    ensure_registry_tables(fx.ledger)
+    with fx.ledger.engine.connect() as c:
+        tx = c.begin()
+        try:
+            ctx = _Context(fx, answers, spec_of, conn=c)
+            _check_and_write(ctx, answers, rep, source=source, require_lease=require_lease, dry_run=dry_run)
+        except BaseException:
+            tx.rollback()
+            raise
+        if rep.refused or dry_run or not rep.recorded:
+            tx.rollback()  # nothing written (a refusal, a dry run, or only replays of recorded answers)
+        else:
+            tx.commit()
+    if rep.refused:
+        _log_refusals(ctx, answers, rep, dry_run)
+    return rep
+
+
+def _check_and_write(ctx: _Context, answers: Sequence[Answer], rep: GateReport, *, source: str,
+                     require_lease: bool, dry_run: bool) -> None:
     plan: list[tuple[int, dict]] = []
     seen: dict[str, str] = {}
     replays: list[tuple[int, dict]] = []
@@ -281,16 +311,18 @@ def submit_answers(fx, answers: Sequence[Answer], *, source: str, require_lease:
         else:
             plan.append((n, entry))
     if rep.refused:
-        _log_refusals(ctx, answers, rep, dry_run)
-        return rep
+        return
     results: dict[int, dict] = dict(replays)
+    if any(e.get("arbitration") for _, e in plan):  # an arbitration writes onto tasks: let each answer re-read
+        for _, e in plan:
+            e.pop("task", None), e.pop("history", None)
     if plan and not dry_run:
         classes = {d: s.class_names for d, s in ctx.specs.items()}
         try:
-            written = ctx.ledger.answer_tasks([e for _, e in plan], classes)
-        except TaskError as e:  # a race with another writer: nothing was written (one transaction)
+            written = ctx.ledger.answer_tasks([e for _, e in plan], classes, conn=ctx.conn)
+        except TaskError as e:  # a race with another writer: nothing is written (the transaction rolls back)
             rep.refused.append(Refusal("", str(e), e))
-            return rep
+            return
         for (n, e), w in zip(plan, written):
             results[n] = {"task_id": e.get("task_id"), "item_id": e.get("item_id"), **w,
                           "arbitration": bool(e.get("arbitration"))}
@@ -298,7 +330,6 @@ def submit_answers(fx, answers: Sequence[Answer], *, source: str, require_lease:
         results.update({n: {"task_id": e.get("task_id"), "event_id": None, "duplicate": False,
                             "arbitration": bool(e.get("arbitration"))} for n, e in plan})
     rep.results = [results[n] for n in sorted(results)]
-    return rep
 
 
 def _log_refusals(ctx: _Context, answers: Sequence[Answer], rep: GateReport, dry_run: bool) -> None:

@@ -243,6 +243,18 @@ def event_hash(prev_hash: str, row: dict) -> str:
     return hashlib.sha256((prev_hash + content).encode()).hexdigest()
 
 
+def _insert_ignoring_duplicates(c):
+    """INSERT INTO label_events ... ON CONFLICT DO NOTHING on PostgreSQL and SQLite (None elsewhere): one
+    statement that both checks the dedup key and writes, instead of a SELECT first."""
+    if c.dialect.name == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert
+    elif c.dialect.name == "sqlite":
+        from sqlalchemy.dialects.sqlite import insert
+    else:
+        return None
+    return insert(label_events).on_conflict_do_nothing()
+
+
 def _sqlite_pragmas(dbapi_conn, _record) -> None:
     cur = dbapi_conn.cursor()
     cur.execute("PRAGMA journal_mode=WAL")
@@ -411,18 +423,22 @@ class Ledger:
 
     def _lock_head(self, c, dataset: str):
         """Lock the dataset's chain head for this transaction (SQLite: BEGIN IMMEDIATE did already)."""
-        if c.dialect.name == "postgresql":
+        lock = sa.select(chain_heads).where(chain_heads.c.dataset == dataset).with_for_update()
+        head = c.execute(lock).first()
+        if head is None and c.dialect.name == "postgresql":
             # a row to lock must exist: two first writers would otherwise both insert the head
             from sqlalchemy.dialects.postgresql import insert as pg_insert
 
             c.execute(pg_insert(chain_heads).values(dataset=dataset, seq=0, hash=GENESIS).on_conflict_do_nothing())
-        return c.execute(sa.select(chain_heads).where(chain_heads.c.dataset == dataset).with_for_update()).first()
+            head = c.execute(lock).first()
+        return head
 
     def _append(self, c, dataset: str, events: Sequence[dict]) -> int:
         # the head lock comes first: concurrent appenders of a dataset queue on it, and the dedup check
         # below then sees every event they committed (PostgreSQL READ COMMITTED takes a new snapshot)
         head = self._lock_head(c, dataset)
-        keys = [e["dedup_key"] for e in events if e.get("dedup_key")]
+        single = _insert_ignoring_duplicates(c) if len(events) == 1 else None
+        keys = [e["dedup_key"] for e in events if e.get("dedup_key")] if single is None else []
         existing: set[str] = set()
         for i in range(0, len(keys), 500):
             existing.update(r[0] for r in c.execute(sa.select(label_events.c.dedup_key).where(
@@ -461,7 +477,11 @@ class Ledger:
             rows.append(row)
         if not rows:
             return 0
-        if len(rows) == 1:  # one event (a person's answer): its seq is known, no scan of the dataset for the max
+        if single is not None:  # one event (a person's answer): the insert is the duplicate check, its seq returned
+            last_seq = c.execute(single.returning(label_events.c.seq), rows[0]).scalar()
+            if last_seq is None:  # its dedup key is in the ledger already
+                return 0
+        elif len(rows) == 1:
             last_seq = c.execute(label_events.insert(), rows[0]).inserted_primary_key[0]
         else:
             c.execute(label_events.insert(), rows)
@@ -474,7 +494,8 @@ class Ledger:
         return len(rows)
 
     def events(self, dataset: str, *, batch_id: str | None = None, item_id: str | None = None,
-               kind: str | Sequence[str] | None = None) -> pd.DataFrame:
+               kind: str | Sequence[str] | None = None, conn=None) -> pd.DataFrame:
+        """Label events of a dataset in seq order (read on `conn`, inside the caller's transaction, when given)."""
         q = sa.select(label_events).where(label_events.c.dataset == dataset).order_by(label_events.c.seq)
         if batch_id:
             q = q.where(label_events.c.batch_id == batch_id)
@@ -482,6 +503,8 @@ class Ledger:
             q = q.where(label_events.c.item_id == item_id)
         if kind:
             q = q.where(label_events.c.kind.in_([kind] if isinstance(kind, str) else list(kind)))
+        if conn is not None:
+            return pd.DataFrame(conn.execute(q).mappings().all(), columns=[col.name for col in label_events.c])
         with self.reader.connect() as c:
             return pd.DataFrame(c.execute(q).mappings().all(), columns=[col.name for col in label_events.c])
 
@@ -624,6 +647,19 @@ class Ledger:
             row = c.execute(sa.select(tasks).where(tasks.c.task_id == task_id)).mappings().first()
             return dict(row) if row else None
 
+    def task_with_lease(self, c, task_id: str) -> dict | None:
+        """The task and its lease (`lease`: assignee, lease_until, or None) in one read on the caller's connection."""
+        a = task_assignments
+        row = c.execute(sa.select(tasks, a.c.assignee.label("lease_assignee"), a.c.lease_until.label("lease_until_"))
+                        .select_from(tasks.outerjoin(a, a.c.task_id == tasks.c.task_id))
+                        .where(tasks.c.task_id == task_id)).mappings().first()
+        if row is None:
+            return None
+        t = {k: row[k] for k in tasks.c.keys()}
+        t["lease"] = (None if row["lease_assignee"] is None else
+                      {"assignee": row["lease_assignee"], "lease_until": row["lease_until_"]})
+        return t
+
     def answer_task(self, task_id: str, label: str, annotator: str, classes: Sequence[str], *,
                     spec_version: str | None = None, guideline_version: str | None = None,
                     correct: bool = False, source: str = "cli", submission_id: str | None = None,
@@ -647,39 +683,47 @@ class Ledger:
                                 guideline_version=guideline_version, correct=correct, source=source,
                                 submission_id=submission_id, require_lease=require_lease)
 
-    def answer_tasks(self, answers: Sequence[dict], classes_by_dataset: dict[str, Sequence[str]]) -> list[dict]:
+    def answer_tasks(self, answers: Sequence[dict], classes_by_dataset: dict[str, Sequence[str]], *,
+                     conn=None) -> list[dict]:
         """Record many answers in one transaction: all are written or none (raises on the first bad one).
 
         Each answer is a dict with task_id, label, annotator and optionally spec_version,
         guideline_version, source, submission_id, payload (extra provenance merged into the event).
+        `conn` writes inside the caller's transaction (the gate's, which read `task` and the task's
+        `history` already in it: they are not read again).
         """
-        out = []
+        if conn is not None:
+            return self._answer_all(conn, answers, classes_by_dataset)
         with self.engine.begin() as c:
-            for a in answers:
-                if a.get("arbitration"):  # an expert's decision on an item (dataset, item_id, rationale)
-                    classes = list(map(str, classes_by_dataset[a["dataset"]]))
-                    if str(a["label"]) not in classes:
-                        raise TaskError(f"item '{a['item_id']}': label '{a['label']}' is not in the schema {classes}")
-                    if not a.get("rationale") or not str(a["rationale"]).strip():
-                        raise TaskError(f"item '{a['item_id']}': an arbitration needs a rationale (why this label)")
-                    out.append(self._arbitrate(c, a["dataset"], a["item_id"], str(a["label"]), a["annotator"],
-                                               a["rationale"], spec_version=a.get("spec_version"),
-                                               guideline_version=a.get("guideline_version"),
-                                               evidence=a.get("evidence"), source=a.get("source", "import"),
-                                               submission_id=a.get("submission_id")))
-                    continue
-                t = c.execute(sa.select(tasks).where(tasks.c.task_id == a["task_id"])).mappings().first()
-                if t is None:
-                    raise TaskNotFound(f"task '{a['task_id']}': no such task")
-                classes = list(map(str, classes_by_dataset[t["dataset"]]))
+            return self._answer_all(c, answers, classes_by_dataset)
+
+    def _answer_all(self, c, answers: Sequence[dict], classes_by_dataset: dict[str, Sequence[str]]) -> list[dict]:
+        out = []
+        for a in answers:
+            if a.get("arbitration"):  # an expert's decision on an item (dataset, item_id, rationale)
+                classes = list(map(str, classes_by_dataset[a["dataset"]]))
                 if str(a["label"]) not in classes:
-                    raise TaskError(f"task '{a['task_id']}': label '{a['label']}' is not in the schema {classes}")
-                out.append(self._answer(c, dict(t), str(a["label"]), a["annotator"],
-                                        spec_version=a.get("spec_version"),
-                                        guideline_version=a.get("guideline_version"),
-                                        source=a.get("source", "import"), submission_id=a.get("submission_id"),
-                                        extra=a.get("payload"), correct=bool(a.get("correct")),
-                                        require_lease=bool(a.get("require_lease"))))
+                    raise TaskError(f"item '{a['item_id']}': label '{a['label']}' is not in the schema {classes}")
+                if not a.get("rationale") or not str(a["rationale"]).strip():
+                    raise TaskError(f"item '{a['item_id']}': an arbitration needs a rationale (why this label)")
+                out.append(self._arbitrate(c, a["dataset"], a["item_id"], str(a["label"]), a["annotator"],
+                                           a["rationale"], spec_version=a.get("spec_version"),
+                                           guideline_version=a.get("guideline_version"),
+                                           evidence=a.get("evidence"), source=a.get("source", "import"),
+                                           submission_id=a.get("submission_id")))
+                continue
+            t = a.get("task") or c.execute(sa.select(tasks).where(tasks.c.task_id == a["task_id"])).mappings().first()
+            if t is None:
+                raise TaskNotFound(f"task '{a['task_id']}': no such task")
+            classes = list(map(str, classes_by_dataset[t["dataset"]]))
+            if str(a["label"]) not in classes:
+                raise TaskError(f"task '{a['task_id']}': label '{a['label']}' is not in the schema {classes}")
+            out.append(self._answer(c, dict(t), str(a["label"]), a["annotator"],
+                                    spec_version=a.get("spec_version"),
+                                    guideline_version=a.get("guideline_version"),
+                                    source=a.get("source", "import"), submission_id=a.get("submission_id"),
+                                    extra=a.get("payload"), correct=bool(a.get("correct")),
+                                    require_lease=bool(a.get("require_lease")), history=a.get("history")))
         return out
 
     def _task_history(self, c, task_id: str) -> list[dict]:
@@ -706,11 +750,23 @@ class Ledger:
             raise TaskConflict(f"your lease on task '{task_id}' expired at {a['lease_until']}; your answer was not "
                                f"recorded, take a fresh task with GET /api/tasks/next")
 
+    def _end_lease(self, c, task_id: str, annotator: str, ts: str) -> None:
+        """Check that `annotator` holds an unexpired lease and end it, in one statement (atomic: a lease cannot
+        run out or change hands between the check and the answer); when it does not hold, say why."""
+        a = task_assignments
+        if c.execute(a.update().where(a.c.task_id == task_id, a.c.assignee == annotator, a.c.lease_until >= ts)
+                     .values(lease_until=ts)).rowcount != 1:
+            self._check_lease(c, task_id, annotator, ts)
+            raise TaskConflict(f"your lease on task '{task_id}' ended meanwhile; your answer was not recorded, "
+                               f"take your next task with GET /api/tasks/next")
+
     def _answer(self, c, t: dict, label: str, annotator: str, *, spec_version: str | None,
                 guideline_version: str | None, correct: bool = False, source: str = "cli",
-                submission_id: str | None = None, require_lease: bool = False, extra: dict | None = None) -> dict:
+                submission_id: str | None = None, require_lease: bool = False, extra: dict | None = None,
+                history: list[dict] | None = None) -> dict:
         task_id = t["task_id"]
-        history = self._task_history(c, task_id)
+        if history is None:  # the gate passes the history it read in this transaction
+            history = self._task_history(c, task_id)
         if submission_id:
             # idempotency is scoped to the submitter: someone else's submission id matches nothing of theirs
             for h in history:
@@ -722,7 +778,7 @@ class Ledger:
                     return {"event_id": h["event_id"], "duplicate": True}
         ts = now()
         if require_lease and not correct:  # the lease first: a task you do not hold says nothing about itself
-            self._check_lease(c, task_id, annotator, ts)
+            self._end_lease(c, task_id, annotator, ts)
         prior = self._live(history)
         if prior and not correct:
             first = prior[0]
@@ -754,8 +810,6 @@ class Ledger:
         }
         if self._append(c, t["dataset"], [ev]) != 1:
             raise TaskConflict(f"task '{task_id}' was answered concurrently; reload it")
-        if require_lease and not correct:  # answered: the lease ends now
-            c.execute(task_assignments.update().where(task_assignments.c.task_id == task_id).values(lease_until=ts))
         return {"event_id": ev["event_id"], "duplicate": False}
 
     def human_decisions(self, dataset: str, batch_id: str | None = None) -> pd.DataFrame:
