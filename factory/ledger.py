@@ -2,8 +2,15 @@
 
 SQLite in WAL mode by default, the same code on PostgreSQL.  Label events are never updated: a
 correction is a new event whose `supersedes` names the event it replaces.  Events of a dataset form
-a hash chain (each event's hash covers its canonical content and the previous hash), so an edited or
-deleted row is found by `verify_chain`.
+hash chains (each event's hash covers its canonical content and the previous hash of its chain), so an
+edited or deleted row is found by `verify_chain`.
+
+A dataset has a root chain (`chain` ''), which holds what machines and the pipeline write, and one chain
+per person (`person:<name>`) for what people write through the task doors (answers, corrections, undos,
+skips, arbitrations, guideline gaps).  Appenders of one chain queue on its head row, so two people
+answering never wait for each other or for a running batch.  The dataset's root hash (`chain_root`) rolls
+every chain's head and length up into one value; releases and checkpoints publish it with the per-chain
+positions, and `verify_chain` checks each chain and each published position.
 """
 from __future__ import annotations
 
@@ -149,7 +156,11 @@ label_events = sa.Table(
     sa.Column("created_at", sa.String(32), nullable=False),
     sa.Column("prev_hash", sa.String(64), nullable=False),
     sa.Column("hash", sa.String(64), nullable=False),
+    # the chain the event links into: '' the dataset's root chain, 'person:<name>' a person's (not hashed: the
+    # prev_hash link binds an event to its chain)
+    sa.Column("chain", sa.String(160), nullable=False, server_default=""),
     sa.Index("ix_events_item", "dataset", "item_id"),
+    sa.Index("ix_events_chain", "dataset", "chain", "seq"),
     sa.Index("ix_events_batch_kind", "dataset", "batch_id", "kind"),
     sa.Index("ix_events_task", "task_id"),
     sa.Index("ix_events_actor", "actor", "kind"),
@@ -158,6 +169,7 @@ label_events = sa.Table(
 chain_heads = sa.Table(
     "chain_heads", metadata,
     sa.Column("dataset", sa.String(64), primary_key=True),
+    sa.Column("chain", sa.String(160), primary_key=True, server_default=""),
     sa.Column("seq", sa.Integer, nullable=False),
     sa.Column("hash", sa.String(64), nullable=False),
 )
@@ -225,6 +237,34 @@ GENESIS = "0" * 64
 HASHED_FIELDS = ("event_id", "dataset", "batch_id", "item_id", "task_id", "kind", "actor", "label",
                  "confidence", "payload", "supersedes", "spec_version", "guideline_version", "run_id",
                  "created_at")
+
+
+ROOT_CHAIN = ""
+
+
+def person_chain(actor: str) -> str:
+    """The chain a person's own events link into (answers, corrections, undos, skips, arbitrations)."""
+    return f"person:{actor}"
+
+
+def chain_root(chains: dict[str, dict]) -> str:
+    """The dataset's root hash over its chains ({chain: {events, head}}): the root chain's head while it is the
+    only chain with events (so single-chain ledgers and their published anchors keep their meaning), else the
+    sha256 of the canonical list of [chain, events, head] of every chain with events."""
+    live = sorted((k, int(v["events"]), v["head"]) for k, v in chains.items() if int(v["events"]))
+    if not live:
+        return GENESIS
+    if [k for k, _, _ in live] == [ROOT_CHAIN]:
+        return live[0][2]
+    return hashlib.sha256(canonical([list(x) for x in live]).encode()).hexdigest()
+
+
+def within_cut(events: pd.DataFrame, cut: dict) -> pd.Series:
+    """Which events (frame with seq and chain) a cut from `Ledger.chain_anchor` covers: per chain, seq up to its
+    head's (seq order is chain order within a chain; across chains a later seq may have committed earlier)."""
+    upto = {k: v["seq"] for k, v in cut.get("chains", {}).items()}
+    chain = events["chain"] if "chain" in events else pd.Series(ROOT_CHAIN, index=events.index)
+    return events["seq"] <= chain.fillna(ROOT_CHAIN).map(upto).fillna(-1)
 
 
 def now() -> str:
@@ -421,22 +461,26 @@ class Ledger:
         with self.engine.begin() as c:
             return self._append(c, dataset, events)
 
-    def _lock_head(self, c, dataset: str):
-        """Lock the dataset's chain head for this transaction (SQLite: BEGIN IMMEDIATE did already)."""
-        lock = sa.select(chain_heads).where(chain_heads.c.dataset == dataset).with_for_update()
+    def _lock_head(self, c, dataset: str, chain: str = ROOT_CHAIN):
+        """Lock the head of one chain of the dataset for this transaction (SQLite: BEGIN IMMEDIATE did already)."""
+        lock = sa.select(chain_heads).where(chain_heads.c.dataset == dataset,
+                                            chain_heads.c.chain == chain).with_for_update()
         head = c.execute(lock).first()
         if head is None and c.dialect.name == "postgresql":
             # a row to lock must exist: two first writers would otherwise both insert the head
             from sqlalchemy.dialects.postgresql import insert as pg_insert
 
-            c.execute(pg_insert(chain_heads).values(dataset=dataset, seq=0, hash=GENESIS).on_conflict_do_nothing())
+            c.execute(pg_insert(chain_heads).values(dataset=dataset, chain=chain, seq=0, hash=GENESIS)
+                      .on_conflict_do_nothing())
             head = c.execute(lock).first()
         return head
 
-    def _append(self, c, dataset: str, events: Sequence[dict]) -> int:
-        # the head lock comes first: concurrent appenders of a dataset queue on it, and the dedup check
-        # below then sees every event they committed (PostgreSQL READ COMMITTED takes a new snapshot)
-        head = self._lock_head(c, dataset)
+    def _append(self, c, dataset: str, events: Sequence[dict], chain: str = ROOT_CHAIN) -> int:
+        # the head lock comes first: concurrent appenders of a chain queue on it, and the dedup check
+        # below then sees every event they committed (PostgreSQL READ COMMITTED takes a new snapshot);
+        # appenders of other chains (another person) do not wait, and a dedup key they share is settled by
+        # the unique index (the single-event insert ignores a duplicate, a batch is refused whole)
+        head = self._lock_head(c, dataset, chain)
         single = _insert_ignoring_duplicates(c) if len(events) == 1 else None
         keys = [e["dedup_key"] for e in events if e.get("dedup_key")] if single is None else []
         existing: set[str] = set()
@@ -471,6 +515,7 @@ class Ledger:
                 "run_id": e.get("run_id"),
                 "created_at": e.get("created_at") or ts,
                 "prev_hash": prev,
+                "chain": chain,
             }
             row["hash"] = event_hash(prev, row)
             prev = row["hash"]
@@ -483,14 +528,17 @@ class Ledger:
                 return 0
         elif len(rows) == 1:
             last_seq = c.execute(label_events.insert(), rows[0]).inserted_primary_key[0]
+        elif c.dialect.insert_executemany_returning:
+            last_seq = max(r[0] for r in c.execute(label_events.insert().returning(label_events.c.seq), rows))
         else:
             c.execute(label_events.insert(), rows)
             last_seq = c.execute(sa.select(sa.func.max(label_events.c.seq)).where(
-                label_events.c.dataset == dataset)).scalar_one()
+                label_events.c.dataset == dataset, label_events.c.chain == chain)).scalar_one()
         if head:
-            c.execute(chain_heads.update().where(chain_heads.c.dataset == dataset).values(seq=last_seq, hash=prev))
+            c.execute(chain_heads.update().where(chain_heads.c.dataset == dataset, chain_heads.c.chain == chain)
+                      .values(seq=last_seq, hash=prev))
         else:
-            c.execute(chain_heads.insert().values(dataset=dataset, seq=last_seq, hash=prev))
+            c.execute(chain_heads.insert().values(dataset=dataset, chain=chain, seq=last_seq, hash=prev))
         return len(rows)
 
     def events(self, dataset: str, *, batch_id: str | None = None, item_id: str | None = None,
@@ -508,53 +556,74 @@ class Ledger:
         with self.reader.connect() as c:
             return pd.DataFrame(c.execute(q).mappings().all(), columns=[col.name for col in label_events.c])
 
-    def verify_chain(self, dataset: str, anchors: dict[int, str] | None = None) -> dict:
-        """Walk the dataset's hash chain; report the first broken link, if any.
+    def verify_chain(self, dataset: str, anchors: dict | None = None) -> dict:
+        """Walk each hash chain of the dataset; report the first broken link, if any.
 
-        `anchors` ({event count: chain hash}, published outside the database: releases, signed checkpoints)
-        are compared on the way: the event at position `count` must carry that hash.  A chain rewritten
-        consistently, or cut at the end with its head fixed, passes the walk but not its anchors; the result's
-        `anchor_problems` names each one that does not hold."""
-        prev, n = GENESIS, 0
-        anchors = dict(anchors or {})
+        `anchors` (published outside the database: releases, signed checkpoints) map a position to the hash
+        the event there must carry: {(chain, count): hash}, or {count: hash} for the root chain (anchors
+        from before person chains).  A chain rewritten consistently, or cut at the end with its head fixed,
+        passes the walk but not its anchors; the result's `anchor_problems` names each one that does not
+        hold.  `head` is the dataset's root hash (`chain_root`) over the chains walked."""
+        prev: dict[str, str] = {}
+        count: dict[str, int] = {}
+        n = 0
+        anchors = {(k if isinstance(k, tuple) else (ROOT_CHAIN, int(k))): v for k, v in (anchors or {}).items()}
         anchor_problems: list[str] = []
+
+        def where(chain: str) -> str:
+            return "" if chain == ROOT_CHAIN else f" of chain '{chain}'"
+
         with self.reader.connect() as c:
-            head = c.execute(sa.select(chain_heads).where(chain_heads.c.dataset == dataset)).first()
+            heads = {h.chain: h for h in c.execute(sa.select(chain_heads).where(chain_heads.c.dataset == dataset))}
             for row in c.execute(sa.select(label_events).where(label_events.c.dataset == dataset)
                                  .order_by(label_events.c.seq)).mappings():
-                if row["prev_hash"] != prev:
+                chain = row["chain"] or ROOT_CHAIN
+                last = prev.get(chain, GENESIS)
+                if row["prev_hash"] != last:
                     return {"ok": False, "events": n, "seq": row["seq"], "event_id": row["event_id"],
                             "problem": "previous-hash link broken (an event before it was deleted or edited)"}
-                if event_hash(prev, dict(row)) != row["hash"]:
+                if event_hash(last, dict(row)) != row["hash"]:
                     return {"ok": False, "events": n, "seq": row["seq"], "event_id": row["event_id"],
                             "problem": "content does not match its hash (the event was edited)"}
-                prev = row["hash"]
+                prev[chain] = row["hash"]
+                count[chain] = k = count.get(chain, 0) + 1
                 n += 1
-                if n in anchors and anchors.pop(n) != prev:
-                    anchor_problems.append(f"event {n} (seq {row['seq']}) does not carry the hash published for it: "
-                                           f"the chain up to it was rewritten")
-        for count in sorted(anchors):  # published positions the ledger no longer reaches
-            anchor_problems.append(f"a hash was published for event {count}, but the ledger has only {n} events: "
-                                   f"events at the end were deleted")
-        if (head.hash if head else GENESIS) != prev:
-            return {"ok": False, "events": n, "seq": None, "event_id": None,
-                    "problem": "the chain head does not match the last event (events at the end were deleted)"}
+                if (chain, k) in anchors and anchors.pop((chain, k)) != row["hash"]:
+                    anchor_problems.append(f"event {k}{where(chain)} (seq {row['seq']}) does not carry the hash "
+                                           f"published for it: the chain up to it was rewritten")
+        for chain, k in sorted(anchors):  # published positions the ledger no longer reaches
+            anchor_problems.append(f"a hash was published for event {k}{where(chain)}, but the ledger has only "
+                                   f"{count.get(chain, 0)} events{' in that chain' if chain else ''}: events at "
+                                   f"the end were deleted")
+        for chain in sorted(set(heads) | set(prev)):
+            head = heads[chain].hash if chain in heads else GENESIS
+            if head != prev.get(chain, GENESIS):
+                return {"ok": False, "events": n, "seq": None, "event_id": None,
+                        "problem": f"the chain head{where(chain)} does not match the last event (events at the end "
+                                   f"were deleted)"}
+        root = chain_root({k: {"events": count[k], "head": prev[k]} for k in prev})
         if anchor_problems:
-            return {"ok": False, "events": n, "seq": None, "event_id": None, "head": prev,
+            return {"ok": False, "events": n, "seq": None, "event_id": None, "head": root,
                     "problem": anchor_problems[0], "anchor_problems": anchor_problems}
-        return {"ok": True, "events": n, "head": prev}
+        return {"ok": True, "events": n, "head": root}
 
     def chain_anchor(self, dataset: str) -> dict:
-        """The dataset's chain head now: {events (count), head (hash), seq}; what a release or a checkpoint publishes."""
+        """The dataset's chains now: {events (count), head (root hash, `chain_root`), seq, chains: {chain: {events,
+        head, seq}}}; what a release or a checkpoint publishes."""
+        h = chain_heads
+        e = label_events
+        # one statement, one snapshot: each head with the count of its chain's events up to the head's seq
+        # (appenders of a chain queue on its head lock, so within a chain seq order is chain order)
+        q = (sa.select(h.c.chain, h.c.seq, h.c.hash, sa.func.count(e.c.seq).label("n"))
+             .select_from(h.outerjoin(e, sa.and_(e.c.dataset == h.c.dataset, e.c.chain == h.c.chain,
+                                                 e.c.seq <= h.c.seq)))
+             .where(h.c.dataset == dataset).group_by(h.c.chain, h.c.seq, h.c.hash))
         with self.reader.connect() as c:
-            head = c.execute(sa.select(chain_heads).where(chain_heads.c.dataset == dataset)).first()
-            if head is None:
-                return {"events": 0, "head": GENESIS, "seq": 0}
-            # appenders of one dataset queue on its head lock, so seq order is chain order: the events up to the
-            # head's seq are exactly the chain the head closes, even while others append
-            n = c.execute(sa.select(sa.func.count()).select_from(label_events).where(
-                label_events.c.dataset == dataset, label_events.c.seq <= head.seq)).scalar_one()
-        return {"events": int(n), "head": head.hash, "seq": int(head.seq)}
+            chains = {r.chain: {"events": int(r.n), "head": r.hash, "seq": int(r.seq)} for r in c.execute(q) if r.n}
+        if not chains:
+            return {"events": 0, "head": GENESIS, "seq": 0, "chains": {}}
+        return {"events": sum(v["events"] for v in chains.values()), "head": chain_root(chains),
+                "seq": max(v["seq"] for v in chains.values()), "chains": chains}
 
     # ----------------------------------------------------------------- tasks and answers
     def _key(self, name: str) -> str:
@@ -808,7 +877,7 @@ class Ledger:
             "supersedes": prior[-1]["event_id"] if correct else None,
             "spec_version": spec_version, "guideline_version": guideline_version, "created_at": ts,
         }
-        if self._append(c, t["dataset"], [ev]) != 1:
+        if self._append(c, t["dataset"], [ev], person_chain(annotator)) != 1:
             raise TaskConflict(f"task '{task_id}' was answered concurrently; reload it")
         return {"event_id": ev["event_id"], "duplicate": False}
 
@@ -852,7 +921,10 @@ class Ledger:
                     .where(floor, sa.or_(a.c.task_id.is_(None), a.c.lease_until < ts, a.c.assignee == me), ~skipped,
                            ~answered_item, *scope)
                     .order_by(tasks.c.created_at, tasks.c.task_id)
-                    .limit(sa.bindparam("n", type_=sa.Integer)).offset(sa.bindparam("skip", type_=sa.Integer)))
+                    .limit(sa.bindparam("n", type_=sa.Integer)).offset(sa.bindparam("skip", type_=sa.Integer))
+                    # PostgreSQL: people asking at once do not all pick the same first task and retry; each
+                    # skips the tasks another's lease transaction is taking (SQLite's writers take turns anyway)
+                    .with_for_update(of=tasks, skip_locked=True))
             first_open = (sa.select(tasks.c.created_at).where(floor, *scope)
                           .order_by(tasks.c.created_at, tasks.c.task_id).limit(1))
             cache[key] = (held, free, first_open)
@@ -981,7 +1053,7 @@ class Ledger:
                   "batch_id": t["batch_id"], "item_id": t["item_id"], "task_id": task_id, "kind": "retraction",
                   "actor": annotator, "label": None, "payload": {"reason": reason, "retracted_label": answer["label"]},
                   "supersedes": answer["event_id"], "created_at": ts}
-            if self._append(c, t["dataset"], [ev]) != 1:
+            if self._append(c, t["dataset"], [ev], person_chain(annotator)) != 1:
                 raise TaskConflict(f"task '{task_id}': this answer was already undone")
             self._reset_queue_floors()  # the task reopens, possibly before the queue's floor
             until = (start + timedelta(seconds=lease_seconds)).isoformat(timespec="microseconds")
@@ -1008,7 +1080,7 @@ class Ledger:
             ev = {"event_id": uuid.uuid4().hex, "batch_id": t["batch_id"], "item_id": t["item_id"],
                   "task_id": task_id, "kind": "skip", "actor": annotator, "label": None,
                   "payload": {"reason": str(reason).strip()[:500], "task_kind": t["kind"]}, "created_at": ts}
-            self._append(c, t["dataset"], [ev])
+            self._append(c, t["dataset"], [ev], person_chain(annotator))
             c.execute(task_assignments.update().where(task_assignments.c.task_id == task_id).values(lease_until=ts))
         return {"event_id": ev["event_id"]}
 
@@ -1077,7 +1149,10 @@ class Ledger:
                "payload": {"rationale": str(rationale).strip(), "tasks": corrected, "evidence": evidence or {},
                            "source": source, "submission_id": submission_id},
                **meta}
-        self._append(c, dataset, [arb, *events])
+        try:
+            self._append(c, dataset, [arb, *events], person_chain(expert))
+        except sa.exc.IntegrityError:  # another writer recorded one of these corrections meanwhile
+            raise TaskConflict(f"item '{item_id}' was answered or arbitrated concurrently; reload it") from None
         return {"event_id": arb_id, "tasks": corrected, "duplicate": False}
 
     def flag_guideline_gap(self, dataset: str, item_id: str, expert: str, note: str, *,
@@ -1090,7 +1165,7 @@ class Ledger:
             ev = {"event_id": uuid.uuid4().hex, "batch_id": item["batch_id"], "item_id": item_id,
                   "kind": "guideline_gap", "actor": expert, "label": None, "payload": {"note": str(note).strip()},
                   "guideline_version": guideline_version}
-            self._append(c, dataset, [ev])
+            self._append(c, dataset, [ev], person_chain(expert))
         return {"event_id": ev["event_id"]}
 
     # ----------------------------------------------------------------- checks and releases
