@@ -27,13 +27,22 @@ from tests.test_web_api import CLASSES, make_factory, spec_dict
 # person's chain head, inserts the event (the dedup check is the insert) and moves the head, in one transaction
 ANSWER_STATEMENTS = 7
 NEXT_STATEMENTS = 6
+# connections taken from the pool (each costs a ping, a BEGIN and a ROLLBACK/COMMIT round trip on PostgreSQL): the
+# answer is checked and written on one; the next reads the registry, leases, then reads the item's text
+ANSWER_CHECKOUTS = 1
+NEXT_CHECKOUTS = 3
 
 
-def _count_statements(client, token: str, rounds: int = 3) -> list[tuple[int, int, int, int]]:
-    """(statements of next, of answer, commits of next, of answer) for `rounds` warm next + answer pairs."""
+def _count_statements(client, token: str, rounds: int = 3) -> list[tuple[int, ...]]:
+    """(statements, commits, pool checkouts) of next, then of answer, for `rounds` warm next + answer pairs."""
     seen: list[str] = []
     commits = [0]
+    checkouts = [0]
     on = [False]
+
+    def checkout(dbapi_conn, record, proxy):
+        if on[0]:
+            checkouts[0] += 1
 
     def statement(conn, cursor, statement, parameters, context, executemany):
         if on[0] and not statement.startswith("BEGIN"):  # SQLite's BEGIN IMMEDIATE: psycopg2 sends BEGIN itself
@@ -45,27 +54,29 @@ def _count_statements(client, token: str, rounds: int = 3) -> list[tuple[int, in
 
     sa.event.listen(sa.engine.Engine, "before_cursor_execute", statement)
     sa.event.listen(sa.engine.Engine, "commit", commit)
+    sa.event.listen(sa.pool.Pool, "checkout", checkout)
     hdr = {"Authorization": f"Bearer {token}"}
     out = []
     try:
         # the first round is a warm-up: caches (specs, tables) fill and the person's chain head is made, once
         for _ in range(rounds + 1):
             seen.clear()
-            commits[0] = 0
+            commits[0] = checkouts[0] = 0
             on[0] = True
             r = client.get("/api/tasks/next", headers=hdr)
-            n_next, c_next = len(seen), commits[0]
+            n_next, c_next, k_next = len(seen), commits[0], checkouts[0]
             assert r.status_code == 200, r.text
             tid = r.json()["task_id"]
             r = client.post(f"/api/tasks/{tid}/answer", json={"label": CLASSES[0], "submission_id": uuid.uuid4().hex},
                             headers=hdr)
             on[0] = False
             assert r.status_code == 201, r.text
-            out.append((n_next, len(seen) - n_next, c_next, commits[0] - c_next))
+            out.append((n_next, c_next, k_next, len(seen) - n_next, commits[0] - c_next, checkouts[0] - k_next))
     finally:
         on[0] = False
         sa.event.remove(sa.engine.Engine, "before_cursor_execute", statement)
         sa.event.remove(sa.engine.Engine, "commit", commit)
+        sa.event.remove(sa.pool.Pool, "checkout", checkout)
     return out[1:]
 
 
@@ -97,10 +108,12 @@ def test_a_next_and_an_answer_cost_a_pinned_number_of_statements(backend, tmp_pa
         fx, _tasks = _pg_factory(tmp_path, monkeypatch, request.getfixturevalue("pg_url"))
         token = UserStore.for_ledger(fx.ledger).add("ann-1", "annotator")
     client = TestClient(create_app(fx.paths.root))
-    for n_next, n_answer, c_next, c_answer in _count_statements(client, token):
+    for n_next, c_next, k_next, n_answer, c_answer, k_answer in _count_statements(client, token):
         assert n_answer <= ANSWER_STATEMENTS, f"an answer costs {n_answer} statements, was {ANSWER_STATEMENTS}"
         assert n_next <= NEXT_STATEMENTS, f"a next costs {n_next} statements, was {NEXT_STATEMENTS}"
         assert (c_next, c_answer) == (1, 1), "one transaction per request"
+        assert k_answer <= ANSWER_CHECKOUTS, f"an answer takes {k_answer} connections, was {ANSWER_CHECKOUTS}"
+        assert k_next <= NEXT_CHECKOUTS, f"a next takes {k_next} connections, was {NEXT_CHECKOUTS}"
     assert fx.ledger.verify_chain("news")["ok"]
 
 
