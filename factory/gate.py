@@ -126,11 +126,12 @@ class _Context:
             self.specs[dataset] = self.spec_of(dataset)
         return self.specs[dataset]
 
-    def events_of(self, dataset: str, item_id: str):
+    def events_of(self, dataset: str, item_id: str) -> list[dict]:
+        """The item's human, correction and retraction events in chain order, as plain rows (a handful per item:
+        pandas would cost more CPU than the whole answer)."""
         key = (dataset, item_id)
         if key not in self.item_events:
-            self.item_events[key] = self.ledger.events(dataset, item_id=item_id,
-                                                       kind=["human", "correction", "retraction"], conn=self.conn)
+            self.item_events[key] = self.ledger.item_answers(self.conn, dataset, item_id)
         return self.item_events[key]
 
     def is_disputed(self, dataset: str, item_id: str) -> bool:
@@ -139,10 +140,10 @@ class _Context:
         return item_id in self.disputed[dataset]
 
 
-def _live(ev) -> "object":
-    """Live answers of a frame of human/correction/retraction events (retracted ones removed)."""
-    gone = set(ev.loc[ev["kind"] == "retraction", "supersedes"].dropna())
-    return ev[(ev["kind"] != "retraction") & ~ev["event_id"].isin(gone)]
+def _live(ev: list[dict]) -> list[dict]:
+    """Live answers among human/correction/retraction events (retracted ones removed)."""
+    gone = {e["supersedes"] for e in ev if e["kind"] == "retraction" and e["supersedes"]}
+    return [e for e in ev if e["kind"] != "retraction" and e["event_id"] not in gone]
 
 
 def _lease_refusal(ctx: _Context, task_id: str, annotator: str, require_lease: bool, ts: str,
@@ -168,14 +169,14 @@ def _own_replay(ctx: _Context, t: dict, a: Answer) -> dict | None:
     """The submitter's own earlier event with this submission id (same label), or None; another label is a 409."""
     if not a.submission_id:
         return None
-    ev = ctx.events_of(t["dataset"], t["item_id"])
-    ev = ev[(ev["task_id"] == t["task_id"]) & (ev["actor"] == a.annotator) & (ev["kind"] != "retraction")]
-    for r in ev.itertuples(index=False):
-        if json.loads(r.payload).get("submission_id") == a.submission_id:
-            if r.label != str(a.label):
+    for r in ctx.events_of(t["dataset"], t["item_id"]):
+        if r["task_id"] != t["task_id"] or r["actor"] != a.annotator or r["kind"] == "retraction":
+            continue
+        if json.loads(r["payload"]).get("submission_id") == a.submission_id:
+            if r["label"] != str(a.label):
                 raise TaskConflict(f"task '{t['task_id']}': submission '{a.submission_id}' was already recorded "
-                                   f"with label '{r.label}'; a retry must carry the same answer")
-            return {"task_id": t["task_id"], "event_id": r.event_id, "duplicate": True}
+                                   f"with label '{r['label']}'; a retry must carry the same answer")
+            return {"task_id": t["task_id"], "event_id": r["event_id"], "duplicate": True}
     return None
 
 
@@ -198,12 +199,11 @@ def _check(ctx: _Context, a: Answer, *, source: str, require_lease: bool) -> tup
         replay = _own_replay(ctx, t, a)
         if replay is not None:
             return None, replay
-        own = _live(ctx.events_of(t["dataset"], t["item_id"]))
-        own = own[own["task_id"] == t["task_id"]]
-        if len(own) and own.iloc[0]["actor"] == a.annotator and not a.correct:  # one's own answer: nothing hidden
-            if own.iloc[0]["label"] == str(a.label):
-                return None, {"task_id": t["task_id"], "event_id": own.iloc[0]["event_id"], "duplicate": True}
-            raise TaskConflict(f"task '{t['task_id']}' was already answered '{own.iloc[0]['label']}' by "
+        own = [e for e in _live(ctx.events_of(t["dataset"], t["item_id"])) if e["task_id"] == t["task_id"]]
+        if own and own[0]["actor"] == a.annotator and not a.correct:  # one's own answer: nothing hidden
+            if own[0]["label"] == str(a.label):
+                return None, {"task_id": t["task_id"], "event_id": own[0]["event_id"], "duplicate": True}
+            raise TaskConflict(f"task '{t['task_id']}' was already answered '{own[0]['label']}' by "
                                f"{a.annotator}; to correct it, answer again with --correct (the first answer is "
                                f"kept and superseded; on the workbench: undo with U within the grace period)")
     spec = ctx.spec(t["dataset"])
@@ -222,7 +222,7 @@ def _check(ctx: _Context, a: Answer, *, source: str, require_lease: bool) -> tup
             raise err
     ev = ctx.events_of(t["dataset"], t["item_id"])
     live = _live(ev)
-    others = set(live.loc[live["task_id"] != t["task_id"], "actor"])
+    others = {e["actor"] for e in live if e["task_id"] != t["task_id"]}
     person = ctx.people.get(a.annotator)
     err = answer_refusal(spec, person, t, a.annotator, item_answered_by=others, rationale=a.rationale)
     if err is not None:
@@ -238,12 +238,12 @@ def _check(ctx: _Context, a: Answer, *, source: str, require_lease: bool) -> tup
         return dict(meta, arbitration=True, dataset=t["dataset"], item_id=t["item_id"], label=str(a.label),
                     annotator=a.annotator, rationale=str(a.rationale).strip(), evidence=a.evidence,
                     task_id=a.task_id), None
-    mine = live[live["task_id"] == t["task_id"]]
-    if len(mine):
-        first = mine.iloc[0]
+    mine = [e for e in live if e["task_id"] == t["task_id"]]
+    if mine:
+        first = mine[0]
         if a.correct:
             is_expert = person is not None and person["tier"] == "expert"
-            if mine.iloc[-1]["actor"] != a.annotator and not is_expert:
+            if mine[-1]["actor"] != a.annotator and not is_expert:
                 raise TaskRefused(f"task '{t['task_id']}': only the person who answered it or a registered expert "
                                   f"may correct it")
         elif first["actor"] != a.annotator:  # blind: neither the other person's label nor their name
@@ -257,8 +257,7 @@ def _check(ctx: _Context, a: Answer, *, source: str, require_lease: bool) -> tup
     elif a.correct:
         raise TaskError(f"task '{t['task_id']}': nothing to correct, the task has no answer yet")
     task = {k: v for k, v in t.items() if k != "lease"}
-    history = [{k: (None if v is None or v != v else v) for k, v in h.items()}  # NaN (pandas) is None
-               for h in ev[ev["task_id"] == t["task_id"]][list(HISTORY_FIELDS)].to_dict("records")]
+    history = [{k: e[k] for k in HISTORY_FIELDS} for e in ev if e["task_id"] == t["task_id"]]
     return dict(meta, task_id=t["task_id"], label=str(a.label), annotator=a.annotator, correct=a.correct,
                 require_lease=require_lease, payload=a.payload, task=task, history=history), None
 

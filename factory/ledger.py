@@ -542,8 +542,7 @@ class Ledger:
         return len(rows)
 
     def events(self, dataset: str, *, batch_id: str | None = None, item_id: str | None = None,
-               kind: str | Sequence[str] | None = None, conn=None) -> pd.DataFrame:
-        """Label events of a dataset in seq order (read on `conn`, inside the caller's transaction, when given)."""
+               kind: str | Sequence[str] | None = None) -> pd.DataFrame:
         q = sa.select(label_events).where(label_events.c.dataset == dataset).order_by(label_events.c.seq)
         if batch_id:
             q = q.where(label_events.c.batch_id == batch_id)
@@ -551,8 +550,6 @@ class Ledger:
             q = q.where(label_events.c.item_id == item_id)
         if kind:
             q = q.where(label_events.c.kind.in_([kind] if isinstance(kind, str) else list(kind)))
-        if conn is not None:
-            return pd.DataFrame(conn.execute(q).mappings().all(), columns=[col.name for col in label_events.c])
         with self.reader.connect() as c:
             return pd.DataFrame(c.execute(q).mappings().all(), columns=[col.name for col in label_events.c])
 
@@ -804,6 +801,15 @@ class Ledger:
                                     extra=a.get("payload"), correct=bool(a.get("correct")),
                                     require_lease=bool(a.get("require_lease")), history=a.get("history")))
         return out
+
+    def item_answers(self, c, dataset: str, item_id: str) -> list[dict]:
+        """An item's human, correction and retraction events in seq order as plain rows, on the caller's
+        connection (what the gate checks an answer against)."""
+        e = label_events
+        return [dict(r) for r in c.execute(sa.select(
+            e.c.event_id, e.c.task_id, e.c.kind, e.c.actor, e.c.label, e.c.payload, e.c.supersedes, e.c.created_at)
+            .where(e.c.dataset == dataset, e.c.item_id == item_id,
+                   e.c.kind.in_(["human", "correction", "retraction"])).order_by(e.c.seq)).mappings()]
 
     def _task_history(self, c, task_id: str) -> list[dict]:
         return [dict(r) for r in c.execute(sa.select(
