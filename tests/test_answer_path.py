@@ -267,3 +267,14 @@ def test_many_people_submitting_at_once_on_postgresql(pg_url, tmp_path, monkeypa
     assert len([k for k in cut["chains"] if k]) > 1  # the people wrote on their own chains
     walk = fx.ledger.verify_chain("news")
     assert walk["ok"] and walk["head"] == cut["head"], walk
+
+
+def test_a_bulk_task_creation_refreshes_the_planner_statistics_on_postgresql(pg_url):
+    """Without statistics the queue's plan sorted every open task instead of walking the queue index (1.2 s a call)."""
+    upgrade(pg_url)
+    L = Ledger(pg_url)
+    L.create_tasks([dict(task_id=f"t{i}", dataset="d", batch_id="b", item_id=f"i{i}", kind="review", reasons=["x"])
+                    for i in range(Ledger.ANALYZE_AFTER)])
+    with L.engine.connect() as c:
+        assert c.exec_driver_sql("SELECT reltuples FROM pg_class WHERE relname = 'tasks'").scalar() == Ledger.ANALYZE_AFTER
+    L.engine.dispose()
