@@ -120,9 +120,13 @@ def _camel(type_name: str) -> str:
 
 
 def validate(df: pd.DataFrame, suite: str, params: dict | None = None,
-             standard: str = DEFAULT_STANDARD, id_column: str = "item_id") -> SuiteOutcome:
-    """Run one suite of a standard on a DataFrame with Great Expectations; report failing rows by id."""
-    decl = expectations(suite, standard)
+             standard: str = DEFAULT_STANDARD, id_column: str = "item_id",
+             declared: list[dict] | None = None) -> SuiteOutcome:
+    """Run one suite of a standard on a DataFrame with Great Expectations; report failing rows by id.
+
+    `declared` runs these expectations (``{"name", "type", "kwargs", ...}``, e.g. a task type's
+    ``expectations(classes)``) instead of the standard's suite."""
+    decl = declared if declared is not None else expectations(suite, standard)
     params = params or {}
     with _lock:  # the ephemeral context is shared; GX objects are not thread-safe
         gx, ctx = _context()

@@ -19,6 +19,7 @@ import pandas as pd
 from factory.errors import FactoryError
 from factory.ingest import sha256_file
 from factory.ledger import ROOT_CHAIN, chain_root, now
+from factory.progress import counted
 from factory.release import release_dirs
 from factory.signing import ANCHOR_FILE, check_signature, published_chains, sign, verify_key
 
@@ -124,6 +125,7 @@ def _positions(anchor: dict) -> dict[tuple[str, int], str] | None:
     return {(k, v["events"]): v["head"] for k, v in chains.items() if v["events"]}
 
 
+@counted("verify ledger", "events", count=lambda r: r["events"])
 def verify_ledger(fx, dataset: str, checkpoint_files: list[str | Path] | None = None) -> dict:
     """The chain walk plus every published anchor: each release folder of the dataset (its anchor, its manifest
     as the ledger recorded it, its events as the ledger holds them) and every checkpoint record (signature

@@ -141,7 +141,7 @@ def export_label_studio(batch_id: str, out_path: str | None, include_answered: b
         _fail(e)
     out = Path(out_path or f"label-studio-{batch_id}.json")
     out.write_text(json.dumps(tasks, indent=1, ensure_ascii=False), encoding="utf-8")
-    out.with_suffix(".xml").write_text(label_config(spec.class_names), encoding="utf-8")
+    out.with_suffix(".xml").write_text(label_config(spec), encoding="utf-8")
     click.echo(f"wrote {len(tasks)} task(s) to {out} and the labeling config to {out.with_suffix('.xml')}\n"
                f"import both into a Label Studio project; bring the answers back with "
                f"`factory import label-studio EXPORT.json`")

@@ -13,17 +13,8 @@ import sqlalchemy as sa
 
 from factory.errors import FactoryError
 from factory.ledger import canonical, now
-
-compliance_metadata = sa.MetaData()
-
-raw_payloads = sa.Table(
-    "raw_payloads", compliance_metadata,
-    sa.Column("dataset", sa.String(64), primary_key=True),
-    sa.Column("item_id", sa.String(64), primary_key=True),
-    sa.Column("text", sa.Text, nullable=False),
-    sa.Column("categories", sa.Text, nullable=False),
-    sa.Column("created_at", sa.String(32), nullable=False),
-)
+from factory.pii import categories_for, redact
+from factory.tables import compliance_metadata, raw_payloads
 
 DETECTOR = "factory.pii@1"
 
@@ -38,8 +29,6 @@ def ensure(ledger) -> None:
 
 def categories(spec) -> tuple[str, ...]:
     """What to scan for; empty when the spec says there is nothing to protect (grade general, none declared)."""
-    from factory.pii import categories_for
-
     if spec.compliance.grade == "general" and not spec.compliance.personal_information:
         return ()
     return categories_for(spec.compliance.grade, spec.compliance.personal_information)
@@ -47,8 +36,6 @@ def categories(spec) -> tuple[str, ...]:
 
 def redact_items(spec, items: dict[str, dict], batch_id: str) -> tuple[list[dict], list[dict]]:
     """Redact the items in place (their `text`); return the raw rows to keep and the redaction events."""
-    from factory.pii import redact
-
     cats = categories(spec)
     raws, events = [], []
     if not cats:

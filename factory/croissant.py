@@ -83,8 +83,8 @@ def croissant(manifest: dict, spec: Any, file_sha256: dict[str, str], columns: l
         fields.append({"@type": "cr:Field", "@id": f"labels/{c}", "name": c, "description": desc,
                        "dataType": dtype, "source": {"fileObject": {"@id": "labels.parquet"},
                                                       "extract": {"column": c}}})
-        if c == "label":  # a categorical value: one of the classes record set
-            fields[-1]["references"] = {"field": {"@id": "classes/name"}}
+        if c == "label":  # the task type's field: a reference to the classes record set (repeated for sets)
+            fields[-1].update(spec.task_type.croissant_field(spec.class_names))
     # the label schema as a categorical enumeration (Croissant's way to declare class labels)
     classes_rs = {"@type": "cr:RecordSet", "@id": "classes", "name": "classes", "dataType": "sc:Enumeration",
                   "description": "The dataset's classes: the values the label field may take.",

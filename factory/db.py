@@ -151,20 +151,3 @@ def ensure_schema(engine: sa.Engine, url: str, metadata: sa.MetaData) -> None:
         # tables added to the code without a migration yet still appear in the embedded default
         metadata.create_all(c)
 
-
-def schema_metadata() -> sa.MetaData:
-    """Every table the migrations build: the ledger's and those of the workforce, guideline questions,
-    compliance (raw payloads) and delivery modules, which create theirs on first use as well."""
-    from factory.compliance import compliance_metadata
-    from factory.delivery import delivery_metadata
-    from factory.guidelines import questions_table
-    from factory.ledger import metadata as ledger_metadata
-    from factory.workforce import wf_metadata
-
-    assert questions_table.metadata is wf_metadata  # guideline questions live on the workforce metadata
-    merged = sa.MetaData()
-    for md in (ledger_metadata, wf_metadata, compliance_metadata, delivery_metadata):
-        for t in md.tables.values():
-            t.to_metadata(merged)
-    return merged
-

@@ -23,30 +23,13 @@ import sqlalchemy as sa
 
 from factory.errors import FactoryError
 from factory.ledger import now
+from factory.release import release_dirs, sha256_path, show
+from factory.tables import deliveries, delivery_metadata
 
 TOKENIZERS = ("whitespace-cjk", "whitespace", "characters")
 _CJK = "\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uac00-\ud7af\uf900-\ufaff\U00020000-\U0002fa1f"
 _WS_CJK = re.compile(f"[{_CJK}]|[^\\s{_CJK}]+")
 _WS = re.compile(r"\S+")
-
-delivery_metadata = sa.MetaData()
-deliveries = sa.Table(
-    "deliveries", delivery_metadata,
-    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
-    sa.Column("delivery_id", sa.String(64), nullable=False, unique=True),  # idempotency key of the request
-    sa.Column("client", sa.String(128), nullable=False, index=True),
-    sa.Column("dataset", sa.String(64), nullable=False),
-    sa.Column("version", sa.String(32), nullable=False),
-    sa.Column("content_id", sa.String(64)),
-    sa.Column("file", sa.String(255), nullable=False),
-    sa.Column("split", sa.String(64)),
-    sa.Column("items", sa.Integer, nullable=False),
-    sa.Column("bytes", sa.BigInteger, nullable=False),
-    sa.Column("tokens", sa.BigInteger, nullable=False),
-    sa.Column("tokenizer", sa.String(32), nullable=False),
-    sa.Column("delivered_at", sa.String(32), nullable=False),
-)
-
 
 def count_tokens(text: str | None, tokenizer: str = "whitespace-cjk") -> int:
     """Number of text tokens in `text` under one of TOKENIZERS."""
@@ -111,8 +94,6 @@ def record_delivery(fx, dataset: str, version: str, client: str, *, file: str = 
     spec = fx.spec(dataset)
     m = meter_release(path, file, split, spec.delivery.tokenizer)
     listing = path / "manifest-sha256.txt"
-    from factory.release import sha256_path
-
     row = {"delivery_id": delivery_id or uuid.uuid4().hex, "client": client, "dataset": dataset, "version": version,
            "content_id": sha256_path(listing) if listing.exists() else None, "file": m["file"], "split": split,
            "items": m["items"], "bytes": m["bytes"], "tokens": m["tokens"], "tokenizer": m["tokenizer"],
@@ -151,8 +132,6 @@ def usage(fx, client: str | None = None, dataset: str | None = None) -> pd.DataF
 
 # ----------------------------------------------------------------------------- feeds
 def _versions(releases_root: str | Path, dataset: str) -> list[dict]:
-    from factory.release import release_dirs, show
-
     out = []
     for d in release_dirs(releases_root, dataset):
         m = show(d)

@@ -227,15 +227,14 @@ def _check(ctx: _Context, a: Answer, *, source: str, require_lease: bool) -> tup
     err = answer_refusal(spec, person, t, a.annotator, item_answered_by=others, rationale=a.rationale)
     if err is not None:
         raise err
-    if str(a.label) not in set(map(str, spec.class_names)):
-        raise TaskError(f"label '{a.label}' is not in the schema of '{t['dataset']}'; use one of {spec.class_names}")
+    label = spec.label_schema.parse(a.label)  # the task type checks and canonicalises (where: the caller's row)
     meta = {"spec_version": spec.version, "guideline_version": spec.guideline.version, "source": source,
             "submission_id": a.submission_id}
     if t["kind"] == "arbitrate":
         if a.task_id is None and not ctx.is_disputed(t["dataset"], t["item_id"]):
             raise TaskConflict(f"item '{t['item_id']}' is not disputed (people agree and no expert task is open); "
                                f"there is nothing to arbitrate")
-        return dict(meta, arbitration=True, dataset=t["dataset"], item_id=t["item_id"], label=str(a.label),
+        return dict(meta, arbitration=True, dataset=t["dataset"], item_id=t["item_id"], label=label,
                     annotator=a.annotator, rationale=str(a.rationale).strip(), evidence=a.evidence,
                     task_id=a.task_id), None
     mine = [e for e in live if e["task_id"] == t["task_id"]]
@@ -249,7 +248,7 @@ def _check(ctx: _Context, a: Answer, *, source: str, require_lease: bool) -> tup
         elif first["actor"] != a.annotator:  # blind: neither the other person's label nor their name
             raise TaskConflict(f"task '{t['task_id']}' was already answered by another person; your answer was not "
                                f"recorded")
-        elif first["label"] != str(a.label):
+        elif first["label"] != label:
             raise TaskConflict(f"task '{t['task_id']}' is already answered '{first['label']}' by {a.annotator}; "
                                f"to correct it, answer again with --correct")
         else:
@@ -258,7 +257,7 @@ def _check(ctx: _Context, a: Answer, *, source: str, require_lease: bool) -> tup
         raise TaskError(f"task '{t['task_id']}': nothing to correct, the task has no answer yet")
     task = {k: v for k, v in t.items() if k != "lease"}
     history = [{k: e[k] for k in HISTORY_FIELDS} for e in ev if e["task_id"] == t["task_id"]]
-    return dict(meta, task_id=t["task_id"], label=str(a.label), annotator=a.annotator, correct=a.correct,
+    return dict(meta, task_id=t["task_id"], label=label, annotator=a.annotator, correct=a.correct,
                 require_lease=require_lease, payload=a.payload, task=task, history=history), None
 
 
@@ -316,7 +315,7 @@ def _check_and_write(ctx: _Context, answers: Sequence[Answer], rep: GateReport, 
         for _, e in plan:
             e.pop("task", None), e.pop("history", None)
     if plan and not dry_run:
-        classes = {d: s.class_names for d, s in ctx.specs.items()}
+        classes = {d: s.label_schema for d, s in ctx.specs.items()}
         try:
             written = ctx.ledger.answer_tasks([e for _, e in plan], classes, conn=ctx.conn)
         except TaskError as e:  # a race with another writer: nothing is written (the transaction rolls back)

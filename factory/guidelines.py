@@ -2,6 +2,7 @@
 bumping the guideline version in the spec re-queues them for people under the new rules."""
 from __future__ import annotations
 
+import hashlib
 import json
 
 import numpy as np
@@ -10,21 +11,9 @@ import sqlalchemy as sa
 
 from factory.errors import TaskError
 from factory.ledger import canonical, now
-from factory.workforce import _stable_round, wf_metadata
-
-questions_table = sa.Table(
-    "guideline_questions", wf_metadata,
-    sa.Column("question_id", sa.String(32), primary_key=True),
-    sa.Column("dataset", sa.String(64), nullable=False, index=True),
-    sa.Column("item_id", sa.String(64), nullable=False),
-    sa.Column("expert", sa.String(64), nullable=False),
-    sa.Column("note", sa.Text, nullable=False),
-    sa.Column("guideline_version", sa.String(64), nullable=False),
-    sa.Column("similar_items", sa.Text, nullable=False),
-    sa.Column("status", sa.String(16), nullable=False),  # open | requeued
-    sa.Column("resolved_in", sa.String(64)),
-    sa.Column("created_at", sa.String(32), nullable=False),
-)
+from factory.tables import questions_table
+from factory.task_rows import stable_round, task_row
+from factory.workforce import Workforce
 
 DISPUTE_KINDS = ("second", "verify", "arbitrate")
 
@@ -52,10 +41,6 @@ def similar_items(fx, dataset: str, item_id: str, candidates: list[str], top: in
 
 def open_question(fx, dataset: str, item_id: str, expert: str, note: str) -> dict:
     """Record a guideline gap (ledger event + question listing similar disputed items)."""
-    import hashlib
-
-    from factory.workforce import Workforce
-
     spec = fx.spec(dataset)
     wf = Workforce(fx.ledger)
     a = wf.get(expert)
@@ -75,8 +60,6 @@ def open_question(fx, dataset: str, item_id: str, expert: str, note: str) -> dic
 
 
 def questions(fx, dataset: str) -> pd.DataFrame:
-    from factory.workforce import Workforce
-
     Workforce(fx.ledger)  # creates the tables on first use
     with fx.ledger.reader.connect() as c:
         return pd.DataFrame(c.execute(sa.select(questions_table).where(questions_table.c.dataset == dataset)
@@ -86,8 +69,6 @@ def questions(fx, dataset: str) -> pd.DataFrame:
 
 def requeue_on_bump(fx, dataset: str, run_id: str | None = None) -> list[dict]:
     """When the spec's guideline version differs from an open question's, re-queue its items for people."""
-    from factory.pipeline import _task
-
     spec = fx.spec(dataset)
     qs = questions(fx, dataset)
     qs = qs[(qs["status"] == "open") & (qs["guideline_version"] != spec.guideline.version)] if len(qs) else qs
@@ -97,9 +78,9 @@ def requeue_on_bump(fx, dataset: str, run_id: str | None = None) -> list[dict]:
     for q in qs.itertuples(index=False):
         affected = [q.item_id, *json.loads(q.similar_items)]
         where = fx.ledger.items(dataset, item_ids=affected).set_index("item_id")["batch_id"]
-        rows += [_task(dataset, where[i], i, "requeue",
-                       [f"guideline {q.guideline_version} -> {spec.guideline.version}: question {q.question_id}"],
-                       tier="L2", run_id=run_id, round_=_stable_round("guideline", spec.guideline.version))
+        rows += [task_row(dataset, where[i], i, "requeue",
+                          [f"guideline {q.guideline_version} -> {spec.guideline.version}: question {q.question_id}"],
+                          tier="L2", run_id=run_id, round_=stable_round("guideline", spec.guideline.version))
                  for i in affected if i in where.index]
     fx.ledger.create_tasks(rows)
     with fx.ledger.engine.begin() as c:

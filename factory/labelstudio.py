@@ -13,10 +13,11 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from xml.sax.saxutils import quoteattr
 
 from factory.errors import FactoryError
 from factory.gate import Answer, submit_answers
+from factory.ledger import Ledger
+from factory.tasks import AnswerError
 from factory.workforce import shown_kind_and_reasons
 
 FROM_NAME, TO_NAME = "label", "text"
@@ -26,16 +27,10 @@ class LabelStudioError(FactoryError):
     """A Label Studio file cannot be exported or imported; nothing was written."""
 
 
-def label_config(class_names: list[str]) -> str:
-    """The Label Studio labeling config (XML) matching the exported tasks."""
-    choices = "\n".join(f"    <Choice value={quoteattr(c)}/>" for c in class_names)
-    return (f'<View>\n  <Text name="{TO_NAME}" value="$text"/>\n'
-            f'  <Choices name="{FROM_NAME}" toName="{TO_NAME}" choice="single" showInLine="false">\n'
-            f"{choices}\n  </Choices>\n</View>\n")
-
-
-def _choice(label: str) -> list[dict]:
-    return [{"from_name": FROM_NAME, "to_name": TO_NAME, "type": "choices", "value": {"choices": [str(label)]}}]
+def label_config(spec) -> str:
+    """The Label Studio labeling config (XML) matching the exported tasks: the task type's control tag."""
+    control = spec.task_type.labelstudio_config(spec.class_names, FROM_NAME, TO_NAME)
+    return f'<View>\n  <Text name="{TO_NAME}" value="$text"/>\n{control}</View>\n'
 
 
 def export_tasks(fx, batch_id: str, *, include_answered: bool = False) -> list[dict]:
@@ -44,6 +39,7 @@ def export_tasks(fx, batch_id: str, *, include_answered: bool = False) -> list[d
     if batch is None:
         raise LabelStudioError(f"batch '{batch_id}': no such batch; see `factory batches list`")
     dataset = batch["dataset"]
+    spec = fx.spec(dataset)
     tasks = fx.ledger.tasks(dataset, batch_id=batch_id, status=None if include_answered else "open")
     if tasks.empty:
         return []
@@ -61,7 +57,7 @@ def export_tasks(fx, batch_id: str, *, include_answered: bool = False) -> list[d
             latest_fusion = g[g["kind"] == "fusion"].tail(1)
             for r in list(g[g["kind"] == "model"].itertuples()) + list(latest_fusion.itertuples()):
                 preds.append({"model_version": r.actor, "score": None if r.confidence is None else float(r.confidence),
-                              "result": _choice(r.label)})
+                              "result": spec.task_type.to_labelstudio(str(r.label), FROM_NAME, TO_NAME)})
         out.append({
             "data": {"text": items.loc[t.item_id, "text"], "factory_task_id": t.task_id, "item_id": t.item_id,
                      # the user's own id (spec task.id_column), so Label Studio shows the id they know
@@ -131,8 +127,6 @@ def read_annotator_map(path: str | Path) -> dict[str, str]:
 
 def plan_import(fx, path: str | Path, annotator_map: dict[str, str] | None = None) -> ImportReport:
     """Check a Label Studio JSON export against the ledger; the report's plan is what an import would write."""
-    from factory.ledger import Ledger
-
     path = Path(path)
     rep = ImportReport(str(path))
     try:
@@ -171,14 +165,10 @@ def plan_import(fx, path: str | Path, annotator_map: dict[str, str] | None = Non
         answers = []
         for a in live:
             aw = f"{where}, annotation {a.get('id', '?')}"
-            choices = [r for r in a.get("result", []) if r.get("type") == "choices"]
-            labels = [c for r in choices for c in r.get("value", {}).get("choices", [])]
-            if len(labels) != 1:
-                rep.problems.append(f"{aw}: expected exactly one choice, found {labels or 'none'}")
-                continue
-            if labels[0] not in spec.class_names:
-                rep.problems.append(f"{aw}: label '{labels[0]}' is not in the schema of '{t['dataset']}' "
-                                    f"{spec.class_names}")
+            try:  # the task type reads its own control's results (one choice, a set of choices, ...)
+                label = spec.task_type.from_labelstudio(a.get("result", []), spec.class_names, aw)
+            except AnswerError as e:
+                rep.problems.append(f"{e} (dataset '{t['dataset']}')")
                 continue
             who, shown = _annotator(a.get("completed_by"), annotator_map)
             if who is None:
@@ -186,7 +176,7 @@ def plan_import(fx, path: str | Path, annotator_map: dict[str, str] | None = Non
                 continue
             notes = [x for r in a.get("result", []) if r.get("type") == "textarea"
                      for x in r.get("value", {}).get("text", [])]
-            answers.append({"task_id": tid, "label": labels[0], "annotator": who, "where": aw,
+            answers.append({"task_id": tid, "label": label, "annotator": who, "where": aw,
                             "rationale": " ".join(map(str, notes)).strip() or None,
                             "submission_id": f"ls:{task.get('id', n)}:{a.get('id', len(answers))}",
                             "spec_version": spec.version, "guideline_version": spec.guideline.version,

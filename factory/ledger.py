@@ -28,9 +28,16 @@ from typing import Any
 import pandas as pd
 import sqlalchemy as sa
 
+from factory.db import ensure_schema
 from factory.errors import TaskError
+from factory.tasks import LabelSchema, schema
 
 metadata = sa.MetaData()
+
+
+def _schema(classes: "LabelSchema | Sequence[str]") -> LabelSchema:
+    """A dataset's label schema; a bare class list is a classification schema (older callers)."""
+    return classes if isinstance(classes, LabelSchema) else schema("classification", list(map(str, classes)))
 
 
 class TaskNotFound(TaskError):
@@ -326,9 +333,7 @@ class Ledger:
         else:
             self.engine = sa.create_engine(url, pool_pre_ping=True)
             self.reader = self.engine
-        from factory.db import ensure_schema  # SQLite upgrades itself; other databases must be at the head
-
-        ensure_schema(self.engine, url, metadata)
+        ensure_schema(self.engine, url, metadata)  # SQLite upgrades itself; other databases must be at the head
 
     # ----------------------------------------------------------------- specs and batches
     def record_spec(self, dataset: str, version: str, guideline_version: str, body: dict) -> bool:
@@ -651,7 +656,7 @@ class Ledger:
     def create_tasks(self, task_rows: Sequence[dict]) -> int:
         """Create review tasks; a task id that exists already is left as it is (idempotent).
 
-        Rows marked `keyed` (made by `pipeline._task`) carry an internal key as task_id; it is
+        Rows marked `keyed` (made by `task_rows.task_row`) carry an internal key as task_id; it is
         replaced here by `public_task_id(key)`.
         """
         if not task_rows:
@@ -759,9 +764,12 @@ class Ledger:
                                 guideline_version=guideline_version, correct=correct, source=source,
                                 submission_id=submission_id, require_lease=require_lease)
 
-    def answer_tasks(self, answers: Sequence[dict], classes_by_dataset: dict[str, Sequence[str]], *,
-                     conn=None) -> list[dict]:
+    def answer_tasks(self, answers: Sequence[dict],
+                     classes_by_dataset: dict[str, "LabelSchema | Sequence[str]"], *, conn=None) -> list[dict]:
         """Record many answers in one transaction: all are written or none (raises on the first bad one).
+
+        `classes_by_dataset` gives each dataset's label schema (``spec.label_schema``: the task type bound
+        to the classes, which checks and canonicalises every label) or, for classification, its classes.
 
         Each answer is a dict with task_id, label, annotator and optionally spec_version,
         guideline_version, source, submission_id, payload (extra provenance merged into the event).
@@ -773,16 +781,14 @@ class Ledger:
         with self.engine.begin() as c:
             return self._answer_all(c, answers, classes_by_dataset)
 
-    def _answer_all(self, c, answers: Sequence[dict], classes_by_dataset: dict[str, Sequence[str]]) -> list[dict]:
+    def _answer_all(self, c, answers: Sequence[dict], classes_by_dataset: dict) -> list[dict]:
         out = []
         for a in answers:
             if a.get("arbitration"):  # an expert's decision on an item (dataset, item_id, rationale)
-                classes = list(map(str, classes_by_dataset[a["dataset"]]))
-                if str(a["label"]) not in classes:
-                    raise TaskError(f"item '{a['item_id']}': label '{a['label']}' is not in the schema {classes}")
+                label = _schema(classes_by_dataset[a["dataset"]]).parse(a["label"], f"item '{a['item_id']}'")
                 if not a.get("rationale") or not str(a["rationale"]).strip():
                     raise TaskError(f"item '{a['item_id']}': an arbitration needs a rationale (why this label)")
-                out.append(self._arbitrate(c, a["dataset"], a["item_id"], str(a["label"]), a["annotator"],
+                out.append(self._arbitrate(c, a["dataset"], a["item_id"], label, a["annotator"],
                                            a["rationale"], spec_version=a.get("spec_version"),
                                            guideline_version=a.get("guideline_version"),
                                            evidence=a.get("evidence"), source=a.get("source", "import"),
@@ -791,10 +797,8 @@ class Ledger:
             t = a.get("task") or c.execute(sa.select(tasks).where(tasks.c.task_id == a["task_id"])).mappings().first()
             if t is None:
                 raise TaskNotFound(f"task '{a['task_id']}': no such task")
-            classes = list(map(str, classes_by_dataset[t["dataset"]]))
-            if str(a["label"]) not in classes:
-                raise TaskError(f"task '{a['task_id']}': label '{a['label']}' is not in the schema {classes}")
-            out.append(self._answer(c, dict(t), str(a["label"]), a["annotator"],
+            label = _schema(classes_by_dataset[t["dataset"]]).parse(a["label"], f"task '{a['task_id']}'")
+            out.append(self._answer(c, dict(t), label, a["annotator"],
                                     spec_version=a.get("spec_version"),
                                     guideline_version=a.get("guideline_version"),
                                     source=a.get("source", "import"), submission_id=a.get("submission_id"),

@@ -9,45 +9,24 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from dataclasses import dataclass, field
-from functools import cached_property
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from factory.config import Paths
 from factory.engine import aggregate
 from factory.engine.routing import route_batch
 from factory.engine.seeding import select_seed
 from factory.errors import FactoryError, NotReadyError
-from factory.ledger import Ledger
 from factory import loop as people_loop
+from factory.progress import NULL, Progress, counted
 from factory.quality import audit_target
-from factory.spec import DatasetSpec, load_spec
+from factory.root import Factory  # noqa: F401  (the root object lived here; callers still import it from pipeline)
+from factory.spec import DatasetSpec
+from factory.task_rows import max_tier, task_id_for, task_row  # noqa: F401  (task_id_for: callers import it from here)
 
 TASK_TYPE = {"classification": "classification", "pairs": "pair"}
-
-
-@dataclass
-class Factory:
-    """A factory root: its folders, its ledger and its dataset specs."""
-
-    paths: Paths = field(default_factory=Paths.from_env)
-
-    @classmethod
-    def at(cls, root: str | Path | None = None) -> "Factory":
-        return cls(Paths.from_env(root))
-
-    @cached_property
-    def ledger(self) -> Ledger:
-        return Ledger(self.paths.database_url)
-
-    def spec(self, dataset: str) -> DatasetSpec:
-        return load_spec(self.paths.spec_path(dataset))
-
-    def datasets(self) -> list[str]:
-        return sorted(p.stem for p in self.paths.datasets.glob("*.yaml"))
 
 
 # ----------------------------------------------------------------------------- tables
@@ -76,11 +55,6 @@ def _meta(spec: DatasetSpec, run_id: str | None) -> dict:
     return {"spec_version": spec.version, "guideline_version": spec.guideline.version, "run_id": run_id}
 
 
-def task_id_for(dataset: str, batch_id: str, item_id: str, kind: str) -> str:
-    """The internal key of a task (deterministic: a rerun finds it); people see `Ledger.public_task_id(key)`."""
-    return "k_" + hashlib.sha256(f"{dataset}|{batch_id}|{item_id}|{kind}".encode()).hexdigest()[:16]
-
-
 # ----------------------------------------------------------------------------- design
 def record_spec(fx: Factory, dataset: str) -> DatasetSpec:
     """Validate the dataset's spec file and record its version in the ledger."""
@@ -107,7 +81,6 @@ def raw_items(fx: Factory, dataset: str, batch_id: str) -> pd.DataFrame:
 
 # ----------------------------------------------------------------------------- modes and risk
 TRAINING_KINDS = ("seed", "annotate", "review", "audit", "second", "verify", "arbitrate", "requeue")
-TIER_RANK = {"L1": 0, "L2": 1, "L3": 2, "expert": 3}
 
 
 def item_modes(spec: DatasetSpec, items: pd.DataFrame) -> pd.Series:
@@ -119,10 +92,6 @@ def item_modes(spec: DatasetSpec, items: pd.DataFrame) -> pd.Series:
             hit = np.array([m.get(rule.field) in rule.equals for m in meta], dtype=bool)
             modes[hit] = rule.mode
     return modes
-
-
-def max_tier(*tiers: str | None) -> str:
-    return max((t for t in tiers if t), key=lambda t: TIER_RANK[t], default="L1")
 
 
 def required_tier(spec: DatasetSpec, label: str | None, reasons: list[str], meta: dict | None = None) -> str:
@@ -140,15 +109,6 @@ def required_tier(spec: DatasetSpec, label: str | None, reasons: list[str], meta
                     w.uncertain_tier if "low_confidence" in reasons else None,
                     w.class_tiers.get(str(label)) if label is not None else None,
                     w.sensitive_tier if spec.compliance.grade != "general" else None)
-
-
-def _task(dataset: str, batch_id: str, item_id: str, kind: str, reasons: list[str], *, tier: str = "L1",
-          suggestion: str | None = None, run_id: str | None = None, round_: int = 1, domain: str | None = None) -> dict:
-    kid = kind if round_ == 1 else f"{kind}#{round_}"
-    # keyed: the ledger turns the key into the unguessable public id when it creates the task
-    return dict(task_id=task_id_for(dataset, batch_id, item_id, kid), keyed=True, dataset=dataset, batch_id=batch_id,
-                item_id=item_id, kind=kind, reasons=reasons, suggestion=suggestion, run_id=run_id,
-                required_tier=tier, domain=domain)
 
 
 # ----------------------------------------------------------------------------- people first
@@ -180,6 +140,7 @@ def human_labels(fx: Factory, dataset: str) -> pd.DataFrame:
     return pd.concat(frames, ignore_index=True).drop_duplicates("item_id", keep="last").reset_index(drop=True)
 
 
+@counted("initial tasks", "tasks")
 def initial_tasks(fx: Factory, dataset: str, batch_id: str, run_id: str | None = None, seed: int = 0) -> pd.DataFrame:
     """Tasks people answer before the models run.
 
@@ -194,9 +155,9 @@ def initial_tasks(fx: Factory, dataset: str, batch_id: str, run_id: str | None =
     tier = required_tier(spec, None, [])
     hm = items[modes.to_numpy() == "human-model"]
     for r in range(1, spec.human_model.overlap + 1):
-        rows += [_task(dataset, batch_id, i, "annotate", [f"human-model: first labels, copy {r} of "
-                                                          f"{spec.human_model.overlap}"], tier=tier, run_id=run_id,
-                       round_=r) for i in hm["item_id"]]
+        rows += [task_row(dataset, batch_id, i, "annotate", [f"human-model: first labels, copy {r} of "
+                                                             f"{spec.human_model.overlap}"], tier=tier, run_id=run_id,
+                          round_=r) for i in hm["item_id"]]
     pre = items[modes.to_numpy() != "human-model"]
     if len(pre):
         have = len(human_labels(fx, dataset))
@@ -205,8 +166,8 @@ def initial_tasks(fx: Factory, dataset: str, batch_id: str, run_id: str | None =
         need = max(0, spec.seed.size - have - open_seed - len(hm))
         if need:
             picks = select_seed(_features(pre["text"].tolist()), min(need, len(pre)), seed=seed)
-            rows += [_task(dataset, batch_id, pre["item_id"].iloc[int(i)], "seed",
-                           ["seed: diverse sample to train the labelers"], tier=tier, run_id=run_id)
+            rows += [task_row(dataset, batch_id, pre["item_id"].iloc[int(i)], "seed",
+                              ["seed: diverse sample to train the labelers"], tier=tier, run_id=run_id)
                      for i in sorted(picks)]
     fx.ledger.create_tasks(rows)
     out = fx.ledger.tasks(dataset, batch_id=batch_id)
@@ -276,7 +237,8 @@ def train_labelers(fx: Factory, dataset: str, batch_id: str | None = None, seed:
         return TrainedLabelers(th, _with_embedding_cache(fx, [Labeler.load(folder / n) for n in names]), len(train),
                                reused=True)
     labelers = [lb.fit(train[["item_id", "text"]], train["label"].tolist(), spec.class_names)
-                for lb in _with_embedding_cache(fx, make_labelers(task_type, seed=seed))]
+                for lb in fx.progress.track(_with_embedding_cache(fx, make_labelers(task_type, seed=seed)),
+                                            "train labelers", weight=len(train), label=lambda lb: lb.name)]
     tmp = folder.with_name(folder.name + f".tmp{os.getpid()}")
     for lb in labelers:
         lb.save(tmp / lb.info.name)
@@ -306,7 +268,7 @@ def model_predictions(fx: Factory, dataset: str, batch_id: str, trained: Trained
     classes = spec.class_names
     items = read_table(fx, "raw_items", dataset, batch_id)
     frames = []
-    for lb in trained.labelers:
+    for lb in fx.progress.track(trained.labelers, "predict", weight=len(items), label=lambda lb: lb.info.name):
         p = lb.predict_proba(items[["item_id", "text"]])
         f = pd.DataFrame(p, columns=prob_cols(classes))
         f.insert(0, "item_id", items["item_id"].to_numpy())
@@ -323,7 +285,8 @@ def model_predictions(fx: Factory, dataset: str, batch_id: str, trained: Trained
                    confidence=r.confidence, dedup_key=f"model:{batch_id}:{r.item_id}:{r.labeler_version}",
                    payload={"probs": dict(zip(classes, pv[i].tolist()))}, **meta)
               for i, r in enumerate(preds.itertuples(index=False))]
-    fx.ledger.append_events(dataset, events)
+    with fx.progress.work("record model events", len(events), "events"):
+        fx.ledger.append_events(dataset, events)
     return preds
 
 
@@ -336,6 +299,7 @@ def model_predictions(fx: Factory, dataset: str, batch_id: str, trained: Trained
 MODEL_FUSION = "weighted"
 
 
+@counted("fuse")
 def fuse(fx: Factory, dataset: str, batch_id: str, run_id: str | None = None) -> pd.DataFrame:
     """Fuse the labelers' probability vectors into one label and confidence per item (linear pool)."""
     spec = fx.spec(dataset)
@@ -393,7 +357,8 @@ def heldout_predictions(fx: Factory, dataset: str, seed: int = 0) -> pd.DataFram
     if path.exists():
         return pd.read_parquet(path)
     frames = []
-    for j, lb in enumerate(make_labelers(task_type, seed=seed)):
+    for j, lb in enumerate(fx.progress.track(make_labelers(task_type, seed=seed), "calibration: cross-fit labelers",
+                                             weight=len(train), label=lambda lb: lb.name)):
         p = cross_val_proba(lambda j=j: make_labelers(task_type, seed=seed)[j], train[["item_id", "text"]],
                             train["label"].tolist(), classes, folds=HELDOUT_FOLDS, seed=seed)
         f = pd.DataFrame(p, columns=prob_cols(classes))
@@ -592,6 +557,7 @@ def _human_model_routes(fx: Factory, spec: DatasetSpec, dataset: str, batch_id: 
     return pd.DataFrame(rows, columns=["item_id", "route", "label", "confidence", "reasons"])
 
 
+@counted("route")
 def review_tasks(fx: Factory, dataset: str, batch_id: str, run_id: str | None = None, seed: int = 0) -> pd.DataFrame:
     """Route every item by its mode, store each decision with its reasons, open the tasks for people."""
     spec = fx.spec(dataset)
@@ -643,8 +609,8 @@ def review_tasks(fx: Factory, dataset: str, batch_id: str, run_id: str | None = 
                  required_tier(spec, r.label, r.reasons, meta.get(r.item_id)))
         for r in routes.itertuples(index=False)]
     show = spec.review.show_model_suggestion
-    rows = [_task(dataset, batch_id, r.item_id, r.route, r.reasons, tier=r.required_tier, run_id=run_id,
-                  suggestion=str(r.label) if show and r.route != "verify" else None, domain=spec.workforce.domain)
+    rows = [task_row(dataset, batch_id, r.item_id, r.route, r.reasons, tier=r.required_tier, run_id=run_id,
+                     suggestion=str(r.label) if show and r.route != "verify" else None, domain=spec.workforce.domain)
             for r in routes[routes["route"].isin(["review", "audit", "verify"])].itertuples(index=False)]
     rows += _honeypots(fx, spec, dataset, batch_id, len(rows), run_id, seed)
     fx.ledger.create_tasks(rows)
@@ -712,9 +678,9 @@ def fund_deferred(fx: Factory, dataset: str, budget: int, *, exclude_batch: str 
     rows = []
     for r in d.itertuples(index=False):
         reasons = [x for x in r.reasons if x != "budget"] + ["deferred"]
-        rows.append(_task(dataset, r.batch_id, r.item_id, "review", reasons,
-                          tier=required_tier(spec, r.fused_label, reasons), run_id=run_id,
-                          suggestion=str(r.fused_label) if show else None, domain=spec.workforce.domain))
+        rows.append(task_row(dataset, r.batch_id, r.item_id, "review", reasons,
+                             tier=required_tier(spec, r.fused_label, reasons), run_id=run_id,
+                             suggestion=str(r.fused_label) if show else None, domain=spec.workforce.domain))
     fx.ledger.create_tasks(rows)
     return len(rows)
 
@@ -748,7 +714,7 @@ def _honeypots(fx: Factory, spec: DatasetSpec, dataset: str, batch_id: str, n_ta
     if spec.review.show_model_suggestion:
         ev = fx.ledger.events(dataset, kind="fusion")
         fused = ev[ev["item_id"].isin(set(pick))].groupby("item_id")["label"].last().to_dict() if len(ev) else {}
-    return [_task(dataset, batch_id, i, "gold", ["honeypot"], run_id=run_id, suggestion=fused.get(i)) for i in pick]
+    return [task_row(dataset, batch_id, i, "gold", ["honeypot"], run_id=run_id, suggestion=fused.get(i)) for i in pick]
 
 
 # ----------------------------------------------------------------------------- final labels
@@ -814,15 +780,16 @@ def escalate(fx: Factory, dataset: str, batch_id: str, run_id: str | None = None
     for item_id, a in act.iterrows():
         rnd = int(n[item_id]) + 1
         if a["action"] == "ask":
-            new.append(_task(dataset, batch_id, item_id, "second", ["second_opinion"] + list(a["reasons"])[:2],
-                             tier=max_tier("L2", routes.at[item_id, "required_tier"]), run_id=run_id, round_=rnd))
+            new.append(task_row(dataset, batch_id, item_id, "second", ["second_opinion"] + list(a["reasons"])[:2],
+                                tier=max_tier("L2", routes.at[item_id, "required_tier"]), run_id=run_id, round_=rnd))
         elif a["action"] == "escalate":
-            new.append(_task(dataset, batch_id, item_id, "arbitrate", ["unresolved"] + list(a["reasons"])[:2],
-                             tier="expert", run_id=run_id, domain=spec.workforce.domain))
+            new.append(task_row(dataset, batch_id, item_id, "arbitrate", ["unresolved"] + list(a["reasons"])[:2],
+                                tier="expert", run_id=run_id, domain=spec.workforce.domain))
     fx.ledger.create_tasks(new)
     return pd.DataFrame(new)
 
 
+@counted("final labels")
 def final_labels(fx: Factory, dataset: str, batch_id: str, run_id: str | None = None) -> pd.DataFrame:
     """Every item's final label and path: auto, verified, annotated, calibrated, arbitrated or deferred.
 

@@ -16,6 +16,7 @@ from typing import Any
 
 import pandas as pd
 
+from factory.errors import FactoryError
 from factory.ledger import event_hash
 
 EMPTY_ROOT = hashlib.sha256(b"").hexdigest()
@@ -129,8 +130,6 @@ def item_story(fx, dataset: str, item_id: str) -> dict:
     """Everything the factory knows about one item, in order: what each model said (with versions and
     probabilities), why it was routed, who answered, corrections, the final label, the versions and
     Dagster runs involved, the releases that carry it, and a Merkle inclusion proof for its final event."""
-    from factory.errors import FactoryError
-
     ev = fx.ledger.events(dataset, item_id=item_id)
     item = fx.ledger.items(dataset, item_ids=[item_id])
     if ev.empty and item.empty:

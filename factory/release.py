@@ -51,6 +51,7 @@ from checks.standards import DEFAULT_STANDARD, STANDARDS_DIR
 from factory.errors import ReleaseError, ReleaseRefused
 from factory.ingest import sha256_file
 from factory.ledger import canonical, now, within_cut
+from factory.progress import counted
 from factory.signing import ANCHOR_FILE, check_signature, release_anchor, verify_key
 
 DATA_FILE = "labels.parquet"
@@ -448,13 +449,14 @@ _HF_DTYPES = {"string": "string", "object": "string", "str": "string", "float64"
               "int64": "int64", "int32": "int32", "bool": "bool"}
 
 
-def hf_features(columns: dict[str, str], class_names: list[str]) -> list[dict]:
+def hf_features(columns: dict[str, str], spec) -> list[dict]:
     """The card's `dataset_info.features`: one entry per Parquet column (Hugging Face `datasets` casts the
-    files to exactly these), `label` as a ClassLabel over the spec's classes."""
+    files to exactly these), `label` as the task type's feature (classification: a ClassLabel over the
+    spec's classes)."""
     out = []
     for name, dtype in columns.items():
         if name == "label":
-            out.append({"name": "label", "dtype": {"class_label": {"names": {i: c for i, c in enumerate(class_names)}}}})
+            out.append({"name": "label", "dtype": spec.task_type.hf_feature(spec.class_names)})
         else:
             out.append({"name": name, "dtype": _HF_DTYPES.get(str(dtype), "string")})
     return out
@@ -474,7 +476,7 @@ def dataset_card(manifest: dict, spec, cert: dict, splits: list[str], date: str)
         "license": spec.license.lower(), "pretty_name": spec.name, "task_categories": ["text-classification"],
         "annotations_creators": creators or ["machine-generated"], "size_categories": [_size_category(manifest["items"])],
         "configs": [{"config_name": "default", "data_files": [{"split": s, "path": f"data/{s}.parquet"} for s in splits]}],
-        "dataset_info": {"features": hf_features(manifest.get("columns") or {"label": "string"}, spec.class_names)},
+        "dataset_info": {"features": hf_features(manifest.get("columns") or {"label": "string"}, spec)},
     }
     q = manifest["quality"]
     families = sorted({str(v).split("@")[0] for v in manifest.get("labelers") or []})
@@ -588,6 +590,7 @@ def refused_attempts(fx, dataset: str) -> list[dict]:
     return out
 
 
+@counted("release", count=lambda r: r["items"])
 def release(fx, dataset: str, run_id: str | None = None, formats: tuple[str, ...] = ("parquet",)) -> dict:
     """Write the next release of `dataset`; refuse on failed blocking checks or gates, nothing new, or an existing version."""
     from factory import croissant as C
@@ -598,6 +601,7 @@ def release(fx, dataset: str, run_id: str | None = None, formats: tuple[str, ...
     if bad:
         raise ReleaseError(f"unknown release format(s) {bad}; choose from {list(FORMATS)}")
     spec = fx.spec(dataset)
+    fx.progress.note("collect final labels")
     ready, pending = _ready_batches(fx, dataset)
     if not ready:
         raise ReleaseError(f"nothing to release for '{dataset}': no batch has final labels yet "
@@ -608,6 +612,7 @@ def release(fx, dataset: str, run_id: str | None = None, formats: tuple[str, ...
     deferred = deferred_summary(fx, dataset, ready)
     n_expected = sum(len(pd.read_parquet(fx.paths.table("raw_items", dataset, b), columns=["item_id"])) for b in ready)
     n_expected -= deferred["items"]
+    fx.progress.note(f"certify {len(table):,} labels")
     cert = certify(fx, spec, dataset, table, evidence, ready, n_expected)
     cert["deferred"] = deferred
     prev = latest_release(fx, dataset)
@@ -625,6 +630,7 @@ def release(fx, dataset: str, run_id: str | None = None, formats: tuple[str, ...
     roots = batch_roots(events)
     per_split = changes_per_split(prev_table, table)
     date = max(str(batches.loc[b, "created_at"]) for b in ready)[:10]
+    fx.progress.note("write files")
     out_root = fx.paths.releases / dataset
     out_root.mkdir(parents=True, exist_ok=True)
     tmp = out_root / f".tmp-{os.getpid()}"
@@ -706,6 +712,7 @@ def release(fx, dataset: str, run_id: str | None = None, formats: tuple[str, ...
         (tmp / "manifest.json").write_text(_json(manifest), encoding="utf-8")
         (tmp / "provenance" / "merkle-roots.json").write_text(_json(roots), encoding="utf-8")
         (tmp / ANCHOR_FILE).write_text(_json(release_anchor(cut, dataset, version)), encoding="utf-8")
+        fx.progress.note("check labels against the ledger")
         unbacked = verify_labels_bound(tmp, manifest, table, events)
         if unbacked:  # never publish labels its own provenance cannot re-derive (e.g. finalisation still running)
             raise ReleaseError(f"release of '{dataset}' refused: {len(unbacked)} label(s) are not backed by the "

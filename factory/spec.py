@@ -10,10 +10,10 @@ from typing import Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from factory import tasks
 from factory.errors import SpecError
 
 TASK_TYPES = ("classification", "multi-label", "spans", "boxes", "pairs")
-IMPLEMENTED_TASK_TYPES = ("classification",)
 MODES = ("prelabel-human", "human-model", "prelabel-model")
 NAME_RE = re.compile(r"^[a-z][a-z0-9_-]{0,62}$")
 
@@ -253,9 +253,16 @@ class DatasetSpec(_Strict):
         dupes = sorted({n for n in names if names.count(n) > 1})
         if dupes:
             raise ValueError(f"classes: duplicate class names {dupes}")
-        if self.task.type not in IMPLEMENTED_TASK_TYPES:
+        if self.task.type not in tasks.names():
             raise ValueError(f"task.type '{self.task.type}' is reserved in the schema but not implemented yet; "
-                             f"use one of {list(IMPLEMENTED_TASK_TYPES)}")
+                             f"use one of {tasks.names(pipeline_ready=True)}")
+        if not tasks.get(self.task.type).pipeline_ready:
+            raise ValueError(f"task.type '{self.task.type}' is registered (answers, fusion, agreement, release "
+                             f"features, Label Studio: factory/tasks/) but the batch pipeline does not run it yet; "
+                             f"use one of {tasks.names(pipeline_ready=True)}")
+        type_errors = tasks.get(self.task.type).spec_errors(names)
+        if type_errors:
+            raise ValueError("classes: " + "; ".join(type_errors))
         priors = [c.prior for c in self.classes if c.prior is not None]
         if priors and len(priors) != len(self.classes):
             raise ValueError("classes: give a prior for every class or for none")
@@ -278,6 +285,16 @@ class DatasetSpec(_Strict):
     @property
     def class_names(self) -> list[str]:
         return [c.name for c in self.classes]
+
+    @property
+    def task_type(self) -> "tasks.TaskType":
+        """The registered task type (factory/tasks/) that owns this dataset's answers and label columns."""
+        return tasks.get(self.task.type)
+
+    @property
+    def label_schema(self) -> tasks.LabelSchema:
+        """The task type bound to the classes: every stored label is checked by it."""
+        return tasks.schema(self.task.type, self.class_names)
 
     @property
     def prior(self) -> dict[str, float] | None:

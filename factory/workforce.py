@@ -17,45 +17,15 @@ import numpy as np
 import pandas as pd
 import sqlalchemy as sa
 
+from factory.engine import aggregate_full
 from factory.errors import TaskError, TaskRefused
 from factory.ledger import Ledger, canonical, now, task_assignments
 from factory.quality import wilson_interval
+from factory.tables import annotator_events, annotators, gold_items, wf_metadata
+from factory.task_rows import stable_round, task_row
 
 TIERS = ("L1", "L2", "L3", "expert")
 RANK = {t: i for i, t in enumerate(TIERS)}
-
-wf_metadata = sa.MetaData()
-
-annotators = sa.Table(
-    "annotators", wf_metadata,
-    sa.Column("annotator_id", sa.String(64), primary_key=True),
-    sa.Column("tier", sa.String(16), nullable=False),
-    sa.Column("domains", sa.Text, nullable=False),
-    sa.Column("languages", sa.Text, nullable=False),
-    sa.Column("status", sa.String(16), nullable=False),  # active | suspended
-    sa.Column("max_open_tasks", sa.Integer, nullable=False),
-    sa.Column("created_at", sa.String(32), nullable=False),
-)
-
-annotator_events = sa.Table(
-    "annotator_events", wf_metadata,
-    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
-    sa.Column("annotator_id", sa.String(64), nullable=False, index=True),
-    sa.Column("kind", sa.String(32), nullable=False),
-    sa.Column("reason", sa.Text, nullable=False),
-    sa.Column("data", sa.Text, nullable=False),
-    sa.Column("created_at", sa.String(32), nullable=False),
-)
-
-gold_items = sa.Table(
-    "gold_items", wf_metadata,
-    sa.Column("dataset", sa.String(64), primary_key=True),
-    sa.Column("item_id", sa.String(64), primary_key=True),
-    sa.Column("label", sa.String(128), nullable=False),
-    sa.Column("source", sa.String(64), nullable=False),
-    sa.Column("created_at", sa.String(32), nullable=False),
-)
-
 
 @dataclass(frozen=True)
 class Policy:
@@ -203,8 +173,6 @@ class Workforce:
 
     def engine_reliability(self, dataset: str) -> pd.Series:
         """The label engine's reliability of each person (Dawid-Skene over every current human answer)."""
-        from factory.engine import aggregate_full
-
         dec = self.ledger.human_decisions(dataset)
         if dec.empty or dec["item_id"].nunique() < 2:
             return pd.Series(dtype=float)
@@ -428,17 +396,8 @@ def _lease_holder(ledger: Ledger, task_id: str) -> str | None:
     return None
 
 
-def _stable_round(*parts: str) -> int:
-    """A task round number derived from the parts (stable across processes, unlike hash())."""
-    import hashlib
-
-    return int(hashlib.sha256("|".join(parts).encode()).hexdigest()[:6], 16) + 2
-
-
 def open_qualification(fx, dataset: str, annotator_id: str, tier: str, n: int, seed: int = 0) -> list[str]:
     """Open a qualification test: n gold items as tasks leased to `annotator_id` alone (no answer shown)."""
-    from factory.pipeline import _task
-
     wf = Workforce(fx.ledger)
     wf.get(annotator_id)
     gold = wf.gold(dataset)
@@ -446,8 +405,8 @@ def open_qualification(fx, dataset: str, annotator_id: str, tier: str, n: int, s
         raise TaskError(f"dataset '{dataset}' has {len(gold)} gold item(s); a qualification test needs {n} "
                         f"(add them with `factory gold add FILE --dataset {dataset}`)")
     pick = gold.sample(n=n, random_state=seed)["item_id"].tolist()
-    rows = [_task(dataset, "qualification", i, "qualification", [f"qualification test {tier} for {annotator_id}"],
-                  tier="L1", round_=_stable_round(annotator_id, tier)) for i in pick]
+    rows = [task_row(dataset, "qualification", i, "qualification", [f"qualification test {tier} for {annotator_id}"],
+                  tier="L1", round_=stable_round(annotator_id, tier)) for i in pick]
     fx.ledger.create_tasks(rows)
     ids = [fx.ledger.public_task_id(r["task_id"]) for r in rows]  # the keys became public ids
     far = "9999-12-31T00:00:00+00:00"

@@ -231,9 +231,10 @@ def test_a_task_you_do_not_hold_says_nothing_about_its_answer(env):
 def test_task_ids_are_keyed_by_a_ledger_secret(env, tmp_path, monkeypatch):
     import hashlib
 
-    from factory.pipeline import Factory, _task
+    from factory.pipeline import Factory
+    from factory.task_rows import task_row
 
-    row = _task("news", env.batch, env.items[0], "review", ["x"])
+    row = task_row("news", env.batch, env.items[0], "review", ["x"])
     env.fx.ledger.create_tasks([row])
     tid = env.fx.ledger.public_task_id(row["task_id"])
     assert env.fx.ledger.task(tid) is not None

@@ -9,7 +9,8 @@ import sqlalchemy as sa
 from click.testing import CliRunner
 
 from factory.cli import main
-from factory.db import SchemaError, head_revision, schema_metadata, upgrade
+from factory.db import SchemaError, head_revision, upgrade
+from factory.tables import schema_metadata
 from factory.errors import TaskError
 from factory.ledger import Ledger, metadata
 

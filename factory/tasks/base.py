@@ -1,0 +1,81 @@
+"""The task-type contract: what one kind of labelling work (a class per item, a set of tags, ...) defines.
+
+A task type is one module of ``factory.tasks`` registered by name (``task.type`` in a spec).  It owns, in
+one place, everything that differs between kinds of work; the ledger, the answer door, releases and the
+Label Studio bridge ask the type instead of assuming one class per item.  Stored labels are *strings*
+(the ledger's ``label`` column): each type has one canonical text form of an answer, made by
+:meth:`TaskType.parse_answer`, and :meth:`TaskType.decode` turns it back into the Python value releases
+carry.
+
+Adding a type is a local change: a new module defining a class that satisfies :class:`TaskType`, its
+``register`` call in ``factory/tasks/__init__.py``, and its tests.  ``pipeline_ready`` says whether the
+batch pipeline (labelers, routing, final labels) runs the type yet; a spec naming a registered type that
+is not pipeline-ready is refused with that reason, so nothing half-works silently.
+"""
+from __future__ import annotations
+
+from typing import Any, ClassVar, Protocol, Sequence, runtime_checkable
+
+import pandas as pd
+
+from factory.errors import TaskError
+
+
+class AnswerError(TaskError):
+    """An answer, prediction or gold label that does not fit the dataset's task type and classes."""
+
+
+@runtime_checkable
+class TaskType(Protocol):
+    """One kind of labelling work.  Every method is a pure function of its arguments (no database)."""
+
+    name: ClassVar[str]
+    """The spec's ``task.type`` value."""
+    pipeline_ready: ClassVar[bool]
+    """True when the batch pipeline (labelers, fusion, routing, final labels, release) runs this type."""
+    widget: ClassVar[str]
+    """The workbench widget that shows the answer form (``choices``, ``checkboxes``, ...)."""
+    shortcuts: ClassVar[str]
+    """The widget's keyboard shortcuts, as the workbench's help shows them."""
+
+    def spec_errors(self, classes: Sequence[str]) -> list[str]:
+        """What is wrong with a spec's classes for this type (empty when fine)."""
+
+    def parse_answer(self, value: Any, classes: Sequence[str], where: str = "", item: dict | None = None) -> str:
+        """A person's answer, a model's prediction or a gold label in its canonical stored text form.
+
+        ``item`` is what the type may need to know of the item (spans: ``n_tokens`` for the bounds).
+        Raises :class:`AnswerError` naming ``where`` (file and row, task id) and the cause."""
+
+    def decode(self, stored: str) -> Any:
+        """The canonical text form back into the value a release carries (a class name, a list, ...)."""
+
+    def fuse(self, answers: pd.DataFrame, classes: Sequence[str], items: pd.DataFrame | None = None) -> pd.DataFrame:
+        """Fuse ``item_id, worker_id, label`` answers (canonical labels) into one row per item (index
+        ``item_id``): ``label`` (canonical), ``confidence`` (the fused label's posterior probability).
+        ``items`` (``item_id`` plus what the type needs, e.g. ``n_tokens``) is the items' recorded context."""
+
+    def agreement(self, answers: pd.DataFrame, classes: Sequence[str], items: pd.DataFrame | None = None) -> dict:
+        """Inter-annotator agreement of ``item_id, worker_id, label`` answers: what kappa / alpha mean for
+        this type, as ``{"measure": value, ...}`` (nan where undefined)."""
+
+    def expectations(self, classes: Sequence[str], column: str = "label") -> list[dict]:
+        """Great Expectations configurations (``{"type", "kwargs"}``) every final label of this type meets."""
+
+    def hf_feature(self, classes: Sequence[str]) -> dict:
+        """The Hugging Face ``datasets`` feature of the label column, in the card's YAML form (the value of
+        ``dtype`` in ``dataset_info.features``)."""
+
+    def croissant_field(self, classes: Sequence[str]) -> dict:
+        """Extra keys of the Croissant ``labels/label`` field (the reference to the ``classes`` record set,
+        whether it repeats)."""
+
+    def labelstudio_config(self, classes: Sequence[str], from_name: str, to_name: str) -> str:
+        """The Label Studio control tag for this type (inside the project's ``<View>``)."""
+
+    def to_labelstudio(self, stored: str, from_name: str, to_name: str) -> list[dict]:
+        """A stored label as Label Studio ``result`` entries (predictions and exported answers)."""
+
+    def from_labelstudio(self, results: list[dict], classes: Sequence[str], where: str = "") -> str:
+        """Label Studio ``result`` entries of one annotation to the canonical stored label; AnswerError if
+        they do not make one answer of this type."""

@@ -1,0 +1,117 @@
+"""``multi-label``: any subset of the spec's classes per item (tags), the empty set included.
+
+Stored form: the chosen classes in the spec's order joined by ``|`` (``""`` is the empty set, a valid
+answer: "none of these"), so one answer has exactly one text and equal sets compare equal.  Class names
+may therefore not contain ``|``.  Fusion is the label-set Dawid-Skene of
+:func:`factory.engine.multilabel.aggregate_multilabel`; agreement is Krippendorff's alpha per class
+(each class a binary question: ticked or not) and its mean, and the mean Jaccard similarity of the pairs
+of answers on an item.
+"""
+from __future__ import annotations
+
+import math
+from itertools import combinations
+from typing import Any, ClassVar, Sequence
+from xml.sax.saxutils import quoteattr
+
+import numpy as np
+import pandas as pd
+
+from factory.engine.multilabel import aggregate_multilabel
+from factory.quality import krippendorff_alpha_nominal
+from factory.tasks.base import AnswerError
+
+SEP = "|"
+
+
+class MultiLabel:
+    name: ClassVar[str] = "multi-label"
+    pipeline_ready: ClassVar[bool] = False  # labelers, routing and final labels of sets are not built yet
+    widget: ClassVar[str] = "checkboxes"
+    shortcuts: ClassVar[str] = "digit 1-9: tick or untick that class; Enter: submit the ticked set"
+
+    def spec_errors(self, classes: Sequence[str]) -> list[str]:
+        errs = [f"class '{c}': a multi-label class name may not contain '{SEP}'" for c in classes if SEP in str(c)]
+        if len(classes) < 1 or len(classes) > 62:
+            errs.append(f"multi-label needs 1 to 62 classes, got {len(classes)}")
+        return errs
+
+    def parse_answer(self, value: Any, classes: Sequence[str], where: str = "", item: dict | None = None) -> str:
+        names = [str(c) for c in classes]
+        if value is None or (isinstance(value, float) and math.isnan(value)):
+            raise AnswerError(f"{where}: no answer; the empty set is an answer too: give '' or []".lstrip(": "))
+        if isinstance(value, str):
+            parts = [p.strip() for p in value.split(SEP)] if value.strip() else []
+        elif isinstance(value, (list, tuple, set, frozenset, np.ndarray)):
+            parts = [str(p).strip() for p in value]
+        else:
+            raise AnswerError(f"{where}: a multi-label answer is a list of classes or a '{SEP}'-joined text, "
+                              f"got {type(value).__name__}".lstrip(": "))
+        unknown = [p for p in parts if p not in names]
+        if unknown:
+            raise AnswerError(f"{where}: {unknown} not in the schema; use any of {names}".lstrip(": "))
+        if len(set(parts)) != len(parts):
+            dup = sorted({p for p in parts if parts.count(p) > 1})
+            raise AnswerError(f"{where}: {dup} given twice; a set names each class once".lstrip(": "))
+        chosen = set(parts)
+        return SEP.join(c for c in names if c in chosen)
+
+    def decode(self, stored: str) -> list[str]:
+        return stored.split(SEP) if stored else []
+
+    def fuse(self, answers: pd.DataFrame, classes: Sequence[str], items: pd.DataFrame | None = None) -> pd.DataFrame:
+        out = aggregate_multilabel(answers.rename(columns={"label": "labels"})[["item_id", "worker_id", "labels"]],
+                                   list(classes))
+        order = {c: i for i, c in enumerate(classes)}
+        label = out["labels"].map(lambda s: SEP.join(sorted(s, key=order.__getitem__)))
+        return pd.DataFrame({"label": label, "confidence": out["confidence"]}, index=out.index)
+
+    def agreement(self, answers: pd.DataFrame, classes: Sequence[str], items: pd.DataFrame | None = None) -> dict:
+        counts = answers.groupby("item_id")["worker_id"].nunique()
+        multi = answers[answers["item_id"].isin(counts.index[counts >= 2])]
+        per_class = {}
+        for c in classes:
+            ticked = multi.assign(label=multi["label"].map(lambda s, c=str(c): c in self.decode(s)).astype(str))
+            per_class[str(c)] = krippendorff_alpha_nominal(ticked) if len(ticked) else math.nan
+        finite = [v for v in per_class.values() if not math.isnan(v)]
+        jac = []
+        for _, g in multi.groupby("item_id"):
+            for a, b in combinations([set(self.decode(s)) for s in g["label"]], 2):
+                jac.append(1.0 if not (a | b) else len(a & b) / len(a | b))
+        return {"krippendorff_alpha_mean": float(np.mean(finite)) if finite else math.nan,
+                "krippendorff_alpha_per_class": per_class,
+                "mean_pairwise_jaccard": float(np.mean(jac)) if jac else math.nan,
+                "items_with_two_or_more": int((counts >= 2).sum())}
+
+    def expectations(self, classes: Sequence[str], column: str = "label") -> list[dict]:
+        import re
+
+        one = "|".join(re.escape(str(c)) for c in classes)
+        return [{"name": "label_present", "type": "expect_column_values_to_not_be_null", "kwargs": {"column": column},
+                 "blocking": True, "description": "every item has a label (the empty set is one)"},
+                {"name": "label_set_in_schema", "type": "expect_column_values_to_match_regex",
+                 "kwargs": {"column": column, "regex": rf"^(?:(?:{one})(?:\{SEP}(?:{one}))*)?$"}, "blocking": True,
+                 "description": f"every label is a '{SEP}'-joined set of the spec's classes"}]
+
+    def hf_feature(self, classes: Sequence[str]) -> dict:
+        return {"sequence": {"class_label": {"names": {i: str(c) for i, c in enumerate(classes)}}}}
+
+    def croissant_field(self, classes: Sequence[str]) -> dict:
+        return {"references": {"field": {"@id": "classes/name"}}, "repeated": True}
+
+    def labelstudio_config(self, classes: Sequence[str], from_name: str, to_name: str) -> str:
+        choices = "\n".join(f"    <Choice value={quoteattr(str(c))} hotkey=\"{i + 1}\"/>"
+                            if i < 9 else f"    <Choice value={quoteattr(str(c))}/>" for i, c in enumerate(classes))
+        return (f'  <Choices name="{from_name}" toName="{to_name}" choice="multiple" showInLine="false">\n'
+                f"{choices}\n  </Choices>\n")
+
+    def to_labelstudio(self, stored: str, from_name: str, to_name: str) -> list[dict]:
+        return [{"from_name": from_name, "to_name": to_name, "type": "choices",
+                 "value": {"choices": self.decode(stored)}}]
+
+    def from_labelstudio(self, results: list[dict], classes: Sequence[str], where: str = "") -> str:
+        choice = [r for r in results if r.get("type") == "choices"]
+        if len(choice) > 1:
+            raise AnswerError(f"{where}: {len(choice)} choice results in one annotation; expected one".lstrip(": "))
+        picked = choice[0].get("value", {}).get("choices", []) if choice else []  # none ticked: the empty set
+        return self.parse_answer(list(picked), classes, where)
