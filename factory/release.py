@@ -50,7 +50,7 @@ import pandas as pd
 from checks.standards import DEFAULT_STANDARD, STANDARDS_DIR
 from factory.errors import ReleaseError, ReleaseRefused
 from factory.ingest import sha256_file
-from factory.ledger import canonical, now
+from factory.ledger import canonical, now, within_cut
 from factory.progress import counted
 from factory.signing import ANCHOR_FILE, check_signature, release_anchor, verify_key
 
@@ -626,7 +626,7 @@ def release(fx, dataset: str, run_id: str | None = None, formats: tuple[str, ...
                cert, ready, run_id)
     cut = fx.ledger.chain_anchor(dataset)  # the chain head the release is cut from, published in provenance/
     events = fx.ledger.events(dataset)
-    events = events[events["batch_id"].isin(ready) & (events["seq"] <= cut["seq"])][EVENT_COLUMNS].reset_index(drop=True)
+    events = events[events["batch_id"].isin(ready) & within_cut(events, cut)][EVENT_COLUMNS].reset_index(drop=True)
     roots = batch_roots(events)
     per_split = changes_per_split(prev_table, table)
     date = max(str(batches.loc[b, "created_at"]) for b in ready)[:10]
