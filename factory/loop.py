@@ -5,8 +5,9 @@ decision: the pipeline's escalation step (``factory.pipeline.escalate``) and ``f
 replay`` both call it, so what is benchmarked is what users run.  A round:
 
 1. :func:`fuse_people` -- Dawid-Skene with an item prior (the models' probabilities, temperature-
-   calibrated against people's answers) and per-person confusion matrices *shrunk toward the
-   pooled crowd*, estimated only from items that more than one person answered.  With one
+   calibrated against people's answers, then recalibrated per confidence bin like a labeler whose
+   reliability is learned) and per-person confusion matrices *shrunk toward the pooled crowd* by a
+   strength estimated from the answers, estimated only from items that more than one person answered.  With one
    answer per item a person's accuracy and the models' cannot be told apart (only their
    product-like agreement is seen), and plain DS then drifts to "everyone is always right",
    confidences near 1 and an early stop.  Without overlap a person counts at the spec's
