@@ -46,10 +46,10 @@ MIN_OVERLAP_ANSWERS = 30  # overlapping answers needed before the evidence expon
 # the person->pool pull is estimated from the data (empirical Bayes, :func:`_person_strength`) once
 # MIN_OVERLAP_ANSWERS overlapping answers exist; SHRINK_PERSON is its value before that
 ESTIMATE_PERSON_STRENGTH = True
-STRENGTH_BOUNDS = (0.5, 1000.0)
+STRENGTH_BOUNDS = (0.5, 1000.0)  # pseudo-answers: from "each person is their own" to "everyone is the pool"
 # the models' probabilities are recalibrated per (predicted class, confidence quantile bin) against
 # people's answers (see _bin_correction); 0 = a temperature only
-MODEL_BINS = 5  # pseudo-answers: from "each person is their own" to "everyone is the pool"
+MODEL_BINS = 5
 
 
 @dataclass(frozen=True)
@@ -129,12 +129,17 @@ def _person_strength(counts: np.ndarray, pooled: np.ndarray, fixed: np.ndarray) 
 
 
 def _confidence_bins(prior: np.ndarray, n_bins: int) -> np.ndarray:
-    """Each item's bin: (the models' predicted class, quantile bin of their top probability)."""
+    """Each item's bin: (the models' predicted class, quantile bin of their top probability).
+
+    Rows with no model evidence (uniform: the pipeline blanks seed and people-first items) get
+    bin -1, which is never recalibrated.
+    """
     top = prior.argmax(axis=1)
     p = prior.max(axis=1)
-    sym = np.zeros(len(prior), dtype=int)
-    for c in np.unique(top):
-        m = top == c
+    flat = np.ptp(prior, axis=1) < 1e-9
+    sym = np.full(len(prior), -1, dtype=int)
+    for c in np.unique(top[~flat]):
+        m = (top == c) & ~flat
         edges = np.unique(np.quantile(p[m], np.linspace(0, 1, n_bins + 1)[1:-1]))
         sym[m] = c * n_bins + np.searchsorted(edges, p[m], side="right")
     return sym
@@ -149,16 +154,21 @@ def _bin_correction(q: np.ndarray, answered: np.ndarray, tempered: np.ndarray, s
     temperature alone cannot fix a non-monotone miscalibration (product: items at 0.81 were 29 %
     matches, at 0.997 69 %, and the models' 0.999 overruled three people who agreed).
     """
-    n_sym = int(sym.max()) + 1
     k = q.shape[1]
+    n_sym = int(sym.max()) + 1
+    factor = np.ones((n_sym + 1, k))  # the last row is bin -1: no model evidence, left alone
+    if n_sym == 0:
+        return factor
+    has = sym >= 0
     mean = np.zeros((n_sym, k))
-    np.add.at(mean, sym, tempered)
-    mean /= np.maximum(np.bincount(sym, minlength=n_sym), 1)[:, None]
+    np.add.at(mean, sym[has], tempered[has])
+    mean /= np.maximum(np.bincount(sym[has], minlength=n_sym), 1)[:, None]
     counts = np.zeros((n_sym, k))
-    np.add.at(counts, sym[answered], q[answered])
+    np.add.at(counts, sym[answered & has], q[answered & has])
     strength = _person_strength(counts[None], mean, np.zeros(1, dtype=bool))
     rho = (counts + strength * mean) / (counts.sum(axis=1, keepdims=True) + strength)
-    return np.clip(rho, 1e-6, None) / np.clip(mean, 1e-6, None)
+    factor[:n_sym] = np.clip(rho, 1e-6, None) / np.clip(mean, 1e-6, None)
+    return factor
 
 
 def _temper(prior: np.ndarray, t: float) -> np.ndarray:

@@ -272,3 +272,14 @@ def test_models_are_recalibrated_per_confidence_bin_against_people():
     majority = answers.groupby("item_id")["label"].agg(lambda s: s.value_counts().index[0]).reindex(truth.index)
     assert overruled <= 0.01 * len(unanimous)
     assert (label == truth).mean() >= (majority == truth).mean()
+
+
+def test_rows_without_model_evidence_are_not_recalibrated():
+    # the pipeline blanks the prior (uniform) of seed and people-first items: no bin may give them one
+    prior = np.array([[0.9, 0.1], [0.8, 0.2], [0.5, 0.5], [0.2, 0.8], [0.5, 0.5]])
+    sym = L._confidence_bins(prior, 5)
+    assert sym[2] == sym[4] == -1 and (sym[[0, 1, 3]] >= 0).all()
+    q = np.array([[0.1, 0.9], [0.2, 0.8], [0.0, 1.0], [0.9, 0.1], [0.0, 1.0]])
+    factor = L._bin_correction(q, np.ones(5, dtype=bool), prior, sym)
+    assert np.allclose(factor[sym[[2, 4]]], 1.0)
+    assert not np.allclose(factor[sym[[0, 1, 3]]], 1.0)
