@@ -216,7 +216,11 @@ def fuse_people(prior: np.ndarray | None, item_index: pd.Index, answers: pd.Data
     rho = np.full(k, 1.0 / k)
     answered = per_item > 0
     prev = None
-    sym = _confidence_bins(base, MODEL_BINS) if have_prior and MODEL_BINS else None
+    # the models' per-bin reliability is learned only once people's is identified (overlap), as the
+    # evidence exponent: from single answers it would learn the models' own vote back (self-confirmation),
+    # and in the pipeline it let the models overrule single audit answers on a 40-seed batch
+    sym = _confidence_bins(base, MODEL_BINS) if have_prior and MODEL_BINS and overlap.sum() >= MIN_OVERLAP_ANSWERS \
+        else None
     corr = None
 
     def model_prior(t_: float) -> np.ndarray:
