@@ -283,3 +283,17 @@ def test_rows_without_model_evidence_are_not_recalibrated():
     factor = L._bin_correction(q, np.ones(5, dtype=bool), prior, sym)
     assert np.allclose(factor[sym[[2, 4]]], 1.0)
     assert not np.allclose(factor[sym[[0, 1, 3]]], 1.0)
+
+
+def test_models_bins_wait_for_overlap(monkeypatch):
+    # from single answers the models' per-bin reliability would be learned from posteriors that contain the
+    # models' own vote; like people's reliability it waits for items that two people answered
+    rng = np.random.default_rng(8)
+    truth = _truth(300)
+    prior = _prior(truth, right=0.7, top=0.9)
+    prior.iloc[::3] = prior.iloc[::3].to_numpy()[:, ::-1] * 0.5 + 0.5 / 3  # a second confidence level
+    single = _crowd_answers(truth, rng.uniform(0.7, 0.9, size=10), 1, CLASSES, seed=9)
+    with_bins = fuse_people(prior.to_numpy(), truth.index, single, CLASSES, default_reliability=0.9).posterior
+    monkeypatch.setattr(L, "MODEL_BINS", 0)
+    without = fuse_people(prior.to_numpy(), truth.index, single, CLASSES, default_reliability=0.9).posterior
+    assert np.allclose(with_bins.to_numpy(), without.to_numpy())
