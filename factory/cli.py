@@ -651,7 +651,9 @@ BENCHMARKS = ("aggregation", "replay", "verify", "speed", "pipeline", "guarantee
 @click.option("--answers", default=None, type=int, help="speed, scale: number of synthetic answers.")
 @click.option("--seeds", default=None, type=int, help="replay, generalise: number of seeds.")
 @click.option("--items", default=None, type=int, help="pipeline: items in the batch; generalise: items per text set.")
-def bench(name: str, out_dir: str, data: str | None, answers: int | None, seeds: int | None, items: int | None) -> None:
+@click.option("--sets", default=None, help="generalise: comma-separated subset, e.g. dog,drugs-rating (default: all).")
+def bench(name: str, out_dir: str, data: str | None, answers: int | None, seeds: int | None, items: int | None,
+          sets: str | None) -> None:
     """Run a benchmark script from benchmarks/ and write DIR/NAME.json and DIR/NAME.png.
 
     `all` runs every benchmark and also writes DIR/summary.md (a Markdown table).  aggregation takes
@@ -665,6 +667,8 @@ def bench(name: str, out_dir: str, data: str | None, answers: int | None, seeds:
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     opts = {k: v for k, v in {"answers": answers, "seeds": seeds, "items": items}.items() if v is not None}
+    if sets:
+        opts["sets"] = [x.strip() for x in sets.split(",") if x.strip()]
     names = BENCHMARKS if name == "all" else (name,)
     rows = []
     for n in bars().track(names, "bench", unit="benchmarks", label=str):
