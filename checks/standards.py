@@ -132,6 +132,9 @@ def typed_expectations(decl: list[dict], task_type, classes: list[str]) -> list[
             typed = [e for e in task_type.expectations(classes, column=column)
                      if e["type"] != "expect_column_values_to_not_be_null"]
             # the first keeps the standard's name: asset checks and certificates are declared under it
+            if [e["type"] for e in typed] == [d["type"]]:  # the type checks it the standard's way: keep it as written
+                out.append(d)
+                continue
             out += [dict(e, name=d["name"] if j == 0 else e["name"], blocking=d.get("blocking", e.get("blocking", True)))
                     for j, e in enumerate(typed)]
         else:
