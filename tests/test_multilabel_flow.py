@@ -222,3 +222,14 @@ def test_in_schema_checks_each_class_of_a_set(root):
     spec = load_spec(root / "datasets" / "tags.yaml")
     got = in_schema(spec, pd.Series(["sport|politics", "", "politics|sport", "sport|weather", "economy"]))
     assert got.tolist() == [True, True, False, False, True]  # not canonical order is not the stored form
+
+
+def test_the_standards_label_check_becomes_the_types():
+    from checks.standards import expectations, typed_expectations
+    from factory import tasks
+
+    decl = expectations("final_labels", "factory-default-1.2.0")
+    assert typed_expectations(decl, tasks.get("classification"), ["a", "b"]) == decl  # unchanged for one class
+    sets = typed_expectations(decl, tasks.get("multi-label"), ["a", "b"])
+    check = next(e for e in sets if e["name"] == "label_in_schema")  # the name asset checks are declared under
+    assert check["type"] == "expect_column_values_to_match_regex" and [e["name"] for e in sets] == [e["name"] for e in decl]
