@@ -461,6 +461,14 @@ def _prelabel_human_routes(spec: DatasetSpec, fused: pd.DataFrame, model_labels:
                     prior=spec.prior if spec.task_type.answer_shape == "one" else None,
                     seed_distribution=seed_dist or None, audit_rate=spec.quality.audit_rate,
                     bias_ratio=spec.quality.bias_ratio, review_budget=budget, seed=seed, audit_min=audit_min)
+    uncertain = getattr(spec.task_type, "uncertain_classes", None)
+    if uncertain is not None:  # sets: name the classes a person should look at first
+        cols = prob_cols(spec.class_names)
+        flagged = r.index[r["route"].isin(["review", "deferred"])]
+        names = uncertain(fused.loc[flagged, cols].to_numpy(float), spec.class_names)
+        r.loc[flagged, "reasons"] = pd.Series([list(x) + ([f"uncertain: {', '.join(n)}"] if n else [])
+                                               for x, n in zip(r.loc[flagged, "reasons"], names)],
+                                              index=flagged, dtype=object)
     return r.reset_index()[["item_id", "route", "label", "confidence", "reasons", "priority"]]
 
 

@@ -107,6 +107,7 @@ def test_multilabel_flow_from_init_to_trace(cli, root, fx, tmp_path):
     routes = pd.read_parquet(fx.paths.table("routing", "tags", batch))
     reasons = set(routes["reasons"].map(json.loads).explode().dropna())
     assert {"disagreement", "low_confidence", "audit"} <= reasons, reasons
+    assert any(r.startswith("uncertain: ") for r in reasons)  # routing names the classes to look at first
     assert {"audit", "review"} <= set(routes["route"])  # the audit: machine-accepted sets checked by people
     for i in range(6):  # review/audit tasks, then second opinions or arbitrations finalise may open
         if "finalise: ok" in out:
@@ -186,6 +187,7 @@ def test_decide_thresholds_marginals_and_prices_the_set():
     labels, conf = tt.decide(np.array([[0.9, 0.2, 0.6], [0.1, 0.1, 0.1]]), ["a", "b", "c"])
     assert list(labels) == ["a|c", ""]
     assert np.allclose(conf, [0.9 * 0.8 * 0.6, 0.9 ** 3])
+    assert tt.uncertain_classes(np.array([[0.9, 0.45, 0.6], [0.99, 0.01, 0.02]]), ["a", "b", "c"]) == [["b", "c"], []]
     one = tasks.get("classification").decide(np.array([[0.2, 0.8]]), ["x", "y"])
     assert list(one[0]) == ["y"] and np.allclose(one[1], [0.8])
 

@@ -53,6 +53,16 @@ class MultiLabel:
         conf = np.where(on, probs, 1.0 - probs).prod(axis=1) if probs.size else np.zeros(len(probs))
         return labels, conf
 
+    def uncertain_classes(self, probs: np.ndarray, classes: Sequence[str], band: float = 0.25,
+                          top: int = 3) -> list[list[str]]:
+        """Per item, the classes whose probability is within ``band`` of 0.5, most uncertain first (at most
+        ``top``): what routing names so a reviewer looks there first."""
+        out = []
+        for row in np.asarray(probs, dtype=float).reshape(len(probs), -1):
+            dist = np.abs(row - 0.5)
+            out.append([str(classes[j]) for j in np.argsort(dist, kind="stable") if dist[j] <= band][:top])
+        return out
+
     def pool_models(self, answers: pd.DataFrame, classes: Sequence[str]) -> pd.DataFrame:
         """The labelers' per-class marginals averaged (linear pool), per item; the set and its probability."""
         cols = [f"prob_{c}" for c in classes]
