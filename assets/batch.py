@@ -13,6 +13,7 @@ from assets.resources import FactoryResource
 from checks.asset_checks import check_results, check_specs
 from checks.standards import DEFAULT_STANDARD, validate
 from factory import pipeline as P
+from factory import progress
 from factory import release as R
 from factory.errors import FactoryError, NotReadyError
 from factory.quality import reliability_markdown as reliability_table
@@ -45,6 +46,12 @@ logging.getLogger("dagster._core.execution.plan.active").addFilter(_WaitingIsNot
 
 WAITING = "waiting_for_people"
 ANSWERS_SEEN = "answers_seen"  # people's answers the final labels were computed from (the sensor compares it)
+
+
+def _progress(context) -> progress.Progress:
+    """Long steps report into the run's log (start, end, count and rate; never per item), and draw bars when
+    `factory run` asked for them (a terminal, --progress or FACTORY_PROGRESS=1)."""
+    return progress.tee(progress.LogLines(context.log.info), progress.bars(auto=False))
 
 
 def _waiting(context, asset_key: dg.AssetKey, e: NotReadyError) -> dg.AssetObservation:
@@ -119,8 +126,9 @@ def build_dataset_assets(dataset: str, root: str | None = None) -> list:
         except FactoryError as e:
             raise _fail(e) from None
         batch = fx.ledger.batch(batch_id) or {}
-        outcome = validate(df, "raw_items", standard=standard)
-        outcome.outcomes.append(_residual_outcome(fx.spec(dataset), df))
+        with _progress(context).work("check raw items", len(df), "rows"):  # Great Expectations + PII scan
+            outcome = validate(df, "raw_items", standard=standard)
+            outcome.outcomes.append(_residual_outcome(fx.spec(dataset), df))
         fx.ledger.record_check(dataset, batch_id, "raw_items", standard, outcome.success,
                                outcome.to_dict(), context.run_id)
         return dg.MaterializeResult(
@@ -136,7 +144,7 @@ def build_dataset_assets(dataset: str, root: str | None = None) -> list:
                           "while the dataset has fewer human labels than spec.seed.size, a diverse seed sample.")
     def initial_tasks(context: dg.AssetExecutionContext, factory: FactoryResource) -> dg.MaterializeResult:
         try:
-            t = P.initial_tasks(factory.factory(), dataset, context.partition_key, context.run_id)
+            t = P.initial_tasks(factory.factory(_progress(context)), dataset, context.partition_key, context.run_id)
         except FactoryError as e:
             raise _fail(e) from None
         return dg.MaterializeResult(metadata={"tasks": len(t),
@@ -148,7 +156,7 @@ def build_dataset_assets(dataset: str, root: str | None = None) -> list:
                           "the training-data hash is the data version.")
     def labelers(context: dg.AssetExecutionContext, factory: FactoryResource) -> dg.MaterializeResult:
         try:
-            tr = P.train_labelers(factory.factory(), dataset, context.partition_key)
+            tr = P.train_labelers(factory.factory(_progress(context)), dataset, context.partition_key)
         except NotReadyError as e:
             yield _waiting(context, key("labelers"), e)
             return
@@ -163,7 +171,7 @@ def build_dataset_assets(dataset: str, root: str | None = None) -> list:
               deps=[raw_key, key("labelers")],
               description="Each labeler's full probability vector for every item (one model event per item).")
     def model_predictions(context: dg.AssetExecutionContext, factory: FactoryResource) -> dg.MaterializeResult:
-        fx = factory.factory()
+        fx = factory.factory(_progress(context))
         try:
             tr = P.train_labelers(fx, dataset)
             preds = P.model_predictions(fx, dataset, context.partition_key, tr, context.run_id)
@@ -180,7 +188,7 @@ def build_dataset_assets(dataset: str, root: str | None = None) -> list:
               description="The labelers fused by the label engine: one label and confidence per item.")
     def fused_labels(context: dg.AssetExecutionContext, factory: FactoryResource) -> dg.MaterializeResult:
         try:
-            f = P.fuse(factory.factory(), dataset, context.partition_key, context.run_id)
+            f = P.fuse(factory.factory(_progress(context)), dataset, context.partition_key, context.run_id)
         except FactoryError as e:
             raise _fail(e) from None
         return dg.MaterializeResult(metadata={
@@ -192,7 +200,7 @@ def build_dataset_assets(dataset: str, root: str | None = None) -> list:
               description="Routing: disputed, low-confidence and bias-suspect items plus a random audit go to people.")
     def review_tasks(context: dg.AssetExecutionContext, factory: FactoryResource) -> dg.MaterializeResult:
         try:
-            r = P.review_tasks(factory.factory(), dataset, context.partition_key, context.run_id)
+            r = P.review_tasks(factory.factory(_progress(context)), dataset, context.partition_key, context.run_id)
         except FactoryError as e:
             raise _fail(e) from None
         reasons = r["reasons"].explode().value_counts().to_dict()
@@ -216,7 +224,7 @@ def build_dataset_assets(dataset: str, root: str | None = None) -> list:
                     partitions_def=parts,
                     name=f"{dn}__final_labels")
     def final_labels(context: dg.AssetExecutionContext, factory: FactoryResource):
-        fx = factory.factory()
+        fx = factory.factory(_progress(context))
         batch_id = context.partition_key
         try:
             spec = fx.spec(dataset)
@@ -230,8 +238,9 @@ def build_dataset_assets(dataset: str, root: str | None = None) -> list:
         # excluded items get no label, by design; deferred ones have none yet (counted, never released)
         deferred = out["source"] == "deferred"
         n_items = int((routes["route"] != "excluded").sum()) - int(deferred.sum())
-        outcome = validate(out[~deferred], "final_labels", {"classes": spec.class_names, "n_items": n_items},
-                           standard=standard, task_type=spec.task_type)
+        with _progress(context).work("check final labels", int((~deferred).sum()), "rows"):
+            outcome = validate(out[~deferred], "final_labels", {"classes": spec.class_names, "n_items": n_items},
+                               standard=standard, task_type=spec.task_type)
         fx.ledger.record_check(dataset, batch_id, "final_labels", standard, outcome.success,
                                outcome.to_dict(), context.run_id)
         for o in outcome.blocking_failures:
@@ -279,7 +288,7 @@ def build_dataset_assets(dataset: str, root: str | None = None) -> list:
               description="An immutable, versioned release folder of every batch that passed its blocking checks.")
     def dataset_release(context: dg.AssetExecutionContext, factory: FactoryResource) -> dg.MaterializeResult:
         try:
-            rel = R.release(factory.factory(), dataset, run_id=context.run_id)
+            rel = R.release(factory.factory(_progress(context)), dataset, run_id=context.run_id)
         except FactoryError as e:
             raise _fail(e) from None
         return dg.MaterializeResult(

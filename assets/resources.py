@@ -4,6 +4,7 @@ from __future__ import annotations
 import dagster as dg
 
 from factory.pipeline import Factory
+from factory.progress import NULL, Progress
 
 
 class FactoryResource(dg.ConfigurableResource):
@@ -11,5 +12,6 @@ class FactoryResource(dg.ConfigurableResource):
 
     root: str | None = None
 
-    def factory(self) -> Factory:
-        return Factory.at(self.root)
+    def factory(self, progress: Progress = NULL) -> Factory:
+        """The factory; its long steps report through `progress` (silent by default)."""
+        return Factory.at(self.root, progress)

@@ -36,6 +36,7 @@ from assets.resources import FactoryResource
 from factory.errors import FactoryError
 from factory.ingest import SUPPORTED, inbox_path, ingest, sha256_file
 from factory.pipeline import answer_count
+from factory.progress import LogLines
 
 INBOX = "inbox"
 REJECTED = ".rejected"
@@ -102,7 +103,7 @@ def scan_inbox(fx, dataset: str, seen: dict[str, str], log) -> tuple[list[tuple[
             if known:  # ingested by an earlier tick that did not finish: request its run again
                 accepted.append((name, sha, known["batch_id"]))
                 continue
-            rep = ingest(path, spec, fx.ledger)
+            rep = ingest(path, spec, fx.ledger, LogLines(log.info))  # start/end/counts in the sensor log
             accepted.append((name, rep.sha256, rep.batch_id))
             log.info(rep.summary())
         except FactoryError as e:

@@ -37,6 +37,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from factory.progress import bars
+
 NAME = "aggregation"
 SETS = ("product", "dog")
 DEFAULT_DATA = Path("/work/shared/bench/crowd")
@@ -142,7 +144,7 @@ def sparse_synthetic(seeds: int = 3) -> dict:
     from factory.engine import aggregate
 
     rows: dict[str, list[float]] = {}
-    for seed in range(seeds):
+    for seed in bars().track(range(seeds), "sparse synthetic crowds", unit="seeds"):
         from factory.simulate import sparse_crowd
 
         n, K = 600, 4
@@ -229,7 +231,8 @@ def run(out: Path, data: Path | None = None, skip_slow: bool = False, **opts) ->
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     data = Path(data) if data is not None else DEFAULT_DATA
-    result = {name: evaluate_set(data, name, skip_slow=skip_slow) for name in SETS}
+    result = {name: evaluate_set(data, name, skip_slow=skip_slow)
+              for name in bars().track(SETS, "aggregation: sets", unit="sets", label=str)}
     result["sparse_synthetic"] = sparse_synthetic()
     for name in MULTILABEL_SETS:
         if (data / name).is_dir():

@@ -41,6 +41,7 @@ import numpy as np
 import pandas as pd
 
 from benchmarks import replay as rp
+from factory.progress import bars
 
 NAME = "generalise"
 NOISE = {"answers_per_item": 3, "workers": 25, "accuracy": [0.55, 0.9], "confusable_share": 0.5}
@@ -219,7 +220,7 @@ def run(out: Path, data: Path | None = None, seeds: int = 3, items: int = 600, w
     if crowd_root is not None and crowd_root.name in ("product", "dog"):
         crowd_root = crowd_root.parent
     wanted = sets or ["product", "dog", *TEXT_SETS]
-    for name in wanted:
+    for name in bars().track(wanted, "generalise: sets", unit="sets", label=str):
         t1 = time.time()
         if name in ("product", "dog"):
             if crowd_root is None or not (crowd_root / name).is_dir():

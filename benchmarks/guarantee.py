@@ -31,6 +31,8 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
+from factory.progress import bars
+
 NAME = "guarantee"
 DEFAULTS = {"seeds": 20, "n_train": 800, "n_cal": 2000, "epsilons": (0.05, 0.10), "delta": 0.1,
             "labelers": ("pair_sim_logreg", "pair_sim_gbdt")}
@@ -109,7 +111,7 @@ def run(out: Path, data: Path | None = None, seeds: int | None = None, **opts) -
         raise ValueError(f"guarantee: {data} is a {task_type} folder; this benchmark uses the product pair folder")
     human = _human_majority(answers)
     rows = []
-    for s in range(o["seeds"]):
+    for s in bars().track(range(o["seeds"]), "guarantee: seeds", unit="seeds"):
         for r in run_seed(items, human, truth, s, o):
             rows.append(r)
             print(f"[guarantee] seed {s} eps {r['epsilon']}: threshold {r['threshold']}, accepted "

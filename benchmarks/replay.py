@@ -47,6 +47,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from factory.progress import bars
+
 NAME = "replay"
 BUDGETS = (0.10, 0.15, 0.20, 0.25, 0.30, 0.40, 0.60, 1.00)
 # round ends (fractions of all answers); the reporting budgets are among them
@@ -327,9 +329,9 @@ def replay(items: pd.DataFrame, task_type: str, answers: pd.DataFrame, truth: pd
     jobs = [(items, task_type, answers, truth, classes, options, s) for s in range(int(seeds))]
     if int(workers) > 1 and len(jobs) > 1:
         with ProcessPoolExecutor(max_workers=int(workers)) as pool:
-            per_seed = list(pool.map(_run_seed_star, jobs))
+            per_seed = list(bars().track(pool.map(_run_seed_star, jobs), f"{label}: seeds", len(jobs), "seeds"))
     else:
-        per_seed = [run_seed(*j) for j in jobs]
+        per_seed = [run_seed(*j) for j in bars().track(jobs, f"{label}: seeds", unit="seeds")]
     points = []
     for b in BUDGETS:
         recs = [r for seed_res in per_seed for r in seed_res["records"] if abs(r["budget"] - b) < 1e-9]

@@ -121,14 +121,18 @@ def _one(path: Path) -> dict:
 
 
 def _progress(label: str):
-    tty = sys.stderr.isatty()
-    t0 = time.perf_counter()
+    """write_synthetic's callback as a factory.progress bar (counts, rate; shown when bars are on)."""
+    from factory.progress import bars
+
+    step = bars().step(label, unit="answers")
 
     def show(done: int, total: int) -> None:
-        if tty:
-            rate = done / max(time.perf_counter() - t0, 1e-9)
-            print(f"\r{label}: {done:,}/{total:,} answers ({rate / 1e6:.1f} M/s)", end="" if done < total else "\n",
-                  file=sys.stderr, flush=True)
+        if step.total is None:
+            step.total = total
+            step.__enter__()
+        step.update(done - step.n)
+        if done >= total:
+            step.__exit__(None, None, None)
     return show
 
 

@@ -127,7 +127,9 @@ def _annotator(name: str, token: str, port: int, truth: dict, stats: dict, stop_
     if think_s:
         time.sleep(rng.uniform(0, think_s))  # people do not all start in the same millisecond
     while stats["answered"] < stop_at:
-        status, data, ms = call("GET", "/api/tasks/next")
+        # the load dataset's queue: a concurrent batch run (--with-batch-run) opens tasks of its own dataset,
+        # which its simulated people answer
+        status, data, ms = call("GET", "/api/tasks/next?dataset=load")
         stats["next_ms"].append(ms)
         count(f"next {status}")
         if status == 204:
@@ -136,6 +138,9 @@ def _annotator(name: str, token: str, port: int, truth: dict, stats: dict, stop_
             stats["errors"].append(f"next: {status} {data[:200]!r}")
             return
         tid = json.loads(data)["task_id"]
+        if tid not in truth:
+            stats["errors"].append(f"next: offered {tid}, not a task of the load dataset")
+            return
         body = {"label": truth[tid], "submission_id": uuid.uuid4().hex}
         status, data, ms = call("POST", f"/api/tasks/{tid}/answer", body)
         stats["submit_ms"].append(ms)

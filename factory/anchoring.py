@@ -18,9 +18,10 @@ import pandas as pd
 
 from factory.errors import FactoryError
 from factory.ingest import sha256_file
-from factory.ledger import now
+from factory.ledger import ROOT_CHAIN, chain_root, now
+from factory.progress import counted
 from factory.release import release_dirs
-from factory.signing import ANCHOR_FILE, check_signature, sign, verify_key
+from factory.signing import ANCHOR_FILE, check_signature, published_chains, sign, verify_key
 
 
 def checkpoints_file(fx, dataset: str) -> Path:
@@ -35,7 +36,7 @@ def write_checkpoint(fx, dataset: str, out: str | Path | None = None) -> dict:
     if a["events"] == 0:
         raise FactoryError(f"dataset '{dataset}': no events in the ledger; nothing to checkpoint")
     rec = sign({"kind": "checkpoint", "dataset": dataset, "release": None, "events": a["events"],
-                "head": a["head"], "created_at": now()})
+                "head": a["head"], "created_at": now(), **published_chains(a)})
     path = Path(out) if out else checkpoints_file(fx, dataset)
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("a", encoding="utf-8") as f:
@@ -109,6 +110,22 @@ def _release_against_ledger(fx, dataset: str, folder: Path, ledger_events) -> tu
     return anchor, problems
 
 
+def _positions(anchor: dict) -> dict[tuple[str, int], str] | None:
+    """The (chain, event count) -> hash positions an anchor publishes; None when its head is not the root of the
+    chains it lists.  An anchor without `chains` (a single-chain dataset, or from before person chains) names the
+    root chain's position."""
+    if "chains" not in anchor:
+        return {(ROOT_CHAIN, int(anchor["events"])): str(anchor["head"])}
+    try:
+        chains = {str(k): {"events": int(v[0]), "head": str(v[1])} for k, v in anchor["chains"].items()}
+    except (AttributeError, TypeError, ValueError, KeyError, IndexError):
+        return None
+    if chain_root(chains) != anchor["head"] or sum(v["events"] for v in chains.values()) != int(anchor["events"]):
+        return None
+    return {(k, v["events"]): v["head"] for k, v in chains.items() if v["events"]}
+
+
+@counted("verify ledger", "events", count=lambda r: r["events"])
 def verify_ledger(fx, dataset: str, checkpoint_files: list[str | Path] | None = None) -> dict:
     """The chain walk plus every published anchor: each release folder of the dataset (its anchor, its manifest
     as the ledger recorded it, its events as the ledger holds them) and every checkpoint record (signature
@@ -126,7 +143,8 @@ def verify_ledger(fx, dataset: str, checkpoint_files: list[str | Path] | None = 
         recs, bad = read_checkpoints(f)
         problems += bad
         anchors += [r for r in recs if r.get("dataset") == dataset]
-    by_count: dict[int, str] = {}
+    by_count: dict[tuple[str, int], str] = {}
+    distinct: set[frozenset] = set()  # anchors publishing the same positions count once
     for a in anchors:
         why = check_signature(a, public)
         if why is None:
@@ -139,14 +157,21 @@ def verify_ledger(fx, dataset: str, checkpoint_files: list[str | Path] | None = 
             continue
         elif a.get("signature"):
             warnings.append(f"{a['where']}: {why}")
-        n, h = int(a["events"]), str(a["head"])
-        if by_count.get(n, h) != h:
-            problems.append(f"{a['where']}: publishes another hash for event {n} than an earlier anchor")
-        by_count.setdefault(n, h)
+        positions = _positions(a)
+        if positions is None:
+            problems.append(f"{a['where']}: its head is not the root of the chains it publishes (the record was "
+                            f"edited)")
+            continue
+        for key, h in positions.items():
+            if by_count.get(key, h) != h:
+                problems.append(f"{a['where']}: publishes another hash for event {key[1]}"
+                                f"{'' if key[0] == ROOT_CHAIN else f' of chain {key[0]!r}'} than an earlier anchor")
+            by_count.setdefault(key, h)
+        distinct.add(frozenset(positions.items()))
     chain = fx.ledger.verify_chain(dataset, anchors=by_count)
     if not chain["ok"]:
         problems += chain.get("anchor_problems") or [
             f"seq {chain['seq']} event {chain['event_id']}: {chain['problem']}"]
-    return {"ok": not problems, "events": chain["events"], "head": chain.get("head"), "anchors": len(by_count),
+    return {"ok": not problems, "events": chain["events"], "head": chain.get("head"), "anchors": len(distinct),
             "anchors_signed": sum(1 for a in anchors if a.get("signed")), "problems": problems,
             "warnings": warnings}

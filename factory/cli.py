@@ -26,9 +26,19 @@ def _echo_df(df: pd.DataFrame, as_json: bool) -> None:
             click.echo(df.to_string(index=False))
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class _Main(click.Group):
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        ctx.meta["factory.json"] = "--json" in args  # a command that prints JSON draws no bars unless asked to
+        return super().parse_args(ctx, args)
+
+
+@click.group(cls=_Main, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="annotation-factory")
-def main() -> None:
+@click.option("--progress/--no-progress", "show_progress", default=None,
+              help="Progress bars (counts, rates) on stderr for long work. Default: on when stderr is a terminal "
+                   "and the command prints no --json; FACTORY_PROGRESS=1/0 sets the default.")
+@click.pass_context
+def main(ctx: click.Context, show_progress: bool | None) -> None:
     """Annotation factory: models lay the base, people guard the gate.
 
     \b
@@ -41,6 +51,10 @@ def main() -> None:
       factory run --dataset NAME --stage release
     Or see it all at once: `factory demo`.
     """
+    from factory import progress
+
+    progress.configure(show_progress, json=ctx.meta.get("factory.json", False))
+    ctx.call_on_close(progress.reset)
 
 
 # ----------------------------------------------------------------------------- design
@@ -109,7 +123,7 @@ def ingest(path: str, dataset: str, root: str | None, run_: bool) -> None:
     fx = _fx(root)
     try:
         spec = fx.spec(dataset)
-        rep = do_ingest(path, spec, fx.ledger)
+        rep = do_ingest(path, spec, fx.ledger, fx.progress)
     except FactoryError as e:
         _fail(e)
     from assets.runner import add_batch_partition, instance_for, run_stage
@@ -651,12 +665,14 @@ def bench(name: str, out_dir: str, data: str | None, answers: int | None, seeds:
     """
     import importlib
 
+    from factory.progress import bars
+
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     opts = {k: v for k, v in {"answers": answers, "seeds": seeds, "items": items}.items() if v is not None}
     names = BENCHMARKS if name == "all" else (name,)
     rows = []
-    for n in names:
+    for n in bars().track(names, "bench", unit="benchmarks", label=str):
         mod = importlib.import_module(f"benchmarks.{n}")
         d = Path(data) if data else None
         if n == "replay" and d is not None and (d / "product").is_dir():

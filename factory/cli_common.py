@@ -9,10 +9,12 @@ ROOT_HELP = "Factory root folder (datasets/, data/, releases/). Default: $FACTOR
 
 
 def factory_at(root: str | None):
-    """The factory under `root` (imported lazily: `factory --help` stays fast)."""
+    """The factory under `root` (imported lazily: `factory --help` stays fast); its long steps draw progress
+    bars on stderr when `factory --progress` or a terminal asks for them (factory.progress)."""
     from factory.pipeline import Factory
+    from factory.progress import bars
 
-    return Factory.at(root)
+    return Factory.at(root, bars())
 
 
 def fail(e: object) -> None:

@@ -32,9 +32,11 @@ from dataclasses import dataclass, field
 from factory.disputes import disputed_items
 from factory.errors import TaskError, TaskRefused
 from factory.ledger import TaskConflict, TaskNotFound, now
-from factory.workforce import Workforce, answer_refusal, registry_rows
+from factory.workforce import Workforce, answer_refusal, ensure_registry_tables, registry_rows
 
 STATUS = {TaskNotFound: 404, TaskConflict: 409, TaskRefused: 403}
+# what the ledger needs of a task's earlier answers to write the next one (Ledger._task_history's fields)
+HISTORY_FIELDS = ("event_id", "kind", "actor", "label", "payload", "supersedes", "created_at")
 
 
 @dataclass(frozen=True)
@@ -106,13 +108,16 @@ class GateReport:
 
 
 class _Context:
-    """What the checks of one call read once: specs, the registry, tasks, leases."""
+    """What the checks of one call read once: specs, the registry, tasks, leases.
 
-    def __init__(self, fx, answers: Sequence[Answer], spec_of=None):
-        self.fx, self.ledger = fx, fx.ledger
+    Everything is read on `conn`, the connection whose transaction then writes the answers: the checks
+    and the write see one state of the ledger, and a submission costs one round trip per read."""
+
+    def __init__(self, fx, answers: Sequence[Answer], spec_of=None, conn=None):
+        self.fx, self.ledger, self.conn = fx, fx.ledger, conn
         self.spec_of = spec_of or fx.spec
         self.specs: dict = {}
-        self.people = registry_rows(fx.ledger, [a.annotator for a in answers if a.annotator])
+        self.people = registry_rows(fx.ledger, [a.annotator for a in answers if a.annotator], conn=conn)
         self.disputed: dict[str, set[str]] = {}
         self.item_events: dict[tuple, object] = {}
 
@@ -121,11 +126,12 @@ class _Context:
             self.specs[dataset] = self.spec_of(dataset)
         return self.specs[dataset]
 
-    def events_of(self, dataset: str, item_id: str):
+    def events_of(self, dataset: str, item_id: str) -> list[dict]:
+        """The item's human, correction and retraction events in chain order, as plain rows (a handful per item:
+        pandas would cost more CPU than the whole answer)."""
         key = (dataset, item_id)
         if key not in self.item_events:
-            self.item_events[key] = self.ledger.events(dataset, item_id=item_id,
-                                                       kind=["human", "correction", "retraction"])
+            self.item_events[key] = self.ledger.item_answers(self.conn, dataset, item_id)
         return self.item_events[key]
 
     def is_disputed(self, dataset: str, item_id: str) -> bool:
@@ -134,15 +140,17 @@ class _Context:
         return item_id in self.disputed[dataset]
 
 
-def _live(ev) -> "object":
-    """Live answers of a frame of human/correction/retraction events (retracted ones removed)."""
-    gone = set(ev.loc[ev["kind"] == "retraction", "supersedes"].dropna())
-    return ev[(ev["kind"] != "retraction") & ~ev["event_id"].isin(gone)]
+def _live(ev: list[dict]) -> list[dict]:
+    """Live answers among human/correction/retraction events (retracted ones removed)."""
+    gone = {e["supersedes"] for e in ev if e["kind"] == "retraction" and e["supersedes"]}
+    return [e for e in ev if e["kind"] != "retraction" and e["event_id"] not in gone]
 
 
-def _lease_refusal(ctx: _Context, task_id: str, annotator: str, require_lease: bool, ts: str) -> TaskError | None:
-    """The lease rule: nobody answers a task someone else holds; with `require_lease`, only its holder does."""
-    a = ctx.ledger.assignment(task_id)
+def _lease_refusal(ctx: _Context, task_id: str, annotator: str, require_lease: bool, ts: str,
+                   lease: dict | None | bool = False) -> TaskError | None:
+    """The lease rule: nobody answers a task someone else holds; with `require_lease`, only its holder does.
+    `lease` is the task's lease when the caller read it already (None: never leased)."""
+    a = ctx.ledger.assignment(task_id) if lease is False else lease
     held = a is not None and a["lease_until"] >= ts
     if require_lease:
         if a is None or a["assignee"] != annotator:
@@ -161,14 +169,14 @@ def _own_replay(ctx: _Context, t: dict, a: Answer) -> dict | None:
     """The submitter's own earlier event with this submission id (same label), or None; another label is a 409."""
     if not a.submission_id:
         return None
-    ev = ctx.events_of(t["dataset"], t["item_id"])
-    ev = ev[(ev["task_id"] == t["task_id"]) & (ev["actor"] == a.annotator) & (ev["kind"] != "retraction")]
-    for r in ev.itertuples(index=False):
-        if json.loads(r.payload).get("submission_id") == a.submission_id:
-            if r.label != str(a.label):
+    for r in ctx.events_of(t["dataset"], t["item_id"]):
+        if r["task_id"] != t["task_id"] or r["actor"] != a.annotator or r["kind"] == "retraction":
+            continue
+        if json.loads(r["payload"]).get("submission_id") == a.submission_id:
+            if r["label"] != str(a.label):
                 raise TaskConflict(f"task '{t['task_id']}': submission '{a.submission_id}' was already recorded "
-                                   f"with label '{r.label}'; a retry must carry the same answer")
-            return {"task_id": t["task_id"], "event_id": r.event_id, "duplicate": True}
+                                   f"with label '{r['label']}'; a retry must carry the same answer")
+            return {"task_id": t["task_id"], "event_id": r["event_id"], "duplicate": True}
     return None
 
 
@@ -185,18 +193,17 @@ def _check(ctx: _Context, a: Answer, *, source: str, require_lease: bool) -> tup
         t = {"task_id": f"item {a.item_id}", "dataset": a.dataset, "item_id": a.item_id, "kind": "arbitrate",
              "required_tier": "expert", "batch_id": None}
     else:
-        t = ctx.ledger.task(a.task_id)
+        t = ctx.ledger.task_with_lease(ctx.conn, a.task_id)
         if t is None:
             raise TaskNotFound(f"task '{a.task_id}': no such task; list open tasks with `factory tasks list`")
         replay = _own_replay(ctx, t, a)
         if replay is not None:
             return None, replay
-        own = _live(ctx.events_of(t["dataset"], t["item_id"]))
-        own = own[own["task_id"] == t["task_id"]]
-        if len(own) and own.iloc[0]["actor"] == a.annotator and not a.correct:  # one's own answer: nothing hidden
-            if own.iloc[0]["label"] == str(a.label):
-                return None, {"task_id": t["task_id"], "event_id": own.iloc[0]["event_id"], "duplicate": True}
-            raise TaskConflict(f"task '{t['task_id']}' was already answered '{own.iloc[0]['label']}' by "
+        own = [e for e in _live(ctx.events_of(t["dataset"], t["item_id"])) if e["task_id"] == t["task_id"]]
+        if own and own[0]["actor"] == a.annotator and not a.correct:  # one's own answer: nothing hidden
+            if own[0]["label"] == str(a.label):
+                return None, {"task_id": t["task_id"], "event_id": own[0]["event_id"], "duplicate": True}
+            raise TaskConflict(f"task '{t['task_id']}' was already answered '{own[0]['label']}' by "
                                f"{a.annotator}; to correct it, answer again with --correct (the first answer is "
                                f"kept and superseded; on the workbench: undo with U within the grace period)")
     spec = ctx.spec(t["dataset"])
@@ -210,12 +217,12 @@ def _check(ctx: _Context, a: Answer, *, source: str, require_lease: bool) -> tup
                 raise TaskConflict(f"item '{t['item_id']}' has a task held by another person right now; the "
                                    f"arbitration was not recorded, try again when the lease ends")
     else:
-        err = _lease_refusal(ctx, t["task_id"], a.annotator, require_lease, ts)
+        err = _lease_refusal(ctx, t["task_id"], a.annotator, require_lease, ts, lease=t["lease"])
         if err is not None:
             raise err
     ev = ctx.events_of(t["dataset"], t["item_id"])
     live = _live(ev)
-    others = set(live.loc[live["task_id"] != t["task_id"], "actor"])
+    others = {e["actor"] for e in live if e["task_id"] != t["task_id"]}
     person = ctx.people.get(a.annotator)
     err = answer_refusal(spec, person, t, a.annotator, item_answered_by=others, rationale=a.rationale)
     if err is not None:
@@ -230,12 +237,12 @@ def _check(ctx: _Context, a: Answer, *, source: str, require_lease: bool) -> tup
         return dict(meta, arbitration=True, dataset=t["dataset"], item_id=t["item_id"], label=label,
                     annotator=a.annotator, rationale=str(a.rationale).strip(), evidence=a.evidence,
                     task_id=a.task_id), None
-    mine = live[live["task_id"] == t["task_id"]]
-    if len(mine):
-        first = mine.iloc[0]
+    mine = [e for e in live if e["task_id"] == t["task_id"]]
+    if mine:
+        first = mine[0]
         if a.correct:
             is_expert = person is not None and person["tier"] == "expert"
-            if mine.iloc[-1]["actor"] != a.annotator and not is_expert:
+            if mine[-1]["actor"] != a.annotator and not is_expert:
                 raise TaskRefused(f"task '{t['task_id']}': only the person who answered it or a registered expert "
                                   f"may correct it")
         elif first["actor"] != a.annotator:  # blind: neither the other person's label nor their name
@@ -248,8 +255,10 @@ def _check(ctx: _Context, a: Answer, *, source: str, require_lease: bool) -> tup
             return None, {"task_id": t["task_id"], "event_id": first["event_id"], "duplicate": True}
     elif a.correct:
         raise TaskError(f"task '{t['task_id']}': nothing to correct, the task has no answer yet")
+    task = {k: v for k, v in t.items() if k != "lease"}
+    history = [{k: e[k] for k in HISTORY_FIELDS} for e in ev if e["task_id"] == t["task_id"]]
     return dict(meta, task_id=t["task_id"], label=label, annotator=a.annotator, correct=a.correct,
-                require_lease=require_lease, payload=a.payload), None
+                require_lease=require_lease, payload=a.payload, task=task, history=history), None
 
 
 def submit_answers(fx, answers: Sequence[Answer], *, source: str, require_lease: bool = False,
@@ -258,10 +267,30 @@ def submit_answers(fx, answers: Sequence[Answer], *, source: str, require_lease:
 
     `source` names the door (cli, import, label-studio, web, web-arbitration) in each event's
     payload; `require_lease` (the workbench) accepts a task's answer only from its lease holder;
-    `spec_of(dataset)` loads a spec (default `fx.spec`; the workbench passes its cache).
+    `spec_of(dataset)` loads a spec (default `fx.spec`; the workbench passes its cache).  The checks
+    read in the transaction that writes (one connection, one commit per call).
     """
-    ctx = _Context(fx, answers, spec_of)
     rep = GateReport(source=source, checked=len(answers), dry_run=dry_run)
+    ensure_registry_tables(fx.ledger)
+    with fx.ledger.engine.connect() as c:
+        tx = c.begin()
+        try:
+            ctx = _Context(fx, answers, spec_of, conn=c)
+            _check_and_write(ctx, answers, rep, source=source, require_lease=require_lease, dry_run=dry_run)
+        except BaseException:
+            tx.rollback()
+            raise
+        if rep.refused or dry_run or not rep.recorded:
+            tx.rollback()  # nothing written (a refusal, a dry run, or only replays of recorded answers)
+        else:
+            tx.commit()
+    if rep.refused:
+        _log_refusals(ctx, answers, rep, dry_run)
+    return rep
+
+
+def _check_and_write(ctx: _Context, answers: Sequence[Answer], rep: GateReport, *, source: str,
+                     require_lease: bool, dry_run: bool) -> None:
     plan: list[tuple[int, dict]] = []
     seen: dict[str, str] = {}
     replays: list[tuple[int, dict]] = []
@@ -280,16 +309,18 @@ def submit_answers(fx, answers: Sequence[Answer], *, source: str, require_lease:
         else:
             plan.append((n, entry))
     if rep.refused:
-        _log_refusals(ctx, answers, rep, dry_run)
-        return rep
+        return
     results: dict[int, dict] = dict(replays)
+    if any(e.get("arbitration") for _, e in plan):  # an arbitration writes onto tasks: let each answer re-read
+        for _, e in plan:
+            e.pop("task", None), e.pop("history", None)
     if plan and not dry_run:
         classes = {d: s.label_schema for d, s in ctx.specs.items()}
         try:
-            written = ctx.ledger.answer_tasks([e for _, e in plan], classes)
-        except TaskError as e:  # a race with another writer: nothing was written (one transaction)
+            written = ctx.ledger.answer_tasks([e for _, e in plan], classes, conn=ctx.conn)
+        except TaskError as e:  # a race with another writer: nothing is written (the transaction rolls back)
             rep.refused.append(Refusal("", str(e), e))
-            return rep
+            return
         for (n, e), w in zip(plan, written):
             results[n] = {"task_id": e.get("task_id"), "item_id": e.get("item_id"), **w,
                           "arbitration": bool(e.get("arbitration"))}
@@ -297,7 +328,6 @@ def submit_answers(fx, answers: Sequence[Answer], *, source: str, require_lease:
         results.update({n: {"task_id": e.get("task_id"), "event_id": None, "duplicate": False,
                             "arbitration": bool(e.get("arbitration"))} for n, e in plan})
     rep.results = [results[n] for n in sorted(results)]
-    return rep
 
 
 def _log_refusals(ctx: _Context, answers: Sequence[Answer], rep: GateReport, dry_run: bool) -> None:

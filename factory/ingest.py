@@ -19,6 +19,7 @@ from pathlib import Path
 
 from factory.errors import IngestError
 from factory.ledger import Ledger, canonical, now
+from factory.progress import NULL, Progress
 from factory.spec import DatasetSpec
 
 SUPPORTED = (".csv", ".jsonl", ".ndjson", ".parquet", ".txt")
@@ -430,8 +431,9 @@ def _external_id(value: object) -> str | None:
     return text or None
 
 
-def ingest(path: str | Path, spec: DatasetSpec, ledger: Ledger) -> IngestReport:
-    """Ingest one file or folder as a new batch of `spec`'s dataset; all or nothing."""
+def ingest(path: str | Path, spec: DatasetSpec, ledger: Ledger, progress: Progress = NULL) -> IngestReport:
+    """Ingest one file or folder as a new batch of `spec`'s dataset; all or nothing.  `progress` reports
+    the rows read, validated and written (silent by default)."""
     path = Path(path)
     if not path.exists():
         raise IngestError(f"{path}: no such file or folder")
@@ -439,13 +441,13 @@ def ingest(path: str | Path, spec: DatasetSpec, ledger: Ledger) -> IngestReport:
     # leave a recorded sha256 that describes other bytes than the items
     if path.is_dir():
         digest = hashlib.sha256()
-        rows = list(read_source(path, spec, digest=digest))
+        rows = list(progress.track(read_source(path, spec, digest=digest), "ingest: read", unit="files"))
         sha = digest.hexdigest()
         unit = "file"
     else:
         raw = path.read_bytes()
         sha = hashlib.sha256(raw).hexdigest()
-        rows = list(read_source(path, spec, raw=raw))
+        rows = list(progress.track(read_source(path, spec, raw=raw), "ingest: read", unit="rows"))
         unit = "line" if path.suffix.lower() in (".jsonl", ".ndjson") else "row"
     prior = ledger.batch_by_source(spec.name, sha)
     if prior:
@@ -463,7 +465,7 @@ def ingest(path: str | Path, spec: DatasetSpec, ledger: Ledger) -> IngestReport:
     within: list[dict] = []
     quarantined: list[dict] = []
     n_rows = 0
-    for row_no, rec, fld, reason, raw_row in rows:
+    for row_no, rec, fld, reason, raw_row in progress.track(rows, "ingest: validate", unit=f"{unit}s"):
         n_rows += 1
         src_file = source_name if not path.is_dir() else f"{source_name}/{row_no}"
         src_row = row_no if isinstance(row_no, int) else n_rows
@@ -574,11 +576,12 @@ def ingest(path: str | Path, spec: DatasetSpec, ledger: Ledger) -> IngestReport:
     raws, redactions = compliance.redact_items(spec, {r["item_id"]: r for r in new_items}, batch_id)
     if raws:
         compliance.ensure(ledger)
-    ledger.add_batch(batch_row,
-                     new_items,
-                     [dict(d, dataset=spec.name, batch_id=batch_id) for d in within + across],
-                     [dict(q, dataset=spec.name, batch_id=batch_id) for q in quarantined],
-                     events=redactions, extra=[(compliance.raw_payloads, raws)])
+    with progress.work("ingest: write", len(new_items)):
+        ledger.add_batch(batch_row,
+                         new_items,
+                         [dict(d, dataset=spec.name, batch_id=batch_id) for d in within + across],
+                         [dict(q, dataset=spec.name, batch_id=batch_id) for q in quarantined],
+                         events=redactions, extra=[(compliance.raw_payloads, raws)])
     report = IngestReport(spec.name, batch_id, str(path), sha, n_rows, len(new_items), len(within), len(across),
                           quarantined)
     report.redacted = len(raws)

@@ -169,12 +169,13 @@ def _finish_proba(proba: np.ndarray) -> np.ndarray:
     return proba / proba.sum(axis=1, keepdims=True)
 
 
-def _top_terms(row_weights: np.ndarray, names: np.ndarray, top: int) -> list[str]:
+def _top_terms(row_weights: np.ndarray, names: np.ndarray, top: int) -> list[tuple[str, float]]:
+    """The `top` terms with the largest positive contribution, as (term, contribution), largest first."""
     positive = np.flatnonzero(row_weights > 0)
     if positive.size == 0 or top <= 0:
         return []
     order = positive[np.argsort(-row_weights[positive], kind="stable")][:top]
-    return [str(names[j]) for j in order]
+    return [(str(names[j]), float(row_weights[j])) for j in order]
 
 
 def _linear_class_weights(coef: np.ndarray, fitted_classes: np.ndarray, target: Any) -> np.ndarray:
@@ -230,7 +231,8 @@ class Labeler:
     def _predict_scores(self, items: pd.DataFrame) -> np.ndarray:
         raise NotImplementedError
 
-    def _explain_items(self, items: pd.DataFrame, predicted: np.ndarray, top: int) -> list[list[str]]:
+    def _explain_items(self, items: pd.DataFrame, predicted: np.ndarray, top: int) -> list[list[tuple[str, float]]]:
+        """Per item, up to `top` (term, contribution towards the predicted class) pairs, largest first."""
         return [[] for _ in range(len(items))]
 
     # -- public API
@@ -330,6 +332,12 @@ class Labeler:
 
     def explain(self, items: pd.DataFrame, top: int = 5) -> list[list[str]]:
         """Per item, up to `top` tokens the model relied on for its predicted class (for UI highlighting); may be empty."""
+        return [[term for term, _ in row] for row in self.explain_weights(items, top)]
+
+    def explain_weights(self, items: pd.DataFrame, top: int = 5) -> list[list[tuple[str, float]]]:
+        """Per item, up to `top` (token, contribution) pairs: how much each token pushed the model towards its
+        predicted class (only positive contributions, largest first; the scale is the family's own, so compare
+        contributions within one labeler and one item, not across labelers)."""
         self._check_fitted()
         if len(items) == 0:
             return []
@@ -896,7 +904,9 @@ class _PairLabeler(Labeler):
             shared_models = _model_tokens(ta) & _model_tokens(tb)
             surfaces = [t for t in dict.fromkeys(ta + tb) if _model_tokens([t]) & shared_models]
             words = sorted((set(ta) & set(tb)) - set(surfaces), key=lambda t: (-idf.get(t, default_idf), t))
-            out.append(list(dict.fromkeys(surfaces + words))[:top])
+            # a shared model number outweighs any shared word; shared words weigh their rarity (IDF)
+            weight = {t: idf.get(t, default_idf) for t in words} | {t: 2.0 * default_idf for t in surfaces}
+            out.append([(t, float(weight[t])) for t in dict.fromkeys(surfaces + words)][:top])
         return out
 
 

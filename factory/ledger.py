@@ -2,8 +2,15 @@
 
 SQLite in WAL mode by default, the same code on PostgreSQL.  Label events are never updated: a
 correction is a new event whose `supersedes` names the event it replaces.  Events of a dataset form
-a hash chain (each event's hash covers its canonical content and the previous hash), so an edited or
-deleted row is found by `verify_chain`.
+hash chains (each event's hash covers its canonical content and the previous hash of its chain), so an
+edited or deleted row is found by `verify_chain`.
+
+A dataset has a root chain (`chain` ''), which holds what machines and the pipeline write, and one chain
+per person (`person:<name>`) for what people write through the task doors (answers, corrections, undos,
+skips, arbitrations, guideline gaps).  Appenders of one chain queue on its head row, so two people
+answering never wait for each other or for a running batch.  The dataset's root hash (`chain_root`) rolls
+every chain's head and length up into one value; releases and checkpoints publish it with the per-chain
+positions, and `verify_chain` checks each chain and each published position.
 """
 from __future__ import annotations
 
@@ -156,7 +163,11 @@ label_events = sa.Table(
     sa.Column("created_at", sa.String(32), nullable=False),
     sa.Column("prev_hash", sa.String(64), nullable=False),
     sa.Column("hash", sa.String(64), nullable=False),
+    # the chain the event links into: '' the dataset's root chain, 'person:<name>' a person's (not hashed: the
+    # prev_hash link binds an event to its chain)
+    sa.Column("chain", sa.String(160), nullable=False, server_default=""),
     sa.Index("ix_events_item", "dataset", "item_id"),
+    sa.Index("ix_events_chain", "dataset", "chain", "seq"),
     sa.Index("ix_events_batch_kind", "dataset", "batch_id", "kind"),
     sa.Index("ix_events_task", "task_id"),
     sa.Index("ix_events_actor", "actor", "kind"),
@@ -165,6 +176,7 @@ label_events = sa.Table(
 chain_heads = sa.Table(
     "chain_heads", metadata,
     sa.Column("dataset", sa.String(64), primary_key=True),
+    sa.Column("chain", sa.String(160), primary_key=True, server_default=""),
     sa.Column("seq", sa.Integer, nullable=False),
     sa.Column("hash", sa.String(64), nullable=False),
 )
@@ -234,6 +246,34 @@ HASHED_FIELDS = ("event_id", "dataset", "batch_id", "item_id", "task_id", "kind"
                  "created_at")
 
 
+ROOT_CHAIN = ""
+
+
+def person_chain(actor: str) -> str:
+    """The chain a person's own events link into (answers, corrections, undos, skips, arbitrations)."""
+    return f"person:{actor}"
+
+
+def chain_root(chains: dict[str, dict]) -> str:
+    """The dataset's root hash over its chains ({chain: {events, head}}): the root chain's head while it is the
+    only chain with events (so single-chain ledgers and their published anchors keep their meaning), else the
+    sha256 of the canonical list of [chain, events, head] of every chain with events."""
+    live = sorted((k, int(v["events"]), v["head"]) for k, v in chains.items() if int(v["events"]))
+    if not live:
+        return GENESIS
+    if [k for k, _, _ in live] == [ROOT_CHAIN]:
+        return live[0][2]
+    return hashlib.sha256(canonical([list(x) for x in live]).encode()).hexdigest()
+
+
+def within_cut(events: pd.DataFrame, cut: dict) -> pd.Series:
+    """Which events (frame with seq and chain) a cut from `Ledger.chain_anchor` covers: per chain, seq up to its
+    head's (seq order is chain order within a chain; across chains a later seq may have committed earlier)."""
+    upto = {k: v["seq"] for k, v in cut.get("chains", {}).items()}
+    chain = events["chain"] if "chain" in events else pd.Series(ROOT_CHAIN, index=events.index)
+    return events["seq"] <= chain.fillna(ROOT_CHAIN).map(upto).fillna(-1)
+
+
 def now() -> str:
     """UTC timestamp, ISO 8601 with microseconds."""
     return datetime.now(timezone.utc).isoformat(timespec="microseconds")
@@ -248,6 +288,18 @@ def event_hash(prev_hash: str, row: dict) -> str:
     """The chain hash of one event: sha256 over the previous hash and the event's canonical content."""
     content = canonical({k: row.get(k) for k in HASHED_FIELDS})
     return hashlib.sha256((prev_hash + content).encode()).hexdigest()
+
+
+def _insert_ignoring_duplicates(c):
+    """INSERT INTO label_events ... ON CONFLICT DO NOTHING on PostgreSQL and SQLite (None elsewhere): one
+    statement that both checks the dedup key and writes, instead of a SELECT first."""
+    if c.dialect.name == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert
+    elif c.dialect.name == "sqlite":
+        from sqlalchemy.dialects.sqlite import insert
+    else:
+        return None
+    return insert(label_events).on_conflict_do_nothing()
 
 
 def _sqlite_pragmas(dbapi_conn, _record) -> None:
@@ -414,20 +466,28 @@ class Ledger:
         with self.engine.begin() as c:
             return self._append(c, dataset, events)
 
-    def _lock_head(self, c, dataset: str):
-        """Lock the dataset's chain head for this transaction (SQLite: BEGIN IMMEDIATE did already)."""
-        if c.dialect.name == "postgresql":
+    def _lock_head(self, c, dataset: str, chain: str = ROOT_CHAIN):
+        """Lock the head of one chain of the dataset for this transaction (SQLite: BEGIN IMMEDIATE did already)."""
+        lock = sa.select(chain_heads).where(chain_heads.c.dataset == dataset,
+                                            chain_heads.c.chain == chain).with_for_update()
+        head = c.execute(lock).first()
+        if head is None and c.dialect.name == "postgresql":
             # a row to lock must exist: two first writers would otherwise both insert the head
             from sqlalchemy.dialects.postgresql import insert as pg_insert
 
-            c.execute(pg_insert(chain_heads).values(dataset=dataset, seq=0, hash=GENESIS).on_conflict_do_nothing())
-        return c.execute(sa.select(chain_heads).where(chain_heads.c.dataset == dataset).with_for_update()).first()
+            c.execute(pg_insert(chain_heads).values(dataset=dataset, chain=chain, seq=0, hash=GENESIS)
+                      .on_conflict_do_nothing())
+            head = c.execute(lock).first()
+        return head
 
-    def _append(self, c, dataset: str, events: Sequence[dict]) -> int:
-        # the head lock comes first: concurrent appenders of a dataset queue on it, and the dedup check
-        # below then sees every event they committed (PostgreSQL READ COMMITTED takes a new snapshot)
-        head = self._lock_head(c, dataset)
-        keys = [e["dedup_key"] for e in events if e.get("dedup_key")]
+    def _append(self, c, dataset: str, events: Sequence[dict], chain: str = ROOT_CHAIN) -> int:
+        # the head lock comes first: concurrent appenders of a chain queue on it, and the dedup check
+        # below then sees every event they committed (PostgreSQL READ COMMITTED takes a new snapshot);
+        # appenders of other chains (another person) do not wait, and a dedup key they share is settled by
+        # the unique index (the single-event insert ignores a duplicate, a batch is refused whole)
+        head = self._lock_head(c, dataset, chain)
+        single = _insert_ignoring_duplicates(c) if len(events) == 1 else None
+        keys = [e["dedup_key"] for e in events if e.get("dedup_key")] if single is None else []
         existing: set[str] = set()
         for i in range(0, len(keys), 500):
             existing.update(r[0] for r in c.execute(sa.select(label_events.c.dedup_key).where(
@@ -460,22 +520,30 @@ class Ledger:
                 "run_id": e.get("run_id"),
                 "created_at": e.get("created_at") or ts,
                 "prev_hash": prev,
+                "chain": chain,
             }
             row["hash"] = event_hash(prev, row)
             prev = row["hash"]
             rows.append(row)
         if not rows:
             return 0
-        if len(rows) == 1:  # one event (a person's answer): its seq is known, no scan of the dataset for the max
+        if single is not None:  # one event (a person's answer): the insert is the duplicate check, its seq returned
+            last_seq = c.execute(single.returning(label_events.c.seq), rows[0]).scalar()
+            if last_seq is None:  # its dedup key is in the ledger already
+                return 0
+        elif len(rows) == 1:
             last_seq = c.execute(label_events.insert(), rows[0]).inserted_primary_key[0]
+        elif c.dialect.insert_executemany_returning:
+            last_seq = max(r[0] for r in c.execute(label_events.insert().returning(label_events.c.seq), rows))
         else:
             c.execute(label_events.insert(), rows)
             last_seq = c.execute(sa.select(sa.func.max(label_events.c.seq)).where(
-                label_events.c.dataset == dataset)).scalar_one()
+                label_events.c.dataset == dataset, label_events.c.chain == chain)).scalar_one()
         if head:
-            c.execute(chain_heads.update().where(chain_heads.c.dataset == dataset).values(seq=last_seq, hash=prev))
+            c.execute(chain_heads.update().where(chain_heads.c.dataset == dataset, chain_heads.c.chain == chain)
+                      .values(seq=last_seq, hash=prev))
         else:
-            c.execute(chain_heads.insert().values(dataset=dataset, seq=last_seq, hash=prev))
+            c.execute(chain_heads.insert().values(dataset=dataset, chain=chain, seq=last_seq, hash=prev))
         return len(rows)
 
     def events(self, dataset: str, *, batch_id: str | None = None, item_id: str | None = None,
@@ -490,53 +558,74 @@ class Ledger:
         with self.reader.connect() as c:
             return pd.DataFrame(c.execute(q).mappings().all(), columns=[col.name for col in label_events.c])
 
-    def verify_chain(self, dataset: str, anchors: dict[int, str] | None = None) -> dict:
-        """Walk the dataset's hash chain; report the first broken link, if any.
+    def verify_chain(self, dataset: str, anchors: dict | None = None) -> dict:
+        """Walk each hash chain of the dataset; report the first broken link, if any.
 
-        `anchors` ({event count: chain hash}, published outside the database: releases, signed checkpoints)
-        are compared on the way: the event at position `count` must carry that hash.  A chain rewritten
-        consistently, or cut at the end with its head fixed, passes the walk but not its anchors; the result's
-        `anchor_problems` names each one that does not hold."""
-        prev, n = GENESIS, 0
-        anchors = dict(anchors or {})
+        `anchors` (published outside the database: releases, signed checkpoints) map a position to the hash
+        the event there must carry: {(chain, count): hash}, or {count: hash} for the root chain (anchors
+        from before person chains).  A chain rewritten consistently, or cut at the end with its head fixed,
+        passes the walk but not its anchors; the result's `anchor_problems` names each one that does not
+        hold.  `head` is the dataset's root hash (`chain_root`) over the chains walked."""
+        prev: dict[str, str] = {}
+        count: dict[str, int] = {}
+        n = 0
+        anchors = {(k if isinstance(k, tuple) else (ROOT_CHAIN, int(k))): v for k, v in (anchors or {}).items()}
         anchor_problems: list[str] = []
+
+        def where(chain: str) -> str:
+            return "" if chain == ROOT_CHAIN else f" of chain '{chain}'"
+
         with self.reader.connect() as c:
-            head = c.execute(sa.select(chain_heads).where(chain_heads.c.dataset == dataset)).first()
+            heads = {h.chain: h for h in c.execute(sa.select(chain_heads).where(chain_heads.c.dataset == dataset))}
             for row in c.execute(sa.select(label_events).where(label_events.c.dataset == dataset)
                                  .order_by(label_events.c.seq)).mappings():
-                if row["prev_hash"] != prev:
+                chain = row["chain"] or ROOT_CHAIN
+                last = prev.get(chain, GENESIS)
+                if row["prev_hash"] != last:
                     return {"ok": False, "events": n, "seq": row["seq"], "event_id": row["event_id"],
                             "problem": "previous-hash link broken (an event before it was deleted or edited)"}
-                if event_hash(prev, dict(row)) != row["hash"]:
+                if event_hash(last, dict(row)) != row["hash"]:
                     return {"ok": False, "events": n, "seq": row["seq"], "event_id": row["event_id"],
                             "problem": "content does not match its hash (the event was edited)"}
-                prev = row["hash"]
+                prev[chain] = row["hash"]
+                count[chain] = k = count.get(chain, 0) + 1
                 n += 1
-                if n in anchors and anchors.pop(n) != prev:
-                    anchor_problems.append(f"event {n} (seq {row['seq']}) does not carry the hash published for it: "
-                                           f"the chain up to it was rewritten")
-        for count in sorted(anchors):  # published positions the ledger no longer reaches
-            anchor_problems.append(f"a hash was published for event {count}, but the ledger has only {n} events: "
-                                   f"events at the end were deleted")
-        if (head.hash if head else GENESIS) != prev:
-            return {"ok": False, "events": n, "seq": None, "event_id": None,
-                    "problem": "the chain head does not match the last event (events at the end were deleted)"}
+                if (chain, k) in anchors and anchors.pop((chain, k)) != row["hash"]:
+                    anchor_problems.append(f"event {k}{where(chain)} (seq {row['seq']}) does not carry the hash "
+                                           f"published for it: the chain up to it was rewritten")
+        for chain, k in sorted(anchors):  # published positions the ledger no longer reaches
+            anchor_problems.append(f"a hash was published for event {k}{where(chain)}, but the ledger has only "
+                                   f"{count.get(chain, 0)} events{' in that chain' if chain else ''}: events at "
+                                   f"the end were deleted")
+        for chain in sorted(set(heads) | set(prev)):
+            head = heads[chain].hash if chain in heads else GENESIS
+            if head != prev.get(chain, GENESIS):
+                return {"ok": False, "events": n, "seq": None, "event_id": None,
+                        "problem": f"the chain head{where(chain)} does not match the last event (events at the end "
+                                   f"were deleted)"}
+        root = chain_root({k: {"events": count[k], "head": prev[k]} for k in prev})
         if anchor_problems:
-            return {"ok": False, "events": n, "seq": None, "event_id": None, "head": prev,
+            return {"ok": False, "events": n, "seq": None, "event_id": None, "head": root,
                     "problem": anchor_problems[0], "anchor_problems": anchor_problems}
-        return {"ok": True, "events": n, "head": prev}
+        return {"ok": True, "events": n, "head": root}
 
     def chain_anchor(self, dataset: str) -> dict:
-        """The dataset's chain head now: {events (count), head (hash), seq}; what a release or a checkpoint publishes."""
+        """The dataset's chains now: {events (count), head (root hash, `chain_root`), seq, chains: {chain: {events,
+        head, seq}}}; what a release or a checkpoint publishes."""
+        h = chain_heads
+        e = label_events
+        # one statement, one snapshot: each head with the count of its chain's events up to the head's seq
+        # (appenders of a chain queue on its head lock, so within a chain seq order is chain order)
+        q = (sa.select(h.c.chain, h.c.seq, h.c.hash, sa.func.count(e.c.seq).label("n"))
+             .select_from(h.outerjoin(e, sa.and_(e.c.dataset == h.c.dataset, e.c.chain == h.c.chain,
+                                                 e.c.seq <= h.c.seq)))
+             .where(h.c.dataset == dataset).group_by(h.c.chain, h.c.seq, h.c.hash))
         with self.reader.connect() as c:
-            head = c.execute(sa.select(chain_heads).where(chain_heads.c.dataset == dataset)).first()
-            if head is None:
-                return {"events": 0, "head": GENESIS, "seq": 0}
-            # appenders of one dataset queue on its head lock, so seq order is chain order: the events up to the
-            # head's seq are exactly the chain the head closes, even while others append
-            n = c.execute(sa.select(sa.func.count()).select_from(label_events).where(
-                label_events.c.dataset == dataset, label_events.c.seq <= head.seq)).scalar_one()
-        return {"events": int(n), "head": head.hash, "seq": int(head.seq)}
+            chains = {r.chain: {"events": int(r.n), "head": r.hash, "seq": int(r.seq)} for r in c.execute(q) if r.n}
+        if not chains:
+            return {"events": 0, "head": GENESIS, "seq": 0, "chains": {}}
+        return {"events": sum(v["events"] for v in chains.values()), "head": chain_root(chains),
+                "seq": max(v["seq"] for v in chains.values()), "chains": chains}
 
     # ----------------------------------------------------------------- tasks and answers
     def _key(self, name: str) -> str:
@@ -585,7 +674,17 @@ class Ledger:
             if new:
                 c.execute(tasks.insert(), new)
                 self._reset_queue_floors()  # a task may be dated before the queue's floor
+            if len(new) >= self.ANALYZE_AFTER and c.dialect.name == "postgresql":
+                # PostgreSQL's advice after a bulk load: fresh statistics now, not at autovacuum's next turn.
+                # The queue's plan depends on them: with the tables' sizes unknown, `next` sorted every open task
+                # and probed each against the person's answers (1.2 s per call at 5,000 tasks) instead of walking
+                # the queue index to the first free task
+                c.exec_driver_sql("ANALYZE tasks")
+                c.exec_driver_sql("ANALYZE label_events")
             return len(new)
+
+    # how many tasks made at once call for fresh planner statistics (PostgreSQL)
+    ANALYZE_AFTER = 500
 
     def _retracted_ids(self):
         """Subquery: event ids of answers withdrawn by a retraction event (an undo)."""
@@ -629,6 +728,19 @@ class Ledger:
             row = c.execute(sa.select(tasks).where(tasks.c.task_id == task_id)).mappings().first()
             return dict(row) if row else None
 
+    def task_with_lease(self, c, task_id: str) -> dict | None:
+        """The task and its lease (`lease`: assignee, lease_until, or None) in one read on the caller's connection."""
+        a = task_assignments
+        row = c.execute(sa.select(tasks, a.c.assignee.label("lease_assignee"), a.c.lease_until.label("lease_until_"))
+                        .select_from(tasks.outerjoin(a, a.c.task_id == tasks.c.task_id))
+                        .where(tasks.c.task_id == task_id)).mappings().first()
+        if row is None:
+            return None
+        t = {k: row[k] for k in tasks.c.keys()}
+        t["lease"] = (None if row["lease_assignee"] is None else
+                      {"assignee": row["lease_assignee"], "lease_until": row["lease_until_"]})
+        return t
+
     def answer_task(self, task_id: str, label: str, annotator: str, classes: Sequence[str], *,
                     spec_version: str | None = None, guideline_version: str | None = None,
                     correct: bool = False, source: str = "cli", submission_id: str | None = None,
@@ -653,7 +765,7 @@ class Ledger:
                                 submission_id=submission_id, require_lease=require_lease)
 
     def answer_tasks(self, answers: Sequence[dict],
-                     classes_by_dataset: dict[str, "LabelSchema | Sequence[str]"]) -> list[dict]:
+                     classes_by_dataset: dict[str, "LabelSchema | Sequence[str]"], *, conn=None) -> list[dict]:
         """Record many answers in one transaction: all are written or none (raises on the first bad one).
 
         `classes_by_dataset` gives each dataset's label schema (``spec.label_schema``: the task type bound
@@ -661,31 +773,47 @@ class Ledger:
 
         Each answer is a dict with task_id, label, annotator and optionally spec_version,
         guideline_version, source, submission_id, payload (extra provenance merged into the event).
+        `conn` writes inside the caller's transaction (the gate's, which read `task` and the task's
+        `history` already in it: they are not read again).
         """
-        out = []
+        if conn is not None:
+            return self._answer_all(conn, answers, classes_by_dataset)
         with self.engine.begin() as c:
-            for a in answers:
-                if a.get("arbitration"):  # an expert's decision on an item (dataset, item_id, rationale)
-                    label = _schema(classes_by_dataset[a["dataset"]]).parse(a["label"], f"item '{a['item_id']}'")
-                    if not a.get("rationale") or not str(a["rationale"]).strip():
-                        raise TaskError(f"item '{a['item_id']}': an arbitration needs a rationale (why this label)")
-                    out.append(self._arbitrate(c, a["dataset"], a["item_id"], label, a["annotator"],
-                                               a["rationale"], spec_version=a.get("spec_version"),
-                                               guideline_version=a.get("guideline_version"),
-                                               evidence=a.get("evidence"), source=a.get("source", "import"),
-                                               submission_id=a.get("submission_id")))
-                    continue
-                t = c.execute(sa.select(tasks).where(tasks.c.task_id == a["task_id"])).mappings().first()
-                if t is None:
-                    raise TaskNotFound(f"task '{a['task_id']}': no such task")
-                label = _schema(classes_by_dataset[t["dataset"]]).parse(a["label"], f"task '{a['task_id']}'")
-                out.append(self._answer(c, dict(t), label, a["annotator"],
-                                        spec_version=a.get("spec_version"),
-                                        guideline_version=a.get("guideline_version"),
-                                        source=a.get("source", "import"), submission_id=a.get("submission_id"),
-                                        extra=a.get("payload"), correct=bool(a.get("correct")),
-                                        require_lease=bool(a.get("require_lease"))))
+            return self._answer_all(c, answers, classes_by_dataset)
+
+    def _answer_all(self, c, answers: Sequence[dict], classes_by_dataset: dict) -> list[dict]:
+        out = []
+        for a in answers:
+            if a.get("arbitration"):  # an expert's decision on an item (dataset, item_id, rationale)
+                label = _schema(classes_by_dataset[a["dataset"]]).parse(a["label"], f"item '{a['item_id']}'")
+                if not a.get("rationale") or not str(a["rationale"]).strip():
+                    raise TaskError(f"item '{a['item_id']}': an arbitration needs a rationale (why this label)")
+                out.append(self._arbitrate(c, a["dataset"], a["item_id"], label, a["annotator"],
+                                           a["rationale"], spec_version=a.get("spec_version"),
+                                           guideline_version=a.get("guideline_version"),
+                                           evidence=a.get("evidence"), source=a.get("source", "import"),
+                                           submission_id=a.get("submission_id")))
+                continue
+            t = a.get("task") or c.execute(sa.select(tasks).where(tasks.c.task_id == a["task_id"])).mappings().first()
+            if t is None:
+                raise TaskNotFound(f"task '{a['task_id']}': no such task")
+            label = _schema(classes_by_dataset[t["dataset"]]).parse(a["label"], f"task '{a['task_id']}'")
+            out.append(self._answer(c, dict(t), label, a["annotator"],
+                                    spec_version=a.get("spec_version"),
+                                    guideline_version=a.get("guideline_version"),
+                                    source=a.get("source", "import"), submission_id=a.get("submission_id"),
+                                    extra=a.get("payload"), correct=bool(a.get("correct")),
+                                    require_lease=bool(a.get("require_lease")), history=a.get("history")))
         return out
+
+    def item_answers(self, c, dataset: str, item_id: str) -> list[dict]:
+        """An item's human, correction and retraction events in seq order as plain rows, on the caller's
+        connection (what the gate checks an answer against)."""
+        e = label_events
+        return [dict(r) for r in c.execute(sa.select(
+            e.c.event_id, e.c.task_id, e.c.kind, e.c.actor, e.c.label, e.c.payload, e.c.supersedes, e.c.created_at)
+            .where(e.c.dataset == dataset, e.c.item_id == item_id,
+                   e.c.kind.in_(["human", "correction", "retraction"])).order_by(e.c.seq)).mappings()]
 
     def _task_history(self, c, task_id: str) -> list[dict]:
         return [dict(r) for r in c.execute(sa.select(
@@ -711,11 +839,23 @@ class Ledger:
             raise TaskConflict(f"your lease on task '{task_id}' expired at {a['lease_until']}; your answer was not "
                                f"recorded, take a fresh task with GET /api/tasks/next")
 
+    def _end_lease(self, c, task_id: str, annotator: str, ts: str) -> None:
+        """Check that `annotator` holds an unexpired lease and end it, in one statement (atomic: a lease cannot
+        run out or change hands between the check and the answer); when it does not hold, say why."""
+        a = task_assignments
+        if c.execute(a.update().where(a.c.task_id == task_id, a.c.assignee == annotator, a.c.lease_until >= ts)
+                     .values(lease_until=ts)).rowcount != 1:
+            self._check_lease(c, task_id, annotator, ts)
+            raise TaskConflict(f"your lease on task '{task_id}' ended meanwhile; your answer was not recorded, "
+                               f"take your next task with GET /api/tasks/next")
+
     def _answer(self, c, t: dict, label: str, annotator: str, *, spec_version: str | None,
                 guideline_version: str | None, correct: bool = False, source: str = "cli",
-                submission_id: str | None = None, require_lease: bool = False, extra: dict | None = None) -> dict:
+                submission_id: str | None = None, require_lease: bool = False, extra: dict | None = None,
+                history: list[dict] | None = None) -> dict:
         task_id = t["task_id"]
-        history = self._task_history(c, task_id)
+        if history is None:  # the gate passes the history it read in this transaction
+            history = self._task_history(c, task_id)
         if submission_id:
             # idempotency is scoped to the submitter: someone else's submission id matches nothing of theirs
             for h in history:
@@ -727,7 +867,7 @@ class Ledger:
                     return {"event_id": h["event_id"], "duplicate": True}
         ts = now()
         if require_lease and not correct:  # the lease first: a task you do not hold says nothing about itself
-            self._check_lease(c, task_id, annotator, ts)
+            self._end_lease(c, task_id, annotator, ts)
         prior = self._live(history)
         if prior and not correct:
             first = prior[0]
@@ -757,10 +897,8 @@ class Ledger:
             "supersedes": prior[-1]["event_id"] if correct else None,
             "spec_version": spec_version, "guideline_version": guideline_version, "created_at": ts,
         }
-        if self._append(c, t["dataset"], [ev]) != 1:
+        if self._append(c, t["dataset"], [ev], person_chain(annotator)) != 1:
             raise TaskConflict(f"task '{task_id}' was answered concurrently; reload it")
-        if require_lease and not correct:  # answered: the lease ends now
-            c.execute(task_assignments.update().where(task_assignments.c.task_id == task_id).values(lease_until=ts))
         return {"event_id": ev["event_id"], "duplicate": False}
 
     def human_decisions(self, dataset: str, batch_id: str | None = None) -> pd.DataFrame:
@@ -803,7 +941,10 @@ class Ledger:
                     .where(floor, sa.or_(a.c.task_id.is_(None), a.c.lease_until < ts, a.c.assignee == me), ~skipped,
                            ~answered_item, *scope)
                     .order_by(tasks.c.created_at, tasks.c.task_id)
-                    .limit(sa.bindparam("n", type_=sa.Integer)).offset(sa.bindparam("skip", type_=sa.Integer)))
+                    .limit(sa.bindparam("n", type_=sa.Integer)).offset(sa.bindparam("skip", type_=sa.Integer))
+                    # PostgreSQL: people asking at once do not all pick the same first task and retry; each
+                    # skips the tasks another's lease transaction is taking (SQLite's writers take turns anyway)
+                    .with_for_update(of=tasks, skip_locked=True))
             first_open = (sa.select(tasks.c.created_at).where(floor, *scope)
                           .order_by(tasks.c.created_at, tasks.c.task_id).limit(1))
             cache[key] = (held, free, first_open)
@@ -932,7 +1073,7 @@ class Ledger:
                   "batch_id": t["batch_id"], "item_id": t["item_id"], "task_id": task_id, "kind": "retraction",
                   "actor": annotator, "label": None, "payload": {"reason": reason, "retracted_label": answer["label"]},
                   "supersedes": answer["event_id"], "created_at": ts}
-            if self._append(c, t["dataset"], [ev]) != 1:
+            if self._append(c, t["dataset"], [ev], person_chain(annotator)) != 1:
                 raise TaskConflict(f"task '{task_id}': this answer was already undone")
             self._reset_queue_floors()  # the task reopens, possibly before the queue's floor
             until = (start + timedelta(seconds=lease_seconds)).isoformat(timespec="microseconds")
@@ -959,7 +1100,7 @@ class Ledger:
             ev = {"event_id": uuid.uuid4().hex, "batch_id": t["batch_id"], "item_id": t["item_id"],
                   "task_id": task_id, "kind": "skip", "actor": annotator, "label": None,
                   "payload": {"reason": str(reason).strip()[:500], "task_kind": t["kind"]}, "created_at": ts}
-            self._append(c, t["dataset"], [ev])
+            self._append(c, t["dataset"], [ev], person_chain(annotator))
             c.execute(task_assignments.update().where(task_assignments.c.task_id == task_id).values(lease_until=ts))
         return {"event_id": ev["event_id"]}
 
@@ -1028,7 +1169,10 @@ class Ledger:
                "payload": {"rationale": str(rationale).strip(), "tasks": corrected, "evidence": evidence or {},
                            "source": source, "submission_id": submission_id},
                **meta}
-        self._append(c, dataset, [arb, *events])
+        try:
+            self._append(c, dataset, [arb, *events], person_chain(expert))
+        except sa.exc.IntegrityError:  # another writer recorded one of these corrections meanwhile
+            raise TaskConflict(f"item '{item_id}' was answered or arbitrated concurrently; reload it") from None
         return {"event_id": arb_id, "tasks": corrected, "duplicate": False}
 
     def flag_guideline_gap(self, dataset: str, item_id: str, expert: str, note: str, *,
@@ -1041,7 +1185,7 @@ class Ledger:
             ev = {"event_id": uuid.uuid4().hex, "batch_id": item["batch_id"], "item_id": item_id,
                   "kind": "guideline_gap", "actor": expert, "label": None, "payload": {"note": str(note).strip()},
                   "guideline_version": guideline_version}
-            self._append(c, dataset, [ev])
+            self._append(c, dataset, [ev], person_chain(expert))
         return {"event_id": ev["event_id"]}
 
     # ----------------------------------------------------------------- checks and releases

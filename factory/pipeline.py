@@ -20,6 +20,7 @@ from factory.engine.routing import route_batch
 from factory.engine.seeding import select_seed
 from factory.errors import FactoryError, NotReadyError
 from factory import loop as people_loop
+from factory.progress import NULL, Progress, counted
 from factory.quality import audit_target
 from factory.root import Factory  # noqa: F401  (the root object lived here; callers still import it from pipeline)
 from factory.spec import DatasetSpec
@@ -152,6 +153,7 @@ def human_labels(fx: Factory, dataset: str) -> pd.DataFrame:
     return pd.concat(frames, ignore_index=True).drop_duplicates("item_id", keep="last").reset_index(drop=True)
 
 
+@counted("initial tasks", "tasks")
 def initial_tasks(fx: Factory, dataset: str, batch_id: str, run_id: str | None = None, seed: int = 0) -> pd.DataFrame:
     """Tasks people answer before the models run.
 
@@ -248,7 +250,8 @@ def train_labelers(fx: Factory, dataset: str, batch_id: str | None = None, seed:
         return TrainedLabelers(th, _with_embedding_cache(fx, [Labeler.load(folder / n) for n in names]), len(train),
                                reused=True)
     labelers = [lb.fit(train[["item_id", "text"]], train["label"].tolist(), spec.class_names)
-                for lb in _with_embedding_cache(fx, tt.make_labelers(seed=seed))]
+                for lb in fx.progress.track(_with_embedding_cache(fx, tt.make_labelers(seed=seed)),
+                                            "train labelers", weight=len(train), label=lambda lb: lb.name)]
     tmp = folder.with_name(folder.name + f".tmp{os.getpid()}")
     for lb in labelers:
         lb.save(tmp / lb.info.name)
@@ -278,7 +281,7 @@ def model_predictions(fx: Factory, dataset: str, batch_id: str, trained: Trained
     classes = spec.class_names
     items = read_table(fx, "raw_items", dataset, batch_id)
     frames = []
-    for lb in trained.labelers:
+    for lb in fx.progress.track(trained.labelers, "predict", weight=len(items), label=lambda lb: lb.info.name):
         p = lb.predict_proba(items[["item_id", "text"]])
         f = pd.DataFrame(p, columns=prob_cols(classes))
         f.insert(0, "item_id", items["item_id"].to_numpy())
@@ -296,7 +299,8 @@ def model_predictions(fx: Factory, dataset: str, batch_id: str, trained: Trained
                    confidence=r.confidence, dedup_key=f"model:{batch_id}:{r.item_id}:{r.labeler_version}",
                    payload={"probs": dict(zip(classes, pv[i].tolist()))}, **meta)
               for i, r in enumerate(preds.itertuples(index=False))]
-    fx.ledger.append_events(dataset, events)
+    with fx.progress.work("record model events", len(events), "events"):
+        fx.ledger.append_events(dataset, events)
     return preds
 
 
@@ -309,6 +313,7 @@ def model_predictions(fx: Factory, dataset: str, batch_id: str, trained: Trained
 MODEL_FUSION = "weighted"
 
 
+@counted("fuse")
 def fuse(fx: Factory, dataset: str, batch_id: str, run_id: str | None = None) -> pd.DataFrame:
     """Fuse the labelers' probability vectors into one label and confidence per item (linear pool)."""
     spec = fx.spec(dataset)
@@ -373,7 +378,8 @@ def heldout_predictions(fx: Factory, dataset: str, seed: int = 0) -> pd.DataFram
     if path.exists():
         return pd.read_parquet(path)
     frames = []
-    for j, lb in enumerate(tt.make_labelers(seed=seed)):
+    for j, lb in enumerate(fx.progress.track(tt.make_labelers(seed=seed), "calibration: cross-fit labelers",
+                                             weight=len(train), label=lambda lb: lb.name)):
         p = cross_val_proba(lambda j=j: tt.make_labelers(seed=seed)[j], train[["item_id", "text"]],
                             train["label"].tolist(), classes, folds=HELDOUT_FOLDS, seed=seed)
         f = pd.DataFrame(p, columns=prob_cols(classes))
@@ -583,6 +589,7 @@ def _human_model_routes(fx: Factory, spec: DatasetSpec, dataset: str, batch_id: 
     return pd.DataFrame(rows, columns=["item_id", "route", "label", "confidence", "reasons"])
 
 
+@counted("route")
 def review_tasks(fx: Factory, dataset: str, batch_id: str, run_id: str | None = None, seed: int = 0) -> pd.DataFrame:
     """Route every item by its mode, store each decision with its reasons, open the tasks for people."""
     spec = fx.spec(dataset)
@@ -855,6 +862,7 @@ def _escalate_sets(fx: Factory, spec: DatasetSpec, dataset: str, batch_id: str, 
     return new
 
 
+@counted("final labels")
 def final_labels(fx: Factory, dataset: str, batch_id: str, run_id: str | None = None) -> pd.DataFrame:
     """Every item's final label and path: auto, verified, annotated, calibrated, arbitrated or deferred.
 

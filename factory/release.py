@@ -51,7 +51,8 @@ import pandas as pd
 from checks.standards import DEFAULT_STANDARD, STANDARDS_DIR
 from factory.errors import ReleaseError, ReleaseRefused
 from factory.ingest import sha256_file
-from factory.ledger import canonical, now
+from factory.ledger import canonical, now, within_cut
+from factory.progress import counted
 from factory.signing import ANCHOR_FILE, check_signature, release_anchor, verify_key
 
 DATA_FILE = "labels.parquet"
@@ -614,6 +615,7 @@ def read_labels(path: str | Path) -> pd.DataFrame:
     return canonical_labels(pd.read_parquet(path))
 
 
+@counted("release", count=lambda r: r["items"])
 def release(fx, dataset: str, run_id: str | None = None, formats: tuple[str, ...] = ("parquet",)) -> dict:
     """Write the next release of `dataset`; refuse on failed blocking checks or gates, nothing new, or an existing version."""
     from factory import croissant as C
@@ -624,6 +626,7 @@ def release(fx, dataset: str, run_id: str | None = None, formats: tuple[str, ...
     if bad:
         raise ReleaseError(f"unknown release format(s) {bad}; choose from {list(FORMATS)}")
     spec = fx.spec(dataset)
+    fx.progress.note("collect final labels")
     ready, pending = _ready_batches(fx, dataset)
     if not ready:
         raise ReleaseError(f"nothing to release for '{dataset}': no batch has final labels yet "
@@ -634,6 +637,7 @@ def release(fx, dataset: str, run_id: str | None = None, formats: tuple[str, ...
     deferred = deferred_summary(fx, dataset, ready)
     n_expected = sum(len(pd.read_parquet(fx.paths.table("raw_items", dataset, b), columns=["item_id"])) for b in ready)
     n_expected -= deferred["items"]
+    fx.progress.note(f"certify {len(table):,} labels")
     cert = certify(fx, spec, dataset, table, evidence, ready, n_expected)
     cert["deferred"] = deferred
     prev = latest_release(fx, dataset)
@@ -647,10 +651,11 @@ def release(fx, dataset: str, run_id: str | None = None, formats: tuple[str, ...
                cert, ready, run_id)
     cut = fx.ledger.chain_anchor(dataset)  # the chain head the release is cut from, published in provenance/
     events = fx.ledger.events(dataset)
-    events = events[events["batch_id"].isin(ready) & (events["seq"] <= cut["seq"])][EVENT_COLUMNS].reset_index(drop=True)
+    events = events[events["batch_id"].isin(ready) & within_cut(events, cut)][EVENT_COLUMNS].reset_index(drop=True)
     roots = batch_roots(events)
     per_split = changes_per_split(prev_table, table)
     date = max(str(batches.loc[b, "created_at"]) for b in ready)[:10]
+    fx.progress.note("write files")
     out_root = fx.paths.releases / dataset
     out_root.mkdir(parents=True, exist_ok=True)
     tmp = out_root / f".tmp-{os.getpid()}"
@@ -735,6 +740,7 @@ def release(fx, dataset: str, run_id: str | None = None, formats: tuple[str, ...
         (tmp / "manifest.json").write_text(_json(manifest), encoding="utf-8")
         (tmp / "provenance" / "merkle-roots.json").write_text(_json(roots), encoding="utf-8")
         (tmp / ANCHOR_FILE).write_text(_json(release_anchor(cut, dataset, version)), encoding="utf-8")
+        fx.progress.note("check labels against the ledger")
         unbacked = verify_labels_bound(tmp, manifest, table, events)
         if unbacked:  # never publish labels its own provenance cannot re-derive (e.g. finalisation still running)
             raise ReleaseError(f"release of '{dataset}' refused: {len(unbacked)} label(s) are not backed by the "

@@ -35,18 +35,40 @@ def _plt():
     return plt
 
 
+DARK_TEXT, LIGHT_TEXT = "#000000", "#ffffff"
+
+
+def relative_luminance(rgb) -> float:
+    """WCAG 2 relative luminance of an sRGB colour given as floats in [0, 1]."""
+    lin = [c / 12.92 if c <= 0.04045 else ((c + 0.055) / 1.055) ** 2.4 for c in rgb[:3]]
+    return 0.2126 * lin[0] + 0.7152 * lin[1] + 0.0722 * lin[2]
+
+
+def contrast_ratio(a, b) -> float:
+    """WCAG 2 contrast ratio of two sRGB colours (1 to 21; body text wants at least 4.5)."""
+    la, lb = sorted((relative_luminance(a), relative_luminance(b)), reverse=True)
+    return (la + 0.05) / (lb + 0.05)
+
+
+def text_colour_on(background) -> str:
+    """The text colour, near-black or white, with the higher contrast on `background` (RGB(A) floats in [0, 1])."""
+    from matplotlib.colors import to_rgb
+
+    dark, light = contrast_ratio(background, to_rgb(DARK_TEXT)), contrast_ratio(background, to_rgb(LIGHT_TEXT))
+    return LIGHT_TEXT if light > dark else DARK_TEXT
+
+
 def _confusion_fig(conf: dict, title: str) -> str:
     plt = _plt()
     m = np.array(conf["matrix"], dtype=float)
     k = len(m)
     fig, ax = plt.subplots(figsize=(max(6.0, 1.5 + 0.9 * k), max(4.8, 1.2 + 0.8 * k)))
-    ax.imshow(m, cmap="Blues", vmin=0, vmax=max(1.0, m.max()))
+    image = ax.imshow(m, cmap="Blues", vmin=0, vmax=max(1.0, m.max()))
     for i in range(m.shape[0]):
         for j in range(m.shape[1]):
-            # white on dark cells, near-black on light ones: the number stays legible on every shade
-            dark = m[i, j] > 0.5 * max(1.0, m.max())
+            # the colour the cell is painted decides the number's colour: the more legible of white and near-black
             ax.text(j, i, int(m[i, j]), ha="center", va="center", fontsize=12,
-                    color="white" if dark else "#1a1a1a", fontweight="bold" if i == j else "normal")
+                    color=text_colour_on(image.cmap(image.norm(m[i, j]))), fontweight="bold" if i == j else "normal")
     ax.set_xticks(range(len(conf["classes"])), conf["classes"], rotation=45, ha="right")
     ax.set_yticks(range(len(conf["classes"])), conf["classes"])
     ax.set_xlabel(conf["columns"])
@@ -75,19 +97,23 @@ def _reliability_fig(curves: dict[str, dict], title: str) -> str:
     return _png(fig)
 
 
+INTERVAL_NAMES = {"wilson": "Wilson", "clopper_pearson": "Clopper-Pearson"}
+
+
 def _bars_with_ci(names: list[str], props: list[dict], title: str, interval: str) -> str:
     plt = _plt()
     fig, ax = plt.subplots(figsize=(max(6.4, 0.9 * len(names) + 2), 4.0))
     est = np.array([p["estimate"] if p["estimate"] is not None else np.nan for p in props])
     lo = np.array([p[interval][0] if p[interval][0] is not None else np.nan for p in props])
     hi = np.array([p[interval][1] if p[interval][1] is not None else np.nan for p in props])
-    ax.bar(range(len(names)), est, color="#4c72b0")
+    ax.bar(range(len(names)), est, color="#4c72b0", width=0.6)
     ax.errorbar(range(len(names)), est, yerr=[np.nan_to_num(est - lo), np.nan_to_num(hi - est)], fmt="none",
                 ecolor="black", capsize=3)
-    for i, p in enumerate(props):
-        ax.text(i, 0.02, f"n={p['n']}", ha="center", va="bottom", color="white", fontsize=10)
-    ax.set_xticks(range(len(names)), names, rotation=30, ha="right")
+    # the sample size goes under each name (text on the bar would vanish on a short or missing bar)
+    ax.set_xticks(range(len(names)), [f"{name}\nn = {p['n']}" for name, p in zip(names, props)],
+                  rotation=30 if len(names) > 4 else 0, ha="right" if len(names) > 4 else "center")
     ax.set_ylim(0, 1.05)
+    ax.set_ylabel(f"share right, {INTERVAL_NAMES.get(interval, interval)} interval")
     ax.set_title(title)
     return _png(fig)
 
@@ -103,6 +129,7 @@ def _share_fig(shares: dict, title: str, prior: dict | None = None) -> str:
         ax.bar(x + 0.2, [prior.get(n, 0) for n in names], width=0.4, color="#c44e52", label="spec prior")
         ax.legend(fontsize=9)
     ax.set_xticks(x, names, rotation=30, ha="right")
+    ax.set_ylabel("share of items")
     ax.set_title(title)
     return _png(fig)
 
@@ -165,14 +192,16 @@ def render(cert: dict) -> str:
         figs.append(("Routing shares", _share_fig(m["route_shares"], "routes")))
     ld = m["label_distribution"]
     n = max(1, ld["n"])
-    figs.append(("Label distribution against the spec's prior",
+    figs.append(("Label distribution against the spec's prior" if ld.get("prior") else
+                 "Label distribution (the spec declares no prior to compare with)",
                  _share_fig({k: v / n for k, v in ld["observed"].items()}, "labels", ld.get("prior"))))
 
     def row(cells: list[Any], tag: str = "td") -> str:
         return "<tr>" + "".join(f"<{tag}>{html.escape(_v(c))}</{tag}>" for c in cells) + "</tr>"
 
     result = {True: "pass", False: "FAIL", None: "does not apply / no evidence"}
-    gates = "".join(row([g["name"], g["value"], f"{g['rule']} {g['threshold']}", result[g["passed"]],
+    gates = "".join(row([g["name"], g["value"], f"{g['rule']} {g['threshold']}" if g.get("threshold") is not None
+                         else "no threshold set", result[g["passed"]],
                          "yes" if g["declared_blocking"] else "no", g.get("reason") or g.get("note", "")])
                     for g in cert["gates"])
     exp = "".join(row([e["name"], "pass" if e["success"] else "FAIL", "yes" if e["blocking"] else "no",

@@ -11,6 +11,7 @@ from pathlib import Path
 
 from factory.config import Paths
 from factory.ledger import Ledger
+from factory.progress import NULL, Progress
 from factory.spec import DatasetSpec, load_spec
 
 
@@ -19,10 +20,11 @@ class Factory:
     """A factory root: its folders, its ledger and its dataset specs."""
 
     paths: Paths = field(default_factory=Paths.from_env)
+    progress: Progress = field(default=NULL, repr=False, compare=False)  # how long steps report (silent)
 
     @classmethod
-    def at(cls, root: str | Path | None = None) -> "Factory":
-        return cls(Paths.from_env(root))
+    def at(cls, root: str | Path | None = None, progress: Progress = NULL) -> "Factory":
+        return cls(Paths.from_env(root), progress)
 
     @cached_property
     def ledger(self) -> Ledger:

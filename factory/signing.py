@@ -102,7 +102,18 @@ def generate_key(path: str | Path) -> str:
 
 # ----------------------------------------------------------------------------- signed records
 def _message(record: dict) -> bytes:
-    return canonical({k: record.get(k) for k in SIGNED_FIELDS}).encode()
+    # per-chain positions are signed when the record has them (records from before person chains have none)
+    extra = {"chains": record["chains"]} if "chains" in record else {}
+    return canonical({k: record.get(k) for k in SIGNED_FIELDS} | extra).encode()
+
+
+def published_chains(cut: dict) -> dict:
+    """The per-chain positions an anchor publishes ({"chains": {chain: [events, head]}}), or nothing while the
+    dataset has only its root chain (then `events` and `head` say it all, as in anchors before person chains)."""
+    chains = cut.get("chains") or {}
+    if set(chains) <= {""}:
+        return {}
+    return {"chains": {k: [int(v["events"]), v["head"]] for k, v in sorted(chains.items())}}
 
 
 def sign(record: dict, key: Ed25519PrivateKey | None = None) -> dict:
@@ -134,4 +145,4 @@ def release_anchor(cut: dict, dataset: str, version: str) -> dict:
     """What a release publishes in provenance/anchor.json: the chain head and event count it was cut from
     (`cut` from Ledger.chain_anchor), signed when a key is configured."""
     return sign({"kind": "release", "dataset": dataset, "release": version, "events": int(cut["events"]),
-                 "head": cut["head"], "created_at": None})
+                 "head": cut["head"], "created_at": None, **published_chains(cut)})

@@ -253,14 +253,26 @@ def _check_person(a: dict, task: dict, item_answered_by: Iterable[str] = (), dom
     return a
 
 
-def registry_rows(ledger: Ledger, annotator_ids: Iterable[str]) -> dict[str, dict]:
-    """Registry rows (domains and languages decoded) of the given people who are registered, in one query."""
-    ids = sorted(set(annotator_ids))
-    if not ledger.__dict__.get("_workforce_tables"):  # made on first use (embedded), once per ledger object
+def ensure_registry_tables(ledger: Ledger) -> None:
+    """Create the workforce tables on first use (embedded), once per ledger object."""
+    if not ledger.__dict__.get("_workforce_tables"):
         wf_metadata.create_all(ledger.engine)
         ledger.__dict__["_workforce_tables"] = True
-    with ledger.reader.connect() as c:
-        rows = c.execute(sa.select(annotators).where(annotators.c.annotator_id.in_(ids))).mappings().all() if ids else []
+
+
+def registry_rows(ledger: Ledger, annotator_ids: Iterable[str], *, conn=None) -> dict[str, dict]:
+    """Registry rows (domains and languages decoded) of the given people who are registered, in one query
+    (on `conn`, inside the caller's transaction, when given)."""
+    ids = sorted(set(annotator_ids))
+    if conn is None:
+        ensure_registry_tables(ledger)
+    else:  # the caller made sure of the tables before its transaction (SQLite's writer would wait for itself)
+        assert ledger.__dict__.get("_workforce_tables"), "call ensure_registry_tables(ledger) before the transaction"
+    if conn is not None:
+        rows = conn.execute(sa.select(annotators).where(annotators.c.annotator_id.in_(ids))).mappings().all() if ids else []
+    else:
+        with ledger.reader.connect() as c:
+            rows = c.execute(sa.select(annotators).where(annotators.c.annotator_id.in_(ids))).mappings().all() if ids else []
     return {r["annotator_id"]: dict(r, domains=json.loads(r["domains"]), languages=json.loads(r["languages"]))
             for r in rows}
 

@@ -60,23 +60,33 @@ def fx(pristine, tmp_path, monkeypatch):
 
 def rewrite_chain(fx, dataset: str, edit=None, drop_last: bool = False) -> None:
     """What an attacker with write access to the database does: change events, then recompute every hash
-    and link after the change and fix the chain head, so that the plain chain walk passes."""
+    and link after the change in each chain and fix the chain heads, so that the plain chain walk passes.
+    `drop_last` deletes the last event of the root chain (the pipeline's final labels)."""
     with fx.ledger.engine.begin() as c:
         rows = [dict(r) for r in c.execute(sa.select(label_events).where(label_events.c.dataset == dataset)
                                            .order_by(label_events.c.seq)).mappings()]
         if drop_last:
-            c.execute(label_events.delete().where(label_events.c.seq == rows[-1]["seq"]))
-            rows = rows[:-1]
-        prev = GENESIS
+            last = [r for r in rows if r["chain"] == ""][-1]
+            c.execute(label_events.delete().where(label_events.c.seq == last["seq"]))
+            rows = [r for r in rows if r["seq"] != last["seq"]]
+        prev: dict[str, str] = {}
         for r in rows:
             if edit:
                 edit(r)
-            r["prev_hash"] = prev
-            r["hash"] = prev = event_hash(prev, r)
+            r["prev_hash"] = prev.get(r["chain"], GENESIS)
+            r["hash"] = prev[r["chain"]] = event_hash(r["prev_hash"], r)
             c.execute(label_events.update().where(label_events.c.seq == r["seq"]).values(
                 label=r["label"], prev_hash=r["prev_hash"], hash=r["hash"]))
-        c.execute(chain_heads.update().where(chain_heads.c.dataset == dataset).values(seq=rows[-1]["seq"], hash=prev))
+        for chain, h in prev.items():
+            seq = max(r["seq"] for r in rows if r["chain"] == chain)
+            c.execute(chain_heads.update().where(chain_heads.c.dataset == dataset, chain_heads.c.chain == chain)
+                      .values(seq=seq, hash=h))
     assert fx.ledger.verify_chain(dataset)["ok"]  # the walk alone sees nothing
+
+
+def root_events(fx, dataset: str = "news") -> int:
+    """How many events the root chain holds (the position a release's anchor publishes for it)."""
+    return fx.ledger.chain_anchor(dataset)["chains"][""]["events"]
 
 
 def cli(*args) -> object:
@@ -105,7 +115,7 @@ def test_a_rewritten_chain_is_caught_by_the_release_anchor(fx):
     rewrite_chain(fx, "news", edit)
     res = verify_ledger(fx, "news")
     assert not res["ok"]
-    n = fx.ledger.chain_anchor("news")["events"]
+    n = root_events(fx)
     assert any(p.startswith(f"event {n} ") and "rewritten" in p for p in res["problems"]), res["problems"]
     assert any(f"event {first['event_id']}" in p and "another hash in the ledger" in p for p in res["problems"])
     out = cli("verify", "--dataset", "news", "--root", fx.paths.root)
@@ -113,7 +123,7 @@ def test_a_rewritten_chain_is_caught_by_the_release_anchor(fx):
 
 
 def test_the_last_event_deleted_and_the_head_fixed(fx):
-    n = fx.ledger.chain_anchor("news")["events"]
+    n = root_events(fx)
     rewrite_chain(fx, "news", drop_last=True)
     res = verify_ledger(fx, "news")
     assert not res["ok"]
@@ -134,7 +144,7 @@ def test_events_after_the_last_release_are_anchored_by_a_checkpoint(fx):
 
     rewrite_chain(fx, "news", edit)  # after the release's cut: only the checkpoint knows the old head
     res = verify_ledger(fx, "news")
-    assert not res["ok"] and any(p.startswith(f"event {rec['events']} ") for p in res["problems"]), res["problems"]
+    assert not res["ok"] and any(p.startswith(f"event {rec['chains'][''][0]} ") for p in res["problems"]), res["problems"]
 
 
 def test_signed_checkpoints_verify_with_the_public_key_and_catch_forgery(fx, tmp_path, monkeypatch):

@@ -2,7 +2,8 @@
 
 An annotator signs in, labels three items with the keyboard, undoes the last; an expert arbitrates
 the item two people disagree on; the ledger must hold exactly those events.  The run saves a
-screenshot of the queue page to docs/workbench-queue.png.  Skips when Chromium or Playwright is
+screenshot of the queue page in its tmp folder, or to docs/workbench-queue.png (the README's picture) with
+FACTORY_UPDATE_SCREENSHOTS=1: a test run leaves the repository as it was.  Skips when Chromium or Playwright is
 missing locally, fails instead when CI=true.
 """
 from __future__ import annotations
@@ -109,6 +110,7 @@ def _serve(app):
 
 
 def test_annotator_and_expert_in_a_real_browser(tmp_path, monkeypatch):
+    shot = (DOCS if os.environ.get("FACTORY_UPDATE_SCREENSHOTS") == "1" else tmp_path) / "workbench-queue.png"
     _require_browser()
     from playwright.sync_api import sync_playwright
 
@@ -161,8 +163,8 @@ def test_annotator_and_expert_in_a_real_browser(tmp_path, monkeypatch):
                 page.keyboard.press("Escape")
                 page.wait_for_function("document.getElementById('done-today').textContent === '2'")
                 page.wait_for_selector("#toast", state="hidden", timeout=10_000)
-                DOCS.mkdir(exist_ok=True)
-                page.screenshot(path=str(DOCS / "workbench-queue.png"))
+                shot.parent.mkdir(exist_ok=True)
+                page.screenshot(path=str(shot))
 
                 expert = browser.new_context(viewport={"width": 1360, "height": 860}, bypass_csp=True).new_page()
                 expert.goto(base + "/login")
@@ -203,4 +205,66 @@ def test_annotator_and_expert_in_a_real_browser(tmp_path, monkeypatch):
     dec = fx.ledger.human_decisions("news").set_index("task_id")["label"]
     assert dec[first["task_id"]] == dec["t-audit"] == classes[decided]
     assert fx.ledger.verify_chain("news")["ok"]
-    assert (DOCS / "workbench-queue.png").stat().st_size > 10_000
+    assert shot.stat().st_size > 10_000
+
+
+def test_the_quality_report_reads_well_in_a_browser(tmp_path, monkeypatch):
+    """A client opens quality/report.html from the Releases page: styled, plots a screen wide, no 'None'."""
+    _require_browser()
+    import re
+
+    from playwright.sync_api import sync_playwright
+
+    from factory.datasets import load_bbc_news
+    from factory.ingest import item_id_for
+    from factory.pipeline import Factory
+    from factory.release import release
+    from factory.users import UserStore
+    from factory.web import create_app
+    from test_gates import make_batch, make_root, plan
+
+    monkeypatch.delenv("FACTORY_DATABASE_URL", raising=False)
+    df = load_bbc_news(limit_per_class=12, seed=3).reset_index(drop=True)
+    truth = {item_id_for(t): lab for t, lab in zip(df["text"], df["label"])}
+    fx = Factory.at(make_root(tmp_path, min_accuracy=0.6))
+    make_batch(fx, df["text"][:30], truth, tmp_path / "b1.csv", plan(12, 1, 12, 4, 2))  # one audited label wrong
+    version = release(fx, "news")["version"]
+    token = UserStore.for_ledger(fx.ledger).add("cli-1", "client")
+    server, thread, base = _serve(create_app(fx.paths.root))
+    shot = tmp_path / "quality-report.png"
+    try:
+        with sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=CHROMIUM, args=LAUNCH_ARGS, headless=True)
+            try:
+                # no bypass_csp: the report must render under the CSP the server sends with it
+                page = browser.new_context(viewport={"width": 1360, "height": 900}).new_page()
+                page.goto(base + "/login")
+                page.fill("#name", "cli-1")
+                page.fill("#token", token)
+                page.press("#token", "Enter")
+                page.wait_for_url("**/releases")
+                row = page.inner_text("tbody tr")  # the ITEMS column holds the count, not a method's repr
+                assert "built-in method" not in row and "\t30\t" in row, row
+                with page.expect_navigation():
+                    page.click("a[href$='/quality/report.html']")
+                assert page.url == f"{base}/api/releases/news/{version}/files/quality/report.html"
+                page.wait_for_load_state("load")
+                text = page.inner_text("body")
+                assert "Quality report" in text and "Audit sample" in text
+                assert not re.search(r"\bNone\b", text), [ln for ln in text.splitlines() if "None" in ln]
+                assert "nan" not in text.split()
+                # the inline stylesheet applied (a CSP refusing it would leave the browser's defaults)
+                assert page.evaluate("getComputedStyle(document.querySelector('h1')).borderBottomStyle") == "solid"
+                assert page.evaluate("getComputedStyle(document.body).maxWidth") != "none"
+                widths = page.evaluate("[...document.images].map(i => [i.naturalWidth, i.getBoundingClientRect().width])")
+                assert len(widths) >= 4 and all(natural >= 500 and shown >= 500 for natural, shown in widths), widths
+                page.screenshot(path=str(shot), full_page=True)
+            finally:
+                browser.close()
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
+    assert shot.stat().st_size > 50_000
+    if os.environ.get("FACTORY_KEEP_SCREENSHOTS"):  # for a person to look at: FACTORY_KEEP_SCREENSHOTS=/some/dir
+        Path(os.environ["FACTORY_KEEP_SCREENSHOTS"]).mkdir(parents=True, exist_ok=True)
+        shot.replace(Path(os.environ["FACTORY_KEEP_SCREENSHOTS"]) / shot.name)

@@ -5,15 +5,18 @@ from __future__ import annotations
 
 import json
 import time
+from typing import Any
 
 import pytest
 import schemathesis
 import yaml
 from click.testing import CliRunner
+from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from hypothesis import HealthCheck, Phase, given, settings, strategies as st
 
 from factory.web import app as web_app
+from factory.web import models as M
 from factory.web import create_app
 from factory.web.app import public_message
 from test_web_api import ROLES, make_factory, spec_dict
@@ -321,3 +324,96 @@ def test_the_openapi_document_types_the_json_responses(hard):
                       ("cli-1", "/api/me")):
         r = c.get(path, headers=auth(tokens, who))
         assert r.status_code == 200, (path, r.status_code, r.text[:200])
+
+
+def untyped_json_responses(doc: dict) -> list[str]:
+    """Every 2xx JSON response of an OpenAPI document whose schema gives a generated client no type: an empty
+    schema, a bare object without properties, or an array of those."""
+    def typed(schema: dict) -> bool:
+        if "$ref" in schema:
+            return True
+        for key in ("anyOf", "oneOf", "allOf"):
+            if key in schema:
+                parts = [s for s in schema[key] if s.get("type") != "null"]
+                return bool(parts) and all(typed(s) for s in parts)
+        kind = schema.get("type")
+        if kind == "array":
+            return typed(schema.get("items") or {})
+        if kind == "object":
+            extra = schema.get("additionalProperties")
+            return bool(schema.get("properties")) or (isinstance(extra, dict) and typed(extra))
+        return kind in ("string", "integer", "number", "boolean")
+
+    bad = []
+    for path, operations in doc["paths"].items():
+        for method, op in operations.items():
+            for status, response in op.get("responses", {}).items():
+                if not str(status).startswith("2"):
+                    continue
+                for media_type, media in (response.get("content") or {}).items():
+                    if "json" in media_type and not typed(media.get("schema") or {}):
+                        bad.append(f"{method.upper()} {path} {status} {media_type}: {media.get('schema')}")
+    return bad
+
+
+def test_the_walk_finds_untyped_json_responses():
+    """The walk below can fail: an endpoint returning a bare dict, a list of dicts or `Any` is reported."""
+    app = FastAPI()
+
+    @app.get("/bare")
+    def bare() -> dict:
+        return {}
+
+    @app.get("/listed")
+    def listed() -> list[dict]:
+        return []
+
+    @app.get("/anything")
+    def anything() -> Any:
+        return 1
+
+    @app.get("/typed")
+    def typed() -> M.MeOut:
+        return {"name": "a", "role": "annotator", "auth": "token"}
+
+    @app.get("/typed-list")
+    def typed_list() -> list[M.BatchOut]:
+        return []
+
+    bad = untyped_json_responses(app.openapi())
+    assert [b.split(" ")[1] for b in bad] == ["/bare", "/listed", "/anything"]
+
+
+def test_every_json_response_of_the_api_has_a_typed_schema(hard):
+    _fx, _tasks, _tokens, app, _c = hard
+    doc = app.openapi()
+    assert untyped_json_responses(doc) == []
+    # the downloads are documented as what they are, not as JSON
+    files = doc["paths"]["/api/releases/{dataset}/{version}/files/{name}"]["get"]["responses"]["200"]["content"]
+    assert "application/octet-stream" in files and not any("json" in t for t in files)
+    atom = doc["paths"]["/api/feeds/{dataset}.atom"]["get"]["responses"]["200"]["content"]
+    assert list(atom) == ["application/atom+xml"]
+
+
+def test_release_files_refuse_dot_dot_absolute_paths_and_symlinks_out(hard, tmp_path):
+    import os
+
+    from factory.web import data as D
+
+    fx, _tasks, tokens, _app, c = hard
+    folder = fake_release(fx)
+    (tmp_path / "outside.txt").write_text("do not serve")
+    os.symlink(tmp_path / "outside.txt", folder / "quality" / "out.html")
+    os.symlink(tmp_path, folder / "up")
+    assert D.release_file(fx, "news", "1.0.0", "quality/report.html") == (folder / "quality" / "report.html").resolve()
+    for bad in ("..", "../news/1.0.0/labels.parquet", "data/../labels.parquet", "data/../../../datasets/news.yaml",
+                "/etc/passwd", str(folder / "labels.parquet"), str(tmp_path / "outside.txt"), "//etc/passwd",
+                "quality/out.html", "up/outside.txt", "up", "data", "./labels.parquet", "data/./train.parquet",
+                "data\\train.parquet", "labels.parquet\x00.txt"):
+        assert D.release_file(fx, "news", "1.0.0", bad) is None, bad
+    # and over HTTP, however the path is spelled (an absolute path, an encoded one, a double slash)
+    for bad in ("/etc/passwd", "%2Fetc%2Fpasswd", "%2E%2E/%2E%2E/datasets/news.yaml", "..%2F..%2Fdatasets%2Fnews.yaml",
+                "quality/out.html", "up/outside.txt", f"{folder}/labels.parquet".lstrip("/")):
+        r = c.get(f"/api/releases/news/1.0.0/files/{bad}", headers=auth(tokens, "aud-1"))
+        assert r.status_code in (404, 422), (bad, r.status_code)
+        assert "do not serve" not in r.text and not leaks(r.text, fx.paths.root)

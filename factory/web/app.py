@@ -182,6 +182,8 @@ def _secret(fx) -> str:
     return path.read_text().strip()
 
 
+# a release's HTML (quality/report.html) is shown inline: its own <style> and data: images, no script, no fetch
+REPORT_CSP = "default-src 'none'; img-src data:; style-src 'unsafe-inline'; sandbox; frame-ancestors 'none'"
 METERED_FILES = ("labels.parquet", "labels.jsonl", "labels.csv")
 METERED_FOLDERS = ("data/",)  # the per-split copies of the labels
 
@@ -298,7 +300,8 @@ def create_app(root: str | Path | None = None, *, dagster_url: str = "http://127
         """Who the credentials belong to."""
         return {"name": user.name, "role": user.role, "auth": user.via}
 
-    @app.get("/api/tasks/next", tags=["tasks"], responses={204: {"description": "Nothing left for you."}})
+    @app.get("/api/tasks/next", tags=["tasks"], response_model=M.TaskOut,
+             responses={204: {"description": "Nothing left for you."}})
     def next_task(dataset: str | None = None, user: User = needs(*WORKERS, write=True)) -> Any:
         """Lease the next open task to the caller (or return the one they hold); 204 when the queue is empty."""
         # expert-tier tasks (arbitration) never reach annotators' queues
@@ -311,7 +314,7 @@ def create_app(root: str | Path | None = None, *, dagster_url: str = "http://127
         return D.task_payload(fx, specs, t)
 
     @app.get("/api/tasks/{task_id}", tags=["tasks"])
-    def get_task(task_id: str, user: User = needs(*WORKERS, *READERS)) -> dict:
+    def get_task(task_id: str, user: User = needs(*WORKERS, *READERS)) -> M.TaskOut:
         """One task; annotators see only tasks assigned to them."""
         t = fx.ledger.task(task_id)
         if t is None:
@@ -326,7 +329,8 @@ def create_app(root: str | Path | None = None, *, dagster_url: str = "http://127
                          404: {"description": "No such task."},
                          409: {"description": "Answered differently already, lease expired, or reassigned."},
                          422: {"description": "Label not in the dataset's schema."}})
-    def answer(task_id: str, body: AnswerIn, response: Response, user: User = needs(*WORKERS, write=True)) -> dict:
+    def answer(task_id: str, body: AnswerIn, response: Response,
+               user: User = needs(*WORKERS, write=True)) -> M.AnswerOut:
         """Answer a task you hold; idempotent by `submission_id`."""
         # the gate: lease first (409 naming nobody), then the workforce rules (403), schema (422), idempotency
         res = submit_answer(fx, Answer(label=body.label, annotator=user.name, task_id=task_id,
@@ -338,13 +342,13 @@ def create_app(root: str | Path | None = None, *, dagster_url: str = "http://127
                 "undo_seconds": undo_grace_seconds if not res["duplicate"] else None}
 
     @app.post("/api/tasks/{task_id}/undo", tags=["tasks"])
-    def undo(task_id: str, user: User = needs(*WORKERS, write=True)) -> dict:
+    def undo(task_id: str, user: User = needs(*WORKERS, write=True)) -> M.UndoOut:
         """Withdraw your answer within the grace period (a retraction event); the task comes back to you."""
         return fx.ledger.retract_answer(task_id, user.name, grace_seconds=undo_grace_seconds,
                                         lease_seconds=lease_seconds)
 
     @app.post("/api/tasks/{task_id}/skip", tags=["tasks"])
-    def skip(task_id: str, body: SkipIn, user: User = needs(*WORKERS, write=True)) -> dict:
+    def skip(task_id: str, body: SkipIn, user: User = needs(*WORKERS, write=True)) -> M.EventOut:
         """Pass on a task you hold, with a reason; it returns to the pool (not to you)."""
         return fx.ledger.skip_task(task_id, user.name, body.reason)
 
@@ -379,13 +383,13 @@ def create_app(root: str | Path | None = None, *, dagster_url: str = "http://127
 
     # ------------------------------------------------------------------------- API: arbitration
     @app.get("/api/arbitration", tags=["arbitration"])
-    def disputes(dataset: str | None = None, user: User = needs("expert")) -> list[dict]:
+    def disputes(dataset: str | None = None, user: User = needs("expert")) -> list[M.DisputeOut]:
         """Items people did not resolve (disagreement, audit contradiction, open skip), oldest first."""
         names = [_dataset_name(dataset)] if dataset else sorted(set(fx.ledger.tasks()["dataset"]))
         return [d for n in names for d in D.disputed_items(fx, n)]
 
     @app.get("/api/arbitration/{dataset}/{item_id}", tags=["arbitration"])
-    def dispute(dataset: str, item_id: str, user: User = needs("expert")) -> dict:
+    def dispute(dataset: str, item_id: str, user: User = needs("expert")) -> M.DisputeDetailOut:
         """The conflicting answers and model outputs, with their sources and reliabilities."""
         _spec(dataset)
         _ident("item id", item_id)
@@ -411,7 +415,7 @@ def create_app(root: str | Path | None = None, *, dagster_url: str = "http://127
             raise HTTPException(404, f"item '{item_id}' is not in dataset '{dataset}'") from None
 
     @app.post("/api/items/{item_id}/arbitrate", tags=["arbitration"], status_code=201)
-    def arbitrate(item_id: str, body: ArbitrateIn, user: User = needs("expert", write=True)) -> dict:
+    def arbitrate(item_id: str, body: ArbitrateIn, user: User = needs("expert", write=True)) -> M.ArbitrateOut:
         """The expert's final decision with its rationale; corrections make every task of the item follow it."""
         _spec(body.dataset)
         detail = D.arbitration_detail(fx, specs, body.dataset, item_id)
@@ -426,7 +430,7 @@ def create_app(root: str | Path | None = None, *, dagster_url: str = "http://127
         return {"event_id": res["event_id"], "tasks": res.get("tasks", [])}
 
     @app.post("/api/items/{item_id}/guideline-gap", tags=["arbitration"], status_code=201)
-    def guideline_gap(item_id: str, body: GapIn, user: User = needs("expert", write=True)) -> dict:
+    def guideline_gap(item_id: str, body: GapIn, user: User = needs("expert", write=True)) -> M.GapOut:
         """Record that this item exposes a gap in the guideline (an event the guideline owners read)."""
         spec = _spec(body.dataset)
         from factory.guidelines import open_question
@@ -453,7 +457,10 @@ def create_app(root: str | Path | None = None, *, dagster_url: str = "http://127
         """Every release with its files."""
         return D.releases_list(fx)
 
-    @app.get("/api/releases/{dataset}/{version}/files/{name:path}", tags=["releases"])
+    @app.get("/api/releases/{dataset}/{version}/files/{name:path}", tags=["releases"], response_class=FileResponse,
+             responses={200: {"description": "The file's bytes (HTML reports open in the browser).",
+                              "content": {"application/octet-stream": {"schema": {"type": "string",
+                                                                                   "format": "binary"}}}}})
     def release_file(dataset: str, version: str, name: str, request: Request,
                      user: User = needs("client", "auditor", "operator")) -> FileResponse:
         """Download one file of a release, also in its subfolders (`data/train.parquet`, `quality/report.html`);
@@ -470,6 +477,9 @@ def create_app(root: str | Path | None = None, *, dagster_url: str = "http://127
             key = request.headers.get("Idempotency-Key")
             record_delivery(fx, dataset, version, user.name, file=name,
                             delivery_id=f"{user.name}:{key}" if key else None)
+        if path.suffix == ".html":  # the quality report opens in the browser, with its inline styles and images only
+            return FileResponse(path, media_type="text/html; charset=utf-8", filename=path.name,
+                                content_disposition_type="inline", headers={"content-security-policy": REPORT_CSP})
         return FileResponse(path, filename=name.rsplit("/", 1)[-1])
 
     @app.get("/api/feeds/{dataset}.json", tags=["releases"])
@@ -480,7 +490,8 @@ def create_app(root: str | Path | None = None, *, dagster_url: str = "http://127
         _dataset_name(dataset)
         return json_feed(fx.paths.releases, dataset, base_url=str(request.base_url).rstrip("/"))
 
-    @app.get("/api/feeds/{dataset}.atom", tags=["releases"])
+    @app.get("/api/feeds/{dataset}.atom", tags=["releases"], response_class=Response,
+             responses={200: {"description": "An Atom feed.", "content": {"application/atom+xml": {}}}})
     def feed_atom(dataset: str, request: Request, user: User = needs("client", "auditor", "operator")) -> Response:
         """The same feed in Atom."""
         from factory.delivery import atom_feed

@@ -6,6 +6,7 @@ arbitrate, flag_guideline_gap) so the web makes ordinary ledger events.
 from __future__ import annotations
 
 import json
+import logging
 import re
 import threading
 from datetime import datetime, timedelta, timezone
@@ -20,6 +21,8 @@ from factory.disputes import disputed_items  # noqa: F401  (moved to the core: t
 from factory.errors import SpecError
 from factory.spec import NAME_RE, DatasetSpec
 from factory.workforce import shown_kind_and_reasons
+
+log = logging.getLogger("factory.web")
 
 
 class SpecCache:
@@ -133,8 +136,39 @@ def _labelers_for(fx, dataset: str, training_prefix: str) -> list:
     return found
 
 
+HIGHLIGHT_TOP = 5  # at most this many tokens per labeler are highlighted
+HIGHLIGHT_MIN_SHARE = 0.5  # ... and only those pushing at least half as hard as the labeler's strongest token
+HIGHLIGHT_CANDIDATES = 40  # contributions asked of each labeler before stop words are dropped
+
+
+def is_content_token(token: str) -> bool:
+    """A token worth showing: every word in it has two or more characters and none is an English stop word
+    (scikit-learn's list), so 'the', 'of the' or 'in' are never highlighted, whatever their weight.
+
+    scikit-learn's list also holds a few content words ('interest', 'system', 'bill'); the `stop-words` package
+    was tried and is worse for this (it lists 'computer', 'research', 'billion', 'tv', 'microsoft')."""
+    from sklearn.feature_extraction.text import ENGLISH_STOP_WORDS
+
+    words = re.findall(r"\w+", str(token).lower())
+    return bool(words) and all(len(w) >= 2 and w not in ENGLISH_STOP_WORDS for w in words)
+
+
+def salient_tokens(weighted: list[tuple[str, float]], top: int = HIGHLIGHT_TOP,
+                   min_share: float = HIGHLIGHT_MIN_SHARE) -> list[str]:
+    """The tokens that move one labeler's decision: positive contributions towards its predicted class, stop words
+    dropped, at least `min_share` of the largest remaining contribution, at most `top`, strongest first."""
+    ranked = sorted(((str(t), float(w)) for t, w in weighted if w > 0 and is_content_token(t)), key=lambda tw: -tw[1])
+    kept: dict[str, tuple[str, float]] = {}
+    for t, w in ranked:  # 'People' and 'people' are one highlight (spans match either case)
+        kept.setdefault(t.lower(), (t, w))
+    if not kept:
+        return []
+    floor = min_share * ranked[0][1]
+    return [t for t, w in kept.values() if w >= floor][:top]
+
+
 def highlight_spans(text: str, tokens_by_labeler: dict[str, list[str]], limit: int = 200) -> list[dict]:
-    """Character spans of `text` where a model's explanation tokens occur: [{start, end, labelers}]."""
+    """Character spans of `text` where a model's explanation tokens occur: [{start, end, labelers}], at most `limit`."""
     hits: dict[tuple[int, int], set[str]] = {}
     for labeler, tokens in tokens_by_labeler.items():
         for tok in tokens:
@@ -145,9 +179,9 @@ def highlight_spans(text: str, tokens_by_labeler: dict[str, list[str]], limit: i
             pat = r"\b" + r"\W+".join(re.escape(w) for w in words) + r"\b" if tok.replace(" ", "").isalnum() \
                 else re.escape(tok)
             for m in re.finditer(pat, text, flags=re.IGNORECASE):
-                hits.setdefault((m.start(), m.end()), set()).add(labeler)
-                if len(hits) >= limit:
+                if len(hits) >= limit and (m.start(), m.end()) not in hits:
                     break
+                hits.setdefault((m.start(), m.end()), set()).add(labeler)
     spans, last_end = [], -1
     for (s, e_), who in sorted(hits.items()):
         if s < last_end:  # overlapping: keep the first
@@ -157,8 +191,8 @@ def highlight_spans(text: str, tokens_by_labeler: dict[str, list[str]], limit: i
     return spans
 
 
-def highlights(fx, dataset: str, item_id: str, top: int = 8) -> dict:
-    """The tokens each labeler relied on for this item, and where they occur in its text."""
+def highlights(fx, dataset: str, item_id: str, top: int = HIGHLIGHT_TOP) -> dict:
+    """The tokens that moved each labeler's decision on this item (`salient_tokens`), and where they occur."""
     row = item_row(fx, dataset, item_id)
     if row is None:
         return {"available": False, "spans": [], "tokens": {}}
@@ -175,11 +209,10 @@ def highlights(fx, dataset: str, item_id: str, top: int = 8) -> dict:
     tokens = {}
     for lb in labelers:
         try:
-            tokens[lb.info.name] = list(lb.explain(df, top=top)[0])
-        except Exception as e:  # an explanation is a help, never a reason to fail the page
+            tokens[lb.info.name] = salient_tokens(lb.explain_weights(df, top=HIGHLIGHT_CANDIDATES)[0], top=top)
+        except Exception:  # an explanation is a help, never a reason to fail the page
+            log.warning("highlights: labeler %s could not explain item %s", lb.info.name, item_id, exc_info=True)
             tokens[lb.info.name] = []
-            tokens.setdefault("_errors", []).append(f"{lb.info.name}: {e}")
-    tokens.pop("_errors", None)
     return {"available": True, "tokens": tokens, "spans": highlight_spans(row["text"], tokens)}
 
 

@@ -141,3 +141,126 @@ class UsageOut(Out):
     items: int
     bytes: int
     tokens: int
+
+
+# ----------------------------------------------------------------------------- tasks
+class ClassDef(Out):
+    name: str
+    definition: str | None = None
+
+
+class GuidelineRef(Out):
+    version: str
+    text: str | None = None
+
+
+class TaskOut(Out):
+    task_id: str
+    dataset: str
+    batch_id: str
+    item_id: str
+    kind: str = Field(description="review, audit, second_opinion, arbitrate, … (a hidden gold task shows as audit)")
+    reasons: list[str] = Field(description="Why the item was routed to people")
+    lease_until: str | None = Field(None, description="Until when the caller holds the task (ISO 8601, UTC)")
+    suggestion: str | None = Field(None, description="The models' label, if the spec lets people see it")
+    suggestion_shown: bool
+    classes: list[ClassDef]
+    guideline: GuidelineRef
+    text: str | None = None
+    meta: dict[str, Any] | None = Field(None, description="The item's metadata columns")
+
+
+class AnswerOut(Out):
+    task_id: str
+    label: str
+    event_id: str
+    duplicate: bool = Field(description="True when the same submission_id was already recorded")
+    undo_seconds: float | None = Field(None, description="How long the answer can be undone (None on a retry)")
+
+
+class UndoOut(Out):
+    event_id: str = Field(description="The retraction event")
+    retracted: str = Field(description="The answer event it withdraws")
+    label: str | None = None
+
+
+class EventOut(Out):
+    event_id: str
+
+
+# ----------------------------------------------------------------------------- arbitration
+class DisputeOut(Out):
+    dataset: str
+    item_id: str
+    batch_id: str
+    why: list[str] = Field(description="Why the item needs an expert, in words")
+    gap_flagged: bool = Field(description="An expert marked a guideline gap on this item")
+    last_seq: int
+
+
+class PersonReliability(Out):
+    answers: int
+    agrees_with_models: float | None = None
+    agrees_with_experts: float | None = None
+    n_expert_checked: int
+
+
+class ModelReliability(Out):
+    agreement: float
+    n: int
+
+
+class DisputeAnswer(Out):
+    event_id: str
+    kind: str = Field(description="human, correction or skip")
+    actor: str
+    label: str | None = None
+    task_id: str | None = None
+    created_at: str
+    undone: bool
+    reason: str | None = Field(None, description="A skip's reason")
+    reliability: PersonReliability | None = None
+
+
+class DisputeModel(Out):
+    source: str
+    label: str | None = None
+    confidence: float | None = None
+    probs: dict[str, float] | None = None
+    reliability: ModelReliability | None = None
+
+
+class FusionOut(Out):
+    source: str
+    label: str | None = None
+    confidence: float | None = None
+
+
+class GapNote(Out):
+    actor: str
+    note: str | None = None
+    created_at: str
+
+
+class DisputeDetailOut(Out):
+    dataset: str
+    item_id: str
+    batch_id: str
+    text: str
+    classes: list[ClassDef]
+    guideline: GuidelineRef
+    answers: list[DisputeAnswer]
+    models: list[DisputeModel]
+    fusion: FusionOut | None = None
+    gaps: list[GapNote]
+
+
+class ArbitrateOut(Out):
+    event_id: str = Field(description="The arbitration event")
+    tasks: list[str] = Field(description="The item's tasks corrected to the expert's label")
+
+
+class GapOut(Out):
+    event_id: str | None = Field(None, description="The guideline-gap event (when the expert is not registered)")
+    question_id: str | None = Field(None, description="The open guideline question (registered experts)")
+    similar_items: list[str] | None = Field(None, description="Disputed items that look alike")
