@@ -240,7 +240,7 @@ def build_dataset_assets(dataset: str, root: str | None = None) -> list:
         n_items = int((routes["route"] != "excluded").sum()) - int(deferred.sum())
         with _progress(context).work("check final labels", int((~deferred).sum()), "rows"):
             outcome = validate(out[~deferred], "final_labels", {"classes": spec.class_names, "n_items": n_items},
-                               standard=standard)
+                               standard=standard, task_type=spec.task_type)
         fx.ledger.record_check(dataset, batch_id, "final_labels", standard, outcome.success,
                                outcome.to_dict(), context.run_id)
         for o in outcome.blocking_failures:

@@ -119,15 +119,41 @@ def _camel(type_name: str) -> str:
     return "".join(p.capitalize() for p in type_name.split("_"))
 
 
+def typed_expectations(decl: list[dict], task_type, classes: list[str]) -> list[dict]:
+    """The suite with each expectation that checks labels against ``$classes`` replaced by what the task type
+    says a valid label is (``task_type.expectations(classes)``, its null check left to the standard's).
+
+    For one class per item that is the same ``label_in_schema`` set check; for a set of tags it is a
+    regex over the ``|``-joined canonical form."""
+    out = []
+    for d in decl:
+        if "$classes" in d.get("kwargs", {}).values():
+            column = d["kwargs"].get("column", "label")
+            typed = [e for e in task_type.expectations(classes, column=column)
+                     if e["type"] != "expect_column_values_to_not_be_null"]
+            # the first keeps the standard's name: asset checks and certificates are declared under it
+            if [e["type"] for e in typed] == [d["type"]]:  # the type checks it the standard's way: keep it as written
+                out.append(d)
+                continue
+            out += [dict(e, name=d["name"] if j == 0 else e["name"], blocking=d.get("blocking", e.get("blocking", True)))
+                    for j, e in enumerate(typed)]
+        else:
+            out.append(d)
+    return out
+
+
 def validate(df: pd.DataFrame, suite: str, params: dict | None = None,
              standard: str = DEFAULT_STANDARD, id_column: str = "item_id",
-             declared: list[dict] | None = None) -> SuiteOutcome:
+             declared: list[dict] | None = None, task_type=None) -> SuiteOutcome:
     """Run one suite of a standard on a DataFrame with Great Expectations; report failing rows by id.
 
     `declared` runs these expectations (``{"name", "type", "kwargs", ...}``, e.g. a task type's
-    ``expectations(classes)``) instead of the standard's suite."""
+    ``expectations(classes)``) instead of the standard's suite.  `task_type` (with ``params["classes"]``)
+    checks labels the way that type stores them (`typed_expectations`)."""
     decl = declared if declared is not None else expectations(suite, standard)
     params = params or {}
+    if task_type is not None and "classes" in params:
+        decl = typed_expectations(decl, task_type, list(params["classes"]))
     with _lock:  # the ephemeral context is shared; GX objects are not thread-safe
         gx, ctx = _context()
         n = len(ctx.suites.all())

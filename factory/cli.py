@@ -62,14 +62,16 @@ def main(ctx: click.Context, show_progress: bool | None) -> None:
 @click.argument("name")
 @click.option("--root", default=None, help=ROOT_HELP)
 @click.option("--force", is_flag=True, help="Overwrite an existing spec file.")
-def init(name: str, root: str | None, force: bool) -> None:
-    """Write a commented dataset spec template to datasets/NAME.yaml."""
+@click.option("--type", "task_type", default="classification", show_default=True,
+              help="Task type: classification (one class per item) or multi-label (a set of tags per item).")
+def init(name: str, root: str | None, force: bool, task_type: str) -> None:
+    """Write a commented dataset spec template (for --type) to datasets/NAME.yaml."""
     from factory.spec import template
 
     fx = _fx(root)
     path = fx.paths.spec_path(name)
     try:
-        text = template(name)
+        text = template(name, task_type)
     except FactoryError as e:
         _fail(e)
     if path.exists() and not force:
@@ -370,7 +372,8 @@ def _list_deferred(fx, dataset: str | None, batch_id: str | None, as_json: bool,
 @click.option("--root", default=None, help=ROOT_HELP)
 def tasks_answer(task_id: str, label: str, annotator: str, rationale: str | None, correct: bool,
                  root: str | None) -> None:
-    """Answer TASK_ID with LABEL (one of the dataset's classes).  Instead of a task id you may name the item,
+    """Answer TASK_ID with LABEL (one of the dataset's classes; multi-label: the ticked classes joined by '|',
+    "" for none).  Instead of a task id you may name the item,
     by its item id or your own id (task.id_column), when it has exactly one open task.
 
     The answer goes through the gate (factory.gate): a task leased to someone else, a suspended or
@@ -408,6 +411,8 @@ def tasks_import(csv_path: str, dry_run: bool, root: str | None) -> None:
         df = pd.read_csv(csv_path, dtype=str, keep_default_na=False)
     except Exception as e:
         _fail(f"{csv_path}: not a readable CSV ({e})")
+    if "label" not in df.columns and "labels" in df.columns:  # a set-valued dataset's column may say so
+        df = df.rename(columns={"labels": "label"})
     missing = [c for c in ("annotator", "label") if c not in df.columns]
     if missing or not ({"task_id", "item_id"} & set(df.columns)):
         _fail(f"{csv_path}: needs columns task_id (or item_id), annotator, label (and rationale for arbitrations); "

@@ -29,6 +29,19 @@ from factory.task_rows import max_tier, task_id_for, task_row  # noqa: F401  (ta
 TASK_TYPE = {"classification": "classification", "pairs": "pair"}
 
 
+def in_schema(spec: DatasetSpec, labels: pd.Series) -> pd.Series:
+    """True where a stored label is a valid answer of the spec's task type and classes (sets: each class)."""
+    def ok(value) -> bool:
+        try:
+            return spec.label_schema.parse(value) == str(value)
+        except Exception:  # noqa: BLE001 - any refusal means outside the schema
+            return False
+
+    if spec.task_type.answer_shape == "one":
+        return labels.astype(str).isin(spec.class_names)
+    return labels.map(ok).astype(bool)
+
+
 # ----------------------------------------------------------------------------- tables
 def write_table(df: pd.DataFrame, path: Path) -> Path:
     """Write a Parquet table atomically (temp file + rename): a reader never sees half a file."""
@@ -210,7 +223,7 @@ def given_up_tasks(fx: Factory, dataset: str) -> set[str]:
 
 def train_labelers(fx: Factory, dataset: str, batch_id: str | None = None, seed: int = 0) -> TrainedLabelers:
     """Train (or reuse, if the same human labels were seen before) the differentiated labelers."""
-    from factory.labelers import Labeler, labeler_suite_version, make_labelers, training_hash
+    from factory.labelers import Labeler, training_hash
 
     spec = fx.spec(dataset)
     if batch_id is not None:
@@ -228,16 +241,16 @@ def train_labelers(fx: Factory, dataset: str, batch_id: str | None = None, seed:
     items = fx.ledger.items(dataset, item_ids=labels["item_id"].tolist())
     train = labels.merge(items[["item_id", "text"]], on="item_id").sort_values("item_id").reset_index(drop=True)
     th = training_hash(train[["item_id", "text"]], train["label"].tolist())
-    task_type = TASK_TYPE[spec.task.type]
+    tt = spec.task_type
     # keyed by the code's labeler versions too: changed labeler code never reuses models trained by old code
-    suite = hashlib.sha256(str(labeler_suite_version(task_type)).encode()).hexdigest()[:8]
+    suite = hashlib.sha256(str(tt.labeler_suite()).encode()).hexdigest()[:8]
     folder = fx.paths.models / dataset / f"{th}-{suite}"
     if (folder / "labelers.json").exists():
         names = json.loads((folder / "labelers.json").read_text())
         return TrainedLabelers(th, _with_embedding_cache(fx, [Labeler.load(folder / n) for n in names]), len(train),
                                reused=True)
     labelers = [lb.fit(train[["item_id", "text"]], train["label"].tolist(), spec.class_names)
-                for lb in fx.progress.track(_with_embedding_cache(fx, make_labelers(task_type, seed=seed)),
+                for lb in fx.progress.track(_with_embedding_cache(fx, tt.make_labelers(seed=seed)),
                                             "train labelers", weight=len(train), label=lambda lb: lb.name)]
     tmp = folder.with_name(folder.name + f".tmp{os.getpid()}")
     for lb in labelers:
@@ -274,8 +287,9 @@ def model_predictions(fx: Factory, dataset: str, batch_id: str, trained: Trained
         f.insert(0, "item_id", items["item_id"].to_numpy())
         f.insert(1, "labeler", lb.info.name)
         f.insert(2, "labeler_version", f"{lb.info.name}@{lb.info.version}+{trained.training_hash[:12]}")
-        f.insert(3, "label", np.asarray(classes, dtype=object)[p.argmax(axis=1)])
-        f.insert(4, "confidence", p.max(axis=1))
+        label, conf = spec.task_type.decide(p, classes)  # argmax, or the set of classes at >= 0.5
+        f.insert(3, "label", label)
+        f.insert(4, "confidence", conf)
         frames.append(f)
     preds = pd.concat(frames, ignore_index=True)
     write_table(preds, fx.paths.table("model_predictions", dataset, batch_id))
@@ -306,7 +320,7 @@ def fuse(fx: Factory, dataset: str, batch_id: str, run_id: str | None = None) ->
     classes = spec.class_names
     preds = read_table(fx, "model_predictions", dataset, batch_id)
     answers = preds.rename(columns={"labeler": "worker_id"})[["item_id", "worker_id", "label", *prob_cols(classes)]]
-    fused = aggregate(answers, method=MODEL_FUSION, classes=classes)
+    fused = _pool_models(spec, answers)
     raw = fused["confidence"].to_numpy(dtype=float)
     fused, calibration = calibrate_fused(fx, dataset, fused)
     fused["raw_confidence"] = raw
@@ -330,6 +344,13 @@ def fuse(fx: Factory, dataset: str, batch_id: str, run_id: str | None = None) ->
 HELDOUT_FOLDS = 5
 
 
+def _pool_models(spec: DatasetSpec, answers: pd.DataFrame) -> pd.DataFrame:
+    """The labelers' probability columns fused per item (index item_id: label, confidence, prob_<class>)."""
+    if spec.task_type.answer_shape == "one":
+        return aggregate(answers, method=MODEL_FUSION, classes=spec.class_names)
+    return spec.task_type.pool_models(answers, spec.class_names)
+
+
 def heldout_predictions(fx: Factory, dataset: str, seed: int = 0) -> pd.DataFrame:
     """Every human-labelled item's fused label and raw confidence from labelers that never saw it (K-fold).
 
@@ -339,34 +360,34 @@ def heldout_predictions(fx: Factory, dataset: str, seed: int = 0) -> pd.DataFram
     Cached next to the models, keyed by the training labels and the labeler code.
     Columns: item_id, label (fused), raw_confidence, human_label, correct (0/1).
     """
-    from factory.labelers import cross_val_proba, labeler_suite_version, make_labelers, training_hash
+    from factory.labelers import cross_val_proba, training_hash
 
     spec = fx.spec(dataset)
     classes = spec.class_names
-    task_type = TASK_TYPE[spec.task.type]
+    tt = spec.task_type
     labels = human_labels(fx, dataset)
-    labels = labels[labels["label"].astype(str).isin(classes)]
+    labels = labels[in_schema(spec, labels["label"])]
     items = fx.ledger.items(dataset, item_ids=labels["item_id"].tolist())
     train = labels.merge(items[["item_id", "text"]], on="item_id").sort_values("item_id").reset_index(drop=True)
     cols = ["item_id", "label", "raw_confidence", "human_label", "correct"]
     if len(train) < 2 or train["label"].nunique() < 2:
         return pd.DataFrame(columns=cols)
     th = training_hash(train[["item_id", "text"]], train["label"].tolist())
-    suite = hashlib.sha256(f"{labeler_suite_version(task_type)}|{MODEL_FUSION}|{HELDOUT_FOLDS}|{seed}".encode()).hexdigest()[:8]
+    suite = hashlib.sha256(f"{tt.labeler_suite()}|{MODEL_FUSION}|{HELDOUT_FOLDS}|{seed}".encode()).hexdigest()[:8]
     path = fx.paths.models / dataset / f"heldout-{th[:16]}-{suite}.parquet"
     if path.exists():
         return pd.read_parquet(path)
     frames = []
-    for j, lb in enumerate(fx.progress.track(make_labelers(task_type, seed=seed), "calibration: cross-fit labelers",
+    for j, lb in enumerate(fx.progress.track(tt.make_labelers(seed=seed), "calibration: cross-fit labelers",
                                              weight=len(train), label=lambda lb: lb.name)):
-        p = cross_val_proba(lambda j=j: make_labelers(task_type, seed=seed)[j], train[["item_id", "text"]],
+        p = cross_val_proba(lambda j=j: tt.make_labelers(seed=seed)[j], train[["item_id", "text"]],
                             train["label"].tolist(), classes, folds=HELDOUT_FOLDS, seed=seed)
         f = pd.DataFrame(p, columns=prob_cols(classes))
         f.insert(0, "item_id", train["item_id"].to_numpy())
         f.insert(1, "worker_id", f"{lb.name}#{j}")
-        f.insert(2, "label", np.asarray(classes, dtype=object)[p.argmax(axis=1)])
+        f.insert(2, "label", tt.decide(p, classes)[0])
         frames.append(f)
-    fused = aggregate(pd.concat(frames, ignore_index=True), method=MODEL_FUSION, classes=classes)
+    fused = _pool_models(spec, pd.concat(frames, ignore_index=True))
     human = train.set_index("item_id")["label"].astype(str).reindex(fused.index)
     out = pd.DataFrame({"item_id": fused.index, "label": fused["label"].astype(str).to_numpy(),
                         "raw_confidence": fused["confidence"].to_numpy(dtype=float),
@@ -397,6 +418,8 @@ def calibrate_fused(fx: Factory, dataset: str, fused: pd.DataFrame) -> tuple[pd.
              "heldout_accuracy": round(float(held["correct"].mean()), 6),
              "mean_raw_confidence": round(float(raw.mean()), 6) if len(raw) else None,
              "mean_confidence": round(float(cal[len(held):].mean()), 6) if len(raw) else None}
+    if fx.spec(dataset).task_type.answer_shape == "set":  # the set's probability; the per-class marginals stay
+        return fused.assign(confidence=cal[len(held):]), info
     return set_top_probability(fused, cal[len(held):]), info
 
 
@@ -441,8 +464,17 @@ def _prelabel_human_routes(spec: DatasetSpec, fused: pd.DataFrame, model_labels:
                            seed: int, threshold: float, budget: int) -> pd.DataFrame:
     audit_min = audit_target(spec.quality, fused.loc[fused["confidence"] >= threshold, "confidence"])
     r = route_batch(fused, model_labels.loc[fused.index], confidence_threshold=threshold,
-                    prior=spec.prior, seed_distribution=seed_dist or None, audit_rate=spec.quality.audit_rate,
+                    prior=spec.prior if spec.task_type.answer_shape == "one" else None,
+                    seed_distribution=seed_dist or None, audit_rate=spec.quality.audit_rate,
                     bias_ratio=spec.quality.bias_ratio, review_budget=budget, seed=seed, audit_min=audit_min)
+    uncertain = getattr(spec.task_type, "uncertain_classes", None)
+    if uncertain is not None:  # sets: name the classes a person should look at first
+        cols = prob_cols(spec.class_names)
+        flagged = r.index[r["route"].isin(["review", "deferred"])]
+        names = uncertain(fused.loc[flagged, cols].to_numpy(float), spec.class_names)
+        r.loc[flagged, "reasons"] = pd.Series([list(x) + ([f"uncertain: {', '.join(n)}"] if n else [])
+                                               for x, n in zip(r.loc[flagged, "reasons"], names)],
+                                              index=flagged, dtype=object)
     return r.reset_index()[["item_id", "route", "label", "confidence", "reasons", "priority"]]
 
 
@@ -515,7 +547,7 @@ def _human_model_routes(fx: Factory, spec: DatasetSpec, dataset: str, batch_id: 
                         fused: pd.DataFrame) -> pd.DataFrame:
     """People labelled first; the engine's verification flags probable mislabels, gaps and rule anomalies."""
     from factory.engine.verify import find_suspect_labels
-    from factory.labelers import cross_val_proba, make_labelers
+    from factory.labelers import cross_val_proba
 
     classes = spec.class_names
     dec = fx.ledger.human_decisions(dataset, batch_id=batch_id)
@@ -528,7 +560,7 @@ def _human_model_routes(fx: Factory, spec: DatasetSpec, dataset: str, batch_id: 
     given = human.loc[labelled.index, "label"].astype(str)
     rows = []
     if len(labelled) >= 2:
-        oos = cross_val_proba(lambda: make_labelers(TASK_TYPE[spec.task.type])[0],
+        oos = cross_val_proba(lambda: spec.task_type.make_labelers()[0],
                               labelled.reset_index()[["item_id", "text"]], given.tolist(), classes,
                               folds=spec.human_model.verify_with)
         sus = find_suspect_labels(given.tolist(), oos, classes,
@@ -571,7 +603,9 @@ def review_tasks(fx: Factory, dataset: str, batch_id: str, run_id: str | None = 
     parts = []
     ph = fused.index[(modes.reindex(fused.index) == "prelabel-human").to_numpy() & ~fused.index.isin(seeded)]
     if len(ph):
-        seed_dist = human_labels(fx, dataset)["label"].value_counts().to_dict()
+        # the class-share bias check compares one class per item with the spec's prior: not for sets
+        one = spec.task_type.answer_shape == "one"
+        seed_dist = human_labels(fx, dataset)["label"].value_counts().to_dict() if one else {}
         threshold, info = auto_accept_threshold(fx, dataset, batch_id)
         fx.ledger.record_check(dataset, batch_id, "auto_accept_guarantee", spec.quality.standard, True, info, run_id)
         # the review budget is per routing pass: first the audit this batch needs to be certifiable (without it
@@ -756,13 +790,17 @@ def escalate(fx: Factory, dataset: str, batch_id: str, run_id: str | None = None
     tasks = fx.ledger.tasks(dataset, batch_id=batch_id)
     pending_arb = set(tasks.loc[tasks["kind"] == "arbitrate", "item_id"])
     # an answer outside the current schema is a schema problem for the blocking checks, not a dispute
-    off_schema = set(dec.loc[~dec["label"].astype(str).isin(classes), "item_id"])
+    off_schema = set(dec.loc[~in_schema(spec, dec["label"]), "item_id"])
     off_schema |= set(dec.loc[kinds.reindex(dec.index) == "requeue", "item_id"])  # decided under the new guideline
     people = routes.index[routes.index.isin(dec["item_id"]) & ~routes.index.isin(arbitrated | pending_arb | off_schema)
                           & (routes["route"] != "seed")]
     if not len(people):
         return pd.DataFrame()
     d = dec[dec["item_id"].isin(people)].rename(columns={"actor": "worker_id"})
+    if spec.task_type.answer_shape == "set":
+        new = _escalate_sets(fx, spec, dataset, batch_id, routes, d, run_id)
+        fx.ledger.create_tasks(new)
+        return pd.DataFrame(new)
     prior = fused.loc[people, prob_cols(classes)].to_numpy(copy=True)
     if (routes.loc[people, "mode"] == "human-model").any():  # people first: the models' prior is kept weak
         hm = (routes.loc[people, "mode"] == "human-model").to_numpy()
@@ -787,6 +825,41 @@ def escalate(fx: Factory, dataset: str, batch_id: str, run_id: str | None = None
                                 tier="expert", run_id=run_id, domain=spec.workforce.domain))
     fx.ledger.create_tasks(new)
     return pd.DataFrame(new)
+
+
+def _set_posterior(fx: Factory, spec: DatasetSpec, dataset: str, batch_id: str, routes: pd.DataFrame,
+                   answers: pd.DataFrame) -> pd.DataFrame:
+    """Sets: people's answers (``item_id, worker_id, label``) fused with the models' pooled set by the label-set
+    Dawid-Skene; index item_id, ``label`` and ``confidence`` (the fused set's posterior).
+
+    The models enter as ONE worker (their linear pool): three labelers trained on the same seed err
+    together, and counted as three independent workers they outvoted every single correction.  Seed and
+    human-model items fuse people alone (the models echo the seed; in human-model they only flag)."""
+    fused = read_table(fx, "fused_labels", dataset, batch_id)
+    alone = set(routes.index[(routes["route"] == "seed") | (routes["mode"] == "human-model")])
+    models = fused.loc[~fused["item_id"].isin(alone), ["item_id", "label"]].assign(worker_id="models:pooled")
+    return spec.task_type.fuse_with_models(answers, models, spec.class_names)
+
+
+def _escalate_sets(fx: Factory, spec: DatasetSpec, dataset: str, batch_id: str, routes: pd.DataFrame,
+                   answers: pd.DataFrame, run_id: str | None) -> list[dict]:
+    """Sets: an item whose fused set is below quality.min_accuracy gets a second person (tier >= L2); after
+    two people it goes to an expert."""
+    post = _set_posterior(fx, spec, dataset, batch_id, routes, answers[["item_id", "worker_id", "label"]])
+    n = answers.groupby("item_id").size()
+    new = []
+    for item_id, r in post.iterrows():
+        if float(r["confidence"]) >= spec.quality.min_accuracy:
+            continue
+        why = [f"fused set '{r['label']}' at {float(r['confidence']):.2f} < {spec.quality.min_accuracy}"]
+        if int(n.get(item_id, 0)) < 2:
+            new.append(task_row(dataset, batch_id, item_id, "second", ["second_opinion", "low_confidence"] + why,
+                                tier=max_tier("L2", routes.at[item_id, "required_tier"]), run_id=run_id,
+                                round_=int(n.get(item_id, 0)) + 1))
+        else:
+            new.append(task_row(dataset, batch_id, item_id, "arbitrate", ["unresolved", "disagreement"] + why,
+                                tier="expert", run_id=run_id, domain=spec.workforce.domain))
+    return new
 
 
 @counted("final labels")
@@ -858,18 +931,23 @@ def final_labels(fx: Factory, dataset: str, batch_id: str, run_id: str | None = 
         prior[seeded] = 1.0 / len(classes)
         # the same fusion of people and models the escalation round decided on (factory.loop)
         answers = d.rename(columns={"actor": "worker_id"})[["item_id", "worker_id", "label"]]
-        post = people_loop.fuse_people(prior, idx, answers, classes,
-                                       default_reliability=spec.workforce.default_reliability,
-                                       known_reliability=_known_reliabilities(fx, dataset)).posterior.to_numpy()
-        out.loc[idx, "label"] = np.asarray(classes, dtype=object)[post.argmax(axis=1)]
-        out.loc[idx, "confidence"] = post.max(axis=1)
+        if spec.task_type.answer_shape == "set":
+            post = _set_posterior(fx, spec, dataset, batch_id, routes, answers).reindex(idx)
+            out.loc[idx, "label"] = post["label"].astype(str).to_numpy()
+            out.loc[idx, "confidence"] = post["confidence"].astype(float).to_numpy()
+        else:
+            post = people_loop.fuse_people(prior, idx, answers, classes,
+                                           default_reliability=spec.workforce.default_reliability,
+                                           known_reliability=_known_reliabilities(fx, dataset)).posterior.to_numpy()
+            out.loc[idx, "label"] = np.asarray(classes, dtype=object)[post.argmax(axis=1)]
+            out.loc[idx, "confidence"] = post.max(axis=1)
         per_item = d.groupby("item_id").agg(
             kinds=("task_kind", lambda k: set(k)),
             annotators=("actor", lambda a: json.dumps(sorted(set(a)))),
             events=("event_id", list))
         out.loc[idx, "source"] = per_item.loc[idx, "kinds"].map(_human_source).to_numpy()
         # people's answers outside the current schema are kept as given, for the blocking check to name
-        off = d[~d["label"].astype(str).isin(classes)].groupby("item_id")["label"].agg(lambda x: x.mode().iloc[0])
+        off = d[~in_schema(spec, d["label"])].groupby("item_id")["label"].agg(lambda x: x.mode().iloc[0])
         out.loc[off.index, "label"] = off.astype(str)
         out.loc[idx, "annotators"] = per_item.loc[idx, "annotators"]
         human_events.loc[idx] = per_item.loc[idx, "events"]

@@ -454,7 +454,10 @@ def agreement(human: pd.DataFrame | None, models: pd.DataFrame | None, classes: 
         raters = list(wide.columns)
         pairs = {f"{a} ~ {b}": _r(cohen_kappa(wide[a].astype(str), wide[b].astype(str)))
                  for i, a in enumerate(raters) for b in raters[i + 1:]}
-        counts = rating_counts(wide.stack().rename("label").reset_index(), "item_id", "label", classes)
+        long = wide.stack().rename("label").reset_index()
+        # every value a labeler gave is a category (a set of tags is one category here: exact agreement)
+        cats = list(dict.fromkeys([*classes, *sorted(long["label"].astype(str).unique())]))
+        counts = rating_counts(long, "item_id", "label", cats)
         out["labelers"] = {"items": int(len(wide)), "raters": raters, "cohen_kappa_pairs": pairs,
                            "fleiss_kappa": _r(fleiss_kappa(counts)) if len(raters) >= 2 else None,
                            "krippendorff_alpha": _r(krippendorff_alpha_nominal(m))}

@@ -45,6 +45,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from checks.standards import DEFAULT_STANDARD, STANDARDS_DIR
@@ -325,7 +326,7 @@ def certify(fx, spec, dataset: str, table: pd.DataFrame, evidence: pd.DataFrame,
     # the standard pins the factory's columns; a dataset's own ids (task.id_column) ride along after them
     outcome = validate(table.drop(columns=["external_id"], errors="ignore"), suite,
                        {"classes": spec.class_names, "n_items": n_items_expected, "splits": list(spec.splits)},
-                       standard=standard)
+                       standard=standard, task_type=spec.task_type)
     human = _human_answers(fx, dataset, set(table["item_id"]))
     models = _model_labels(fx, dataset, batch_ids)
     gold = load_gold(fx, spec)
@@ -590,6 +591,30 @@ def refused_attempts(fx, dataset: str) -> list[dict]:
     return out
 
 
+def published(table: pd.DataFrame, spec) -> pd.DataFrame:
+    """The release table as files carry it: the label column as the task type's value (a class name, or the list
+    of a set's class names in the spec's order); the ledger's canonical text stays inside the factory."""
+    if spec.task_type.answer_shape == "one":
+        return table
+    return table.assign(label=table["label"].map(spec.task_type.decode))
+
+
+def canonical_labels(table: pd.DataFrame) -> pd.DataFrame:
+    """A released table read back: list-valued labels (sets) to the canonical '|'-joined text the ledger and the
+    provenance events hold; class names pass unchanged."""
+    if "label" not in table or not len(table):
+        return table
+    if not table["label"].map(lambda v: isinstance(v, (list, tuple, np.ndarray))).any():
+        return table
+    return table.assign(label=table["label"].map(
+        lambda v: "|".join(map(str, v)) if isinstance(v, (list, tuple, np.ndarray)) else v))
+
+
+def read_labels(path: str | Path) -> pd.DataFrame:
+    """One Parquet file of a release, labels in canonical text (see `canonical_labels`)."""
+    return canonical_labels(pd.read_parquet(path))
+
+
 @counted("release", count=lambda r: r["items"])
 def release(fx, dataset: str, run_id: str | None = None, formats: tuple[str, ...] = ("parquet",)) -> dict:
     """Write the next release of `dataset`; refuse on failed blocking checks or gates, nothing new, or an existing version."""
@@ -619,7 +644,7 @@ def release(fx, dataset: str, run_id: str | None = None, formats: tuple[str, ...
     if prev and not (Path(prev["path"]) / DATA_FILE).exists():
         raise ReleaseError(f"{Path(prev['path']) / DATA_FILE}: release {prev['version']} of '{dataset}' is in the "
                            f"ledger but its files are missing; restore the folder (releases are immutable)")
-    prev_table = pd.read_parquet(Path(prev["path"]) / DATA_FILE) if prev else None
+    prev_table = read_labels(Path(prev["path"]) / DATA_FILE) if prev else None
     changes = _changes(prev_table, table)
     if cert["blocking_failures"]:
         refuse(fx, dataset, next_version(prev["version"] if prev else None, changes, same_bytes=False)[0],
@@ -637,21 +662,23 @@ def release(fx, dataset: str, run_id: str | None = None, formats: tuple[str, ...
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
     try:
-        table.to_parquet(tmp / DATA_FILE, index=False)
+        files_table = published(table, spec)
+        files_table.to_parquet(tmp / DATA_FILE, index=False)
         same = prev is not None and sha256_path(tmp / DATA_FILE) == sha256_path(Path(prev["path"]) / DATA_FILE)
         version, reason = next_version(prev["version"] if prev else None, changes, same)
         final = out_root / version
         if final.exists():
             raise ReleaseError(f"{final}: release {version} of '{dataset}' already exists; releases are immutable")
         if "jsonl" in formats:
-            (tmp / "labels.jsonl").write_text(table.to_json(orient="records", lines=True, force_ascii=False),
+            (tmp / "labels.jsonl").write_text(files_table.to_json(orient="records", lines=True, force_ascii=False),
                                               encoding="utf-8")
         if "csv" in formats:
             table.to_csv(tmp / "labels.csv", index=False, lineterminator="\n")
         splits = sorted(table["split"].unique())
         (tmp / "data").mkdir()
         for s in splits:
-            table[table["split"] == s].reset_index(drop=True).to_parquet(tmp / "data" / f"{s}.parquet", index=False)
+            files_table[table["split"] == s].reset_index(drop=True).to_parquet(tmp / "data" / f"{s}.parquet",
+                                                                               index=False)
         (tmp / "standard").mkdir()
         shutil.copyfile(STANDARDS_DIR / f"{spec.quality.standard}.json", tmp / "standard" / f"{spec.quality.standard}.json")
         (tmp / "provenance").mkdir()
@@ -669,6 +696,7 @@ def release(fx, dataset: str, run_id: str | None = None, formats: tuple[str, ...
             "previous_version": prev["version"] if prev else None, "changes": changes, "changes_per_split": per_split,
             "license": spec.license, "spec_version": spec.version, "guideline_version": spec.guideline.version,
             "classes": spec.class_names, "splits": dict(spec.splits), "date": date, "code_version": code_version(),
+            **({"task_type": spec.task.type} if spec.task.type != "classification" else {}),
             "quality_standard": {"name": spec.quality.standard, "file": f"standard/{spec.quality.standard}.json",
                                  "sha256": cert["standard"]["sha256"]},
             "items": len(table),
@@ -811,7 +839,7 @@ def verify_release(path: str | Path, run_standard: bool = True) -> dict:
         return {"ok": False, "problems": problems + [f"manifest.json: unreadable ({e})"], "summary": summary}
     summary |= {"dataset": manifest.get("dataset"), "version": manifest.get("version"), "items": manifest.get("items")}
     try:
-        table = pd.read_parquet(path / DATA_FILE)
+        table = read_labels(path / DATA_FILE)
     except Exception as e:  # a tampered or truncated Parquet file is reported, not raised
         return {"ok": False, "problems": problems + [f"{DATA_FILE}: unreadable ({type(e).__name__}: {e})"],
                 "summary": summary}
@@ -832,7 +860,8 @@ def verify_release(path: str | Path, run_standard: bool = True) -> dict:
             if stated and sha256_path(std_file) != stated:
                 problems.append(f"standard/{std_name}.json: sha256 differs from the standard named in manifest.json")
             outcome = _validate_with_file(table, std_file, {"classes": manifest["classes"], "n_items": manifest["items"],
-                                                            "splits": list(manifest.get("splits") or {})})
+                                                            "splits": list(manifest.get("splits") or {})},
+                                          task_type=manifest.get("task_type", "classification"))
             summary["expectations"] = {"passed": sum(o.success for o in outcome.outcomes), "total": len(outcome.outcomes)}
             problems += [f"{DATA_FILE}: standard {std_name}: {o.message()}" for o in outcome.outcomes if not o.success]
     hash_problems, summary["hashes_checked"] = verify_recorded_hashes(path)
@@ -1007,7 +1036,7 @@ def verify_labels_bound(path: str | Path, manifest: dict, table: pd.DataFrame,
     for f in sorted((path / "data").glob("*.parquet")) if (path / "data").is_dir() else []:
         name = f"data/{f.name}"
         try:
-            part = pd.read_parquet(f)
+            part = read_labels(f)
         except Exception as e:
             problems.append(f"{name}: unreadable ({type(e).__name__})")
             continue
@@ -1025,7 +1054,7 @@ def verify_labels_bound(path: str | Path, manifest: dict, table: pd.DataFrame,
     if seen and "split" in table:
         unsplit = sorted(set(by_item.index) - seen)
         problems += [f"data/: item {i}: in {DATA_FILE} but in no split file" for i in unsplit[:MAX_PROBLEMS_PER_FILE]]
-    for name, read in (("labels.jsonl", lambda p: pd.read_json(p, lines=True, dtype={"item_id": str, "label": str})),
+    for name, read in (("labels.jsonl", _read_jsonl),
                        ("labels.csv", lambda p: pd.read_csv(p, dtype={"item_id": str, "label": str}))):
         if (path / name).exists():
             try:
@@ -1042,13 +1071,21 @@ def verify_labels_bound(path: str | Path, manifest: dict, table: pd.DataFrame,
     return problems
 
 
+def _read_jsonl(p: Path) -> pd.DataFrame:
+    """labels.jsonl as written (JSON values kept: a class name stays text, a set stays a list), labels canonical."""
+    rows = [json.loads(line) for line in p.read_text(encoding="utf-8").splitlines() if line.strip()]
+    t = pd.DataFrame(rows)
+    return canonical_labels(t.assign(item_id=t["item_id"].astype(str)) if "item_id" in t else t)
+
+
 _verify_lock = threading.Lock()
 _verify_lock = threading.Lock()
 
 
-def _validate_with_file(df: pd.DataFrame, std_file: Path, params: dict):
+def _validate_with_file(df: pd.DataFrame, std_file: Path, params: dict, task_type: str = "classification"):
     """Run a standard given as a file (the release's own copy), not the factory's checks/standards folder."""
     from checks import standards as S
+    from factory import tasks
 
     doc = json.loads(std_file.read_text(encoding="utf-8"))
     name = f"{doc['id']}-{doc['version']}"
@@ -1062,7 +1099,8 @@ def _validate_with_file(df: pd.DataFrame, std_file: Path, params: dict):
         S.expectations = from_file  # the copy in the release is authoritative, even if the repo's file changed
         try:
             # the user's own ids (task.id_column) are not among the factory's columns the standard pins
-            return S.validate(df.drop(columns=["external_id"], errors="ignore"), suite, params, standard=name)
+            return S.validate(df.drop(columns=["external_id"], errors="ignore"), suite, params, standard=name,
+                              task_type=tasks.get(task_type))
         finally:
             S.expectations = original
 
@@ -1095,8 +1133,8 @@ def show(path: str | Path) -> dict:
 
 def diff(path_a: str | Path, path_b: str | Path) -> dict:
     """What changed from release A to release B: counts overall and per split, plus example item ids."""
-    a = pd.read_parquet(Path(path_a) / DATA_FILE)
-    b = pd.read_parquet(Path(path_b) / DATA_FILE)
+    a = read_labels(Path(path_a) / DATA_FILE)
+    b = read_labels(Path(path_b) / DATA_FILE)
     ai, bi = a.set_index("item_id"), b.set_index("item_id")
     common = ai.index.intersection(bi.index)
     relab = common[(ai.loc[common, "label"] != bi.loc[common, "label"]).to_numpy()]

@@ -260,6 +260,10 @@ class DatasetSpec(_Strict):
             raise ValueError(f"task.type '{self.task.type}' is registered (answers, fusion, agreement, release "
                              f"features, Label Studio: factory/tasks/) but the batch pipeline does not run it yet; "
                              f"use one of {tasks.names(pipeline_ready=True)}")
+        modes = getattr(tasks.get(self.task.type), "modes", None)  # collaboration modes the type runs in
+        used = sorted({self.mode, *(r.mode for r in self.slices)} - set(modes or ()))
+        if modes is not None and used:
+            raise ValueError(f"mode: task.type '{self.task.type}' runs in {list(modes)} only, not {used}")
         type_errors = tasks.get(self.task.type).spec_errors(names)
         if type_errors:
             raise ValueError("classes: " + "; ".join(type_errors))
@@ -344,9 +348,35 @@ def load_spec(path: str | Path) -> DatasetSpec:
     return parse_spec(data, str(path))
 
 
-def template(name: str) -> str:
-    """The commented spec template `factory init NAME` writes."""
+def template(name: str, task_type: str = "classification") -> str:
+    """The commented spec template `factory init NAME [--type TYPE]` writes.
+
+    The type's ``spec_template()`` (if it has one) gives its ``task.type`` line, classes block and mode
+    line, replacing the classification ones of templates/dataset.yaml."""
     if not NAME_RE.match(name):
         raise SpecError(f"dataset name '{name}' must be lowercase letters, digits, '-' or '_', starting with a letter")
-    text = (Path(__file__).parent / "templates" / "dataset.yaml").read_text(encoding="utf-8")
-    return text.format(name=name)
+    try:
+        tt = tasks.get(task_type)
+    except KeyError as e:
+        raise SpecError(str(e).strip("'\"")) from None
+    if not tt.pipeline_ready:
+        raise SpecError(f"task type '{task_type}' is not run by the batch pipeline yet; "
+                        f"use one of {tasks.names(pipeline_ready=True)}")
+    text = (Path(__file__).parent / "templates" / "dataset.yaml").read_text(encoding="utf-8").format(name=name)
+    if not hasattr(tt, "spec_template"):
+        return text
+    parts = tt.spec_template()
+    lines = text.split("\n")
+    start = next(i for i, ln in enumerate(lines) if ln.startswith("classes:"))
+    end = next(i for i, ln in enumerate(lines) if ln.startswith("guideline:"))
+    lines[start:end] = parts["classes"].rstrip("\n").split("\n") + [""]
+    out = []
+    for ln in lines:
+        if ln.lstrip().startswith("type: classification"):
+            ln = parts["type_line"]
+        elif ln.startswith("mode: ") and "mode_line" in parts:
+            ln = parts["mode_line"]
+        elif ln.lstrip().startswith("text: ") and "guideline_text" in parts:
+            ln = parts["guideline_text"]
+        out.append(ln)
+    return "\n".join(out)

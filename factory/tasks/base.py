@@ -79,3 +79,24 @@ class TaskType(Protocol):
     def from_labelstudio(self, results: list[dict], classes: Sequence[str], where: str = "") -> str:
         """Label Studio ``result`` entries of one annotation to the canonical stored label; AnswerError if
         they do not make one answer of this type."""
+
+
+class BatchHooks(Protocol):
+    """What a *pipeline-ready* type adds to :class:`TaskType` for the batch pipeline (``factory.pipeline``).
+
+    Predictions and fused answers carry one ``prob_<class>`` column per class: a distribution over the
+    classes (``answer_shape == "one"``) or per-class marginals (``"set"``: may this class be ticked?).
+    """
+
+    answer_shape: ClassVar[str]
+    """``"one"`` (one class per item) or ``"set"`` (a subset of the classes per item)."""
+
+    def make_labelers(self, seed: int = 0) -> list:
+        """Unfitted labelers of differentiated families (``factory.labelers.Labeler`` subclasses) that fit on
+        canonical stored labels and whose ``predict_proba`` gives the ``prob_<class>`` columns."""
+
+    def labeler_suite(self) -> str:
+        """Names and versions of those labelers (a model cache key: changed labeler code retrains)."""
+
+    def decide(self, probs: Any, classes: Sequence[str]) -> tuple[Any, Any]:
+        """A (items x classes) probability matrix -> the canonical labels and each label's probability."""

@@ -5,6 +5,7 @@ import math
 from typing import Any, ClassVar, Sequence
 from xml.sax.saxutils import quoteattr
 
+import numpy as np
 import pandas as pd
 
 from factory.engine.aggregate import aggregate
@@ -15,8 +16,26 @@ from factory.tasks.base import AnswerError
 class Classification:
     name: ClassVar[str] = "classification"
     pipeline_ready: ClassVar[bool] = True
+    answer_shape: ClassVar[str] = "one"
+    modes: ClassVar[tuple[str, ...]] = ("prelabel-human", "human-model", "prelabel-model")
     widget: ClassVar[str] = "choices"
     shortcuts: ClassVar[str] = "digit 1-9: choose that class and submit"
+
+    # -- batch pipeline hooks (see factory.tasks.base.BatchHooks)
+    def make_labelers(self, seed: int = 0) -> list:
+        from factory.labelers import make_labelers
+
+        return make_labelers("classification", seed=seed)
+
+    def labeler_suite(self) -> str:
+        from factory.labelers import labeler_suite_version
+
+        return labeler_suite_version("classification")
+
+    def decide(self, probs: np.ndarray, classes: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+        """A probability vector per item -> its most probable class and that class's probability."""
+        probs = np.asarray(probs, dtype=float)
+        return np.asarray([str(c) for c in classes], dtype=object)[probs.argmax(axis=1)], probs.max(axis=1)
 
     def spec_errors(self, classes: Sequence[str]) -> list[str]:
         return [] if len(classes) >= 2 else [f"classification needs at least 2 classes, got {len(classes)}"]

@@ -26,9 +26,78 @@ SEP = "|"
 
 class MultiLabel:
     name: ClassVar[str] = "multi-label"
-    pipeline_ready: ClassVar[bool] = False  # labelers, routing and final labels of sets are not built yet
+    pipeline_ready: ClassVar[bool] = True
+    answer_shape: ClassVar[str] = "set"
+    modes: ClassVar[tuple[str, ...]] = ("prelabel-human",)  # human-model / prelabel-model: not for sets yet
     widget: ClassVar[str] = "checkboxes"
     shortcuts: ClassVar[str] = "digit 1-9: tick or untick that class; Enter: submit the ticked set"
+
+    # -- batch pipeline hooks (see factory.tasks.base.BatchHooks)
+    def make_labelers(self, seed: int = 0) -> list:
+        from factory.set_labelers import make_set_labelers
+
+        return make_set_labelers(seed=seed)
+
+    def labeler_suite(self) -> str:
+        from factory.set_labelers import set_suite_version
+
+        return set_suite_version()
+
+    def decide(self, probs: np.ndarray, classes: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+        """Per-class marginals -> the set of classes at >= 0.5 and the probability of exactly that set
+        (classes independent given the item): prod_j max(p_j, 1 - p_j)."""
+        probs = np.asarray(probs, dtype=float)
+        names = [str(c) for c in classes]
+        on = probs >= 0.5
+        labels = np.array([SEP.join(c for c, t in zip(names, row) if t) for row in on], dtype=object)
+        conf = np.where(on, probs, 1.0 - probs).prod(axis=1) if probs.size else np.zeros(len(probs))
+        return labels, conf
+
+    def uncertain_classes(self, probs: np.ndarray, classes: Sequence[str], band: float = 0.25,
+                          top: int = 3) -> list[list[str]]:
+        """Per item, the classes whose probability is within ``band`` of 0.5, most uncertain first (at most
+        ``top``): what routing names so a reviewer looks there first."""
+        out = []
+        for row in np.asarray(probs, dtype=float).reshape(len(probs), -1):
+            dist = np.abs(row - 0.5)
+            out.append([str(classes[j]) for j in np.argsort(dist, kind="stable") if dist[j] <= band][:top])
+        return out
+
+    def pool_models(self, answers: pd.DataFrame, classes: Sequence[str]) -> pd.DataFrame:
+        """The labelers' per-class marginals averaged (linear pool), per item; the set and its probability."""
+        cols = [f"prob_{c}" for c in classes]
+        mean = answers.groupby("item_id", sort=True)[cols].mean()
+        labels, conf = self.decide(mean.to_numpy(), classes)
+        out = mean.copy()
+        out.insert(0, "label", labels)
+        out.insert(1, "confidence", conf)
+        return out
+
+    def fuse_with_models(self, people: pd.DataFrame, models: pd.DataFrame, classes: Sequence[str]) -> pd.DataFrame:
+        """People's answers and the labelers' predicted sets (each labeler a worker) fused by the label-set
+        Dawid-Skene: one row per item people answered (index item_id): ``label``, ``confidence`` (the fused
+        set's posterior).  ``people`` and ``models``: ``item_id, worker_id, label`` (canonical)."""
+        both = pd.concat([people[["item_id", "worker_id", "label"]],
+                          models.loc[models["item_id"].isin(people["item_id"]), ["item_id", "worker_id", "label"]]],
+                         ignore_index=True)
+        fused = self.fuse(both, classes)
+        return fused.loc[fused.index.isin(people["item_id"])]
+
+    def spec_template(self) -> dict[str, str]:
+        """What `factory init NAME --type multi-label` writes instead of the classification lines."""
+        return {
+            "type_line": "  type: multi-label          # each item gets a SET of the classes (tags), possibly none; answers\n"
+                         "                             # are the ticked classes joined by '|' (\"sport|politics\"), \"\" = none",
+            "classes": "classes:                     # the tags: name + when to tick it (names may not contain '|')\n"
+                       "  - name: sport\n"
+                       "    definition: \"Tick when the text is about a sport, a match or an athlete.\"\n"
+                       "  - name: politics\n"
+                       "    definition: \"Tick when the text is about government, elections or a policy.\"\n"
+                       "  - name: economy\n"
+                       "    definition: \"Tick when the text is about money, markets, prices or jobs.\"\n",
+            "mode_line": "mode: prelabel-human         # multi-label runs in prelabel-human (models first, people check)",
+            "guideline_text": "  text: \"Tick every class the text is about; tick none if none applies.\"",
+        }
 
     def spec_errors(self, classes: Sequence[str]) -> list[str]:
         errs = [f"class '{c}': a multi-label class name may not contain '{SEP}'" for c in classes if SEP in str(c)]

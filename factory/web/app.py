@@ -51,7 +51,8 @@ EXPERT_TASK_KINDS = ("arbitrate",)
 
 
 class AnswerIn(BaseModel):
-    label: str = Field(min_length=1, max_length=128, description="One of the dataset's class names.")
+    label: str = Field(max_length=4096, description="One of the dataset's class names; multi-label: the ticked "
+                                                     "classes joined by '|' (\"\" = none of them).")
     submission_id: str = Field(min_length=1, max_length=128,
                                description="Client-chosen id; resending the same submission is idempotent.")
 

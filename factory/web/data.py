@@ -79,6 +79,8 @@ def task_payload(fx, specs: SpecCache, task: dict, *, with_text: bool = True) ->
         "suggestion_shown": bool(spec.review.show_model_suggestion),
         "classes": [{"name": c.name, "definition": c.definition} for c in spec.classes],
         "guideline": {"version": spec.guideline.version, "text": spec.guideline.text},
+        # the task type's answer form: "choices" (one class) or "checkboxes" (a set, '|'-joined, "" = none)
+        "widget": spec.task_type.widget, "shortcuts": spec.task_type.shortcuts,
     }
     if with_text:
         row = item_row(fx, task["dataset"], task["item_id"])

@@ -1,7 +1,10 @@
 "use strict";
 // The annotator queue: keyboard-first. Digits choose, Enter submits, S skips with a reason, U undoes the
 // last answer within the grace period, G opens the guideline and class definitions.
-const state = { task: null, selected: null, last: null, busy: false };
+// Multi-label tasks (widget "checkboxes"): digits tick or untick a class, Enter submits the ticked set
+// (the classes in the spec's order joined by '|'; nothing ticked is the answer "none of these").
+const state = { task: null, selected: null, ticked: new Set(), last: null, busy: false };
+const multi = () => state.task && state.task.widget === "checkboxes";
 const $ = (id) => document.getElementById(id);
 
 async function loadProgress() {
@@ -16,7 +19,7 @@ async function loadProgress() {
 }
 
 async function loadNext() {
-  state.task = null; state.selected = null;
+  state.task = null; state.selected = null; state.ticked = new Set();
   $("submit").disabled = true;
   try {
     const res = await api("GET", "/api/tasks/next");
@@ -35,17 +38,25 @@ function render(task) {
   renderText($("item-text"), task.text, []);
   $("legend").hidden = true;
   const ol = $("classes"); ol.textContent = "";
+  ol.classList.toggle("checkboxes", multi());
+  const suggested = multi() ? (task.suggestion || "").split("|").filter(Boolean) : [task.suggestion];
   task.classes.forEach((c, i) => {
     const b = el("button", { type: "button", title: c.definition, "data-label": c.name },
       el("span", { class: "key" }, i < 9 ? String(i + 1) : ""), c.name);
-    if (task.suggestion === c.name) b.append(el("span", { class: "hint" }, "suggested"));
+    if (multi()) { b.setAttribute("role", "checkbox"); b.setAttribute("aria-checked", "false"); }
+    if (suggested.includes(c.name)) b.append(el("span", { class: "hint" }, "suggested"));
     b.addEventListener("click", () => select(i));
     ol.append(el("li", {}, b));
   });
   $("suggestion").hidden = !task.suggestion;
   $("suggestion-label").textContent = task.suggestion || "";
-  const idx = task.classes.findIndex((c) => c.name === task.suggestion);
-  if (idx >= 0) select(idx);
+  if (multi()) {
+    task.classes.forEach((c, i) => { if (suggested.includes(c.name)) select(i); });
+    $("submit").disabled = false;  // the empty set is an answer too
+  } else {
+    const idx = task.classes.findIndex((c) => c.name === task.suggestion);
+    if (idx >= 0) select(idx);
+  }
   $("guideline-version").textContent = "v" + task.guideline.version;
   $("guideline-text").textContent = task.guideline.text || "(no guideline text in the spec)";
   const dl = $("class-defs"); dl.textContent = "";
@@ -60,6 +71,15 @@ function render(task) {
 
 function select(i) {
   if (!state.task || i >= state.task.classes.length) return;
+  if (multi()) {  // tick or untick
+    const name = state.task.classes[i].name;
+    if (state.ticked.has(name)) state.ticked.delete(name); else state.ticked.add(name);
+    document.querySelectorAll("#classes button").forEach((b) => {
+      const on = state.ticked.has(b.dataset.label);
+      b.classList.toggle("selected", on); b.setAttribute("aria-checked", on ? "true" : "false");
+    });
+    return;
+  }
   state.selected = state.task.classes[i].name;
   document.querySelectorAll("#classes button").forEach((b, j) => b.classList.toggle("selected", j === i));
   $("submit").disabled = false;
@@ -67,13 +87,14 @@ function select(i) {
 
 async function submit() {
   if (!state.task || state.busy) return;
-  if (!state.selected) { toast("Choose a class first (1–" + Math.min(9, state.task.classes.length) + ")", true); return; }
+  if (multi()) state.selected = state.task.classes.map((c) => c.name).filter((n) => state.ticked.has(n)).join("|");
+  if (!multi() && !state.selected) { toast("Choose a class first (1–" + Math.min(9, state.task.classes.length) + ")", true); return; }
   state.busy = true;
   const t = state.task, label = state.selected;
   try {
     await api("POST", "/api/tasks/" + encodeURIComponent(t.task_id) + "/answer", { label, submission_id: newId() });
     state.last = { task_id: t.task_id, label };
-    toast("Saved “" + label + "” · press U to undo");
+    toast("Saved “" + (label === "" ? "none of these" : label) + "” · press U to undo");
     await loadNext();
   } catch (e) {
     toast(e.message, true);

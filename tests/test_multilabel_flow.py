@@ -1,0 +1,237 @@
+"""multi-label end to end through the CLI: init --type multi-label, ingest, run, answer sets, release, verify, trace.
+
+The data set is built here: each text names the tags it carries through keywords (several per tag, so the
+labelers can learn them from a small seed), tags drawn at random, some items with none.
+"""
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+from click.testing import CliRunner
+
+from factory.cli import main
+from tests.conftest import write_csv
+
+TAGS = {"sport": ["football match", "the striker scored", "tennis final", "the league table"],
+        "politics": ["the election", "parliament voted", "the minister said", "a new government policy"],
+        "economy": ["stock markets fell", "inflation rose", "the central bank", "jobs and wages"]}
+FILLER = ["on monday", "according to reports", "in the capital", "this week", "people said", "later on"]
+
+
+def make_items(n: int, seed: int = 0) -> tuple[list[str], list[str]]:
+    rng = np.random.default_rng(seed)
+    texts, truth = [], []
+    names = list(TAGS)
+    for i in range(n):
+        tags = [t for t in names if rng.random() < 0.4]
+        parts = [str(rng.choice(TAGS[t])) for t in tags] + [str(rng.choice(FILLER)) for _ in range(2)]
+        rng.shuffle(parts)
+        texts.append(f"Item {i}: " + ", ".join(parts) + ".")
+        truth.append("|".join(tags))
+    return texts, truth
+
+
+@pytest.fixture
+def cli(root):
+    runner = CliRunner()
+
+    def invoke(*args, ok=True):
+        res = runner.invoke(main, [str(a) for a in args], catch_exceptions=False)
+        if ok:
+            assert res.exit_code == 0, res.output
+        return res
+    return invoke
+
+
+def _answer_open(cli, truth_by_text: dict, tmp_path: Path, dataset: str, name: str) -> int:
+    open_tasks = [t for t in json.loads(cli("tasks", "list", "--dataset", dataset, "--json").output)
+                  if t.get("status", "open") == "open"]
+    if not open_tasks:
+        return 0
+    who = {"arbitrate": "expert-1", "second": "rev-2", "seed": "ann-1"}
+    rows = [{"task_id": t["task_id"], "annotator": who.get(t["kind"], "rev-1"),
+             "labels": truth_by_text[t["text"]], "rationale": "keywords" if t["kind"] == "arbitrate" else ""}
+            for t in open_tasks]
+    pd.DataFrame(rows).to_csv(tmp_path / name, index=False)
+    out = cli("tasks", "import", tmp_path / name).output
+    assert f"imported {len(rows)} answers" in out
+    return len(rows)
+
+
+def test_multilabel_flow_from_init_to_trace(cli, root, fx, tmp_path):
+    out = cli("init", "tags", "--type", "multi-label").output
+    assert "wrote" in out
+    spec_path = root / "datasets" / "tags.yaml"
+    text = spec_path.read_text()
+    assert "type: multi-label" in text and "'|'" in text  # the commented template of the type
+    spec = yaml.safe_load(text)
+    assert [c["name"] for c in spec["classes"]] == ["sport", "politics", "economy"]
+    spec["seed"]["size"] = 24
+    # a 24-item seed makes modest models (calibrated set confidence ~0.4-0.7): a low threshold lets some through
+    spec["quality"].update(audit_rate=0.5, min_accuracy=0.5, confidence_threshold=0.55)
+    spec["review"]["budget"] = 1.0
+    spec_path.write_text(yaml.safe_dump(spec))
+    assert "valid" in cli("validate", "--dataset", "tags").output
+
+    for who, tier in (("ann-1", "L1"), ("rev-1", "L2"), ("rev-2", "L2"), ("expert-1", "expert")):
+        cli("annotators", "add", who, "--tier", tier)
+    texts, truth = make_items(60)
+    truth_by_text = dict(zip(texts, truth))
+    src = write_csv(tmp_path / "tags.csv", texts)
+    cli("ingest", src, "--dataset", "tags")
+    batch = fx.ledger.batches("tags").iloc[0]["batch_id"]
+    assert "wait for people" in cli("run", "--dataset", "tags", "--batch", batch).output
+    listing = json.loads(cli("tasks", "list", "--batch", batch, "--json").output)
+    assert len(listing) == 24 and all(t["kind"] == "seed" for t in listing)
+
+    # one answer by hand: a set joined by '|'; a class outside the schema is refused with the cause
+    t0 = listing[0]
+    res = cli("tasks", "answer", t0["task_id"], "sport|weather", "--annotator", "ann-1", ok=False)
+    assert res.exit_code == 2 and "weather" in res.output
+    cli("tasks", "answer", t0["task_id"], truth_by_text[t0["text"]], "--annotator", "ann-1")
+    # the rest from a CSV with a labels column (an empty cell is the empty set)
+    assert _answer_open(cli, truth_by_text, tmp_path, "tags", "seed.csv") == 23
+
+    out = cli("run", "--dataset", "tags", "--batch", batch, ok=False).output
+    preds = pd.read_parquet(fx.paths.table("model_predictions", "tags", batch))
+    assert preds["labeler"].nunique() == 3  # three one-vs-rest families
+    assert {"prob_sport", "prob_politics", "prob_economy"} <= set(preds.columns)
+    # the models learnt the keywords: their pooled set is the truth on most items never shown to them
+    fused = pd.read_parquet(fx.paths.table("fused_labels", "tags", batch))
+    items = fx.ledger.items("tags").set_index("item_id")["text"]
+    exact = (fused["label"] == fused["item_id"].map(items).map(truth_by_text)).mean()
+    assert exact >= 0.7, exact
+    routes = pd.read_parquet(fx.paths.table("routing", "tags", batch))
+    reasons = set(routes["reasons"].map(json.loads).explode().dropna())
+    assert {"disagreement", "low_confidence", "audit"} <= reasons, reasons
+    assert any(r.startswith("uncertain: ") for r in reasons)  # routing names the classes to look at first
+    assert {"audit", "review"} <= set(routes["route"])  # the audit: machine-accepted sets checked by people
+    for i in range(6):  # review/audit tasks, then second opinions or arbitrations finalise may open
+        if "finalise: ok" in out:
+            break
+        _answer_open(cli, truth_by_text, tmp_path, "tags", f"round{i}.csv")
+        out = cli("run", "--dataset", "tags", "--batch", batch, ok=False).output
+    assert "finalise: ok" in out, out
+    final = pd.read_parquet(fx.paths.table("final_labels", "tags", batch))
+    assert final["label"].map(lambda s: set(s.split("|")) - {""} <= set(TAGS)).all()
+    assert "release: ok" in cli("run", "--dataset", "tags", "--stage", "release").output
+    rel = Path(fx.ledger.releases("tags").iloc[0]["path"])
+    assert "every file matches" in cli("verify-release", rel).output
+
+    # the release carries sets as lists of class names
+    table = pd.read_parquet(rel / "labels.parquet")
+    assert all(isinstance(v, np.ndarray) and set(v) <= set(TAGS) for v in table["label"])
+    by_text = dict(zip(table["text"], table["label"].map(list)))
+    right = np.mean([by_text[t] == [c for c in TAGS if c in truth_by_text[t].split("|")] for t in by_text])
+    assert right >= 0.9, right
+
+    import datasets
+
+    ds = datasets.load_dataset(str(rel))
+    split = next(iter(ds.values()))
+    feat = split.features["label"]
+    names = getattr(getattr(feat, "feature", None), "names", None) or feat[0].names
+    assert names == list(TAGS)
+    first = split[0]
+    assert [names[j] for j in first["label"]] == by_text[first["text"]]
+
+    import mlcroissant as mlc
+
+    mlc.Dataset(jsonld=str(rel / "croissant.json"))  # raises on an invalid Croissant file
+
+    trace = json.loads(cli("trace", t0["item_id"], "--dataset", "tags", "--json").output)["events"]
+    kinds = [e["kind"] for e in trace]
+    assert kinds[0] == "human" and "model" in kinds and kinds[-1] == "final"
+    assert trace[0]["label"] == truth_by_text[t0["text"]]
+
+    (rel / "labels.parquet").write_bytes(b"tampered")
+    assert cli("verify-release", rel, ok=False).exit_code == 1
+
+
+def test_multilabel_labelers_predict_sets(tmp_path):
+    from factory import tasks
+    from factory.labelers import Labeler
+
+    texts, truth = make_items(80, seed=1)
+    items = pd.DataFrame({"item_id": [f"i{i}" for i in range(80)], "text": texts})
+    tt = tasks.get("multi-label")
+    classes = list(TAGS)
+    labelers = tt.make_labelers(seed=0)
+    assert len({lb.family for lb in labelers}) == 3
+    for lb in labelers:
+        lb.fit(items[:50], truth[:50], classes)
+        p = lb.predict_proba(items[50:])
+        assert p.shape == (30, 3) and ((p > 0) & (p < 1)).all()
+        labels, conf = tt.decide(p, classes)
+        assert list(labels) == lb.predict(items[50:])
+        assert ((conf > 0) & (conf <= 1)).all()
+        if lb.family != "pretrained-embedding":  # bag-of-words learn these keywords from 50 items
+            assert np.mean(np.array(labels) == np.array(truth[50:])) >= 0.6
+        lb.save(tmp_path / lb.name)
+        again = Labeler.load(tmp_path / lb.name)
+        assert np.allclose(again.predict_proba(items[50:]), p)
+    with pytest.raises(ValueError, match="weather"):
+        labelers[0].fit(items[:2], ["sport", "weather"], classes)
+    # a class the seed never ticks keeps a small probability, never 0
+    lb = tt.make_labelers()[0].fit(items[:10], ["sport"] * 5 + [""] * 5, classes)
+    assert (lb.predict_proba(items[10:12])[:, 1] > 0).all()
+
+
+def test_decide_thresholds_marginals_and_prices_the_set():
+    from factory import tasks
+
+    tt = tasks.get("multi-label")
+    labels, conf = tt.decide(np.array([[0.9, 0.2, 0.6], [0.1, 0.1, 0.1]]), ["a", "b", "c"])
+    assert list(labels) == ["a|c", ""]
+    assert np.allclose(conf, [0.9 * 0.8 * 0.6, 0.9 ** 3])
+    assert tt.uncertain_classes(np.array([[0.9, 0.45, 0.6], [0.99, 0.01, 0.02]]), ["a", "b", "c"]) == [["b", "c"], []]
+    one = tasks.get("classification").decide(np.array([[0.2, 0.8]]), ["x", "y"])
+    assert list(one[0]) == ["y"] and np.allclose(one[1], [0.8])
+
+
+def test_multilabel_refuses_modes_it_does_not_run(root):
+    from factory.errors import FactoryError
+    from factory.pipeline import Factory
+    from factory.spec import template
+
+    spec = yaml.safe_load(template("tags", "multi-label"))
+    spec["mode"] = "human-model"
+    (root / "datasets" / "tags.yaml").write_text(yaml.safe_dump(spec))
+    with pytest.raises((FactoryError, ValueError), match="runs in \\['prelabel-human'\\] only"):
+        Factory.at(root).spec("tags")
+
+
+def test_people_and_the_models_pooled_set_are_fused_as_sets():
+    from factory import tasks
+
+    tt = tasks.get("multi-label")
+    models = pd.DataFrame({"item_id": ["i1", "i2", "i3"], "worker_id": "models:pooled", "label": ["a", "a", "b"]})
+    people = pd.DataFrame({"item_id": ["i1", "i1", "i2"], "worker_id": ["p1", "p2", "p1"], "label": ["a|b", "a|b", "a"]})
+    out = tt.fuse_with_models(people, models, ["a", "b", "c"])
+    assert sorted(out.index) == ["i1", "i2"]  # only what people answered
+    assert out.at["i1", "label"] == "a|b"  # two people outweigh the models' one set
+    assert out.at["i2", "label"] == "a" and out.at["i2", "confidence"] > out.at["i1", "confidence"] * 0 + 0.5
+
+
+def test_in_schema_checks_each_class_of_a_set(root):
+    from factory.pipeline import in_schema
+    from factory.spec import template, load_spec
+
+    (root / "datasets" / "tags.yaml").write_text(template("tags", "multi-label"))
+    spec = load_spec(root / "datasets" / "tags.yaml")
+    got = in_schema(spec, pd.Series(["sport|politics", "", "politics|sport", "sport|weather", "economy"]))
+    assert got.tolist() == [True, True, False, False, True]  # not canonical order is not the stored form
+
+
+def test_the_standards_label_check_becomes_the_types():
+    from checks.standards import expectations, typed_expectations
+    from factory import tasks
+
+    decl = expectations("final_labels", "factory-default-1.2.0")
+    assert typed_expectations(decl, tasks.get("classification"), ["a", "b"]) == decl  # unchanged for one class
+    sets = typed_expectations(decl, tasks.get("multi-label"), ["a", "b"])
+    check = next(e for e in sets if e["name"] == "label_in_schema")  # the name asset checks are declared under
+    assert check["type"] == "expect_column_values_to_match_regex" and [e["name"] for e in sets] == [e["name"] for e in decl]
