@@ -741,7 +741,7 @@ class Ledger:
                       {"assignee": row["lease_assignee"], "lease_until": row["lease_until_"]})
         return t
 
-    def answer_task(self, task_id: str, label: str, annotator: str, classes: Sequence[str], *,
+    def answer_task(self, task_id: str, label: str, annotator: str, classes: "LabelSchema | Sequence[str]", *,
                     spec_version: str | None = None, guideline_version: str | None = None,
                     correct: bool = False, source: str = "cli", submission_id: str | None = None,
                     require_lease: bool = False) -> dict:
@@ -754,13 +754,11 @@ class Ledger:
         t = self.task(task_id)
         if t is None:
             raise TaskNotFound(f"task '{task_id}': no such task; list open tasks with `factory tasks list`")
-        if str(label) not in set(map(str, classes)):
-            raise TaskError(f"task '{task_id}': label '{label}' is not in the schema of dataset "
-                            f"'{t['dataset']}'; use one of {list(classes)}")
+        label = _schema(classes).parse(label, f"task '{task_id}' of dataset '{t['dataset']}'")
         if not annotator or not str(annotator).strip():
             raise TaskError(f"task '{task_id}': an answer needs an annotator id (--annotator)")
         with self.engine.begin() as c:
-            return self._answer(c, t, str(label), annotator, spec_version=spec_version,
+            return self._answer(c, t, label, annotator, spec_version=spec_version,
                                 guideline_version=guideline_version, correct=correct, source=source,
                                 submission_id=submission_id, require_lease=require_lease)
 

@@ -89,7 +89,7 @@ class SimulatedPool:
             answers.append({"task_id": t.task_id, "label": label, "annotator": person, "source": "simulated",
                             "spec_version": spec.version, "guideline_version": spec.guideline.version})
         if answers:
-            ledger.answer_tasks(answers, {spec.name: classes})
+            ledger.answer_tasks(answers, {spec.name: spec.label_schema})
         return n + len(answers)
 
 

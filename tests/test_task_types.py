@@ -291,6 +291,9 @@ def test_the_answer_door_and_the_ledger_store_the_types_canonical_label(root, mu
     with pytest.raises(AnswerError, match="not in the schema"):
         fx.ledger.answer_tasks([{"task_id": "t2", "label": "tech|cooking", "annotator": "ann-2"}],
                                {"tags": fx.spec("tags").label_schema})
+    # and its single-answer door canonicalises through the same schema
+    fx.ledger.answer_task("t2", ["tech", "sport"], "ann-2", fx.spec("tags").label_schema, source="test")
+    assert fx.ledger.tasks("tags", status="answered").set_index("task_id").at["t2", "answer"] == "sport|tech"
 
 
 def test_release_card_croissant_and_label_studio_take_the_label_column_from_the_type(root, multilabel_ready):
