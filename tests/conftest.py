@@ -55,6 +55,23 @@ def root(tmp_path, monkeypatch) -> Path:
 
 
 @pytest.fixture
+def cli(root):
+    """`cli(*args, ok=True)`: run the factory CLI in-process on `root`; with ok, exit code 0 is asserted."""
+    from click.testing import CliRunner
+
+    from factory.cli import main
+
+    runner = CliRunner()
+
+    def invoke(*args, ok=True):
+        res = runner.invoke(main, [str(a) for a in args], catch_exceptions=False)
+        if ok:
+            assert res.exit_code == 0, res.output
+        return res
+    return invoke
+
+
+@pytest.fixture
 def fx(root):
     from factory.pipeline import Factory
 

@@ -6,23 +6,9 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from click.testing import CliRunner
 
-from factory.cli import main
 from factory.simulate import SimulatedPool
 from tests.conftest import write_csv
-
-
-@pytest.fixture
-def cli(root):
-    runner = CliRunner()
-
-    def invoke(*args, ok=True):
-        res = runner.invoke(main, [str(a) for a in args], catch_exceptions=False)
-        if ok:
-            assert res.exit_code == 0, res.output
-        return res
-    return invoke
 
 
 def test_help_explains_every_command(cli):

@@ -10,9 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import yaml
-from click.testing import CliRunner
 
-from factory.cli import main
 from tests.conftest import write_csv
 
 TAGS = {"sport": ["football match", "the striker scored", "tennis final", "the league table"],
@@ -32,18 +30,6 @@ def make_items(n: int, seed: int = 0) -> tuple[list[str], list[str]]:
         texts.append(f"Item {i}: " + ", ".join(parts) + ".")
         truth.append("|".join(tags))
     return texts, truth
-
-
-@pytest.fixture
-def cli(root):
-    runner = CliRunner()
-
-    def invoke(*args, ok=True):
-        res = runner.invoke(main, [str(a) for a in args], catch_exceptions=False)
-        if ok:
-            assert res.exit_code == 0, res.output
-        return res
-    return invoke
 
 
 def _answer_open(cli, truth_by_text: dict, tmp_path: Path, dataset: str, name: str) -> int:
