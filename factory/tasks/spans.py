@@ -89,7 +89,8 @@ class Spans:
         rows = [(a.item_id, a.worker_id, i, tag) for a in answers.itertuples(index=False)
                 for i, tag in enumerate(self.to_bio(a.label, n_tok[a.item_id]))]
         bio = pd.DataFrame(rows, columns=["sentence_id", "worker_id", "token_index", "tag"])
-        toks = pd.DataFrame([(i, k) for i, n in n_tok.items() if i in set(answers["item_id"]) for k in range(n)],
+        answered = set(answers["item_id"])
+        toks = pd.DataFrame([(i, k) for i, n in n_tok.items() if i in answered for k in range(n)],
                             columns=["sentence_id", "token_index"])
         res = aggregate_spans(bio, tokens=toks, types=list(classes))
         out = {}
