@@ -486,10 +486,15 @@ def _prelabel_model_routes(spec: DatasetSpec, preds: pd.DataFrame, items: pd.Ind
     verifier = _verifier_name(names)
     p = preds[preds["item_id"].isin(items)]
     prim = p[p["labeler"] != verifier].rename(columns={"labeler": "worker_id"})
-    fused = aggregate(prim[["item_id", "worker_id", "label", *prob_cols(classes)]], method="auto", classes=classes)
+    answers = prim[["item_id", "worker_id", "label", *prob_cols(classes)]]
+    tt = spec.task_type
+    # sets: the primary labelers' per-class marginals pooled, and the verifier's own set check (the type's)
+    fused = aggregate(answers, method="auto", classes=classes) if tt.answer_shape == "one" else \
+        tt.pool_models(answers, classes)
     ver = p[p["labeler"] == verifier].set_index("item_id").reindex(fused.index)
     agree = fused["label"].astype(str) == ver["label"].astype(str)
-    conf_ok = verifier_accepts(fused, ver, classes, spec.prelabel_model.accept_confidence)
+    accepts = verifier_accepts if tt.answer_shape == "one" else tt.verifier_accepts
+    conf_ok = accepts(fused, ver, classes, spec.prelabel_model.accept_confidence)
     out = pd.DataFrame({"item_id": fused.index, "label": fused["label"].astype(str).to_numpy(),
                         "confidence": fused["confidence"].to_numpy()})
     ok = (agree & conf_ok).to_numpy()
@@ -534,9 +539,11 @@ def _verifier_name(labeler_names: list[str]) -> str:
     (features learned outside the seed, so its errors are the least tied to the bag-of-words ones), else a
     dense-feature family."""
     from factory.labelers import GloveSifLogReg
+    from factory.set_labelers import OvrGloveLogReg
 
-    if GloveSifLogReg.name in labeler_names:
-        return GloveSifLogReg.name
+    for embedding in (GloveSifLogReg.name, OvrGloveLogReg.name):  # one label, or a set (one-vs-rest)
+        if embedding in labeler_names:
+            return embedding
     for n in labeler_names:
         if "lsa" in n or "knn" in n or "boost" in n:
             return n

@@ -186,7 +186,7 @@ def test_multilabel_refuses_modes_it_does_not_run(root):
     spec = yaml.safe_load(template("tags", "multi-label"))
     spec["mode"] = "human-model"
     (root / "datasets" / "tags.yaml").write_text(yaml.safe_dump(spec))
-    with pytest.raises((FactoryError, ValueError), match="runs in \\['prelabel-human'\\] only"):
+    with pytest.raises((FactoryError, ValueError), match="runs in \\['prelabel-human', 'prelabel-model'\\] only"):
         Factory.at(root).spec("tags")
 
 
@@ -221,3 +221,57 @@ def test_the_standards_label_check_becomes_the_types():
     sets = typed_expectations(decl, tasks.get("multi-label"), ["a", "b"])
     check = next(e for e in sets if e["name"] == "label_in_schema")  # the name asset checks are declared under
     assert check["type"] == "expect_column_values_to_match_regex" and [e["name"] for e in sets] == [e["name"] for e in decl]
+
+
+def test_multilabel_runs_in_prelabel_model_mode(cli, root, fx, tmp_path):
+    """Model pre-label + model verification for sets: the embedding family verifies the pooled set of the others."""
+    cli("init", "tags", "--type", "multi-label")
+    spec_path = root / "datasets" / "tags.yaml"
+    spec = yaml.safe_load(spec_path.read_text())
+    spec["mode"] = "prelabel-model"
+    spec["seed"]["size"] = 24
+    spec["quality"].update(min_accuracy=0.5)
+    spec["prelabel_model"] = {"accept_confidence": 0.5, "on_disagreement": "to-human", "audit_rate": 0.1}
+    spec_path.write_text(yaml.safe_dump(spec))
+    for who, tier in (("ann-1", "L1"), ("rev-1", "L2"), ("rev-2", "L2"), ("expert-1", "expert")):
+        cli("annotators", "add", who, "--tier", tier)
+    texts, truth = make_items(60)
+    truth_by_text = dict(zip(texts, truth))
+    cli("ingest", write_csv(tmp_path / "tags.csv", texts), "--dataset", "tags")
+    batch = fx.ledger.batches("tags").iloc[0]["batch_id"]
+    cli("run", "--dataset", "tags", "--batch", batch, ok=False)
+    assert _answer_open(cli, truth_by_text, tmp_path, "tags", "seed.csv") == 24
+    out = cli("run", "--dataset", "tags", "--batch", batch, ok=False).output
+    routes = pd.read_parquet(fx.paths.table("routing", "tags", batch)).set_index("item_id")
+    reasons = routes["reasons"].map(json.loads)
+    assert set(routes["route"]) <= {"seed", "verified", "review", "audit"} and (routes["route"] == "verified").any()
+    assert reasons[routes["route"] == "verified"].map(lambda r: r == ["verifier_agrees"]).all()
+    # the verifier is the embedding family, kept out of the pooled set it checks
+    notes = [r for rs in reasons for r in rs if r.startswith("verifier ")]
+    assert all(r.startswith("verifier ovr_glove_logreg says") for r in notes)
+    assert (routes["route"] == "audit").sum() >= 6  # audit_rate 0.1 of 60 items
+    for i in range(6):
+        if "finalise: ok" in out:
+            break
+        _answer_open(cli, truth_by_text, tmp_path, "tags", f"round{i}.csv")
+        out = cli("run", "--dataset", "tags", "--batch", batch, ok=False).output
+    assert "finalise: ok" in out, out
+    final = pd.read_parquet(fx.paths.table("final_labels", "tags", batch)).set_index("item_id")
+    verified = routes.index[routes["route"] == "verified"]
+    assert (final.loc[verified, "source"] == "verified").all()
+    items = fx.ledger.items("tags").set_index("item_id")["text"]
+    right = (final["label"] == final.index.map(items).map(truth_by_text)).mean()
+    assert right >= 0.8, right
+    assert "release" in cli("run", "--dataset", "tags", "--stage", "release", ok=False).output
+
+
+def test_the_set_verifier_needs_the_same_set_and_a_joint_probability():
+    from factory.tasks.multilabel import MultiLabel
+
+    classes = ["a", "b"]
+    fused = pd.DataFrame({"label": ["a", "a", "a|b"], "prob_a": [0.9, 0.9, 0.6], "prob_b": [0.1, 0.1, 0.6]})
+    ver = pd.DataFrame({"label": ["a", "", "a|b"], "prob_a": [0.8, 0.4, 0.6], "prob_b": [0.2, 0.2, 0.6]})
+    ok = MultiLabel().verifier_accepts(fused, ver, classes, 0.8)
+    # agreeing confident sets pass; a different set never does; agreeing but unsure (joint 0.69^2) does not
+    assert ok.tolist() == [True, False, False]
+    assert MultiLabel().verifier_accepts(fused, ver, classes, 0.4).tolist() == [True, False, True]

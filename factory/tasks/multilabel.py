@@ -28,7 +28,7 @@ class MultiLabel:
     name: ClassVar[str] = "multi-label"
     pipeline_ready: ClassVar[bool] = True
     answer_shape: ClassVar[str] = "set"
-    modes: ClassVar[tuple[str, ...]] = ("prelabel-human",)  # human-model / prelabel-model: not for sets yet
+    modes: ClassVar[tuple[str, ...]] = ("prelabel-human", "prelabel-model")  # human-model: not for sets yet
     widget: ClassVar[str] = "checkboxes"
     shortcuts: ClassVar[str] = "digit 1-9: tick or untick that class; Enter: submit the ticked set"
 
@@ -72,6 +72,24 @@ class MultiLabel:
         out.insert(0, "label", labels)
         out.insert(1, "confidence", conf)
         return out
+
+    def verifier_accepts(self, fused: pd.DataFrame, verifier: pd.DataFrame, classes: Sequence[str],
+                         accept: float) -> pd.Series:
+        """Mode prelabel-model: True where the verifier predicts the same set as the fused labelers and the
+        set's joint probability is >= ``accept``.
+
+        Per class the two are independent evidence (different families on different features), as for
+        one label: q = p_f p_v / (p_f p_v + (1 - p_f)(1 - p_v)); the set's probability is the product over
+        classes of q (ticked) or 1 - q (not ticked), classes independent given the item like ``decide``."""
+        cols = [f"prob_{c}" for c in classes]
+        pf = fused[cols].to_numpy(float)
+        pv = verifier[cols].to_numpy(float)
+        on, off = pf * pv, (1.0 - pf) * (1.0 - pv)
+        q = on / np.clip(on + off, 1e-300, None)
+        ticked = np.array([[c in set(self.decode(str(lab))) for c in classes] for lab in fused["label"]], dtype=bool)
+        p_set = np.where(ticked, q, 1.0 - q).prod(axis=1) if len(cols) else np.ones(len(fused))
+        agree = (fused["label"].astype(str) == verifier["label"].astype(str)).to_numpy()
+        return pd.Series(agree & (p_set >= accept), index=fused.index)
 
     def fuse_with_models(self, people: pd.DataFrame, models: pd.DataFrame, classes: Sequence[str]) -> pd.DataFrame:
         """People's answers and the labelers' predicted sets (each labeler a worker) fused by the label-set
