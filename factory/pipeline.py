@@ -561,18 +561,24 @@ def _human_model_routes(fx: Factory, spec: DatasetSpec, dataset: str, batch_id: 
     dec = dec[dec["item_id"].isin(items["item_id"])]
     answered = dec.groupby("item_id").size()
     missing = items.loc[~items["item_id"].isin(answered.index), "item_id"]
-    human = aggregate(dec.rename(columns={"actor": "worker_id"})[["item_id", "worker_id", "label"]],
-                      method="auto", classes=classes) if len(dec) else pd.DataFrame(columns=["label", "confidence"])
+    tt = spec.task_type
+    people = dec.rename(columns={"actor": "worker_id"})[["item_id", "worker_id", "label"]]
+    if not len(dec):
+        human = pd.DataFrame(columns=["label", "confidence"])
+    else:  # one label: Dawid-Skene over people; sets: the label-set Dawid-Skene (the type's fusion)
+        human = aggregate(people, method="auto", classes=classes) if tt.answer_shape == "one" else \
+            tt.fuse(people, classes)
     labelled = items[items["item_id"].isin(human.index)].set_index("item_id")
     given = human.loc[labelled.index, "label"].astype(str)
     rows = []
     if len(labelled) >= 2:
-        oos = cross_val_proba(lambda: spec.task_type.make_labelers()[0],
+        oos = cross_val_proba(lambda: tt.make_labelers()[0],
                               labelled.reset_index()[["item_id", "text"]], given.tolist(), classes,
                               folds=spec.human_model.verify_with)
-        sus = find_suspect_labels(given.tolist(), oos, classes,
-                                  fused_posterior=human.loc[labelled.index, prob_cols(classes)].to_numpy(),
-                                  index=labelled.index).reindex(labelled.index)
+        posterior = human.loc[labelled.index, prob_cols(classes)].to_numpy(float)
+        # sets: each class a yes/no question for the same confident-learning rule (the type's adapter)
+        suspects = find_suspect_labels if tt.answer_shape == "one" else tt.suspect_sets
+        sus = suspects(given.tolist(), oos, classes, posterior, index=labelled.index).reindex(labelled.index)
     else:
         sus = pd.DataFrame({"flag": False, "reasons": [[]] * len(labelled)}, index=labelled.index)
     n_labels = dec.groupby("item_id")["label"].nunique()
@@ -584,8 +590,9 @@ def _human_model_routes(fx: Factory, spec: DatasetSpec, dataset: str, batch_id: 
             reasons += [r for r in sus.at[item_id, "reasons"] if isinstance(r, str)][:2]
         if n_labels.get(item_id, 1) > 1:
             reasons.append("annotators_disagree")
-        for rule in spec.rules:
-            if meta[item_id].get(rule.field) in rule.equals and given[item_id] in rule.forbids:
+        for rule in spec.rules:  # a set breaks a rule when any of its classes is forbidden
+            chosen = {given[item_id]} if tt.answer_shape == "one" else set(tt.decode(given[item_id]))
+            if meta[item_id].get(rule.field) in rule.equals and chosen & set(rule.forbids):
                 reasons.append(f"rule:{rule.name}: '{given[item_id]}' is forbidden when {rule.field}="
                                f"{meta[item_id].get(rule.field)}")
         rows.append(dict(item_id=item_id, route="verify" if reasons else "annotated", label=given[item_id],

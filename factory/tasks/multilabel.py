@@ -28,7 +28,7 @@ class MultiLabel:
     name: ClassVar[str] = "multi-label"
     pipeline_ready: ClassVar[bool] = True
     answer_shape: ClassVar[str] = "set"
-    modes: ClassVar[tuple[str, ...]] = ("prelabel-human", "prelabel-model")  # human-model: not for sets yet
+    modes: ClassVar[tuple[str, ...]] = ("prelabel-human", "human-model", "prelabel-model")
     widget: ClassVar[str] = "checkboxes"
     shortcuts: ClassVar[str] = "digit 1-9: tick or untick that class; Enter: submit the ticked set"
 
@@ -151,7 +151,39 @@ class MultiLabel:
                                    list(classes))
         order = {c: i for i, c in enumerate(classes)}
         label = out["labels"].map(lambda s: SEP.join(sorted(s, key=order.__getitem__)))
-        return pd.DataFrame({"label": label, "confidence": out["confidence"]}, index=out.index)
+        cols = [f"prob_{c}" for c in classes]  # each class's posterior of applying (what verification blends in)
+        return pd.concat([pd.DataFrame({"label": label, "confidence": out["confidence"]}, index=out.index),
+                          out[cols]], axis=1)
+
+    def suspect_sets(self, given: Sequence[str], oos: np.ndarray, classes: Sequence[str],
+                     people: np.ndarray | None = None, index: Sequence | None = None) -> pd.DataFrame:
+        """Mode human-model: which people's sets are probably wrong, per class.
+
+        Each class is a yes/no question: the engine's ``find_suspect_labels`` (confident learning's noise
+        posterior, the same rule as for one label) judges "ticked" or "not ticked" against the labelers'
+        out-of-sample probability of the class (``oos``, n x k), blended with people's posterior of it
+        (``people``).  An item is flagged when any class is; its reasons name the class and the direction.
+        Columns: ``flag``, ``reasons`` (list), index ``index``."""
+        from factory.engine.verify import find_suspect_labels
+
+        oos = np.asarray(oos, dtype=float)
+        idx = pd.Index(index if index is not None else range(len(oos)))
+        ticked = np.array([[c in set(self.decode(str(g))) for c in classes] for g in given], dtype=bool)
+        flag = np.zeros(len(idx), dtype=bool)
+        reasons: list[list[str]] = [[] for _ in range(len(idx))]
+        for j, c in enumerate(classes):
+            if len(np.unique(ticked[:, j])) < 2:  # nobody ticked it, or everybody did: nothing to contrast
+                continue
+            binary = np.column_stack([1.0 - oos[:, j], oos[:, j]])
+            post = None if people is None else np.column_stack([1.0 - people[:, j], people[:, j]])
+            sus = find_suspect_labels(np.where(ticked[:, j], "yes", "no").tolist(), binary, ["no", "yes"],
+                                      fused_posterior=post, index=idx)
+            hit = sus.reindex(idx)["flag"].fillna(False).to_numpy(bool)
+            flag |= hit
+            for i in np.flatnonzero(hit):
+                reasons[i].append(f"class '{c}': {'ticked' if ticked[i, j] else 'not ticked'}, the models say "
+                                  f"{'no' if ticked[i, j] else 'yes'} (p={oos[i, j]:.2f})")
+        return pd.DataFrame({"flag": flag, "reasons": reasons}, index=idx)
 
     def agreement(self, answers: pd.DataFrame, classes: Sequence[str], items: pd.DataFrame | None = None) -> dict:
         counts = answers.groupby("item_id")["worker_id"].nunique()
