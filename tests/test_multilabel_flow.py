@@ -279,12 +279,16 @@ def test_multilabel_runs_in_human_model_mode(cli, root, fx, tmp_path):
     spec["mode"] = "human-model"
     spec["human_model"] = {"overlap": 2, "flag_tier": "L2"}
     spec["quality"].update(min_accuracy=0.5)
+    # a logic rule on sets: the sports desk files no economy (any forbidden class of a set is the anomaly)
+    spec["task"]["metadata"] = ["desk"]
+    spec["rules"] = [{"name": "sports-desk", "field": "desk", "equals": ["sports"], "forbids": ["economy"]}]
     spec_path.write_text(yaml.safe_dump(spec))
     for who, tier in (("ann-1", "L1"), ("ann-2", "L1"), ("rev-1", "L2"), ("rev-2", "L2"), ("expert-1", "expert")):
         cli("annotators", "add", who, "--tier", tier)
     texts, truth = make_items(60)
     truth_by_text = dict(zip(texts, truth))
-    cli("ingest", write_csv(tmp_path / "tags.csv", texts), "--dataset", "tags")
+    desk = ["sports" if i % 4 == 0 else "news" for i in range(len(texts))]
+    cli("ingest", write_csv(tmp_path / "tags.csv", texts, {"desk": desk}), "--dataset", "tags")
     batch = fx.ledger.batches("tags").iloc[0]["batch_id"]
     cli("run", "--dataset", "tags", "--batch", batch, ok=False)
     open_tasks = json.loads(cli("tasks", "list", "--dataset", "tags", "--json").output)
@@ -309,6 +313,11 @@ def test_multilabel_runs_in_human_model_mode(cli, root, fx, tmp_path):
     split = ann.groupby("item_id")["labels"].nunique() > 1
     assert routes.loc[split[split].index, "route"].eq("verify").all()  # people disagreed -> another person
     assert reasons[split[split].index].map(lambda r: "annotators_disagree" in r).all()
+    desk_of = dict(zip(texts, desk))
+    text_of = fx.ledger.items("tags").set_index("item_id")["text"]
+    breaks = [i for i in routes.index if desk_of[text_of[i]] == "sports" and "economy" in truth_by_text[text_of[i]]]
+    assert breaks and routes.loc[breaks, "route"].eq("verify").all()
+    assert reasons[breaks].map(lambda r: any(x.startswith("rule:sports-desk") for x in r)).all()
     for i in range(6):
         if "finalise: ok" in out:
             break
