@@ -567,7 +567,7 @@ def _human_model_routes(fx: Factory, spec: DatasetSpec, dataset: str, batch_id: 
         human = pd.DataFrame(columns=["label", "confidence"])
     else:  # one label: Dawid-Skene over people; sets: the label-set Dawid-Skene (the type's fusion)
         human = aggregate(people, method="auto", classes=classes) if tt.answer_shape == "one" else \
-            tt.fuse(people, classes)
+            tt.fuse_with_marginals(people, classes)
     labelled = items[items["item_id"].isin(human.index)].set_index("item_id")
     given = human.loc[labelled.index, "label"].astype(str)
     rows = []

@@ -347,3 +347,8 @@ def test_set_verification_flags_the_class_the_models_contradict():
     sus = MultiLabel().suspect_sets(given, oos, classes, index=[f"i{i}" for i in range(n)])
     assert sus.index[sus["flag"]].tolist() == [f"i{bad}"]
     assert sus.at[f"i{bad}", "reasons"][0].startswith("class 'a': not ticked, the models say yes")
+    # people's posterior of the class is blended in (as for one label): people sure the tag is absent clear it
+    people = np.column_stack([np.array([g.split("|").count("a") for g in given], float),
+                              np.array([g.split("|").count("b") for g in given], float)])
+    sure = MultiLabel().suspect_sets(given, oos, classes, people, index=[f"i{i}" for i in range(n)])
+    assert not sure["flag"].any()

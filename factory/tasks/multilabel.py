@@ -113,7 +113,8 @@ class MultiLabel:
                        "    definition: \"Tick when the text is about government, elections or a policy.\"\n"
                        "  - name: economy\n"
                        "    definition: \"Tick when the text is about money, markets, prices or jobs.\"\n",
-            "mode_line": "mode: prelabel-human         # multi-label runs in prelabel-human (models first, people check)",
+            "mode_line": "mode: prelabel-human         # prelabel-human (models first, people check), human-model (people\n"
+                         "                             # first, models verify each class) or prelabel-model (a model verifies)",
             "guideline_text": "  text: \"Tick every class the text is about; tick none if none applies.\"",
         }
 
@@ -147,11 +148,15 @@ class MultiLabel:
         return stored.split(SEP) if stored else []
 
     def fuse(self, answers: pd.DataFrame, classes: Sequence[str], items: pd.DataFrame | None = None) -> pd.DataFrame:
+        return self.fuse_with_marginals(answers, classes)[["label", "confidence"]]
+
+    def fuse_with_marginals(self, answers: pd.DataFrame, classes: Sequence[str]) -> pd.DataFrame:
+        """``fuse`` plus each class's posterior of applying (``prob_<class>``): what verification blends in."""
         out = aggregate_multilabel(answers.rename(columns={"label": "labels"})[["item_id", "worker_id", "labels"]],
                                    list(classes))
         order = {c: i for i, c in enumerate(classes)}
         label = out["labels"].map(lambda s: SEP.join(sorted(s, key=order.__getitem__)))
-        cols = [f"prob_{c}" for c in classes]  # each class's posterior of applying (what verification blends in)
+        cols = [f"prob_{c}" for c in classes]
         return pd.concat([pd.DataFrame({"label": label, "confidence": out["confidence"]}, index=out.index),
                           out[cols]], axis=1)
 
