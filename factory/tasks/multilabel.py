@@ -18,6 +18,7 @@ import numpy as np
 import pandas as pd
 
 from factory.engine.multilabel import aggregate_multilabel
+from factory.engine.verify import find_suspect_labels
 from factory.quality import krippendorff_alpha_nominal
 from factory.tasks.base import AnswerError
 
@@ -169,8 +170,6 @@ class MultiLabel:
         out-of-sample probability of the class (``oos``, n x k), blended with people's posterior of it
         (``people``).  An item is flagged when any class is; its reasons name the class and the direction.
         Columns: ``flag``, ``reasons`` (list), index ``index``."""
-        from factory.engine.verify import find_suspect_labels
-
         oos = np.asarray(oos, dtype=float)
         idx = pd.Index(index if index is not None else range(len(oos)))
         ticked = np.array([[c in set(self.decode(str(g))) for c in classes] for g in given], dtype=bool)
