@@ -486,10 +486,15 @@ def _prelabel_model_routes(spec: DatasetSpec, preds: pd.DataFrame, items: pd.Ind
     verifier = _verifier_name(names)
     p = preds[preds["item_id"].isin(items)]
     prim = p[p["labeler"] != verifier].rename(columns={"labeler": "worker_id"})
-    fused = aggregate(prim[["item_id", "worker_id", "label", *prob_cols(classes)]], method="auto", classes=classes)
+    answers = prim[["item_id", "worker_id", "label", *prob_cols(classes)]]
+    tt = spec.task_type
+    # sets: the primary labelers' per-class marginals pooled, and the verifier's own set check (the type's)
+    fused = aggregate(answers, method="auto", classes=classes) if tt.answer_shape == "one" else \
+        tt.pool_models(answers, classes)
     ver = p[p["labeler"] == verifier].set_index("item_id").reindex(fused.index)
     agree = fused["label"].astype(str) == ver["label"].astype(str)
-    conf_ok = verifier_accepts(fused, ver, classes, spec.prelabel_model.accept_confidence)
+    accepts = verifier_accepts if tt.answer_shape == "one" else tt.verifier_accepts
+    conf_ok = accepts(fused, ver, classes, spec.prelabel_model.accept_confidence)
     out = pd.DataFrame({"item_id": fused.index, "label": fused["label"].astype(str).to_numpy(),
                         "confidence": fused["confidence"].to_numpy()})
     ok = (agree & conf_ok).to_numpy()
@@ -534,9 +539,11 @@ def _verifier_name(labeler_names: list[str]) -> str:
     (features learned outside the seed, so its errors are the least tied to the bag-of-words ones), else a
     dense-feature family."""
     from factory.labelers import GloveSifLogReg
+    from factory.set_labelers import OvrGloveLogReg
 
-    if GloveSifLogReg.name in labeler_names:
-        return GloveSifLogReg.name
+    for embedding in (GloveSifLogReg.name, OvrGloveLogReg.name):  # one label, or a set (one-vs-rest)
+        if embedding in labeler_names:
+            return embedding
     for n in labeler_names:
         if "lsa" in n or "knn" in n or "boost" in n:
             return n
@@ -554,18 +561,24 @@ def _human_model_routes(fx: Factory, spec: DatasetSpec, dataset: str, batch_id: 
     dec = dec[dec["item_id"].isin(items["item_id"])]
     answered = dec.groupby("item_id").size()
     missing = items.loc[~items["item_id"].isin(answered.index), "item_id"]
-    human = aggregate(dec.rename(columns={"actor": "worker_id"})[["item_id", "worker_id", "label"]],
-                      method="auto", classes=classes) if len(dec) else pd.DataFrame(columns=["label", "confidence"])
+    tt = spec.task_type
+    people = dec.rename(columns={"actor": "worker_id"})[["item_id", "worker_id", "label"]]
+    if not len(dec):
+        human = pd.DataFrame(columns=["label", "confidence"])
+    else:  # one label: Dawid-Skene over people; sets: the label-set Dawid-Skene (the type's fusion)
+        human = aggregate(people, method="auto", classes=classes) if tt.answer_shape == "one" else \
+            tt.fuse_with_marginals(people, classes)
     labelled = items[items["item_id"].isin(human.index)].set_index("item_id")
     given = human.loc[labelled.index, "label"].astype(str)
     rows = []
     if len(labelled) >= 2:
-        oos = cross_val_proba(lambda: spec.task_type.make_labelers()[0],
+        oos = cross_val_proba(lambda: tt.make_labelers()[0],
                               labelled.reset_index()[["item_id", "text"]], given.tolist(), classes,
                               folds=spec.human_model.verify_with)
-        sus = find_suspect_labels(given.tolist(), oos, classes,
-                                  fused_posterior=human.loc[labelled.index, prob_cols(classes)].to_numpy(),
-                                  index=labelled.index).reindex(labelled.index)
+        posterior = human.loc[labelled.index, prob_cols(classes)].to_numpy(float)
+        # sets: each class a yes/no question for the same confident-learning rule (the type's adapter)
+        suspects = find_suspect_labels if tt.answer_shape == "one" else tt.suspect_sets
+        sus = suspects(given.tolist(), oos, classes, posterior, index=labelled.index).reindex(labelled.index)
     else:
         sus = pd.DataFrame({"flag": False, "reasons": [[]] * len(labelled)}, index=labelled.index)
     n_labels = dec.groupby("item_id")["label"].nunique()
@@ -577,8 +590,9 @@ def _human_model_routes(fx: Factory, spec: DatasetSpec, dataset: str, batch_id: 
             reasons += [r for r in sus.at[item_id, "reasons"] if isinstance(r, str)][:2]
         if n_labels.get(item_id, 1) > 1:
             reasons.append("annotators_disagree")
-        for rule in spec.rules:
-            if meta[item_id].get(rule.field) in rule.equals and given[item_id] in rule.forbids:
+        for rule in spec.rules:  # a set breaks a rule when any of its classes is forbidden
+            chosen = {given[item_id]} if tt.answer_shape == "one" else set(tt.decode(given[item_id]))
+            if meta[item_id].get(rule.field) in rule.equals and chosen & set(rule.forbids):
                 reasons.append(f"rule:{rule.name}: '{given[item_id]}' is forbidden when {rule.field}="
                                f"{meta[item_id].get(rule.field)}")
         rows.append(dict(item_id=item_id, route="verify" if reasons else "annotated", label=given[item_id],

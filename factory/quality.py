@@ -23,6 +23,7 @@ Measures
 """
 from __future__ import annotations
 
+import hashlib
 import math
 import re
 from collections.abc import Sequence
@@ -286,6 +287,35 @@ def audit_target(q: Any, auto_confidence: Sequence[float]) -> int:
     expected = float(np.clip(np.nanmean(conf), (1 + m) / 2, 0.99))
     n = audit_sample_size(m, q.confidence_level, q.interval, expected_accuracy=expected)
     return int(n if n is not None else audit_sample_size(m, q.confidence_level, q.interval) or 0)
+
+
+def proportional_audit(batch: pd.Series, route: pd.Series, accepted: pd.Series, item_id: pd.Series) -> pd.Series:
+    """Which audited rows the release certificate counts: the same share of every batch's accepted items.
+
+    Each batch's audit is a uniform random sample of its machine-accepted items, sized for that batch
+    alone, so batches of different sizes audit at different rates; pooling them as they are would weigh
+    the over-audited batch too much, and the pooled accuracy would not be the release's.  With p the
+    lowest audit rate among the batches that were audited (audited / accepted), each batch keeps round(p * accepted) of its
+    audited items, a random subset (ordered by a hash of the item id, blind to every label), so the kept
+    sample is a proportional stratified sample of the release's accepted items: the pooled proportion
+    and its interval apply as for a simple random sample.  The others stay people-verified labels, not
+    certificate evidence.  Batches without any audited item keep what they have (nothing).
+    Returns a boolean Series (True: an audited row the certificate counts) on the rows' index.
+    """
+    audited = route.eq("audit")
+    keep = audited.copy()
+    frame = pd.DataFrame({"b": batch, "audited": audited, "accepted": accepted.astype(bool) | audited})
+    per = frame.groupby("b")[["audited", "accepted"]].sum()
+    per = per[per["audited"] > 0]
+    if len(per) < 2:
+        return keep
+    p = float((per["audited"] / per["accepted"]).min())
+    order = item_id.astype(str).map(lambda i: hashlib.sha256(i.encode()).hexdigest())
+    for b, row in per.iterrows():
+        rows = frame.index[(frame["b"] == b) & frame["audited"]]
+        m = int(min(row["audited"], np.floor(p * row["accepted"] + 0.5)))
+        keep.loc[order.loc[rows].sort_values().index[m:]] = False
+    return keep
 
 
 # ----------------------------------------------------------------------------- calibration

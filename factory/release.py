@@ -53,6 +53,7 @@ from factory.errors import ReleaseError, ReleaseRefused
 from factory.ingest import sha256_file
 from factory.ledger import canonical, now, within_cut
 from factory.progress import counted
+from factory.quality import MACHINE_SOURCES, proportional_audit
 from factory.signing import ANCHOR_FILE, check_signature, release_anchor, verify_key
 
 DATA_FILE = "labels.parquet"
@@ -140,6 +141,10 @@ def build_release_table(fx, dataset: str, batch_ids: list[str]) -> pd.DataFrame:
     return df[cols].sort_values("item_id").reset_index(drop=True)
 
 
+# audited by people but left out of the certificate's sample (see factory.quality.proportional_audit)
+AUDIT_SURPLUS = "audit_surplus"
+
+
 def _evidence(fx, dataset: str, batch_ids: list[str]) -> pd.DataFrame:
     """Per item: route, routing reasons, machine (fused) label and confidence, final label and source: what
     the certificate rests on."""
@@ -150,9 +155,12 @@ def _evidence(fx, dataset: str, batch_ids: list[str]) -> pd.DataFrame:
         r = pd.read_parquet(rp) if rp.exists() else pd.DataFrame(columns=["item_id"])
         if "reasons" in r:
             f = f.merge(r[["item_id", "reasons"]], on="item_id", how="left")
-        frames.append(f)
+        frames.append(f.assign(_batch=b))
     df = pd.concat(frames, ignore_index=True)
     df = df[df["source"] != "deferred"]
+    if "route" in df:  # batches audit at different rates: the certificate counts a proportional subsample
+        keep = proportional_audit(df["_batch"], df["route"], df["source"].isin(MACHINE_SOURCES), df["item_id"])
+        df.loc[df["route"].eq("audit") & ~keep, "route"] = AUDIT_SURPLUS
     for c in ("route", "fused_label", "fused_confidence", "reasons"):
         if c not in df:
             df[c] = None

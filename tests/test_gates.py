@@ -224,3 +224,44 @@ def test_batch_quality_reports_ece_and_reliability_bins_on_verified_items(tmp_pa
     assert cal["audit"]["n"] == 12 and cal["audit"]["accuracy"] == pytest.approx(9 / 12, abs=1e-6)
     assert sum(b["n"] for b in cal["verified"]["bins"]) == 16
     assert "| confidence bin | items |" in reliability_markdown(cal)
+
+
+def test_the_certificate_counts_a_proportional_subsample_of_uneven_audits():
+    """Batches audited at different rates: each keeps the lowest rate's share, so the pooled sample is self-weighting."""
+    from factory.quality import proportional_audit
+
+    # batch a: 800 accepted, 53 audited (6.6%); batch b: 1000 accepted, 30 audited (3%)
+    rows = []
+    for b, accepted, audited in (("a", 800, 53), ("b", 1000, 30)):
+        rows += [(b, f"{b}{i}", "audit" if i < audited else "verified", "calibrated" if i < audited else "verified")
+                 for i in range(accepted)]
+    df = pd.DataFrame(rows, columns=["batch", "item_id", "route", "source"])
+    keep = proportional_audit(df["batch"], df["route"], df["source"].eq("verified"), df["item_id"])
+    kept = df[keep].groupby("batch").size()
+    assert kept["b"] == 30 and kept["a"] == round(800 * 30 / 1000) == 24
+    assert set(df.loc[keep, "route"]) == {"audit"}
+    # the subsample is blind to labels and reproducible: the same rows every time
+    assert keep.equals(proportional_audit(df["batch"], df["route"], df["source"].eq("verified"), df["item_id"]))
+    # one batch, or equal rates: everything audited counts
+    one = df[df["batch"] == "a"]
+    assert proportional_audit(one["batch"], one["route"], one["source"].eq("verified"), one["item_id"]).sum() == 53
+
+
+def test_release_evidence_marks_the_audit_beyond_the_proportional_share(fx):
+    """The release's evidence (what the certificate and verify-release count) keeps the proportional audit only."""
+    from factory.pipeline import write_table
+    from factory.release import AUDIT_SURPLUS, _evidence
+
+    for b, accepted, audited in (("b1", 800, 53), ("b2", 1000, 30)):
+        n = accepted
+        write_table(pd.DataFrame({
+            "item_id": [f"{b}-{i}" for i in range(n)],
+            "route": ["audit" if i < audited else "verified" for i in range(n)],
+            "fused_label": "sport", "fused_confidence": 0.99, "label": "sport",
+            "source": ["calibrated" if i < audited else "verified" for i in range(n)]}),
+            fx.paths.table("final_labels", "news", b))
+    ev = _evidence(fx, "news", ["b1", "b2"])
+    batch = ev["item_id"].str.split("-").str[0]
+    assert ev[ev["route"] == "audit"].groupby(batch).size().to_dict() == {"b1": 24, "b2": 30}
+    assert (ev["route"] == AUDIT_SURPLUS).sum() == 53 - 24
+    assert "_batch" not in ev.columns

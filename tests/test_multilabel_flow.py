@@ -178,16 +178,10 @@ def test_decide_thresholds_marginals_and_prices_the_set():
     assert list(one[0]) == ["y"] and np.allclose(one[1], [0.8])
 
 
-def test_multilabel_refuses_modes_it_does_not_run(root):
-    from factory.errors import FactoryError
-    from factory.pipeline import Factory
-    from factory.spec import template
+def test_multilabel_runs_in_every_mode():
+    from factory.tasks import get
 
-    spec = yaml.safe_load(template("tags", "multi-label"))
-    spec["mode"] = "human-model"
-    (root / "datasets" / "tags.yaml").write_text(yaml.safe_dump(spec))
-    with pytest.raises((FactoryError, ValueError), match="runs in \\['prelabel-human'\\] only"):
-        Factory.at(root).spec("tags")
+    assert set(get("multi-label").modes) == {"prelabel-human", "human-model", "prelabel-model"}
 
 
 def test_people_and_the_models_pooled_set_are_fused_as_sets():
@@ -221,3 +215,140 @@ def test_the_standards_label_check_becomes_the_types():
     sets = typed_expectations(decl, tasks.get("multi-label"), ["a", "b"])
     check = next(e for e in sets if e["name"] == "label_in_schema")  # the name asset checks are declared under
     assert check["type"] == "expect_column_values_to_match_regex" and [e["name"] for e in sets] == [e["name"] for e in decl]
+
+
+def test_multilabel_runs_in_prelabel_model_mode(cli, root, fx, tmp_path):
+    """Model pre-label + model verification for sets: the embedding family verifies the pooled set of the others."""
+    cli("init", "tags", "--type", "multi-label")
+    spec_path = root / "datasets" / "tags.yaml"
+    spec = yaml.safe_load(spec_path.read_text())
+    spec["mode"] = "prelabel-model"
+    spec["seed"]["size"] = 24
+    spec["quality"].update(min_accuracy=0.5)
+    spec["prelabel_model"] = {"accept_confidence": 0.5, "on_disagreement": "to-human", "audit_rate": 0.1}
+    spec_path.write_text(yaml.safe_dump(spec))
+    for who, tier in (("ann-1", "L1"), ("rev-1", "L2"), ("rev-2", "L2"), ("expert-1", "expert")):
+        cli("annotators", "add", who, "--tier", tier)
+    texts, truth = make_items(60)
+    truth_by_text = dict(zip(texts, truth))
+    cli("ingest", write_csv(tmp_path / "tags.csv", texts), "--dataset", "tags")
+    batch = fx.ledger.batches("tags").iloc[0]["batch_id"]
+    cli("run", "--dataset", "tags", "--batch", batch, ok=False)
+    assert _answer_open(cli, truth_by_text, tmp_path, "tags", "seed.csv") == 24
+    out = cli("run", "--dataset", "tags", "--batch", batch, ok=False).output
+    routes = pd.read_parquet(fx.paths.table("routing", "tags", batch)).set_index("item_id")
+    reasons = routes["reasons"].map(json.loads)
+    assert set(routes["route"]) <= {"seed", "verified", "review", "audit"} and (routes["route"] == "verified").any()
+    assert reasons[routes["route"] == "verified"].map(lambda r: r == ["verifier_agrees"]).all()
+    # the verifier is the embedding family, kept out of the pooled set it checks
+    notes = [r for rs in reasons for r in rs if r.startswith("verifier ")]
+    assert all(r.startswith("verifier ovr_glove_logreg says") for r in notes)
+    assert (routes["route"] == "audit").sum() >= 6  # audit_rate 0.1 of 60 items
+    for i in range(6):
+        if "finalise: ok" in out:
+            break
+        _answer_open(cli, truth_by_text, tmp_path, "tags", f"round{i}.csv")
+        out = cli("run", "--dataset", "tags", "--batch", batch, ok=False).output
+    assert "finalise: ok" in out, out
+    final = pd.read_parquet(fx.paths.table("final_labels", "tags", batch)).set_index("item_id")
+    verified = routes.index[routes["route"] == "verified"]
+    assert (final.loc[verified, "source"] == "verified").all()
+    items = fx.ledger.items("tags").set_index("item_id")["text"]
+    right = (final["label"] == final.index.map(items).map(truth_by_text)).mean()
+    assert right >= 0.8, right
+    assert "release" in cli("run", "--dataset", "tags", "--stage", "release", ok=False).output
+
+
+def test_the_set_verifier_needs_the_same_set_and_a_joint_probability():
+    from factory.tasks.multilabel import MultiLabel
+
+    classes = ["a", "b"]
+    fused = pd.DataFrame({"label": ["a", "a", "a|b"], "prob_a": [0.9, 0.9, 0.6], "prob_b": [0.1, 0.1, 0.6]})
+    ver = pd.DataFrame({"label": ["a", "", "a|b"], "prob_a": [0.8, 0.4, 0.6], "prob_b": [0.2, 0.2, 0.6]})
+    ok = MultiLabel().verifier_accepts(fused, ver, classes, 0.8)
+    # agreeing confident sets pass; a different set never does; agreeing but unsure (joint 0.69^2) does not
+    assert ok.tolist() == [True, False, False]
+    assert MultiLabel().verifier_accepts(fused, ver, classes, 0.4).tolist() == [True, False, True]
+
+
+def test_multilabel_runs_in_human_model_mode(cli, root, fx, tmp_path):
+    """People first (two blind sets per item), the one-vs-rest labelers verify class by class, flagged sets go up."""
+    cli("init", "tags", "--type", "multi-label")
+    spec_path = root / "datasets" / "tags.yaml"
+    spec = yaml.safe_load(spec_path.read_text())
+    spec["mode"] = "human-model"
+    spec["human_model"] = {"overlap": 2, "flag_tier": "L2"}
+    spec["quality"].update(min_accuracy=0.5)
+    # a logic rule on sets: the sports desk files no economy (any forbidden class of a set is the anomaly)
+    spec["task"]["metadata"] = ["desk"]
+    spec["rules"] = [{"name": "sports-desk", "field": "desk", "equals": ["sports"], "forbids": ["economy"]}]
+    spec_path.write_text(yaml.safe_dump(spec))
+    for who, tier in (("ann-1", "L1"), ("ann-2", "L1"), ("rev-1", "L2"), ("rev-2", "L2"), ("expert-1", "expert")):
+        cli("annotators", "add", who, "--tier", tier)
+    texts, truth = make_items(60)
+    truth_by_text = dict(zip(texts, truth))
+    desk = ["sports" if i % 4 == 0 else "news" for i in range(len(texts))]
+    cli("ingest", write_csv(tmp_path / "tags.csv", texts, {"desk": desk}), "--dataset", "tags")
+    batch = fx.ledger.batches("tags").iloc[0]["batch_id"]
+    cli("run", "--dataset", "tags", "--batch", batch, ok=False)
+    open_tasks = json.loads(cli("tasks", "list", "--dataset", "tags", "--json").output)
+    assert len(open_tasks) == 120 and {t["kind"] for t in open_tasks} == {"annotate"}  # every item, twice
+    # people answer blind: ann-1 is right; ann-2 drops a true class on some items (a missed tag)
+    rows, seen = [], set()
+    for t in sorted(open_tasks, key=lambda t: t["task_id"]):
+        right = truth_by_text[t["text"]]
+        first = t["item_id"] not in seen
+        seen.add(t["item_id"])
+        tags = right.split("|") if right else []
+        wrong = "|".join(tags[1:]) if tags and int(t["item_id"][-2:], 16) % 3 == 0 else right
+        rows.append({"task_id": t["task_id"], "annotator": "ann-1" if first else "ann-2",
+                     "labels": right if first else wrong})
+    pd.DataFrame(rows).to_csv(tmp_path / "first.csv", index=False)
+    assert "imported 120 answers" in cli("tasks", "import", tmp_path / "first.csv").output
+    out = cli("run", "--dataset", "tags", "--batch", batch, ok=False).output
+    routes = pd.read_parquet(fx.paths.table("routing", "tags", batch)).set_index("item_id")
+    reasons = routes["reasons"].map(json.loads)
+    assert set(routes["route"]) == {"annotated", "verify"} and (routes["mode"] == "human-model").all()
+    ann = pd.DataFrame(rows).merge(pd.DataFrame(open_tasks)[["task_id", "item_id"]], on="task_id")
+    split = ann.groupby("item_id")["labels"].nunique() > 1
+    assert routes.loc[split[split].index, "route"].eq("verify").all()  # people disagreed -> another person
+    assert reasons[split[split].index].map(lambda r: "annotators_disagree" in r).all()
+    desk_of = dict(zip(texts, desk))
+    text_of = fx.ledger.items("tags").set_index("item_id")["text"]
+    breaks = [i for i in routes.index if desk_of[text_of[i]] == "sports" and "economy" in truth_by_text[text_of[i]]]
+    assert breaks and routes.loc[breaks, "route"].eq("verify").all()
+    assert reasons[breaks].map(lambda r: any(x.startswith("rule:sports-desk") for x in r)).all()
+    for i in range(6):
+        if "finalise: ok" in out:
+            break
+        _answer_open(cli, truth_by_text, tmp_path, "tags", f"round{i}.csv")
+        out = cli("run", "--dataset", "tags", "--batch", batch, ok=False).output
+    assert "finalise: ok" in out, out
+    final = pd.read_parquet(fx.paths.table("final_labels", "tags", batch)).set_index("item_id")
+    assert set(final["source"]) <= {"annotated", "calibrated", "arbitrated"}
+    items = fx.ledger.items("tags").set_index("item_id")["text"]
+    right = (final["label"] == final.index.map(items).map(truth_by_text)).mean()
+    assert right >= 0.95, right
+    assert "release: ok" in cli("run", "--dataset", "tags", "--stage", "release").output
+
+
+def test_set_verification_flags_the_class_the_models_contradict():
+    from factory.tasks.multilabel import MultiLabel
+
+    classes = ["a", "b"]
+    rng = np.random.default_rng(0)
+    n = 60
+    truth_a = rng.random(n) < 0.5
+    truth_b = rng.random(n) < 0.5
+    oos = np.column_stack([np.where(truth_a, 0.95, 0.05), np.where(truth_b, 0.9, 0.1)])
+    given = ["|".join(c for c, t in zip(classes, (x, y)) if t) for x, y in zip(truth_a, truth_b)]
+    bad = int(np.flatnonzero(truth_a)[0])  # a person missed 'a' on this item
+    given[bad] = "b" if truth_b[bad] else ""
+    sus = MultiLabel().suspect_sets(given, oos, classes, index=[f"i{i}" for i in range(n)])
+    assert sus.index[sus["flag"]].tolist() == [f"i{bad}"]
+    assert sus.at[f"i{bad}", "reasons"][0].startswith("class 'a': not ticked, the models say yes")
+    # people's posterior of the class is blended in (as for one label): people sure the tag is absent clear it
+    people = np.column_stack([np.array([g.split("|").count("a") for g in given], float),
+                              np.array([g.split("|").count("b") for g in given], float)])
+    sure = MultiLabel().suspect_sets(given, oos, classes, people, index=[f"i{i}" for i in range(n)])
+    assert not sure["flag"].any()

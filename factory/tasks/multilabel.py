@@ -18,6 +18,7 @@ import numpy as np
 import pandas as pd
 
 from factory.engine.multilabel import aggregate_multilabel
+from factory.engine.verify import find_suspect_labels
 from factory.quality import krippendorff_alpha_nominal
 from factory.tasks.base import AnswerError
 
@@ -28,7 +29,7 @@ class MultiLabel:
     name: ClassVar[str] = "multi-label"
     pipeline_ready: ClassVar[bool] = True
     answer_shape: ClassVar[str] = "set"
-    modes: ClassVar[tuple[str, ...]] = ("prelabel-human",)  # human-model / prelabel-model: not for sets yet
+    modes: ClassVar[tuple[str, ...]] = ("prelabel-human", "human-model", "prelabel-model")
     widget: ClassVar[str] = "checkboxes"
     shortcuts: ClassVar[str] = "digit 1-9: tick or untick that class; Enter: submit the ticked set"
 
@@ -73,6 +74,24 @@ class MultiLabel:
         out.insert(1, "confidence", conf)
         return out
 
+    def verifier_accepts(self, fused: pd.DataFrame, verifier: pd.DataFrame, classes: Sequence[str],
+                         accept: float) -> pd.Series:
+        """Mode prelabel-model: True where the verifier predicts the same set as the fused labelers and the
+        set's joint probability is >= ``accept``.
+
+        Per class the two are independent evidence (different families on different features), as for
+        one label: q = p_f p_v / (p_f p_v + (1 - p_f)(1 - p_v)); the set's probability is the product over
+        classes of q (ticked) or 1 - q (not ticked), classes independent given the item like ``decide``."""
+        cols = [f"prob_{c}" for c in classes]
+        pf = fused[cols].to_numpy(float)
+        pv = verifier[cols].to_numpy(float)
+        on, off = pf * pv, (1.0 - pf) * (1.0 - pv)
+        q = on / np.clip(on + off, 1e-300, None)
+        ticked = np.array([[c in set(self.decode(str(lab))) for c in classes] for lab in fused["label"]], dtype=bool)
+        p_set = np.where(ticked, q, 1.0 - q).prod(axis=1) if len(cols) else np.ones(len(fused))
+        agree = (fused["label"].astype(str) == verifier["label"].astype(str)).to_numpy()
+        return pd.Series(agree & (p_set >= accept), index=fused.index)
+
     def fuse_with_models(self, people: pd.DataFrame, models: pd.DataFrame, classes: Sequence[str]) -> pd.DataFrame:
         """People's answers and the labelers' predicted sets (each labeler a worker) fused by the label-set
         Dawid-Skene: one row per item people answered (index item_id): ``label``, ``confidence`` (the fused
@@ -95,7 +114,8 @@ class MultiLabel:
                        "    definition: \"Tick when the text is about government, elections or a policy.\"\n"
                        "  - name: economy\n"
                        "    definition: \"Tick when the text is about money, markets, prices or jobs.\"\n",
-            "mode_line": "mode: prelabel-human         # multi-label runs in prelabel-human (models first, people check)",
+            "mode_line": "mode: prelabel-human         # prelabel-human (models first, people check), human-model (people\n"
+                         "                             # first, models verify each class) or prelabel-model (a model verifies)",
             "guideline_text": "  text: \"Tick every class the text is about; tick none if none applies.\"",
         }
 
@@ -129,11 +149,45 @@ class MultiLabel:
         return stored.split(SEP) if stored else []
 
     def fuse(self, answers: pd.DataFrame, classes: Sequence[str], items: pd.DataFrame | None = None) -> pd.DataFrame:
+        return self.fuse_with_marginals(answers, classes)[["label", "confidence"]]
+
+    def fuse_with_marginals(self, answers: pd.DataFrame, classes: Sequence[str]) -> pd.DataFrame:
+        """``fuse`` plus each class's posterior of applying (``prob_<class>``): what verification blends in."""
         out = aggregate_multilabel(answers.rename(columns={"label": "labels"})[["item_id", "worker_id", "labels"]],
                                    list(classes))
         order = {c: i for i, c in enumerate(classes)}
         label = out["labels"].map(lambda s: SEP.join(sorted(s, key=order.__getitem__)))
-        return pd.DataFrame({"label": label, "confidence": out["confidence"]}, index=out.index)
+        cols = [f"prob_{c}" for c in classes]
+        return pd.concat([pd.DataFrame({"label": label, "confidence": out["confidence"]}, index=out.index),
+                          out[cols]], axis=1)
+
+    def suspect_sets(self, given: Sequence[str], oos: np.ndarray, classes: Sequence[str],
+                     people: np.ndarray | None = None, index: Sequence | None = None) -> pd.DataFrame:
+        """Mode human-model: which people's sets are probably wrong, per class.
+
+        Each class is a yes/no question: the engine's ``find_suspect_labels`` (confident learning's noise
+        posterior, the same rule as for one label) judges "ticked" or "not ticked" against the labelers'
+        out-of-sample probability of the class (``oos``, n x k), blended with people's posterior of it
+        (``people``).  An item is flagged when any class is; its reasons name the class and the direction.
+        Columns: ``flag``, ``reasons`` (list), index ``index``."""
+        oos = np.asarray(oos, dtype=float)
+        idx = pd.Index(index if index is not None else range(len(oos)))
+        ticked = np.array([[c in set(self.decode(str(g))) for c in classes] for g in given], dtype=bool)
+        flag = np.zeros(len(idx), dtype=bool)
+        reasons: list[list[str]] = [[] for _ in range(len(idx))]
+        for j, c in enumerate(classes):
+            if len(np.unique(ticked[:, j])) < 2:  # nobody ticked it, or everybody did: nothing to contrast
+                continue
+            binary = np.column_stack([1.0 - oos[:, j], oos[:, j]])
+            post = None if people is None else np.column_stack([1.0 - people[:, j], people[:, j]])
+            sus = find_suspect_labels(np.where(ticked[:, j], "yes", "no").tolist(), binary, ["no", "yes"],
+                                      fused_posterior=post, index=idx)
+            hit = sus.reindex(idx)["flag"].fillna(False).to_numpy(bool)
+            flag |= hit
+            for i in np.flatnonzero(hit):
+                reasons[i].append(f"class '{c}': {'ticked' if ticked[i, j] else 'not ticked'}, the models say "
+                                  f"{'no' if ticked[i, j] else 'yes'} (p={oos[i, j]:.2f})")
+        return pd.DataFrame({"flag": flag, "reasons": reasons}, index=idx)
 
     def agreement(self, answers: pd.DataFrame, classes: Sequence[str], items: pd.DataFrame | None = None) -> dict:
         counts = answers.groupby("item_id")["worker_id"].nunique()
