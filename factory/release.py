@@ -339,6 +339,9 @@ def certify(fx, spec, dataset: str, table: pd.DataFrame, evidence: pd.DataFrame,
     level = spec.quality.confidence_level
     measures = Q.measure(final, spec.class_names, human=human, models=models[["item_id", "labeler", "label"]],
                          gold=gold, prior=spec.prior, n_items=n_items_expected, texts=table["text"], level=level)
+    span_measures = getattr(spec.task_type, "audit_measures", None)  # spans: span-level P/R/F1 where people checked
+    if span_measures is not None:
+        measures["spans"] = span_measures(final, level)
     gates = Q.evaluate_gates(measures, spec.quality)
     by_source = {}
     if gold is not None:

@@ -18,6 +18,7 @@ from typing import Any, ClassVar, Sequence
 import numpy as np
 import pandas as pd
 
+from factory.engine.span_metrics import span_quality
 from factory.engine.span_routing import route_sentences
 from factory.engine.spans import SpanAggregation, aggregate_spans, bio_spans
 from factory.quality import krippendorff_alpha_nominal
@@ -293,6 +294,18 @@ class Spans:
     def croissant_field(self, classes: Sequence[str]) -> dict:
         return {"repeated": True, "description": "Spans [start, end) over the item's tokens, each with a type "
                                                  "from the classes record set."}
+
+    def audit_measures(self, final: pd.DataFrame, level: float = 0.95) -> dict:
+        """Span-level quality of the machines' spans where a person checked them: the fused spans (``fused_label``)
+        against people's final spans (``label``) on the audit sample (sentences the machines accepted, drawn at
+        random) and on every sentence people reviewed; strict and relaxed P/R/F1 with bootstrap intervals."""
+        out = {}
+        for name, rows in (("audit", final[final["route"] == "audit"]),
+                           ("human_checked", final[final["source"].isin(["calibrated", "arbitrated"])])):
+            rows = rows[rows["label"].notna() & rows["fused_label"].notna()]
+            out[name] = span_quality([json.loads(x) for x in rows["label"]], [json.loads(x) for x in rows["fused_label"]],
+                                     level=level) if len(rows) else None
+        return out
 
     # -- release: the tokens and a BIO view beside the spans column
     release_column_names: ClassVar[tuple[str, ...]] = ("tokens", "bio")
