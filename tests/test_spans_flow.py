@@ -133,6 +133,34 @@ def test_spans_flow_from_init_to_trace(cli, root, fx, tmp_path):
     tasks_now = json.loads(cli("tasks", "list", "--batch", batch, "--json").output)
     shown = [t for t in tasks_now if t["kind"] in ("review", "audit") and t.get("status", "open") == "open"]
     assert shown and all(t.get("suggestion") == fused.set_index("item_id").at[t["item_id"], "label"] for t in shown)
+    # Label Studio round trip: the export carries the fused spans with Label Studio's character offsets; answers
+    # come back either in our token form (meta.tokens) or as spans drawn in Label Studio (characters only)
+    from factory.tasks.spans import Spans
+
+    cli("export", "label-studio", "--batch", batch, "--out", tmp_path / "ls.json")
+    assert "<Labels" in (tmp_path / "ls.xml").read_text()
+    exported = [t for t in json.loads((tmp_path / "ls.json").read_text())
+                if t["data"]["factory_task_id"] in {x["task_id"] for x in shown}]
+    results = [r for t in exported for p in t["predictions"] for r in p["result"]]
+    assert results and all(t["data"]["text"][r["value"]["start"]:r["value"]["end"]] == r["value"]["text"]
+                           for t in exported for p in t["predictions"] for r in p["result"])
+    ls_answers = []
+    for n, t in enumerate(exported[:2]):
+        text = t["data"]["text"]
+        off = Spans.char_offsets(text, tokenize(text))
+        res = [{"from_name": "label", "to_name": "text", "type": "labels",
+                "value": {"labels": [ty]} | ({} if n == 0 else {"start": off[s][0], "end": off[e - 1][1]}),
+                **({"meta": {"tokens": [s, e]}} if n == 0 else {})} for s, e, ty in truth_by_text[text]]
+        ls_answers.append(dict(t, id=500 + n, annotations=[{"id": 900 + n, "completed_by": 7, "was_cancelled": False,
+                                                            "result": res}]))
+    (tmp_path / "ls-done.json").write_text(json.dumps(ls_answers))
+    (tmp_path / "map.csv").write_text("ls_user,annotator\n7,rev-1\n")
+    res = cli("import", "label-studio", tmp_path / "ls-done.json", "--annotator-map", tmp_path / "map.csv")
+    assert "2 recorded" in res.output, res.output
+    got = fx.ledger.events("ents", kind="human").set_index("task_id")["label"]
+    for t in exported[:2]:
+        assert got[t["data"]["factory_task_id"]] == json.dumps(truth_by_text[t["data"]["text"]], separators=(",", ":"))
+
     for i in range(6):
         if "finalise: ok" in out:
             break

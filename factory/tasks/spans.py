@@ -336,18 +336,57 @@ class Spans:
         labels = "\n".join(f"    <Label value={quoteattr(str(c))}/>" for c in classes)
         return f'  <Labels name="{from_name}" toName="{to_name}">\n{labels}\n  </Labels>\n'
 
-    def to_labelstudio(self, stored: str, from_name: str, to_name: str) -> list[dict]:
-        # token offsets travel in the result's meta (Label Studio's own offsets are characters of the text)
-        return [{"from_name": from_name, "to_name": to_name, "type": "labels",
-                 "value": {"labels": [sp["type"]]}, "meta": {"tokens": [sp["start"], sp["end"]]}}
-                for sp in self.decode(stored)]
+    @staticmethod
+    def char_offsets(text: str, tokens: Sequence[str]) -> list[tuple[int, int]] | None:
+        """Each token's [start, end) characters in `text`, found left to right; None if a token is not in it."""
+        out, at = [], 0
+        for tok in tokens:
+            k = text.find(tok, at)
+            if k < 0:
+                return None
+            out.append((k, k + len(tok)))
+            at = k + len(tok)
+        return out
 
-    def from_labelstudio(self, results: list[dict], classes: Sequence[str], where: str = "") -> str:
+    def _offsets(self, item: dict | None) -> list[tuple[int, int]] | None:
+        if not item or item.get("text") is None:
+            return None
+        toks = item.get("tokens")
+        if toks is None:
+            toks = self.item_table(pd.DataFrame([{"item_id": "", "text": item["text"], "meta": item.get("meta")}]))[
+                "tokens"].iloc[0]
+        return self.char_offsets(str(item["text"]), toks)
+
+    def to_labelstudio(self, stored: str, from_name: str, to_name: str, item: dict | None = None) -> list[dict]:
+        """Label Studio ``labels`` results; with the item (``text``, ``meta`` or ``tokens``) they carry Label Studio's
+        own character offsets and text too, and the token offsets always travel in the result's ``meta``."""
+        off = self._offsets(item)
+        out = []
+        for sp in self.decode(stored):
+            value = {"labels": [sp["type"]]}
+            if off is not None:
+                a, b = off[sp["start"]][0], off[sp["end"] - 1][1]
+                value |= {"start": a, "end": b, "text": str(item["text"])[a:b]}
+            out.append({"from_name": from_name, "to_name": to_name, "type": "labels", "value": value,
+                        "meta": {"tokens": [sp["start"], sp["end"]]}})
+        return out
+
+    def from_labelstudio(self, results: list[dict], classes: Sequence[str], where: str = "",
+                         item: dict | None = None) -> str:
+        """Spans from ``labels`` results: their token offsets (``meta.tokens``, set by our export), else Label
+        Studio's character offsets mapped to the item's tokens they overlap (a span drawn in Label Studio)."""
+        off = self._offsets(item)
         spans = []
         for k, r in enumerate(r for r in results if r.get("type") == "labels"):
             tok = (r.get("meta") or {}).get("tokens")
-            labels = r.get("value", {}).get("labels", [])
+            value = r.get("value", {})
+            labels = value.get("labels", [])
+            if not tok and off is not None and isinstance(value.get("start"), int) and isinstance(value.get("end"), int):
+                hit = [i for i, (a, b) in enumerate(off) if a < value["end"] and value["start"] < b]
+                tok = [hit[0], hit[-1] + 1] if hit else None
             if not tok or len(labels) != 1:
-                raise AnswerError(_w(where, f"labels result {k}: needs one label and its token offsets"))
+                raise AnswerError(_w(where, f"labels result {k}: needs one label and its token offsets "
+                                            f"(meta.tokens) or character offsets over the item's tokens"))
             spans.append([tok[0], tok[1], labels[0]])
-        return self.parse_answer(spans, classes, where)
+        n = None if off is None else {"n_tokens": len(off)}
+        return self.parse_answer(spans, classes, where, n)
