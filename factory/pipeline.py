@@ -935,15 +935,18 @@ def _set_posterior(fx: Factory, spec: DatasetSpec, dataset: str, batch_id: str, 
 
 def _escalate_sets(fx: Factory, spec: DatasetSpec, dataset: str, batch_id: str, routes: pd.DataFrame,
                    answers: pd.DataFrame, run_id: str | None) -> list[dict]:
-    """Sets: an item whose fused set is below quality.min_accuracy gets a second person (tier >= L2); after
-    two people it goes to an expert."""
+    """Sets and spans: an item whose fused answer is below quality.min_accuracy (spans: or that span routing still
+    flags on people + models) gets a second person (tier >= L2); after two people it goes to an expert."""
     post = _set_posterior(fx, spec, dataset, batch_id, routes, answers[["item_id", "worker_id", "label"]])
     n = answers.groupby("item_id").size()
     new = []
     for item_id, r in post.iterrows():
-        if float(r["confidence"]) >= spec.quality.min_accuracy:
+        reason = str(r.get("reason", "") or "")  # spans: span routing's reason on people + models
+        if float(r["confidence"]) >= spec.quality.min_accuracy and not reason:
             continue
-        why = [f"fused set '{r['label']}' at {float(r['confidence']):.2f} < {spec.quality.min_accuracy}"]
+        why = [reason] if reason else []
+        why += [f"fused {'set' if spec.task_type.answer_shape == 'set' else 'spans'} '{r['label']}' at "
+                f"{float(r['confidence']):.2f}" + ("" if reason else f" < {spec.quality.min_accuracy}")]
         if int(n.get(item_id, 0)) < 2:
             new.append(task_row(dataset, batch_id, item_id, "second", ["second_opinion", "low_confidence"] + why,
                                 tier=max_tier("L2", routes.at[item_id, "required_tier"]), run_id=run_id,

@@ -59,7 +59,15 @@ def make_sentences(n: int, seed: int = 0, new_names: float = 0.0) -> tuple[list[
     return texts, truth
 
 
-def _answer_open(cli, truth_by_text: dict, tmp_path: Path, dataset: str, name: str, seen: list | None = None) -> int:
+def _boundary_error(spans: list) -> list:
+    """The first span one token short (or one token longer when it has one token): a reviewer's slip."""
+    (s, e, t), rest = spans[0], spans[1:]
+    return [[s, e - 1 if e - s > 1 else e + 1, t]] + rest
+
+
+def _answer_open(cli, truth_by_text: dict, tmp_path: Path, dataset: str, name: str, seen: list | None = None,
+                 wrong: set | None = None) -> int:
+    """Answer every open task with the truth (CSV import); tasks in `wrong` get a boundary error."""
     open_tasks = [t for t in json.loads(cli("tasks", "list", "--dataset", dataset, "--json").output)
                   if t.get("status", "open") == "open"]
     if not open_tasks:
@@ -68,7 +76,9 @@ def _answer_open(cli, truth_by_text: dict, tmp_path: Path, dataset: str, name: s
     if seen is not None:
         seen += open_tasks
     rows = [{"task_id": t["task_id"], "annotator": who.get(t["kind"], "rev-1"),
-             "label": json.dumps(truth_by_text[t["text"]]), "rationale": "names" if t["kind"] == "arbitrate" else ""}
+             "label": json.dumps(_boundary_error(truth_by_text[t["text"]]) if t["task_id"] in (wrong or set())
+                                 else truth_by_text[t["text"]]),
+             "rationale": "names" if t["kind"] == "arbitrate" else ""}
             for t in open_tasks]
     pd.DataFrame(rows).to_csv(tmp_path / name, index=False)
     out = cli("tasks", "import", tmp_path / name).output
@@ -161,23 +171,35 @@ def test_spans_flow_from_init_to_trace(cli, root, fx, tmp_path):
     for t in exported[:2]:
         assert got[t["data"]["factory_task_id"]] == json.dumps(truth_by_text[t["data"]["text"]], separators=(",", ":"))
 
+    # one reviewer gets a boundary wrong: people and models disagree there
+    missed = next(t for t in shown[2:] if truth_by_text[t["text"]])
     for i in range(6):
         if "finalise: ok" in out:
             break
-        _answer_open(cli, truth_by_text, tmp_path, "ents", f"round{i}.csv", asked)
+        _answer_open(cli, truth_by_text, tmp_path, "ents", f"round{i}.csv", asked, wrong={missed["task_id"]})
         out = cli("run", "--dataset", "ents", "--batch", batch, ok=False).output
     assert "finalise: ok" in out, out
     final = pd.read_parquet(fx.paths.table("final_labels", "ents", batch))
     # people were asked: the audit, and the sentences routing flagged (span routing's reasons, or a confidence
     # calibrated on the seed's cross-fitted taggers below the threshold)
     assert {"audit", "review"} <= {t["kind"] for t in asked}
+    # the disputed sentence got a second opinion (tier >= L2), and the final label is the truth again
+    again = [t for t in asked if t["item_id"] == missed["item_id"] and t["kind"] in ("second", "arbitrate")]
+    assert again, [(t["kind"], t["item_id"]) for t in asked]
     flagged = routes.loc[routes["route"] == "review", "reasons"].map(json.loads).explode()
     assert set(flagged) <= {"low_confidence", "disagreement", "boundary", "missed_entity", "no_support"}
     right = (final["label"] == final["item_id"].map(by_id).map(
         lambda t: json.dumps(truth_by_text[t], separators=(",", ":")))).mean()
     assert right >= 0.8, right
+    assert final.set_index("item_id").at[missed["item_id"], "label"] == json.dumps(truth_by_text[missed["text"]],
+                                                                                   separators=(",", ":"))
     assert "release: ok" in cli("run", "--dataset", "ents", "--stage", "release").output
     rel = Path(fx.ledger.releases("ents").iloc[0]["path"])
+    # the certificate states span-level quality where people checked the machines: strict and relaxed, intervals
+    spans_q = json.loads((rel / "quality" / "certificate.json").read_text())["measures"]["spans"]
+    audit_f1 = spans_q["audit"]["strict"]
+    assert audit_f1["n_sentences"] >= 10 and audit_f1["f1_interval"][0] <= audit_f1["f1"] <= audit_f1["f1_interval"][1]
+    assert spans_q["human_checked"]["relaxed"]["f1"] >= spans_q["human_checked"]["strict"]["f1"]
     assert "every file matches" in cli("verify-release", rel).output
 
     # the release: tokens, spans as a list of structs, and the BIO view
@@ -269,3 +291,23 @@ def test_the_gazetteer_leaves_a_training_item_out_of_its_own_feature():
     assert lb._gaz_tags(["Acme", "in", "New", "York"]) == ["B-ORG", "", "B-LOC", "I-LOC"]
     # the item that alone taught "acme" does not see it in its own features
     assert lb._gaz_tags(["Acme", "in", "New", "York"], own={("acme",): {"ORG": 1}}) == ["", "", "B-LOC", "I-LOC"]
+
+
+def test_people_and_models_fused_spans_are_an_answer_someone_gave():
+    """A token-wise fusion can splice spans from three answers into a set nobody gave; the final label rests on
+    answers in the ledger, so the fusion of people and models picks the given answer closest to it."""
+    from factory import tasks
+
+    tt = tasks.get("spans")
+    p1, p2, p3 = '[[0,1,"PER"],[2,3,"LOC"],[4,5,"ORG"]]', '[[0,1,"PER"],[2,3,"ORG"],[4,5,"LOC"]]', \
+        '[[0,1,"LOC"],[2,3,"LOC"],[4,5,"LOC"]]'
+    ids = [f"s{i}" for i in range(6)]
+    people = pd.DataFrame([(i, w, lab) for i in ids for w, lab in (("p1", p1), ("p2", p2), ("p3", p3))],
+                          columns=["item_id", "worker_id", "label"])
+    items = pd.DataFrame({"item_id": ids, "n_tokens": 6})
+    models = pd.DataFrame(columns=["item_id", "worker_id", "label"])
+    spliced = tt.fuse(people, ["PER", "LOC", "ORG"], items)
+    assert set(spliced["label"]) - {p1, p2, p3}  # the plain fusion made a set nobody gave
+    out = tt.fuse_with_models(people, models, ["PER", "LOC", "ORG"], items)
+    assert set(out["label"]) <= {p1, p2, p3}
+    assert (out["confidence"] <= spliced["confidence"].reindex(out.index)).all()

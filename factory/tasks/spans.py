@@ -161,15 +161,25 @@ class Spans:
                          items: pd.DataFrame | None = None) -> pd.DataFrame:
         """People's spans and the models' pooled spans (one worker: taggers trained on the same seed err together,
         and as separate workers they outvote a person's correction) fused by aggregate_spans on the items people
-        answered: index item_id, ``label``, ``confidence``.
+        answered: index item_id, ``label``, ``confidence``, ``reason`` (span routing's reason why people and models
+        have not settled the sentence, "" when they have; the models are the worker ``model:pooled``).
 
         The fused label is then the *given answer* closest to the fusion (strict span F1; people's answers first,
         the latest first, on ties): a token-wise fusion can splice a span set nobody gave, and a final label rests
         on answers in the ledger.  When it differs from the fusion, its confidence is scaled by that F1."""
+        models = models.assign(worker_id=[w if str(w).startswith("model:") else f"model:{w}" for w in models["worker_id"]])
         both = pd.concat([people[["item_id", "worker_id", "label"]],
                           models.loc[models["item_id"].isin(people["item_id"]), ["item_id", "worker_id", "label"]]],
                          ignore_index=True)
-        fused = self.fuse(both, classes, items)
+        if items is None or "n_tokens" not in items:
+            raise ValueError("spans fusion needs items with n_tokens (the recorded tokenisation)")
+        bio, toks = self.bio_answers(both, items)
+        res = aggregate_spans(bio, tokens=toks, types=list(classes))
+        fused = self._fused_frame(res, classes)[["label", "confidence"]]
+        # the one span routing policy decides here too whether people and models have settled the sentence
+        r = route_sentences(res, answers=bio).set_index("sentence_id").reindex(fused.index)
+        fused["confidence"] = np.minimum(fused["confidence"].to_numpy(float), r["confidence"].to_numpy(float))
+        fused["reason"] = r["reason"].fillna("").astype(str).to_numpy()
         fused = fused.loc[fused.index.isin(people["item_id"])].copy()
         given = {i: list(dict.fromkeys(list(g["label"])[::-1])) for i, g in both.groupby("item_id", sort=False)}
         for item_id, r in fused.iterrows():
