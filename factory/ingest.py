@@ -584,6 +584,11 @@ def ingest(path: str | Path, spec: DatasetSpec, ledger: Ledger, progress: Progre
     from factory import compliance
 
     raws, redactions = compliance.redact_items(spec, {r["item_id"]: r for r in new_items}, batch_id)
+    if raws and item_fields is not None:  # the recorded tokens follow the redacted text: no raw words in metadata
+        redacted = {r["item_id"] for r in raws}
+        for r in new_items:
+            if r["item_id"] in redacted:
+                r["meta"] = canonical(json.loads(r["meta"]) | item_fields(r["text"], {}))
     if raws:
         compliance.ensure(ledger)
     with progress.work("ingest: write", len(new_items)):

@@ -311,3 +311,23 @@ def test_people_and_models_fused_spans_are_an_answer_someone_gave():
     out = tt.fuse_with_models(people, models, ["PER", "LOC", "ORG"], items)
     assert set(out["label"]) <= {p1, p2, p3}
     assert (out["confidence"] <= spliced["confidence"].reindex(out.index)).all()
+
+
+def test_a_redacted_item_records_the_tokens_of_its_redacted_text(root, fx, tmp_path):
+    from factory.ingest import ingest
+    from factory.pipeline import Factory
+    from factory.spec import template
+
+    spec = yaml.safe_load(template("ents", "spans"))
+    spec["compliance"] = {"class": "important"}
+    (root / "datasets" / "ents.yaml").write_text(yaml.safe_dump(spec))
+    fx = Factory.at(root)
+    pd.DataFrame({"text": ["Write to li.wei@example.com today .", "Paris is calm ."],
+                  "tokens": ['["Write", "to", "li.wei@example.com", "today", "."]', "Paris is calm ."]}
+                 ).to_csv(tmp_path / "p.csv", index=False)
+    rep = ingest(tmp_path / "p.csv", fx.spec("ents"), fx.ledger)
+    assert rep.redacted == 1
+    items = fx.ledger.items("ents").set_index("source_row")
+    toks = json.loads(items.at[2, "meta"])["tokens"]
+    assert toks == tokenize(items.at[2, "text"]) and not any("example" in t for t in toks)
+    assert json.loads(items.at[3, "meta"])["tokens"] == ["Paris", "is", "calm", "."]  # not redacted: the file's
