@@ -9,7 +9,7 @@ answers it was fitted on, and returns one row per sentence:
   the model's: the product of the fused spans' posteriors and of ``P(O)`` on every token outside
   them (the fused path's probability if the sentence's parts were independent).  The model treats
   annotators as conditionally independent, so the raw value is overconfident; pass a
-  :class:`SentenceCalibration` (see :func:`fit_sentence_calibration`) to map it to a probability.
+  :class:`SpanCalibration` (see :func:`fit_span_calibration`) to map it to a probability.
 - ``reason``: ``""`` (may be accepted without a person) or why a person must look:
 
   * ``no_support``: a fused span that no answer (person or model) gave exactly -- the fusion invented
@@ -32,15 +32,17 @@ Pure numpy/pandas; reads no truth.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 
 import numpy as np
 import pandas as pd
 
+from factory.engine.calibration import Calibrator, fit_calibrator
 from factory.engine.routing import expected_error_reduction
 from factory.engine.spans import SpanAggregation, bio_spans
 
-__all__ = ["REASONS", "MODEL_PREFIX", "SentenceCalibration", "answer_span_sets", "raw_sentence_confidence",
-           "route_sentences"]
+__all__ = ["REASONS", "MODEL_PREFIX", "VERIFIED_PREFIXES", "SpanCalibration", "answer_span_sets", "calibrated_spans",
+           "fit_span_calibration", "raw_sentence_confidence", "route_sentences"]
 
 REASONS = ("low_confidence", "disagreement", "boundary", "missed_entity", "no_support")
 MODEL_PREFIX = "model:"  # model labelers are workers whose id starts with this
@@ -50,18 +52,27 @@ ALTERNATIVES = 5
 DEFAULT_RELIABILITY = 0.6  # a person's chance of giving the exact span set, before answers say otherwise
 
 
+VERIFIED_PREFIXES = ("gold:", "expert:")  # answers from these worker ids are verified (the sentence's true span set)
+MIN_VERIFIED = 30  # verified sentences needed before the calibration rests on them instead of held-out people
+CAL_BINS = 10  # quantile bins of the span moment estimate
+
+
 @dataclass(frozen=True)
-class SentenceCalibration:
-    """A monotone map from raw to calibrated probability: piecewise linear through ``(x, y)`` knots
-    (``x`` increasing in [0, 1]); used for sentence confidences and, separately, span posteriors."""
+class SpanCalibration:
+    """Maps from the fusion's raw probabilities to calibrated ones: ``sentence`` for the probability that
+    a sentence's fused span set is exactly right, ``span`` for a fused span's posterior.
 
-    x: tuple
-    y: tuple
-    n: int = 0  # observations it was fitted on
-    method: str = ""
+    ``source``: ``"verified"`` (fitted against verified answers, see ``VERIFIED_PREFIXES``),
+    ``"held_out"`` (fitted against people's answers held out of the fit) or ``"none"`` (identity)."""
 
-    def __call__(self, p) -> np.ndarray:
-        return np.interp(np.asarray(p, dtype=float), np.asarray(self.x, float), np.asarray(self.y, float))
+    sentence: Calibrator
+    span: Calibrator
+    source: str = "none"
+    n_sentences: int = 0
+    n_spans: int = 0
+
+
+IDENTITY = SpanCalibration(Calibrator("identity"), Calibrator("identity"))
 
 
 def answer_span_sets(answers: pd.DataFrame) -> pd.DataFrame:
@@ -111,7 +122,7 @@ def _fused_sets(agg: SpanAggregation, index: pd.Index) -> pd.Series:
 
 
 def route_sentences(agg: SpanAggregation, *, answers: pd.DataFrame | None = None, target: float = 0.95,
-                    budget: int | None = None, calibration: SentenceCalibration | None = None,
+                    budget: int | None = None, calibration: SpanCalibration | Calibrator | None = None,
                     reliability: float | None = None) -> pd.DataFrame:
     """Route every sentence of ``agg``: accept (``reason == ""``) or send to a person, with a priority.
 
@@ -131,7 +142,8 @@ def route_sentences(agg: SpanAggregation, *, answers: pd.DataFrame | None = None
     n = len(idx)
     confidence = conf["raw"].to_numpy(float)
     if calibration is not None:
-        confidence = np.clip(calibration(confidence), 0.0, 1.0)
+        sentence_map = calibration.sentence if isinstance(calibration, SpanCalibration) else calibration
+        confidence = np.clip(sentence_map.apply(confidence), 0.0, 1.0)
     fused = _fused_sets(agg, idx)
 
     no_support = np.zeros(n, dtype=bool)
@@ -197,3 +209,109 @@ def route_sentences(agg: SpanAggregation, *, answers: pd.DataFrame | None = None
         "n_human": n_human,
         "ask": ask,
     })
+
+
+def calibrated_spans(agg: SpanAggregation, calibration: SpanCalibration) -> pd.DataFrame:
+    """``agg.spans`` with ``raw_probability`` (the fusion's) and ``probability`` mapped by ``calibration.span``."""
+    sp = agg.spans.copy()
+    sp["raw_probability"] = sp["probability"].astype(float)
+    sp["probability"] = np.clip(calibration.span.apply(sp["raw_probability"].to_numpy(float)), 0.0, 1.0)
+    return sp
+
+
+def _is_verified(worker_ids: pd.Series) -> np.ndarray:
+    w = worker_ids.astype(str)
+    return np.logical_or.reduce([w.str.startswith(p).to_numpy() for p in VERIFIED_PREFIXES])
+
+
+def _span_hits(spans: pd.DataFrame, sets: pd.Series) -> np.ndarray:
+    """Per span row: is ``(start, end, type)`` in ``sets[sentence_id]`` (a frozenset per sentence)."""
+    return np.array([(int(a), int(b), str(t)) in sets[s]
+                     for s, a, b, t in zip(spans["sentence_id"].astype(str), spans["start"], spans["end"], spans["type"])],
+                    dtype=bool)
+
+
+def _moment_span_map(prob: np.ndarray, h1: np.ndarray, h2: np.ndarray) -> Calibrator:
+    """Span posterior -> probability the span is true, from two people's answers held out of the fit.
+
+    In each quantile bin of the raw posterior, a true span is given by a held-out person with their
+    recall ``r`` and a false one (almost) never, so ``P(one gives it) = A r`` and ``P(both give it) =
+    A r^2``, hence ``A = P(one)^2 / P(both)``.  Wrong spans that people also give (systematic errors)
+    make this an over-estimate; it is still far nearer the truth than the fusion's own posterior (see
+    benchmarks/span_replay.py for ECE).  Bin estimates are made monotone by isotonic regression
+    (scikit-learn) and interpolated."""
+    from sklearn.isotonic import IsotonicRegression
+
+    edges = np.unique(np.quantile(prob, np.linspace(0.0, 1.0, CAL_BINS + 1)))
+    b = np.clip(np.searchsorted(edges, prob, side="right") - 1, 0, max(len(edges) - 2, 0))
+    xs, ys, ws = [], [], []
+    for k in np.unique(b):
+        m = b == k
+        one = (h1[m].mean() + h2[m].mean()) / 2.0
+        both = (h1[m] & h2[m]).mean()
+        xs.append(float(prob[m].mean()))
+        ys.append(float(min(1.0, one * one / both)) if both > 0 else float(one))
+        ws.append(int(m.sum()))
+    iso = IsotonicRegression(y_min=0.0, y_max=1.0, out_of_bounds="clip").fit(xs, ys, sample_weight=ws)
+    x = np.concatenate([[0.0], xs, [1.0]])
+    return Calibrator("isotonic", {"x": list(x), "y": list(np.clip(iso.predict(x), 0.0, 1.0))}, int(sum(ws)))
+
+
+def fit_span_calibration(answers: pd.DataFrame, fit: Callable[[pd.DataFrame], SpanAggregation], *,
+                         seed: int = 0, min_verified: int = MIN_VERIFIED) -> SpanCalibration:
+    """Calibrate sentence confidences and span posteriors without truth, cross-fitted.
+
+    ``fit`` is the fusion (e.g. ``lambda a: aggregate_spans(a, tokens=tokens)``).  Answers from workers
+    whose id starts with one of ``VERIFIED_PREFIXES`` are verified: with at least ``min_verified``
+    verified sentences, the fusion is refitted without them and both maps are fitted against them
+    (sentence: fused set == verified set; span: span in the verified set) with
+    :func:`factory.engine.calibration.fit_calibrator`.  Otherwise people's answers stand in: in every
+    sentence with at least three people (two with two) one or two of their answers, drawn at random, are
+    held out, the fusion is refitted on the rest, and
+
+    - the sentence map is fitted against "the held-out person gave exactly the fused set".  That
+      charges every disagreement to the fusion (people are taken as never wrong), so it is a
+      conservative probability: the one to route on while nothing is verified;
+    - the span map is the moment estimate of :func:`_moment_span_map` (needs two held-out answers).
+
+    Returns :data:`IDENTITY` when there is nothing to fit on.
+    """
+    if not len(answers):
+        return IDENTITY
+    rng = np.random.default_rng(seed)
+    sets = answer_span_sets(answers)
+    verified = _is_verified(sets["worker_id"])
+    if len(set(sets.loc[verified, "sentence_id"])) >= int(min_verified):
+        truth = sets[verified].drop_duplicates("sentence_id").set_index("sentence_id")["spans"]
+        agg = fit(answers[~_is_verified(answers["worker_id"])])
+        conf = raw_sentence_confidence(agg)
+        ids = conf.index.intersection(truth.index)
+        fused = _fused_sets(agg, ids)
+        right = np.array([fused[s] == truth[s] for s in ids], dtype=float)
+        sp = agg.spans[agg.spans["sentence_id"].astype(str).isin(ids)]
+        return SpanCalibration(fit_calibrator(conf.loc[ids, "raw"].to_numpy(float), right),
+                               fit_calibrator(sp["probability"].to_numpy(float), _span_hits(sp, truth).astype(float)),
+                               "verified", len(ids), len(sp))
+    people = sets[~verified & ~sets["worker_id"].str.startswith(MODEL_PREFIX)].copy()
+    people["draw"] = rng.random(len(people))
+    people["rank"] = people.groupby("sentence_id")["draw"].rank(method="first").astype(int)
+    n_people = people.groupby("sentence_id")["worker_id"].transform("size")
+    held = people[(people["rank"] <= np.where(n_people >= 3, 2, 1)) & (n_people >= 2)]
+    if held.empty:
+        return IDENTITY
+    key = pd.MultiIndex.from_frame(held[["sentence_id", "worker_id"]])
+    rows = pd.MultiIndex.from_arrays([answers["sentence_id"].astype(str), answers["worker_id"].astype(str)])
+    agg = fit(answers[~rows.isin(key)])
+    conf = raw_sentence_confidence(agg)
+    held = held[held["sentence_id"].isin(conf.index)]
+    fused = _fused_sets(agg, pd.Index(held["sentence_id"].unique()))
+    agree = np.array([s == fused[i] for i, s in zip(held["sentence_id"], held["spans"])], dtype=float)
+    sentence_map = fit_calibrator(conf.loc[held["sentence_id"], "raw"].to_numpy(float), agree)
+    h1 = held[held["rank"] == 1].set_index("sentence_id")["spans"]
+    h2 = held[held["rank"] == 2].set_index("sentence_id")["spans"]
+    sp = agg.spans[agg.spans["sentence_id"].astype(str).isin(h2.index)]
+    if len(sp) >= CAL_BINS:
+        span_map = _moment_span_map(sp["probability"].to_numpy(float), _span_hits(sp, h1), _span_hits(sp, h2))
+    else:
+        span_map = Calibrator("identity")
+    return SpanCalibration(sentence_map, span_map, "held_out", int(held["sentence_id"].nunique()), len(sp))
