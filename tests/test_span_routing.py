@@ -224,3 +224,32 @@ def test_calibration_of_nothing_is_the_identity():
     cal = fit_span_calibration(_answers({("s1", "w1"): ["B-PER", "O"]}), aggregate_spans)
     assert cal.source == "none"
     assert cal.sentence.apply(np.array([0.3]))[0] == pytest.approx(0.3)
+
+
+def test_a_sentence_at_its_answer_cap_keeps_its_reason_but_is_not_asked():
+    sents = {"s0": (["B-PER", "O"], [0.0, 1.0], [(0, 0, "PER", 0.5)]),
+             "s1": (["B-PER", "O"], [0.0, 1.0], [(0, 0, "PER", 0.6)])}
+    ans = _answers({("s0", "w1"): ["B-PER", "O"], ("s0", "w2"): ["O", "O"], ("s1", "w1"): ["B-PER", "O"]})
+    out = route_sentences(_agg(sents), answers=ans, max_answers=2).set_index("sentence_id")
+    assert list(out["reason"]) == ["low_confidence", "low_confidence"]
+    assert out["ask"].tolist() == [False, True]
+    per = pd.Series({"s0": 3, "s1": 1})
+    assert route_sentences(_agg(sents), answers=ans, max_answers=per)["ask"].tolist() == [True, False]
+
+
+def test_priority_is_expected_span_errors_shared_among_the_people_who_answered():
+    # s0 and s1: the same doubtful span; s1 already has three people, s0 one -> s0 first
+    # s2: a sure span but 0.4 of an entity start on a token outside it (missed mass counts)
+    sents = {"s0": (["B-PER", "O"], [0.0, 1.0], [(0, 0, "PER", 0.6)]),
+             "s1": (["B-PER", "O"], [0.0, 1.0], [(0, 0, "PER", 0.6)]),
+             "s2": (["B-PER", "O"], [0.0, 0.6], [(0, 0, "PER", 1.0)])}
+    ans = _answers({("s0", "w1"): ["B-PER", "O"], ("s1", "w1"): ["B-PER", "O"], ("s1", "w2"): ["B-PER", "O"],
+                    ("s1", "w3"): ["B-PER", "O"], ("s2", "w1"): ["B-PER", "O"]})
+    out = route_sentences(_agg(sents), answers=ans).set_index("sentence_id")
+    assert out.loc["s0", "priority"] == pytest.approx(0.4 / 2)
+    assert out.loc["s1", "priority"] == pytest.approx(0.4 / 4)
+    assert out.loc["s2", "priority"] == pytest.approx(0.4 / 2)  # the B-LOC mass _agg puts outside the span
+    # calibrated span posteriors enter the expected errors
+    cal = SpanCalibration(Calibrator("identity"), Calibrator("isotonic", {"x": [0.0, 1.0], "y": [0.0, 0.5]}))
+    out_cal = route_sentences(_agg(sents), answers=ans, calibration=cal).set_index("sentence_id")
+    assert out_cal.loc["s0", "priority"] == pytest.approx((1 - 0.3) / 2)

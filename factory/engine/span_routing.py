@@ -20,10 +20,12 @@ answers it was fitted on, and returns one row per sentence:
     has an answer with the same type that overlaps it with other boundaries), ``missed_entity`` (the
     probability that a token outside the fused spans belongs to an entity outweighs the fused spans'
     doubt), else ``low_confidence``.
-- ``priority``: the expected drop in the probability that the sentence is wrong from one more human
-  answer (:func:`factory.engine.routing.expected_error_reduction`, the classification loop's gain,
-  with a sentence treated as one item whose label is its whole span set); routed sentences are asked
-  highest first.
+- ``priority``: the expected number of span errors one more human answer removes.  Span F1 counts
+  spans, not sentences, so the sentence's expected errors are ``sum(1 - q)`` over its fused spans (``q``
+  the calibrated span posterior) plus the expected number of entities it misses (the ``B-`` mass on
+  tokens outside the fused spans); one more answer among ``n + 1`` people is credited ``1 / (n + 1)``
+  of them (hand-written: each person's answer is an equal share of the people's evidence, so the
+  marginal answer's share shrinks as answers pile up).  Routed sentences are asked highest first.
 - ``n_human``: human answers the sentence has; ``ask``: routed and within ``budget`` (in priority
   order).  ``budget`` caps nothing silently: sentences beyond it keep their reason.
 
@@ -38,18 +40,13 @@ import numpy as np
 import pandas as pd
 
 from factory.engine.calibration import Calibrator, fit_calibrator
-from factory.engine.routing import expected_error_reduction
 from factory.engine.spans import SpanAggregation, bio_spans
 
 __all__ = ["REASONS", "MODEL_PREFIX", "VERIFIED_PREFIXES", "SpanCalibration", "answer_span_sets", "calibrated_spans",
-           "fit_span_calibration", "raw_sentence_confidence", "route_sentences"]
+           "expected_span_errors", "fit_span_calibration", "raw_sentence_confidence", "route_sentences"]
 
 REASONS = ("low_confidence", "disagreement", "boundary", "missed_entity", "no_support")
 MODEL_PREFIX = "model:"  # model labelers are workers whose id starts with this
-# a wrong span set is one of many: the chance that a person's wrong answer equals the fused (wrong) set
-# is modelled as (1 - reliability) / (ALTERNATIVES - 1) in the expected-gain formula
-ALTERNATIVES = 5
-DEFAULT_RELIABILITY = 0.6  # a person's chance of giving the exact span set, before answers say otherwise
 
 
 VERIFIED_PREFIXES = ("gold:", "expert:")  # answers from these worker ids are verified (the sentence's true span set)
@@ -112,6 +109,21 @@ def raw_sentence_confidence(agg: SpanAggregation) -> pd.DataFrame:
     }).rename_axis("sentence_id")
 
 
+def expected_span_errors(agg: SpanAggregation, calibration: SpanCalibration | Calibrator | None = None) -> pd.Series:
+    """Per sentence: expected wrong fused spans (``sum(1 - q)``, ``q`` calibrated by ``calibration.span``
+    when a :class:`SpanCalibration` is given) plus expected missed entities (``B-`` mass outside the spans)."""
+    tags = agg.tags
+    sid = tags["sentence_id"].astype(str).to_numpy()
+    b_cols = [c for c in tags.columns if str(c).startswith("prob_B-")]
+    outside = (tags["tag"] == "O").to_numpy()
+    missed = pd.Series(np.where(outside, tags[b_cols].to_numpy(float).sum(axis=1), 0.0)).groupby(sid).sum()
+    q = agg.spans["probability"].to_numpy(float)
+    if isinstance(calibration, SpanCalibration):
+        q = np.clip(calibration.span.apply(q), 0.0, 1.0)
+    wrong = pd.Series(1.0 - q).groupby(agg.spans["sentence_id"].astype(str).to_numpy()).sum()
+    return missed.add(wrong, fill_value=0.0).rename("expected_errors")
+
+
 def _fused_sets(agg: SpanAggregation, index: pd.Index) -> pd.Series:
     sp = agg.spans
     sets = pd.Series(
@@ -123,14 +135,15 @@ def _fused_sets(agg: SpanAggregation, index: pd.Index) -> pd.Series:
 
 def route_sentences(agg: SpanAggregation, *, answers: pd.DataFrame | None = None, target: float = 0.95,
                     budget: int | None = None, calibration: SpanCalibration | Calibrator | None = None,
-                    reliability: float | None = None) -> pd.DataFrame:
+                    max_answers: int | pd.Series | None = None) -> pd.DataFrame:
     """Route every sentence of ``agg``: accept (``reason == ""``) or send to a person, with a priority.
 
     ``answers``: the BIO answers ``agg`` was fitted on (``sentence_id, worker_id, token_index, tag``;
     ids starting with ``"model:"`` are model labelers).  ``calibration`` maps the raw sentence
     confidence to a probability (identity when None: the model's own, overconfident, value).
-    ``reliability``: a person's chance of giving the exact span set (default: the people's measured
-    agreement with the fused sets, or ``DEFAULT_RELIABILITY`` without answers).  Columns:
+    ``max_answers``: the most
+    human answers a sentence may get (global, or a Series by sentence_id, e.g. what a replay file holds);
+    a routed sentence at its cap keeps its reason but is not asked (an expert's, or nobody's).  Columns:
     ``sentence_id, confidence, reason, priority, n_human, ask``.
     """
     if not 0.0 < float(target) <= 1.0:
@@ -150,7 +163,6 @@ def route_sentences(agg: SpanAggregation, *, answers: pd.DataFrame | None = None
     disagreement = np.zeros(n, dtype=bool)
     boundary_conflict = np.zeros(n, dtype=bool)
     n_human = np.zeros(n, dtype=int)
-    agree_rate = None
     if answers is not None and len(answers):
         sets = answer_span_sets(answers)
         sets = sets[sets["sentence_id"].isin(idx)]
@@ -165,10 +177,7 @@ def route_sentences(agg: SpanAggregation, *, answers: pd.DataFrame | None = None
             no_support[i] = bool(fused_list[i] - given[i])
         # people's answers per sentence: does a strict majority give one set, and is it the fused one?
         hs = sets[human.to_numpy()]
-        hpos = idx.get_indexer(hs["sentence_id"])
-        agree = np.array([s == fused_list[p] for p, s in zip(hpos, hs["spans"])], dtype=bool)
         if len(hs):
-            agree_rate = float(agree.mean())
             counts = hs.groupby(["sentence_id", "spans"], sort=False).size().rename("k").reset_index()
             top = counts.sort_values("k", ascending=False, kind="stable").drop_duplicates("sentence_id")
             tpos = idx.get_indexer(top["sentence_id"])
@@ -192,11 +201,12 @@ def route_sentences(agg: SpanAggregation, *, answers: pd.DataFrame | None = None
     reason[disagreement] = "disagreement"
     reason[no_support] = "no_support"
 
-    rel = float(reliability) if reliability is not None else (
-        agree_rate if agree_rate is not None else DEFAULT_RELIABILITY)
-    rel = float(np.clip(rel, 0.05, 0.99))
-    priority = expected_error_reduction(confidence, rel, ALTERNATIVES, horizon=3)
+    priority = expected_span_errors(agg, calibration).reindex(idx).to_numpy(float) / (n_human + 1.0)
     routed = reason != ""
+    if max_answers is not None:
+        cap = (max_answers.reindex(idx).fillna(0).to_numpy(int) if isinstance(max_answers, pd.Series)
+               else np.full(n, int(max_answers)))
+        routed = routed & (n_human < cap)
     ask = np.zeros(n, dtype=bool)
     r_idx = np.flatnonzero(routed)
     order = r_idx[np.argsort(-priority[r_idx], kind="stable")]
