@@ -646,7 +646,7 @@ def demo(root: str, n_batches: int, limit: int | None, seed_size: int, mode: str
 
 
 BENCHMARKS = ("aggregation", "replay", "verify", "speed", "pipeline", "guarantee", "workbench", "generalise", "scale",
-              "spans", "spans_speed")
+              "spans", "spans_speed", "span_calibration")
 
 
 @main.command()

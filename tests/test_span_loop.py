@@ -84,3 +84,26 @@ def test_is_span_folder(tmp_path):
     (tmp_path / "product" / "answers.csv").write_text("item_id,worker_id,label\n")
     assert is_span_folder(tmp_path) and is_span_folder(tmp_path / "ner")
     assert not is_span_folder(tmp_path / "product")
+
+
+def test_bench_replay_on_a_span_folder_runs_the_span_replay(cli, tmp_path, monkeypatch):
+    import benchmarks.replay
+    import benchmarks.span_replay
+
+    called = {}
+
+    def fake_run(out, data=None, **opts):
+        called["data"] = data
+        return {"share_reaching_target": {"route": {"all": [0.4], "part1_held_back": [0.45]}},
+                "target_all_answers": {"all": {"strict_f1": 0.7}, "part1_held_back": {"strict_f1": 0.7}}}
+
+    def must_not_run(*a, **k):
+        raise AssertionError("the classification replay ran on a span folder")
+
+    monkeypatch.setattr(benchmarks.span_replay, "run", fake_run)
+    monkeypatch.setattr(benchmarks.replay, "run", must_not_run)
+    ner = tmp_path / "crowd" / "ner"
+    ner.mkdir(parents=True)
+    (ner / "answers.csv").write_text("sentence_id,worker_id,token_index,tag\n")
+    cli("bench", "replay", "--data", ner, "--out", tmp_path / "out")
+    assert called["data"] == ner
