@@ -647,7 +647,7 @@ def demo(root: str, n_batches: int, limit: int | None, seed_size: int, mode: str
 
 
 BENCHMARKS = ("aggregation", "replay", "verify", "speed", "pipeline", "guarantee", "workbench", "generalise", "scale",
-              "spans", "spans_speed", "span_labelers")
+              "spans", "spans_speed", "span_labelers", "span_calibration")
 
 
 @main.command()
@@ -663,7 +663,8 @@ def bench(name: str, out_dir: str, data: str | None, answers: int | None, seeds:
     """Run a benchmark script from benchmarks/ and write DIR/NAME.json and DIR/NAME.png.
 
     `all` runs every benchmark and also writes DIR/summary.md (a Markdown table).  aggregation takes
-    --data CROWD_FOLDER, replay takes --data CROWD_FOLDER/product (or the crowd folder itself),
+    --data CROWD_FOLDER, replay takes --data CROWD_FOLDER/product (or the crowd folder itself; a crowd NER
+    folder such as CROWD_FOLDER/ner runs the span loop's replay, benchmarks/span_replay.py),
     generalise takes --data CROWD_FOLDER (product and dog, plus text sets with a simulated crowd).
     """
     import importlib
@@ -680,6 +681,8 @@ def bench(name: str, out_dir: str, data: str | None, answers: int | None, seeds:
     for n in bars().track(names, "bench", unit="benchmarks", label=str):
         mod = importlib.import_module(f"benchmarks.{n}")
         d = Path(data) if data else None
+        if n == "replay" and d is not None and importlib.import_module("benchmarks.span_replay").is_span_folder(d):
+            mod = importlib.import_module("benchmarks.span_replay")  # crowd NER: the span loop's replay
         if n == "replay" and d is not None and (d / "product").is_dir():
             d = d / "product"
         if n in ("aggregation",) and d is not None and d.name == "product":

@@ -21,7 +21,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("base: pure helpers, no ledger", ("__init__", "errors", "config", "pii", "croissant", "release_report",
                                        "datasets", "embeddings", "disputes", "task_rows", "engine", "engine.span_routing",
                                        "progress")),
-    ("domain: task types, spec, quality rules, labelers", ("tasks", "spec", "quality", "guarantee", "loop",
+    ("domain: task types, spec, quality rules, labelers", ("tasks", "spec", "quality", "guarantee", "loop", "span_loop",
                                                            "labelers", "set_labelers", "span_labelers")),
     ("storage: migrations policy", ("db",)),
     ("storage: the ledger", ("ledger",)),
