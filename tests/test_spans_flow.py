@@ -232,6 +232,14 @@ def test_spans_flow_from_init_to_trace(cli, root, fx, tmp_path):
     fields = {f["name"]: f for rs in cro["recordSet"] for f in rs.get("field", [])}
     assert fields["bio"]["repeated"] and fields["tokens"]["repeated"] and fields["label"]["repeated"]
 
+    # people's corrections retrain the taggers: the next training sees more human spans, under a new hash
+    from factory.pipeline import train_labelers
+
+    before = preds["labeler_version"].str.split("+").str[1].iloc[0]
+    again_trained = train_labelers(fx, "ents")
+    assert not again_trained.reused and again_trained.n_train > 40
+    assert not again_trained.training_hash.startswith(before)
+
     trace = json.loads(cli("trace", t0["item_id"], "--dataset", "ents", "--json").output)["events"]
     kinds = [e["kind"] for e in trace]
     assert kinds[0] == "human" and "model" in kinds and kinds[-1] == "final"
