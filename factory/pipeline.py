@@ -338,18 +338,16 @@ def fuse(fx: Factory, dataset: str, batch_id: str, run_id: str | None = None) ->
     answers = preds.rename(columns={"labeler": "worker_id"})[["item_id", "worker_id", "label", *prob_cols(classes)]]
     if spec.task_type.answer_shape == "spans":
         # the labelers are annotators of aggregate_spans; span routing (engine.span_routing) gives each sentence
-        # its probability of being exactly right, its reason to go to a person and its priority
+        # its probability of being exactly right (calibrated below like any fusion's), its reason to go to a person
+        # and its priority
         items = read_table(fx, "raw_items", dataset, batch_id)
         fused = spec.task_type.pool_models(answers, classes, item_table(spec, items),
                                            target=spec.quality.confidence_threshold)
-        raw = fused["confidence"].to_numpy(dtype=float)  # span routing's probability that the set is exactly right
-        fused, calibration = calibrate_fused(fx, dataset, fused)  # ... measured on what people verified
-        fused["raw_confidence"] = raw
     else:
         fused = _pool_models(spec, answers)
-        raw = fused["confidence"].to_numpy(dtype=float)
-        fused, calibration = calibrate_fused(fx, dataset, fused)
-        fused["raw_confidence"] = raw
+    raw = fused["confidence"].to_numpy(dtype=float)
+    fused, calibration = calibrate_fused(fx, dataset, fused)
+    fused["raw_confidence"] = raw
     fx.ledger.record_check(dataset, batch_id, "confidence_calibration", spec.quality.standard, True, calibration, run_id)
     wide = preds.pivot(index="item_id", columns="labeler", values="label")
     fused["agreement"] = wide.eq(fused["label"], axis=0).mean(axis=1).reindex(fused.index)
