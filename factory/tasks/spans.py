@@ -8,6 +8,12 @@ the spans sorted by start as compact JSON, e.g. ``[[0,2,"PER"],[5,6,"LOC"]]``, s
 equal.  Fusion is :func:`factory.engine.spans.aggregate_spans` (sequence-aware, with a posterior per span);
 an item's confidence is its weakest decision: the smallest of its spans' posteriors and of its
 non-entity tokens' ``O`` probabilities.
+
+In the batch pipeline (mode ``prelabel-human``): ingest records the tokens (``item_fields``), the taggers of
+:mod:`factory.span_labelers` pre-annotate, their spans are fused with each tagger an annotator and routed by
+:func:`factory.engine.span_routing.route_sentences` (``pool_models``), people correct the shown fused spans,
+and people's spans are fused with the models' pooled ones (``fuse_with_models``).  Releases add ``tokens`` and
+a ``bio`` view (``release_columns``).
 """
 from __future__ import annotations
 
