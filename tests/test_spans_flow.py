@@ -97,6 +97,7 @@ def test_spans_flow_from_init_to_trace(cli, root, fx, tmp_path):
     spec["seed"]["size"] = 40
     spec["quality"].update(audit_rate=0.2, min_accuracy=0.5)
     spec["review"]["budget"] = 1.0
+    spec["review"]["show_model_suggestion"] = False  # spans show the pre-annotation to correct anyway
     spec_path.write_text(yaml.safe_dump(spec))
     assert "valid" in cli("validate", "--dataset", "ents").output
 
