@@ -63,7 +63,8 @@ def main(ctx: click.Context, show_progress: bool | None) -> None:
 @click.option("--root", default=None, help=ROOT_HELP)
 @click.option("--force", is_flag=True, help="Overwrite an existing spec file.")
 @click.option("--type", "task_type", default="classification", show_default=True,
-              help="Task type: classification (one class per item) or multi-label (a set of tags per item).")
+              help="Task type: classification (one class per item), multi-label (a set of tags per item) or "
+                   "spans (typed token spans per text, e.g. named entities).")
 def init(name: str, root: str | None, force: bool, task_type: str) -> None:
     """Write a commented dataset spec template (for --type) to datasets/NAME.yaml."""
     from factory.spec import template
@@ -646,7 +647,7 @@ def demo(root: str, n_batches: int, limit: int | None, seed_size: int, mode: str
 
 
 BENCHMARKS = ("aggregation", "replay", "verify", "speed", "pipeline", "guarantee", "workbench", "generalise", "scale",
-              "spans", "spans_speed")
+              "spans", "spans_speed", "span_labelers", "span_calibration")
 
 
 @main.command()
@@ -662,7 +663,8 @@ def bench(name: str, out_dir: str, data: str | None, answers: int | None, seeds:
     """Run a benchmark script from benchmarks/ and write DIR/NAME.json and DIR/NAME.png.
 
     `all` runs every benchmark and also writes DIR/summary.md (a Markdown table).  aggregation takes
-    --data CROWD_FOLDER, replay takes --data CROWD_FOLDER/product (or the crowd folder itself),
+    --data CROWD_FOLDER, replay takes --data CROWD_FOLDER/product (or the crowd folder itself; a crowd NER
+    folder such as CROWD_FOLDER/ner runs the span loop's replay, benchmarks/span_replay.py),
     generalise takes --data CROWD_FOLDER (product and dog, plus text sets with a simulated crowd).
     """
     import importlib
@@ -679,6 +681,8 @@ def bench(name: str, out_dir: str, data: str | None, answers: int | None, seeds:
     for n in bars().track(names, "bench", unit="benchmarks", label=str):
         mod = importlib.import_module(f"benchmarks.{n}")
         d = Path(data) if data else None
+        if n == "replay" and d is not None and importlib.import_module("benchmarks.span_replay").is_span_folder(d):
+            mod = importlib.import_module("benchmarks.span_replay")  # crowd NER: the span loop's replay
         if n == "replay" and d is not None and (d / "product").is_dir():
             d = d / "product"
         if n in ("aggregation",) and d is not None and d.name == "product":

@@ -180,7 +180,8 @@ def _check_columns(path: Path, columns: list[str], spec: DatasetSpec, where: str
     if id_col and id_col not in columns:
         raise IngestError(f"{at}: missing column '{id_col}' (the spec's task.id_column, your own item ids); "
                           f"columns found: {columns}; nothing was ingested")
-    allowed = {spec.task.input, *spec.task.metadata, *RESERVED, *([id_col] if id_col else [])}
+    allowed = {spec.task.input, *spec.task.metadata, *RESERVED, *([id_col] if id_col else []),
+               *getattr(spec.task_type, "input_columns", ())}  # e.g. spans: an optional `tokens` column
     unknown = [c for c in columns if c not in allowed]
     if unknown:
         raise IngestError(f"{at}: unknown column(s) {unknown}; the spec of '{spec.name}' allows "
@@ -281,7 +282,8 @@ class _DuplicateKey(ValueError):
 def _rows_jsonl(path: Path, raw: bytes, spec: DatasetSpec):
     text = _decode(path, raw)
     id_col = spec.task.id_column
-    allowed = {spec.task.input, *spec.task.metadata, *RESERVED, *([id_col] if id_col else [])}
+    allowed = {spec.task.input, *spec.task.metadata, *RESERVED, *([id_col] if id_col else []),
+               *getattr(spec.task_type, "input_columns", ())}  # e.g. spans: an optional `tokens` column
     n = 0
     # split on \n only: str.splitlines would also break at U+2028, U+0085 ... which JSON strings may hold
     for line_no, line in enumerate(text.split("\n"), start=1):
@@ -456,6 +458,7 @@ def ingest(path: str | Path, spec: DatasetSpec, ledger: Ledger, progress: Progre
     batch_id = "b_" + sha[:16]
     source_name = path.name
     allowed_meta = list(spec.task.metadata)
+    item_fields = getattr(spec.task_type, "item_fields", None)
     id_col = spec.task.id_column
     items: dict[str, dict] = {}
     by_key: dict[str, str] = {}          # duplicate key hash -> the item id that first had it
@@ -520,6 +523,13 @@ def ingest(path: str | Path, spec: DatasetSpec, ledger: Ledger, progress: Progre
                 ext_item[ext] = first
             continue
         meta = {k: rec.get(k) for k in allowed_meta if k in rec}
+        if item_fields is not None:  # what the task type records in the item (spans: its tokens)
+            try:
+                meta |= item_fields(text, rec)
+            except ValueError as e:
+                quarantined.append(dict(source_file=src_file, source_row=src_row, field="tokens", reason=str(e),
+                                        raw=_excerpt(rec.get("tokens", payload))))
+                continue
         by_key[key] = iid
         if ext:
             ext_item[ext] = iid
@@ -574,6 +584,11 @@ def ingest(path: str | Path, spec: DatasetSpec, ledger: Ledger, progress: Progre
     from factory import compliance
 
     raws, redactions = compliance.redact_items(spec, {r["item_id"]: r for r in new_items}, batch_id)
+    if raws and item_fields is not None:  # the recorded tokens follow the redacted text: no raw words in metadata
+        redacted = {r["item_id"] for r in raws}
+        for r in new_items:
+            if r["item_id"] in redacted:
+                r["meta"] = canonical(json.loads(r["meta"]) | item_fields(r["text"], {}))
     if raws:
         compliance.ensure(ledger)
     with progress.work("ingest: write", len(new_items)):

@@ -33,6 +33,20 @@ def label_config(spec) -> str:
     return f'<View>\n  <Text name="{TO_NAME}" value="$text"/>\n{control}</View>\n'
 
 
+def _item_kw(spec, item) -> dict:
+    """The item (text, meta) for a type that maps offsets through it (spans: characters <-> tokens), else nothing."""
+    if not getattr(spec.task_type, "needs_item", False) or item is None:
+        return {}
+    return {"item": {"text": item["text"], "meta": item["meta"]}}
+
+
+def _one_item(ledger: Ledger, spec, t: dict):
+    if not getattr(spec.task_type, "needs_item", False):
+        return None
+    df = ledger.items(t["dataset"], item_ids=[t["item_id"]])
+    return None if df.empty else df.iloc[0]
+
+
 def export_tasks(fx, batch_id: str, *, include_answered: bool = False) -> list[dict]:
     """The batch's routed tasks (open ones unless `include_answered`) as Label Studio tasks with predictions."""
     batch = fx.ledger.batch(batch_id)
@@ -57,7 +71,8 @@ def export_tasks(fx, batch_id: str, *, include_answered: bool = False) -> list[d
             latest_fusion = g[g["kind"] == "fusion"].tail(1)
             for r in list(g[g["kind"] == "model"].itertuples()) + list(latest_fusion.itertuples()):
                 preds.append({"model_version": r.actor, "score": None if r.confidence is None else float(r.confidence),
-                              "result": spec.task_type.to_labelstudio(str(r.label), FROM_NAME, TO_NAME)})
+                              "result": spec.task_type.to_labelstudio(str(r.label), FROM_NAME, TO_NAME,
+                                                                      **_item_kw(spec, items.loc[t.item_id]))})
         out.append({
             "data": {"text": items.loc[t.item_id, "text"], "factory_task_id": t.task_id, "item_id": t.item_id,
                      # the user's own id (spec task.id_column), so Label Studio shows the id they know
@@ -166,7 +181,8 @@ def plan_import(fx, path: str | Path, annotator_map: dict[str, str] | None = Non
         for a in live:
             aw = f"{where}, annotation {a.get('id', '?')}"
             try:  # the task type reads its own control's results (one choice, a set of choices, ...)
-                label = spec.task_type.from_labelstudio(a.get("result", []), spec.class_names, aw)
+                label = spec.task_type.from_labelstudio(a.get("result", []), spec.class_names, aw,
+                                                        **_item_kw(spec, _one_item(ledger, spec, t)))
             except AnswerError as e:
                 rep.problems.append(f"{e} (dataset '{t['dataset']}')")
                 continue

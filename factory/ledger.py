@@ -754,7 +754,10 @@ class Ledger:
         t = self.task(task_id)
         if t is None:
             raise TaskNotFound(f"task '{task_id}': no such task; list open tasks with `factory tasks list`")
-        label = _schema(classes).parse(label, f"task '{task_id}' of dataset '{t['dataset']}'")
+        sch = _schema(classes)
+        with self.engine.connect() as c:
+            ctx = self._item_context(c, sch, t["dataset"], t["item_id"])
+        label = sch.parse(label, f"task '{task_id}' of dataset '{t['dataset']}'", ctx)
         if not annotator or not str(annotator).strip():
             raise TaskError(f"task '{task_id}': an answer needs an annotator id (--annotator)")
         with self.engine.begin() as c:
@@ -783,7 +786,9 @@ class Ledger:
         out = []
         for a in answers:
             if a.get("arbitration"):  # an expert's decision on an item (dataset, item_id, rationale)
-                label = _schema(classes_by_dataset[a["dataset"]]).parse(a["label"], f"item '{a['item_id']}'")
+                sch = _schema(classes_by_dataset[a["dataset"]])
+                label = sch.parse(a["label"], f"item '{a['item_id']}'",
+                                  self._item_context(c, sch, a["dataset"], a["item_id"]))
                 if not a.get("rationale") or not str(a["rationale"]).strip():
                     raise TaskError(f"item '{a['item_id']}': an arbitration needs a rationale (why this label)")
                 out.append(self._arbitrate(c, a["dataset"], a["item_id"], label, a["annotator"],
@@ -795,7 +800,8 @@ class Ledger:
             t = a.get("task") or c.execute(sa.select(tasks).where(tasks.c.task_id == a["task_id"])).mappings().first()
             if t is None:
                 raise TaskNotFound(f"task '{a['task_id']}': no such task")
-            label = _schema(classes_by_dataset[t["dataset"]]).parse(a["label"], f"task '{a['task_id']}'")
+            sch = _schema(classes_by_dataset[t["dataset"]])
+            label = sch.parse(a["label"], f"task '{a['task_id']}'", self._item_context(c, sch, t["dataset"], t["item_id"]))
             out.append(self._answer(c, dict(t), label, a["annotator"],
                                     spec_version=a.get("spec_version"),
                                     guideline_version=a.get("guideline_version"),
@@ -803,6 +809,15 @@ class Ledger:
                                     extra=a.get("payload"), correct=bool(a.get("correct")),
                                     require_lease=bool(a.get("require_lease")), history=a.get("history")))
         return out
+
+    @staticmethod
+    def _item_context(c, sch: LabelSchema, dataset: str, item_id: str) -> dict | None:
+        """What the task type checks an answer against on this item (spans: ``n_tokens``), None if nothing."""
+        tt = sch.task_type
+        if not getattr(tt, "needs_item", False):
+            return None
+        meta = c.execute(sa.select(items.c.meta).where(items.c.dataset == dataset, items.c.item_id == item_id)).scalar()
+        return tt.item_context(meta) if meta is not None else None
 
     def item_answers(self, c, dataset: str, item_id: str) -> list[dict]:
         """An item's human, correction and retraction events in seq order as plain rows, on the caller's

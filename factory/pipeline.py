@@ -23,6 +23,7 @@ from factory import loop as people_loop
 from factory.progress import NULL, Progress, counted
 from factory.quality import audit_target
 from factory.root import Factory  # noqa: F401  (the root object lived here; callers still import it from pipeline)
+from factory.span_labelers import cross_val_spans
 from factory.spec import DatasetSpec
 from factory.task_rows import max_tier, task_id_for, task_row  # noqa: F401  (task_id_for: callers import it from here)
 
@@ -62,6 +63,18 @@ def read_table(fx: Factory, name: str, dataset: str, batch_id: str) -> pd.DataFr
 
 def prob_cols(classes: list[str]) -> list[str]:
     return [f"prob_{c}" for c in classes]
+
+
+def labeler_input(spec: DatasetSpec, items: pd.DataFrame) -> pd.DataFrame:
+    """What the labelers read of each item: ``item_id, text``, plus what the task type records (spans: tokens)."""
+    hook = getattr(spec.task_type, "labeler_input", None)
+    return items[["item_id", "text"]].reset_index(drop=True) if hook is None else hook(items)
+
+
+def item_table(spec: DatasetSpec, items: pd.DataFrame) -> pd.DataFrame | None:
+    """The items' recorded context the type's fusion needs (spans: ``item_id, tokens, n_tokens``), else None."""
+    hook = getattr(spec.task_type, "item_table", None)
+    return None if hook is None else hook(items)
 
 
 def _meta(spec: DatasetSpec, run_id: str | None) -> dict:
@@ -239,7 +252,7 @@ def train_labelers(fx: Factory, dataset: str, batch_id: str | None = None, seed:
         raise NotReadyError(f"'{dataset}' has {len(labels)} human label(s) covering "
                             f"{labels['label'].nunique()} class(es); the labelers need at least two classes")
     items = fx.ledger.items(dataset, item_ids=labels["item_id"].tolist())
-    train = labels.merge(items[["item_id", "text"]], on="item_id").sort_values("item_id").reset_index(drop=True)
+    train = labels.merge(items[["item_id", "text", "meta"]], on="item_id").sort_values("item_id").reset_index(drop=True)
     th = training_hash(train[["item_id", "text"]], train["label"].tolist())
     tt = spec.task_type
     # keyed by the code's labeler versions too: changed labeler code never reuses models trained by old code
@@ -249,7 +262,7 @@ def train_labelers(fx: Factory, dataset: str, batch_id: str | None = None, seed:
         names = json.loads((folder / "labelers.json").read_text())
         return TrainedLabelers(th, _with_embedding_cache(fx, [Labeler.load(folder / n) for n in names]), len(train),
                                reused=True)
-    labelers = [lb.fit(train[["item_id", "text"]], train["label"].tolist(), spec.class_names)
+    labelers = [lb.fit(labeler_input(spec, train), train["label"].tolist(), spec.class_names)
                 for lb in fx.progress.track(_with_embedding_cache(fx, tt.make_labelers(seed=seed)),
                                             "train labelers", weight=len(train), label=lambda lb: lb.name)]
     tmp = folder.with_name(folder.name + f".tmp{os.getpid()}")
@@ -282,12 +295,15 @@ def model_predictions(fx: Factory, dataset: str, batch_id: str, trained: Trained
     items = read_table(fx, "raw_items", dataset, batch_id)
     frames = []
     for lb in fx.progress.track(trained.labelers, "predict", weight=len(items), label=lambda lb: lb.info.name):
-        p = lb.predict_proba(items[["item_id", "text"]])
+        if hasattr(spec.task_type, "predict_items"):  # spans: tagged per token, decided by the labeler
+            label, conf, p = spec.task_type.predict_items(lb, labeler_input(spec, items), classes)
+        else:
+            p = lb.predict_proba(items[["item_id", "text"]])
+            label, conf = spec.task_type.decide(p, classes)  # argmax, or the set of classes at >= 0.5
         f = pd.DataFrame(p, columns=prob_cols(classes))
         f.insert(0, "item_id", items["item_id"].to_numpy())
         f.insert(1, "labeler", lb.info.name)
         f.insert(2, "labeler_version", f"{lb.info.name}@{lb.info.version}+{trained.training_hash[:12]}")
-        label, conf = spec.task_type.decide(p, classes)  # argmax, or the set of classes at >= 0.5
         f.insert(3, "label", label)
         f.insert(4, "confidence", conf)
         frames.append(f)
@@ -320,7 +336,15 @@ def fuse(fx: Factory, dataset: str, batch_id: str, run_id: str | None = None) ->
     classes = spec.class_names
     preds = read_table(fx, "model_predictions", dataset, batch_id)
     answers = preds.rename(columns={"labeler": "worker_id"})[["item_id", "worker_id", "label", *prob_cols(classes)]]
-    fused = _pool_models(spec, answers)
+    if spec.task_type.answer_shape == "spans":
+        # the labelers are annotators of aggregate_spans; span routing (engine.span_routing) gives each sentence
+        # its probability of being exactly right (calibrated below like any fusion's), its reason to go to a person
+        # and its priority
+        items = read_table(fx, "raw_items", dataset, batch_id)
+        fused = spec.task_type.pool_models(answers, classes, item_table(spec, items),
+                                           target=spec.quality.confidence_threshold)
+    else:
+        fused = _pool_models(spec, answers)
     raw = fused["confidence"].to_numpy(dtype=float)
     fused, calibration = calibrate_fused(fx, dataset, fused)
     fused["raw_confidence"] = raw
@@ -329,7 +353,7 @@ def fuse(fx: Factory, dataset: str, batch_id: str, run_id: str | None = None) ->
     fused["agreement"] = wide.eq(fused["label"], axis=0).mean(axis=1).reindex(fused.index)
     fused["disagreement"] = wide.ne(wide.iloc[:, 0], axis=0).any(axis=1).reindex(fused.index)
     out = fused.reset_index()[["item_id", "label", "confidence", "raw_confidence", "agreement", "disagreement",
-                               *prob_cols(classes)]]
+                               *prob_cols(classes), *[c for c in ("route_reason", "priority") if c in fused]]]
     write_table(out, fx.paths.table("fused_labels", dataset, batch_id))
     meta = _meta(spec, run_id)
     events = [dict(batch_id=batch_id, item_id=r.item_id, kind="fusion", actor=f"fusion:{MODEL_FUSION}", label=r.label,
@@ -368,7 +392,7 @@ def heldout_predictions(fx: Factory, dataset: str, seed: int = 0) -> pd.DataFram
     labels = human_labels(fx, dataset)
     labels = labels[in_schema(spec, labels["label"])]
     items = fx.ledger.items(dataset, item_ids=labels["item_id"].tolist())
-    train = labels.merge(items[["item_id", "text"]], on="item_id").sort_values("item_id").reset_index(drop=True)
+    train = labels.merge(items[["item_id", "text", "meta"]], on="item_id").sort_values("item_id").reset_index(drop=True)
     cols = ["item_id", "label", "raw_confidence", "human_label", "correct"]
     if len(train) < 2 or train["label"].nunique() < 2:
         return pd.DataFrame(columns=cols)
@@ -378,16 +402,19 @@ def heldout_predictions(fx: Factory, dataset: str, seed: int = 0) -> pd.DataFram
     if path.exists():
         return pd.read_parquet(path)
     frames = []
-    for j, lb in enumerate(fx.progress.track(tt.make_labelers(seed=seed), "calibration: cross-fit labelers",
-                                             weight=len(train), label=lambda lb: lb.name)):
-        p = cross_val_proba(lambda j=j: tt.make_labelers(seed=seed)[j], train[["item_id", "text"]],
-                            train["label"].tolist(), classes, folds=HELDOUT_FOLDS, seed=seed)
-        f = pd.DataFrame(p, columns=prob_cols(classes))
-        f.insert(0, "item_id", train["item_id"].to_numpy())
-        f.insert(1, "worker_id", f"{lb.name}#{j}")
-        f.insert(2, "label", tt.decide(p, classes)[0])
-        frames.append(f)
-    fused = _pool_models(spec, pd.concat(frames, ignore_index=True))
+    if tt.answer_shape == "spans":
+        fused = _heldout_spans(spec, train, seed)
+    else:
+        for j, lb in enumerate(fx.progress.track(tt.make_labelers(seed=seed), "calibration: cross-fit labelers",
+                                                 weight=len(train), label=lambda lb: lb.name)):
+            p = cross_val_proba(lambda j=j: tt.make_labelers(seed=seed)[j], train[["item_id", "text"]],
+                                train["label"].tolist(), classes, folds=HELDOUT_FOLDS, seed=seed)
+            f = pd.DataFrame(p, columns=prob_cols(classes))
+            f.insert(0, "item_id", train["item_id"].to_numpy())
+            f.insert(1, "worker_id", f"{lb.name}#{j}")
+            f.insert(2, "label", tt.decide(p, classes)[0])
+            frames.append(f)
+        fused = _pool_models(spec, pd.concat(frames, ignore_index=True))
     human = train.set_index("item_id")["label"].astype(str).reindex(fused.index)
     out = pd.DataFrame({"item_id": fused.index, "label": fused["label"].astype(str).to_numpy(),
                         "raw_confidence": fused["confidence"].to_numpy(dtype=float),
@@ -395,6 +422,20 @@ def heldout_predictions(fx: Factory, dataset: str, seed: int = 0) -> pd.DataFram
     out["correct"] = (out["label"] == out["human_label"]).astype(float)
     write_table(out[cols], path)
     return out[cols]
+
+
+def _heldout_spans(spec: DatasetSpec, train: pd.DataFrame, seed: int) -> pd.DataFrame:
+    """Spans: each tagger family cross-fitted on the human-labelled items, their out-of-fold spans fused and routed
+    exactly as `fuse` does (each tagger an annotator): what people verified against taggers that did not know it."""
+    tt = spec.task_type
+    X = labeler_input(spec, train)
+    frames = [pd.DataFrame({"item_id": train["item_id"], "worker_id": f"model:{lb.name}",
+                            "label": cross_val_spans(lambda j=j: tt.make_labelers(seed=seed)[j], X,
+                                                     train["label"].tolist(), spec.class_names,
+                                                     folds=HELDOUT_FOLDS, seed=seed)})
+              for j, lb in enumerate(tt.make_labelers(seed=seed))]
+    return tt.pool_models(pd.concat(frames, ignore_index=True), spec.class_names, item_table(spec, train),
+                          target=spec.quality.confidence_threshold)
 
 
 def calibrate_fused(fx: Factory, dataset: str, fused: pd.DataFrame) -> tuple[pd.DataFrame, dict]:
@@ -418,7 +459,7 @@ def calibrate_fused(fx: Factory, dataset: str, fused: pd.DataFrame) -> tuple[pd.
              "heldout_accuracy": round(float(held["correct"].mean()), 6),
              "mean_raw_confidence": round(float(raw.mean()), 6) if len(raw) else None,
              "mean_confidence": round(float(cal[len(held):].mean()), 6) if len(raw) else None}
-    if fx.spec(dataset).task_type.answer_shape == "set":  # the set's probability; the per-class marginals stay
+    if fx.spec(dataset).task_type.answer_shape != "one":  # the set's probability; the per-class marginals stay
         return fused.assign(confidence=cal[len(held):]), info
     return set_top_probability(fused, cal[len(held):]), info
 
@@ -476,6 +517,45 @@ def _prelabel_human_routes(spec: DatasetSpec, fused: pd.DataFrame, model_labels:
                                                for x, n in zip(r.loc[flagged, "reasons"], names)],
                                               index=flagged, dtype=object)
     return r.reset_index()[["item_id", "route", "label", "confidence", "reasons", "priority"]]
+
+
+def _span_reasons(fused: pd.DataFrame, threshold: float) -> pd.Series:
+    """Spans: why each sentence goes to a person ("" = it may be accepted): span routing's reason, else
+    "low_confidence" when its confidence calibrated on people's labels is below the auto-accept threshold."""
+    reason = fused["route_reason"].fillna("").astype(str)
+    low = (reason == "") & (fused["confidence"].astype(float) < threshold)
+    return reason.mask(low, "low_confidence")
+
+
+def _prelabel_span_routes(spec: DatasetSpec, fused: pd.DataFrame, seed: int, threshold: float,
+                          budget: int) -> pd.DataFrame:
+    """Spans: a reason (`_span_reasons`: span routing's, or a calibrated confidence below the threshold) sends a
+    sentence to people, in span routing's priority order while the review budget lasts (the rest deferred); a
+    random audit sample of the sentences accepted goes to people too (first call on the budget, as for one class
+    per item)."""
+    reason = _span_reasons(fused, threshold)
+    fused = fused.assign(route_reason=reason)
+    accepted = fused.index[(reason == "").to_numpy()]
+    audit_min = audit_target(spec.quality, fused.loc[accepted, "confidence"])
+    n_audit = min(len(accepted), max(audit_min, int(np.ceil(spec.quality.audit_rate * len(accepted)))),
+                  max(int(budget), 0))
+    audit = set(np.random.default_rng(seed).choice(np.asarray(accepted, dtype=object), size=n_audit, replace=False)) \
+        if n_audit else set()
+    flagged = fused.loc[(reason != "").to_numpy()].sort_values("priority", ascending=False, kind="stable").index
+    review = set(flagged[:max(int(budget) - n_audit, 0)])
+    rows = []
+    for item_id, r in fused.iterrows():
+        if item_id in audit:
+            route, why = "audit", ["audit"]
+        elif item_id in review:
+            route, why = "review", [r["route_reason"]]
+        elif r["route_reason"]:
+            route, why = "deferred", [r["route_reason"], "budget"]
+        else:
+            route, why = "auto", [f"span set exactly right with probability {float(r['confidence']):.3f}"]
+        rows.append(dict(item_id=item_id, route=route, label=str(r["label"]), confidence=float(r["confidence"]),
+                         reasons=why, priority=float(r["priority"])))
+    return pd.DataFrame(rows, columns=["item_id", "route", "label", "confidence", "reasons", "priority"])
 
 
 def _prelabel_model_routes(spec: DatasetSpec, preds: pd.DataFrame, items: pd.Index, seed: int,
@@ -626,12 +706,18 @@ def review_tasks(fx: Factory, dataset: str, batch_id: str, run_id: str | None = 
         # nothing the machines accept can be released), then deferred items of earlier batches, then new flags
         budget = spec.review.items_allowed(len(ph))
         acceptable = fused.loc[ph, "confidence"]
-        acceptable = acceptable[acceptable >= threshold]
+        if "route_reason" in fused:  # spans: what span routing lets through without a person
+            acceptable = acceptable[_span_reasons(fused.loc[ph], threshold).to_numpy() == ""]
+        else:
+            acceptable = acceptable[acceptable >= threshold]
         reserve = min(audit_target(spec.quality, acceptable), len(acceptable), budget)
         carried = fund_deferred(fx, dataset, budget - reserve, exclude_batch=batch_id, run_id=run_id)
         info = (info or {}) | {"review_budget": budget, "audit_reserved": int(reserve), "budget_to_deferred": carried}
-        parts.append(_prelabel_human_routes(spec, fused.loc[ph], model_labels, seed_dist, seed, threshold,
-                                            budget - carried))
+        if spec.task_type.answer_shape == "spans":
+            parts.append(_prelabel_span_routes(spec, fused.loc[ph], seed, threshold, budget - carried))
+        else:
+            parts.append(_prelabel_human_routes(spec, fused.loc[ph], model_labels, seed_dist, seed, threshold,
+                                                budget - carried))
     else:
         info = None
     pm = fused.index[(modes.reindex(fused.index) == "prelabel-model").to_numpy() & ~fused.index.isin(seeded)]
@@ -656,7 +742,8 @@ def review_tasks(fx: Factory, dataset: str, batch_id: str, run_id: str | None = 
         max_tier(spec.human_model.flag_tier if r.route == "verify" else None,
                  required_tier(spec, r.label, r.reasons, meta.get(r.item_id)))
         for r in routes.itertuples(index=False)]
-    show = spec.review.show_model_suggestion
+    # a type whose people correct a pre-annotation (spans) always shows it: the fused spans are the starting point
+    show = spec.review.show_model_suggestion or getattr(spec.task_type, "shows_prelabel", False)
     rows = [task_row(dataset, batch_id, r.item_id, r.route, r.reasons, tier=r.required_tier, run_id=run_id,
                      suggestion=str(r.label) if show and r.route != "verify" else None, domain=spec.workforce.domain)
             for r in routes[routes["route"].isin(["review", "audit", "verify"])].itertuples(index=False)]
@@ -811,7 +898,7 @@ def escalate(fx: Factory, dataset: str, batch_id: str, run_id: str | None = None
     if not len(people):
         return pd.DataFrame()
     d = dec[dec["item_id"].isin(people)].rename(columns={"actor": "worker_id"})
-    if spec.task_type.answer_shape == "set":
+    if spec.task_type.answer_shape != "one":  # sets and spans: the type's fusion of people and models decides
         new = _escalate_sets(fx, spec, dataset, batch_id, routes, d, run_id)
         fx.ledger.create_tasks(new)
         return pd.DataFrame(new)
@@ -843,29 +930,35 @@ def escalate(fx: Factory, dataset: str, batch_id: str, run_id: str | None = None
 
 def _set_posterior(fx: Factory, spec: DatasetSpec, dataset: str, batch_id: str, routes: pd.DataFrame,
                    answers: pd.DataFrame) -> pd.DataFrame:
-    """Sets: people's answers (``item_id, worker_id, label``) fused with the models' pooled set by the label-set
-    Dawid-Skene; index item_id, ``label`` and ``confidence`` (the fused set's posterior).
+    """Sets and spans: people's answers (``item_id, worker_id, label``) fused with the models' pooled answer by the
+    type's fusion (label-set Dawid-Skene; aggregate_spans); index item_id, ``label`` and ``confidence``.
 
     The models enter as ONE worker (their linear pool): three labelers trained on the same seed err
     together, and counted as three independent workers they outvoted every single correction.  Seed and
     human-model items fuse people alone (the models echo the seed; in human-model they only flag)."""
-    fused = read_table(fx, "fused_labels", dataset, batch_id)
     alone = set(routes.index[(routes["route"] == "seed") | (routes["mode"] == "human-model")])
+    fused = read_table(fx, "fused_labels", dataset, batch_id)
     models = fused.loc[~fused["item_id"].isin(alone), ["item_id", "label"]].assign(worker_id="models:pooled")
-    return spec.task_type.fuse_with_models(answers, models, spec.class_names)
+    context = item_table(spec, read_table(fx, "raw_items", dataset, batch_id))  # spans: the items' tokens
+    if context is None:
+        return spec.task_type.fuse_with_models(answers, models, spec.class_names)
+    return spec.task_type.fuse_with_models(answers, models, spec.class_names, items=context)
 
 
 def _escalate_sets(fx: Factory, spec: DatasetSpec, dataset: str, batch_id: str, routes: pd.DataFrame,
                    answers: pd.DataFrame, run_id: str | None) -> list[dict]:
-    """Sets: an item whose fused set is below quality.min_accuracy gets a second person (tier >= L2); after
-    two people it goes to an expert."""
+    """Sets and spans: an item whose fused answer is below quality.min_accuracy (spans: or that span routing still
+    flags on people + models) gets a second person (tier >= L2); after two people it goes to an expert."""
     post = _set_posterior(fx, spec, dataset, batch_id, routes, answers[["item_id", "worker_id", "label"]])
     n = answers.groupby("item_id").size()
     new = []
     for item_id, r in post.iterrows():
-        if float(r["confidence"]) >= spec.quality.min_accuracy:
+        reason = str(r.get("reason", "") or "")  # spans: span routing's reason on people + models
+        if float(r["confidence"]) >= spec.quality.min_accuracy and not reason:
             continue
-        why = [f"fused set '{r['label']}' at {float(r['confidence']):.2f} < {spec.quality.min_accuracy}"]
+        why = [reason] if reason else []
+        why += [f"fused {'set' if spec.task_type.answer_shape == 'set' else 'spans'} '{r['label']}' at "
+                f"{float(r['confidence']):.2f}" + ("" if reason else f" < {spec.quality.min_accuracy}")]
         if int(n.get(item_id, 0)) < 2:
             new.append(task_row(dataset, batch_id, item_id, "second", ["second_opinion", "low_confidence"] + why,
                                 tier=max_tier("L2", routes.at[item_id, "required_tier"]), run_id=run_id,
@@ -945,7 +1038,7 @@ def final_labels(fx: Factory, dataset: str, batch_id: str, run_id: str | None = 
         prior[seeded] = 1.0 / len(classes)
         # the same fusion of people and models the escalation round decided on (factory.loop)
         answers = d.rename(columns={"actor": "worker_id"})[["item_id", "worker_id", "label"]]
-        if spec.task_type.answer_shape == "set":
+        if spec.task_type.answer_shape != "one":
             post = _set_posterior(fx, spec, dataset, batch_id, routes, answers).reindex(idx)
             out.loc[idx, "label"] = post["label"].astype(str).to_numpy()
             out.loc[idx, "confidence"] = post["confidence"].astype(float).to_numpy()

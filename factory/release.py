@@ -128,12 +128,15 @@ def build_release_table(fx, dataset: str, batch_ids: list[str]) -> pd.DataFrame:
     for b in batch_ids:
         fl = pd.read_parquet(fx.paths.table("final_labels", dataset, b))
         fl = fl[fl["source"] != "deferred"]  # no accepted label yet: never released (counted in the certificate)
-        raw = pd.read_parquet(fx.paths.table("raw_items", dataset, b))[["item_id", "text"]]
-        frames.append(fl.merge(raw, on="item_id", how="left"))
+        raw = pd.read_parquet(fx.paths.table("raw_items", dataset, b))
+        extra = getattr(spec.task_type, "release_columns", None)  # spans: the tokens and the BIO view
+        frames.append(fl.merge(raw[["item_id", "text"]] if extra is None else
+                               raw[["item_id", "text"]].join(extra(raw, fl.set_index("item_id")["label"].reindex(
+                                   raw["item_id"]).to_numpy())), on="item_id", how="left"))
     df = pd.concat(frames, ignore_index=True)
     df["split"] = [split_for(i, spec.splits) for i in df["item_id"]]
-    cols = ["item_id", "text", "label", "confidence", "source", "split", "batch_id", "annotators", "n_events",
-            "guideline_version", "spec_version"]
+    cols = ["item_id", "text", *getattr(spec.task_type, "release_column_names", ()), "label", "confidence", "source",
+            "split", "batch_id", "annotators", "n_events", "guideline_version", "spec_version"]
     if spec.task.id_column:  # the user's own ids, as a last column only for datasets that declare them
         ext = fx.ledger.items(dataset, item_ids=df["item_id"].tolist()).set_index("item_id")["external_id"]
         df["external_id"] = df["item_id"].map(ext)
@@ -344,6 +347,9 @@ def certify(fx, spec, dataset: str, table: pd.DataFrame, evidence: pd.DataFrame,
     level = spec.quality.confidence_level
     measures = Q.measure(final, spec.class_names, human=human, models=models[["item_id", "labeler", "label"]],
                          gold=gold, prior=spec.prior, n_items=n_items_expected, texts=table["text"], level=level)
+    span_measures = getattr(spec.task_type, "audit_measures", None)  # spans: span-level P/R/F1 where people checked
+    if span_measures is not None:
+        measures["spans"] = span_measures(final, level)
     gates = Q.evaluate_gates(measures, spec.quality)
     by_source = {}
     if gold is not None:
@@ -464,8 +470,11 @@ def hf_features(columns: dict[str, str], spec) -> list[dict]:
     spec's classes)."""
     out = []
     for name, dtype in columns.items():
+        extra = getattr(spec.task_type, "hf_extra_features", lambda classes: {})(spec.class_names)
         if name == "label":
             out.append({"name": "label", "dtype": spec.task_type.hf_feature(spec.class_names)})
+        elif name in extra:  # a type's own columns (spans: tokens, the BIO tags as a ClassLabel sequence)
+            out.append({"name": name, "dtype": extra[name]})
         else:
             out.append({"name": name, "dtype": _HF_DTYPES.get(str(dtype), "string")})
     return out
@@ -604,23 +613,52 @@ def published(table: pd.DataFrame, spec) -> pd.DataFrame:
     of a set's class names in the spec's order); the ledger's canonical text stays inside the factory."""
     if spec.task_type.answer_shape == "one":
         return table
-    return table.assign(label=table["label"].map(spec.task_type.decode))
+    out = table.assign(label=table["label"].map(spec.task_type.decode))
+    for c in getattr(spec.task_type, "release_column_names", ()):  # JSON text inside the factory, lists in files
+        out[c] = out[c].map(lambda v: json.loads(v) if isinstance(v, str) else v)
+    return out
 
 
-def canonical_labels(table: pd.DataFrame) -> pd.DataFrame:
-    """A released table read back: list-valued labels (sets) to the canonical '|'-joined text the ledger and the
-    provenance events hold; class names pass unchanged."""
+LIST_COLUMNS = ("tokens", "bio")
+
+
+def canonical_labels(table: pd.DataFrame, spans: bool | None = None) -> pd.DataFrame:
+    """A released table read back: list-valued labels to the canonical text the ledger and the provenance events
+    hold (sets: '|'-joined; spans, or `spans=True`: ``[[start,end,"type"]]`` JSON), the spans type's ``tokens`` and
+    ``bio`` lists to JSON text; class names pass unchanged."""
     if "label" not in table or not len(table):
         return table
-    if not table["label"].map(lambda v: isinstance(v, (list, tuple, np.ndarray))).any():
+
+    def listed(v) -> bool:
+        return isinstance(v, (list, tuple, np.ndarray))
+
+    for c in LIST_COLUMNS:  # a type's list columns (spans: tokens, bio) back to the JSON text the factory keeps
+        if c in table and table[c].map(listed).any():
+            table = table.assign(**{c: table[c].map(lambda v: json.dumps([str(x) for x in v], ensure_ascii=False,
+                                                                           separators=(",", ":")) if listed(v) else v)})
+    if not table["label"].map(listed).any():
         return table
-    return table.assign(label=table["label"].map(
-        lambda v: "|".join(map(str, v)) if isinstance(v, (list, tuple, np.ndarray)) else v))
+
+    if spans is None:  # lists of {start, end, type} structs are spans, whose empty list is "[]", not the empty set
+        spans = bool(table["label"].map(lambda v: listed(v) and len(v) > 0 and isinstance(v[0], dict)).any())
+
+    def text(v):
+        if not listed(v):
+            return v
+        if spans:  # [{start, end, type}] -> [[start,end,"type"]]
+            return json.dumps([[int(d["start"]), int(d["end"]), str(d["type"])] for d in v], separators=(",", ":"))
+        return "|".join(map(str, v))
+
+    return table.assign(label=table["label"].map(text))
 
 
 def read_labels(path: str | Path) -> pd.DataFrame:
     """One Parquet file of a release, labels in canonical text (see `canonical_labels`)."""
-    return canonical_labels(pd.read_parquet(path))
+    import pyarrow.parquet as pq
+
+    label = pq.read_schema(path).field("label").type if "label" in pq.read_schema(path).names else None
+    spans = label is not None and hasattr(label, "value_type") and str(label.value_type).startswith("struct")
+    return canonical_labels(pd.read_parquet(path), spans=spans or None)
 
 
 @counted("release", count=lambda r: r["items"])
@@ -1062,7 +1100,8 @@ def verify_labels_bound(path: str | Path, manifest: dict, table: pd.DataFrame,
     if seen and "split" in table:
         unsplit = sorted(set(by_item.index) - seen)
         problems += [f"data/: item {i}: in {DATA_FILE} but in no split file" for i in unsplit[:MAX_PROBLEMS_PER_FILE]]
-    for name, read in (("labels.jsonl", _read_jsonl),
+    spans = manifest.get("task_type") == "spans"
+    for name, read in (("labels.jsonl", lambda p: _read_jsonl(p, spans or None)),
                        ("labels.csv", lambda p: pd.read_csv(p, dtype={"item_id": str, "label": str}))):
         if (path / name).exists():
             try:
@@ -1079,11 +1118,11 @@ def verify_labels_bound(path: str | Path, manifest: dict, table: pd.DataFrame,
     return problems
 
 
-def _read_jsonl(p: Path) -> pd.DataFrame:
+def _read_jsonl(p: Path, spans: bool | None = None) -> pd.DataFrame:
     """labels.jsonl as written (JSON values kept: a class name stays text, a set stays a list), labels canonical."""
     rows = [json.loads(line) for line in p.read_text(encoding="utf-8").splitlines() if line.strip()]
     t = pd.DataFrame(rows)
-    return canonical_labels(t.assign(item_id=t["item_id"].astype(str)) if "item_id" in t else t)
+    return canonical_labels(t.assign(item_id=t["item_id"].astype(str)) if "item_id" in t else t, spans)
 
 
 _verify_lock = threading.Lock()

@@ -19,9 +19,10 @@ PACKAGE = Path(__file__).resolve().parents[1] / "factory"
 # "__init__" is the package itself (factory/__init__.py: the public API, re-exports of the engine).
 LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("base: pure helpers, no ledger", ("__init__", "errors", "config", "pii", "croissant", "release_report",
-                                       "datasets", "embeddings", "disputes", "task_rows", "engine", "progress")),
-    ("domain: task types, spec, quality rules, labelers", ("tasks", "spec", "quality", "guarantee", "loop",
-                                                           "labelers", "set_labelers")),
+                                       "datasets", "embeddings", "disputes", "task_rows", "engine", "engine.span_routing",
+                                       "progress")),
+    ("domain: task types, spec, quality rules, labelers", ("tasks", "spec", "quality", "guarantee", "loop", "span_loop",
+                                                           "labelers", "set_labelers", "span_labelers")),
     ("storage: migrations policy", ("db",)),
     ("storage: the ledger", ("ledger",)),
     ("storage: side tables and readers of the chain", ("tables", "signing", "provenance", "users", "migrations")),

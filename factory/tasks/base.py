@@ -89,7 +89,18 @@ class BatchHooks(Protocol):
     """
 
     answer_shape: ClassVar[str]
-    """``"one"`` (one class per item) or ``"set"`` (a subset of the classes per item)."""
+    """``"one"`` (one class per item), ``"set"`` (a subset of the classes per item) or ``"spans"`` (typed token
+    spans per item).
+
+    Optional hooks a type defines when its items or answers need more than the text (``spans`` has them all):
+    ``input_columns`` and ``item_fields(text, row)`` (what ingest records in an item's metadata, e.g. tokens),
+    ``needs_item`` + ``item_context(meta)`` (what the answer door checks an answer against, e.g. ``n_tokens``),
+    ``labeler_input(items)`` / ``item_table(items)`` (what labelers and fusion read of the items),
+    ``predict_items(labeler, items, classes)`` (a labeler's labels, confidences and ``prob_<class>`` columns
+    when ``decide`` cannot make them), ``pool_models`` / ``fuse_with_models`` (the models' fusion, and people's
+    with the models'), ``shows_prelabel`` (people correct the shown pre-annotation), ``release_column_names`` +
+    ``release_columns`` + ``hf_extra_features`` + ``croissant_extra_fields`` (extra release columns), and
+    ``audit_measures`` (the certificate's type-specific quality)."""
 
     def make_labelers(self, seed: int = 0) -> list:
         """Unfitted labelers of differentiated families (``factory.labelers.Labeler`` subclasses) that fit on

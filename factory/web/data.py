@@ -67,6 +67,10 @@ def datasets_of_item(fx, item_id: str) -> list[str]:
         return [r[0] for r in c.execute(sa.select(items_table.c.dataset).where(items_table.c.item_id == item_id))]
 
 
+def _shows(spec) -> bool:
+    return bool(spec.review.show_model_suggestion or getattr(spec.task_type, "shows_prelabel", False))
+
+
 def task_payload(fx, specs: SpecCache, task: dict, *, with_text: bool = True) -> dict:
     """A task as the API and the queue page show it (the model suggestion only if the spec allows)."""
     spec = specs.get(task["dataset"])
@@ -75,8 +79,9 @@ def task_payload(fx, specs: SpecCache, task: dict, *, with_text: bool = True) ->
         "task_id": task["task_id"], "dataset": task["dataset"], "batch_id": task["batch_id"],
         "item_id": task["item_id"], "kind": kind, "reasons": reasons,
         "lease_until": task.get("lease_until"),
-        "suggestion": task.get("suggestion") if spec.review.show_model_suggestion else None,
-        "suggestion_shown": bool(spec.review.show_model_suggestion),
+        # a type whose people correct a pre-annotation (spans) always shows it
+        "suggestion": task.get("suggestion") if _shows(spec) else None,
+        "suggestion_shown": _shows(spec),
         "classes": [{"name": c.name, "definition": c.definition} for c in spec.classes],
         "guideline": {"version": spec.guideline.version, "text": spec.guideline.text},
         # the task type's answer form: "choices" (one class) or "checkboxes" (a set, '|'-joined, "" = none)

@@ -3,8 +3,13 @@
 // last answer within the grace period, G opens the guideline and class definitions.
 // Multi-label tasks (widget "checkboxes"): digits tick or untick a class, Enter submits the ticked set
 // (the classes in the spec's order joined by '|'; nothing ticked is the answer "none of these").
-const state = { task: null, selected: null, ticked: new Set(), last: null, busy: false };
+// Span tasks (widget "tokens"): the item's recorded tokens, the fused spans pre-annotated. Arrows move the
+// cursor, Shift+arrows (or a mouse drag) select tokens, a digit gives the selection that type (replacing the
+// spans it overlaps), Delete removes the span under the cursor, Enter submits [[start, end, type], ...].
+const state = { task: null, selected: null, ticked: new Set(), last: null, busy: false,
+                tokens: [], spans: [], cursor: 0, anchor: null, dragging: false };
 const multi = () => state.task && state.task.widget === "checkboxes";
+const spanned = () => state.task && state.task.widget === "tokens";
 const $ = (id) => document.getElementById(id);
 
 async function loadProgress() {
@@ -30,8 +35,61 @@ async function loadNext() {
   loadProgress();
 }
 
+function selection() {
+  const a = state.anchor === null ? state.cursor : state.anchor;
+  return [Math.min(a, state.cursor), Math.max(a, state.cursor) + 1];
+}
+
+function renderTokens() {
+  const box = $("item-text"); box.textContent = "";
+  const typeAt = new Array(state.tokens.length).fill(null);
+  state.spans.forEach(([s, e, t]) => { for (let i = s; i < e; i++) typeAt[i] = { t, first: i === s }; });
+  const [s0, e0] = selection();
+  const p = el("p", { class: "tokens" });
+  state.tokens.forEach((w, i) => {
+    const cls = ["tok"];
+    if (typeAt[i]) cls.push("ent", "ent-" + state.task.classes.findIndex((c) => c.name === typeAt[i].t));
+    if (i >= s0 && i < e0) cls.push("sel");
+    if (i === state.cursor) cls.push("cursor");
+    const attrs = { class: cls.join(" "), "data-i": String(i) };
+    if (typeAt[i]) attrs["data-type"] = typeAt[i].t;
+    const span = el("span", attrs, w);
+    if (typeAt[i] && typeAt[i].first) span.append(el("sup", { class: "type" }, typeAt[i].t));
+    span.addEventListener("mousedown", (ev) => { state.dragging = true; state.anchor = ev.shiftKey ? (state.anchor ?? state.cursor) : i; state.cursor = i; renderTokens(); ev.preventDefault(); });
+    span.addEventListener("mouseenter", () => { if (state.dragging) { state.cursor = i; renderTokens(); } });
+    p.append(span, document.createTextNode(" "));
+  });
+  box.append(p);
+  $("submit").disabled = false;  // no span is an answer too ("no entity")
+}
+
+function moveCursor(delta, extend) {
+  if (!state.tokens.length) return;
+  if (extend && state.anchor === null) state.anchor = state.cursor;
+  if (!extend) state.anchor = null;
+  state.cursor = Math.max(0, Math.min(state.tokens.length - 1, state.cursor + delta));
+  renderTokens();
+}
+
+function typeSelection(i) {
+  const [s, e] = selection();
+  state.spans = state.spans.filter(([a, b]) => b <= s || a >= e).concat([[s, e, state.task.classes[i].name]]);
+  state.spans.sort((x, y) => x[0] - y[0]);
+  state.anchor = null;
+  renderTokens();
+}
+
+function removeSpanAtCursor() {
+  const c = state.cursor;
+  state.spans = state.spans.filter(([a, b]) => !(a <= c && c < b));
+  renderTokens();
+}
+
 function render(task) {
   state.task = task;
+  state.tokens = spanned() ? ((task.meta && task.meta.tokens) || []) : [];
+  state.cursor = 0; state.anchor = null;
+  try { state.spans = spanned() && task.suggestion ? JSON.parse(task.suggestion) : []; } catch (e) { state.spans = []; }
   $("task-kind").textContent = task.kind;
   $("task-id").textContent = task.task_id + " · " + task.dataset;
   $("task-reasons").textContent = (task.reasons || []).join(" · ");
@@ -49,8 +107,11 @@ function render(task) {
     ol.append(el("li", {}, b));
   });
   $("suggestion").hidden = !task.suggestion;
-  $("suggestion-label").textContent = task.suggestion || "";
-  if (multi()) {
+  $("suggestion-label").textContent = spanned() ? state.spans.length + " span(s), marked in the text"
+    : (task.suggestion || "");
+  if (spanned()) {
+    renderTokens();
+  } else if (multi()) {
     task.classes.forEach((c, i) => { if (suggested.includes(c.name)) select(i); });
     $("submit").disabled = false;  // the empty set is an answer too
   } else {
@@ -61,6 +122,7 @@ function render(task) {
   $("guideline-text").textContent = task.guideline.text || "(no guideline text in the spec)";
   const dl = $("class-defs"); dl.textContent = "";
   task.classes.forEach((c, i) => { dl.append(el("dt", {}, (i + 1) + ". " + c.name), el("dd", {}, c.definition)); });
+  if (spanned()) return;  // the tokens carry the pre-annotation; word highlights would hide it
   api("GET", "/api/items/" + encodeURIComponent(task.item_id) + "/highlights?dataset=" + encodeURIComponent(task.dataset))
     .then(({ data }) => {
       if (state.task && state.task.task_id === task.task_id && data.spans && data.spans.length) {
@@ -71,6 +133,7 @@ function render(task) {
 
 function select(i) {
   if (!state.task || i >= state.task.classes.length) return;
+  if (spanned()) { typeSelection(i); return; }
   if (multi()) {  // tick or untick
     const name = state.task.classes[i].name;
     if (state.ticked.has(name)) state.ticked.delete(name); else state.ticked.add(name);
@@ -88,13 +151,14 @@ function select(i) {
 async function submit() {
   if (!state.task || state.busy) return;
   if (multi()) state.selected = state.task.classes.map((c) => c.name).filter((n) => state.ticked.has(n)).join("|");
+  if (spanned()) state.selected = JSON.stringify(state.spans);
   if (!multi() && !state.selected) { toast("Choose a class first (1–" + Math.min(9, state.task.classes.length) + ")", true); return; }
   state.busy = true;
   const t = state.task, label = state.selected;
   try {
     await api("POST", "/api/tasks/" + encodeURIComponent(t.task_id) + "/answer", { label, submission_id: newId() });
     state.last = { task_id: t.task_id, label };
-    toast("Saved “" + (label === "" ? "none of these" : label) + "” · press U to undo");
+    toast("Saved “" + (label === "" || label === "[]" ? "none of these" : label) + "” · press U to undo");
     await loadNext();
   } catch (e) {
     toast(e.message, true);
@@ -142,12 +206,15 @@ document.addEventListener("keydown", (ev) => {
   if (k === "Escape") { toggleGuideline(false); return; }
   if (k === "g" || k === "G" || k === "?") { toggleGuideline(); ev.preventDefault(); return; }
   if (!$("guideline").hidden) return;
+  if (spanned() && (k === "ArrowRight" || k === "ArrowLeft")) { moveCursor(k === "ArrowRight" ? 1 : -1, ev.shiftKey); ev.preventDefault(); return; }
+  if (spanned() && (k === "Delete" || k === "Backspace")) { removeSpanAtCursor(); ev.preventDefault(); return; }
   if (/^[1-9]$/.test(k)) { select(Number(k) - 1); ev.preventDefault(); }
   else if (k === "Enter") { submit(); ev.preventDefault(); }
   else if (k === "s" || k === "S") { openSkip(); ev.preventDefault(); }
   else if (k === "u" || k === "U") { undo(); ev.preventDefault(); }
 });
 $("submit").addEventListener("click", submit);
+document.addEventListener("mouseup", () => { state.dragging = false; });
 $("skip-form").addEventListener("submit", doSkip);
 $("skip-cancel").addEventListener("click", closeSkip);
 document.querySelectorAll("#skip-form .chips button").forEach((b) => b.addEventListener("click", () => { $("skip-reason").value = b.dataset.reason; $("skip-reason").focus(); }));
