@@ -31,7 +31,12 @@ Settings: a dataset spec (``replay_spec``) as ``factory init`` writes it, with
 ``quality.min_accuracy`` = 0.98 (the accuracy the loop must certify for the
 items nobody answered before it stops: set high so the loop keeps asking up to
 the accuracy a full crowd gives) and no experts (an item the loop would
-escalate keeps its fused label). The same settings run every data set of
+escalate keeps its fused label), and a SIMULATED expert audit (``AUDIT_TEXT``: 10 % of
+the items, at most 149, drawn at random at the start; the expert is right with probability
+0.95, else says a uniformly drawn other class; its answers count as human answers used).
+The round calibrates its confidence against that audit (``people_round(verified=...)``):
+a production flow always has an audit sample, the replay files have none.  Truth is used
+only to simulate that stated person and to score.  The same settings run every data set of
 ``benchmarks/generalise.py``; none was tuned per set.
 
 Run: ``factory bench replay --out bench-out --data ../shared/bench/crowd/product``.

@@ -17,6 +17,14 @@ replay`` both call it, so what is benchmarked is what users run.  A round:
    answers as if people were never wrong: every disagreement is charged to the models), minus a
    one-sided interval at the spec's confidence level that counts both the sampling spread and
    the few answered items the calibration rests on.
+   With verified items (a random audit answered by an expert, gold, arbitration: ``verified``), the
+   fused posterior is first calibrated against them (:func:`calibrate_to_verified`: cross-fitted,
+   noise-aware, never sharper than the fusion, pulled toward the measured accuracy while they are
+   few); the round then decides on that calibrated posterior, and :func:`certify_unverified` finds
+   the lowest confidence threshold (fixed grid, high to low, stop at the first failure) above which
+   the unverified items' bound meets the target: those items are accepted as a certified set, the
+   unverified items below it are asked while there is budget (least confident first when the
+   posterior sees no gain in asking).  Without verified items the bound is the conservative one above.
 3. The stopping rule: while that lower bound is below ``spec.quality.min_accuracy`` every item
    may be asked (also confident ones: the set must improve, not only its weak items) in the
    order of the engine's expected error reduction (:func:`factory.engine.routing.decide`),
