@@ -31,7 +31,12 @@ Settings: a dataset spec (``replay_spec``) as ``factory init`` writes it, with
 ``quality.min_accuracy`` = 0.98 (the accuracy the loop must certify for the
 items nobody answered before it stops: set high so the loop keeps asking up to
 the accuracy a full crowd gives) and no experts (an item the loop would
-escalate keeps its fused label). The same settings run every data set of
+escalate keeps its fused label), and a SIMULATED expert audit (``AUDIT_TEXT``: 10 % of
+the items, at most 149, drawn at random at the start; the expert is right with probability
+0.95, else says a uniformly drawn other class; its answers count as human answers used).
+The round calibrates its confidence against that audit (``people_round(verified=...)``):
+a production flow always has an audit sample, the replay files have none.  Truth is used
+only to simulate that stated person and to score.  The same settings run every data set of
 ``benchmarks/generalise.py``; none was tuned per set.
 
 Run: ``factory bench replay --out bench-out --data ../shared/bench/crowd/product``.
@@ -59,7 +64,39 @@ DEFAULTS = {
     "default_reliability": 0.9,  # spec.workforce.default_reliability (the spec default)
     "labelers": ("pair_sim_logreg", "pair_sim_gbdt"),  # for pair folders; classification uses all three
     "folds": 2,  # out-of-fold model probabilities for answered items
+    # a SIMULATED expert audit: a production flow always has one (the random audit sample); the replay
+    # files have none, so a stated simulated person answers a random sample of items, drawn at the start
+    "audit_share": 0.10,  # of the items, at most AUDIT cap below
+    "audit_reliability": 0.95,  # the simulated expert's accuracy, also what the loop is told (gold in production)
 }
+AUDIT_TEXT = ("SIMULATED expert audit: {n} items drawn uniformly at random at the start ({share:.0%} of the items, "
+              "at most the {cap} on which zero errors certify epsilon at the spec's confidence); the expert answers "
+              "the true class with probability {r}, else a uniformly drawn other class; its answers count as human "
+              "answers used, and only calibrate and label (they do not enter people's fusion)")
+
+
+def audit_size(n_items: int, opts: dict) -> tuple[int, int]:
+    """(audit items, cap): audit_share of the items, at most the fewest on which zero errors certify epsilon."""
+    eps = 1.0 - float(opts["min_accuracy"])
+    cap = int(np.ceil(np.log(1.0 - float(opts["confidence_level"])) / np.log(1.0 - eps)))
+    return min(int(np.ceil(float(opts["audit_share"]) * n_items)), cap), cap
+
+
+def simulated_audit(truth: pd.Series, classes: list, opts: dict, seed: int) -> pd.DataFrame:
+    """The simulated expert's answers (item_id, worker_id, label, reliability) on a random sample of items.
+
+    Truth is used here only to SIMULATE the stated person (right with probability audit_reliability),
+    as the simulated crowd of the text sets is; the loop sees only the answers.
+    """
+    n, _ = audit_size(len(truth), opts)
+    r = float(opts["audit_reliability"])
+    rng = np.random.default_rng(10_000 + seed)
+    ids = truth.index[np.sort(rng.choice(len(truth), size=n, replace=False))]
+    cls = np.asarray(classes, dtype=object)
+    labels = []
+    for t in truth.reindex(ids).astype(str):
+        labels.append(t if rng.random() < r else rng.choice(cls[cls != t]))
+    return pd.DataFrame({"item_id": ids, "worker_id": "expert:simulated", "label": labels, "reliability": r})
 
 
 # --------------------------------------------------------------------------- data
@@ -267,6 +304,9 @@ def run_seed(items, task_type, answers, truth, classes, opts, seed, budgets=BUDG
     crowd.reveal(item_ids[picks])
     truth = truth.astype(str)
     truth_ids = truth.index.intersection(item_ids)
+    audit = simulated_audit(truth.reindex(truth_ids), classes, opts, seed) if opts.get("audit_share") else None
+    if audit is not None:
+        crowd.used += len(audit)  # the expert's answers are human answers used
     records, rounds = [], []
     stopped = False
     for i, stop in enumerate(schedule):
@@ -274,14 +314,19 @@ def run_seed(items, task_type, answers, truth, classes, opts, seed, budgets=BUDG
         prior = model_prior(items, task_type, human, classes, opts, seed)
         allowed = (int(round(schedule[i + 1] * total)) - crowd.used) if i + 1 < len(schedule) else 0
         res = people_round(prior, human[["item_id", "worker_id", "label"]], settings, classes, item_index=item_ids,
-                           budget_left=max(allowed, 0), max_answers_per_item=crowd.available)
-        post = res.fused.posterior
+                           budget_left=max(allowed, 0), max_answers_per_item=crowd.available, verified=audit)
+        post = res.posterior
         probs = post.to_numpy(dtype=float)
         pred = pd.Series(np.asarray(classes, dtype=object)[probs.argmax(1)], index=item_ids)
         conf = pd.Series(probs.max(1), index=item_ids)
         correct = pred.reindex(truth_ids).to_numpy() == truth.reindex(truth_ids).to_numpy()
         acc = float(correct.mean())
         unver = crowd.revealed.reindex(truth_ids).to_numpy() == 0
+        if audit is not None:
+            unver &= ~truth_ids.isin(audit["item_id"])
+        at = item_ids.get_indexer(truth_ids)
+        cert = np.asarray(res.extra["certified"])[at]
+        bset = np.asarray(res.extra["bound_mask"])[at]
         rounds.append({
             "answers_used": int(crowd.used), "share": round(crowd.used / total, 4), "accuracy": acc,
             "ece": _ece(conf.reindex(truth_ids).to_numpy(), correct.astype(float)),
@@ -289,8 +334,13 @@ def run_seed(items, task_type, answers, truth, classes, opts, seed, budgets=BUDG
             "bound_estimate": res.bound["estimate"], "bound_met": bool(res.extra["bound_met"]),
             "n_unverified": int(unver.sum()),
             "unverified_accuracy": float(correct[unver].mean()) if unver.any() else None,
+            "n_certified": int(cert.sum()), "certified_threshold": res.extra.get("certified_threshold"),
+            "certified_accuracy": float(correct[cert].mean()) if cert.any() else None,
+            "bound_set_accuracy": float(correct[bset].mean()) if bset.any() else None,
             "asked": int((res.decisions["action"] == "ask").sum()), "stopped": bool(res.stopped),
             "temperature": round(res.fused.temperature, 4), "pooled_reliability": round(res.fused.pooled_reliability, 4),
+            "verified_temperature": res.extra.get("verified_temperature"),
+            "verified_accuracy": res.extra.get("verified_accuracy"),
         })
         print(f"[replay] seed {seed} stop {stop:.2f}: {crowd.used} answers ({crowd.used / total:.1%}), accuracy "
               f"{acc:.4f}, bound {res.bound['lower']:.3f} on {res.bound['n_unverified']} unverified, "
@@ -307,7 +357,8 @@ def run_seed(items, task_type, answers, truth, classes, opts, seed, budgets=BUDG
         if stopped or i + 1 == len(schedule):
             break
         got = crowd.reveal(res.decisions.index[res.decisions["action"] == "ask"])
-        if res.stopped or got == 0:
+        # a round with no budget left (the audit's answers count) asks nothing without having stopped
+        if allowed > 0 and (res.stopped or got == 0):
             stopped = True  # the loop stopped by itself: every later budget sees this state
             print(f"[replay] seed {seed}: loop stopped at {crowd.used} answers ({res.stop_reason})", flush=True)
     return {"records": records, "rounds": rounds, "stopped_at": int(crowd.used) if stopped else None}
@@ -326,6 +377,12 @@ def replay(items: pd.DataFrame, task_type: str, answers: pd.DataFrame, truth: pd
     print(f"[{label}] {len(items)} items, {len(answers)} answers, task {task_type}, classes {classes}", flush=True)
     target = dawid_skene_target(answers, truth)
     print(f"[{label}] target (crowd-kit DawidSkene on all answers): {target:.4f}", flush=True)
+    audit_text = None
+    if options.get("audit_share"):
+        n_audit, cap = audit_size(len(truth.index.intersection(pd.Index(items["item_id"]))), options)
+        audit_text = AUDIT_TEXT.format(n=n_audit, share=float(options["audit_share"]), cap=cap,
+                                       r=options["audit_reliability"])
+        print(f"[{label}] {audit_text}", flush=True)
     jobs = [(items, task_type, answers, truth, classes, options, s) for s in range(int(seeds))]
     if int(workers) > 1 and len(jobs) > 1:
         with ProcessPoolExecutor(max_workers=int(workers)) as pool:
@@ -348,6 +405,7 @@ def replay(items: pd.DataFrame, task_type: str, answers: pd.DataFrame, truth: pd
         "answers_total": int(len(answers)),
         "items": int(len(items)),
         "target_accuracy": round(target, 4),
+        "audit": audit_text,
         "options": {k: (list(v) if isinstance(v, tuple) else v) for k, v in options.items()},
         "points": points,
         "stopped_at": [r["stopped_at"] for r in per_seed],

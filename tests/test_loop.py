@@ -297,3 +297,156 @@ def test_models_bins_wait_for_overlap(monkeypatch):
     monkeypatch.setattr(L, "MODEL_BINS", 0)
     without = fuse_people(prior.to_numpy(), truth.index, single, CLASSES, default_reliability=0.9).posterior
     assert np.allclose(with_bins.to_numpy(), without.to_numpy())
+
+
+# --------------------------------------------------------------------------- calibration against verified items
+
+
+def _expert(truth: pd.Series, items, r: float, seed: int = 11) -> pd.DataFrame:
+    """A verifier right with probability r (else a uniformly drawn other class) on `items`."""
+    rng = np.random.default_rng(seed)
+    labels = [truth[i] if rng.random() < r else rng.choice([c for c in CLASSES if c != truth[i]]) for i in items]
+    return pd.DataFrame({"item_id": list(items), "worker_id": "expert", "label": labels, "reliability": r})
+
+
+def _fooled_crowd(truth: pd.Series, fooled: float, seed: int = 12) -> pd.DataFrame:
+    """Three answers per item; on a `fooled` share of the items all three give the same wrong class (dog's
+    correlated errors: invisible in the answers, they agree with each other)."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for i, t in truth.items():
+        lab = t if rng.random() >= fooled else rng.choice([c for c in CLASSES if c != t])
+        for w in rng.choice(12, size=3, replace=False):
+            rows.append((i, f"w{w}", lab))
+    return pd.DataFrame(rows, columns=["item_id", "worker_id", "label"])
+
+
+def test_verified_items_stop_an_overconfident_fusion_from_stopping():
+    # dog: correlated errors make the fusion claim ~1.0 on items 80 % right, the per-item rule stopped at 40 % of
+    # the answers.  Calibrated against a random audit, the confidence is what the audit measured, and it asks on
+    truth = _truth(400)
+    answers = _fooled_crowd(truth, fooled=0.2)
+    settings = LoopSettings(target=0.95, level=0.95, default_reliability=0.9, escalate_after=6, max_answers=6)
+    blind = people_round(None, answers, settings, CLASSES, item_index=truth.index, budget_left=100)
+    assert blind.stopped  # the fusion alone trusts itself
+    audit = _expert(truth, truth.sample(80, random_state=1).index, r=0.95)
+    res = people_round(None, answers, settings, CLASSES, item_index=truth.index, budget_left=100, verified=audit)
+    assert not res.stopped and int((res.decisions["action"] == "ask").sum()) == 100
+    conf = res.posterior.to_numpy().max(axis=1)
+    label = np.asarray(CLASSES)[res.posterior.to_numpy().argmax(axis=1)]
+    accuracy = float((label == truth.to_numpy()).mean())
+    assert abs(float(conf.mean()) - accuracy) < 0.08  # calibrated; the raw fusion claimed ~1.0
+    assert float(blind.fused.posterior.to_numpy().max(axis=1).mean()) - accuracy > 0.1
+
+
+def test_verified_items_never_calibrate_themselves():
+    rng = np.random.default_rng(3)
+    post = rng.dirichlet(np.ones(3) * 0.3, size=200)
+    pos = np.arange(0, 200, 4)
+    label = post[pos].argmax(axis=1)
+    label[::3] = (label[::3] + 1) % 3
+    rel = np.full(len(pos), 0.95)
+    a = L.calibrate_to_verified(post, pos, label, rel)
+    flipped = label.copy()
+    flipped[7] = (flipped[7] + 1) % 3
+    b = L.calibrate_to_verified(post, pos, flipped, rel)
+    assert np.allclose(a.posterior[pos[7]], b.posterior[pos[7]])  # its own label did not move it (cross-fit)
+    assert not np.allclose(a.posterior[1], b.posterior[1])  # it does calibrate the items nobody verified
+
+
+def test_few_verified_items_keep_the_confidence_conservative():
+    post = np.tile([0.9999, 0.00005, 0.00005], (1000, 1))
+    few = L.calibrate_to_verified(post, np.arange(5), np.zeros(5, dtype=int), np.full(5, 0.95))
+    many = L.calibrate_to_verified(post, np.arange(600), np.zeros(600, dtype=int), np.full(600, 0.95))
+    assert few.posterior[900].max() < 0.95  # five agreeing items do not vouch for 0.9999
+    assert many.posterior[900].max() > 0.98
+
+
+def test_a_noisy_verifier_does_not_make_the_fusion_look_worse():
+    truth = _truth(400)
+    post = np.full((400, 3), 0.005)
+    post[np.arange(400), [CLASSES.index(t) for t in truth]] = 0.99
+    audit = _expert(truth, truth.index[:300], r=0.9)
+    pos, lab = np.arange(300), pd.Index(CLASSES).get_indexer(audit["label"])
+    honest = L.calibrate_to_verified(post, pos, lab, np.full(300, 0.9))
+    naive = L.calibrate_to_verified(post, pos, lab, np.full(300, 0.999))
+    assert honest.measured_accuracy > 0.96 and naive.measured_accuracy < 0.94
+    assert honest.posterior[350].max() > 0.95
+
+
+def test_verified_items_never_sharpen_the_fusion():
+    # 30 audited items that all agreed sharpened a 0.92-accurate fusion to 0.999 (bbc) before T >= 1
+    post = np.tile([0.8, 0.1, 0.1], (300, 1))
+    cal = L.calibrate_to_verified(post, np.arange(30), np.zeros(30, dtype=int), np.full(30, 0.95))
+    assert cal.temperature >= 1.0 - 1e-6
+    # what is left above the models' 0.8 is only the pull toward the measured accuracy, not a sharper fusion
+    assert cal.posterior[100].max() <= cal.weight * 0.8 + (1 - cal.weight) * cal.measured_accuracy + 1e-9
+
+
+def test_certification_is_a_fixed_sequence_that_stops_at_the_first_failure(monkeypatch):
+    conf = np.r_[np.full(10, 0.995), np.full(10, 0.985), np.full(10, 0.975)]
+    support = np.full(100, 0.999)
+
+    def bound(c, m, level):  # passes on 10 and 30 items, fails on 20
+        return {"n_unverified": len(c), "estimate": 0.99, "lower": {10: 0.99, 20: 0.9, 30: 0.99}[len(c)],
+                "level": level, "n_calibration": m}
+
+    monkeypatch.setattr(L, "unverified_bound", bound)
+    out = L.certify_unverified(conf, np.ones(30, dtype=bool), support, 0.95, 0.98, grid=(0.99, 0.98, 0.97))
+    assert out["threshold"] == 0.99 and int(out["certified"].sum()) == 10
+
+
+def test_certification_starts_where_verified_items_support_it():
+    conf = np.full(50, 0.999)
+    few = L.certify_unverified(conf, np.ones(50, dtype=bool), np.full(L.CERTIFY_MIN_SUPPORT - 1, 0.9999), 0.95, 0.9)
+    enough = L.certify_unverified(conf, np.ones(50, dtype=bool), np.full(200, 0.9999), 0.95, 0.9)
+    assert few["threshold"] is None and enough["threshold"] is not None
+
+
+def test_certified_unverified_items_are_accepted_and_the_rest_asked():
+    truth = _truth(600)
+    prior = _prior(truth, right=1.0, top=0.93)  # sure, yet not so sure that another answer is worth nothing
+    prior.iloc[500:] = [0.5, 0.3, 0.2]  # items the models are unsure of
+    crowd = Crowd(truth, r=0.9)  # nobody answered yet: the models' 0.99 is not re-tempered against people
+    audit = _expert(truth, truth.index[20:500:2], r=0.99)
+    res = people_round(prior, audit.iloc[:0][["item_id", "worker_id", "label"]], _settings(target=0.88), CLASSES,
+                       budget_left=150, verified=audit)
+    d = res.decisions
+    nobody = ~d.index.isin(crowd.answers["item_id"]) & ~d.index.isin(audit["item_id"])
+    sure, unsure = nobody & (np.arange(600) < 500), nobody & (np.arange(600) >= 500)
+    assert res.extra["certified_threshold"] is not None
+    assert (d.loc[sure, "action"] == "accept").all()
+    assert all(r == ["certified"] for r in d.loc[sure, "reasons"])
+    # the budget (150) is more than the unsure items (100): the certified ones are still not asked
+    assert not res.extra["bound_met"] and (d.loc[unsure, "action"] == "ask").all()
+
+
+def test_uncertified_items_are_asked_even_when_the_posterior_calls_them_settled(monkeypatch):
+    # bbc: the posterior called the items nobody answered settled (no expected gain) and the loop stopped at 34 %
+    # of the answers, the bound 0.977 below 0.98: uncertified items are asked while there is budget
+    truth = _truth(1200)
+    prior = _prior(truth, right=1.0, top=0.999999)
+    audit = _expert(truth, truth.index[:1000], r=0.999)
+    monkeypatch.setattr(L, "certify_unverified", lambda c, un, *a, **k: {
+        "threshold": None, "certified": np.zeros_like(un), "bound": None, "bound_mask": None, "tested": []})
+    res = people_round(prior, audit.iloc[:0][["item_id", "worker_id", "label"]], _settings(target=0.98), CLASSES,
+                       budget_left=50, verified=audit)
+    assert res.posterior.to_numpy().max(axis=1).min() > 0.999
+    assert int((res.decisions["action"] == "ask").sum()) == 50 and not res.stopped
+
+
+def test_replay_audit_is_a_stated_simulated_person_whose_answers_count():
+    from benchmarks.replay import DEFAULTS, audit_size, run_seed
+
+    truth = _truth(200)
+    crowd = Crowd(truth, r=0.8)
+    for _ in range(3):
+        crowd.ask(truth.index)
+    items = pd.DataFrame({"item_id": truth.index})
+    out = run_seed(items, "none", crowd.answers, truth, CLASSES, dict(DEFAULTS), 0, budgets=(1.0,),
+                   schedule=(0.1, 1.0))
+    n_audit, _ = audit_size(200, DEFAULTS)
+    seed_answers = int(0.1 * len(crowd.answers))
+    assert n_audit == 20
+    assert out["rounds"][0]["answers_used"] == seed_answers + n_audit
+    assert out["rounds"][0]["verified_accuracy"] is not None  # the round was calibrated against the audit
