@@ -63,7 +63,8 @@ def main(ctx: click.Context, show_progress: bool | None) -> None:
 @click.option("--root", default=None, help=ROOT_HELP)
 @click.option("--force", is_flag=True, help="Overwrite an existing spec file.")
 @click.option("--type", "task_type", default="classification", show_default=True,
-              help="Task type: classification (one class per item) or multi-label (a set of tags per item).")
+              help="Task type: classification (one class per item), multi-label (a set of tags per item) or "
+                   "pairs (entity matching: is the left side the same as the right?).")
 def init(name: str, root: str | None, force: bool, task_type: str) -> None:
     """Write a commented dataset spec template (for --type) to datasets/NAME.yaml."""
     from factory.spec import template
