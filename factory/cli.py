@@ -647,7 +647,7 @@ def demo(root: str, n_batches: int, limit: int | None, seed_size: int, mode: str
 
 
 BENCHMARKS = ("aggregation", "replay", "verify", "speed", "pipeline", "guarantee", "workbench", "generalise", "scale",
-              "spans", "spans_speed")
+              "spans", "spans_speed", "pairs")
 
 
 @main.command()
@@ -656,7 +656,8 @@ BENCHMARKS = ("aggregation", "replay", "verify", "speed", "pipeline", "guarantee
 @click.option("--data", default=None, type=click.Path(exists=True), help="Benchmark data folder (e.g. ../shared/bench/crowd).")
 @click.option("--answers", default=None, type=int, help="speed, scale: number of synthetic answers.")
 @click.option("--seeds", default=None, type=int, help="replay, generalise: number of seeds.")
-@click.option("--items", default=None, type=int, help="pipeline: items in the batch; generalise: items per text set.")
+@click.option("--items", default=None, type=int, help="pipeline: items in the batch; generalise: items per text set; "
+              "pairs: a stratified subsample of product.")
 @click.option("--sets", default=None, help="generalise: comma-separated subset, e.g. dog,drugs-rating (default: all).")
 def bench(name: str, out_dir: str, data: str | None, answers: int | None, seeds: int | None, items: int | None,
           sets: str | None) -> None:
