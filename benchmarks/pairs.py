@@ -166,6 +166,8 @@ def run(out: Path, data: Path | None = None, items: int | None = None, seed: int
     if not r.waiting:
         rr = run_stage(work, "product", "release", instance)
         released = bool(rr.success)
+    routes = read_table(fx, "routing", "product", rep.batch_id)
+    reasons = routes["reasons"].map(json.loads).explode().dropna().map(lambda r: str(r).split(":")[0])
     final = read_table(fx, "final_labels", "product", rep.batch_id).set_index("item_id")
     fused = read_table(fx, "fused_labels", "product", rep.batch_id).set_index("item_id")
     label = final["label"].where(final["source"] != "deferred", fused["label"].reindex(final.index))
@@ -184,6 +186,7 @@ def run(out: Path, data: Path | None = None, items: int | None = None, seed: int
         "deferred": int((~labelled).sum()), "target_accuracy": round(target, 4),
         "met": bool(acc >= target and people.used <= 0.25 * len(answers)),
         "sources": final["source"].value_counts().to_dict(), "released": released,
+        "routes": routes["route"].value_counts().to_dict(), "routing_reasons": reasons.value_counts().to_dict(),
         "settings": SETTINGS, "stages": log, "seconds": round(time.time() - t0, 1),
         "items_without_answers_left": len(people.exhausted),
     }

@@ -5,6 +5,28 @@
 // (the classes in the spec's order joined by '|'; nothing ticked is the answer "none of these").
 const state = { task: null, selected: null, ticked: new Set(), last: null, busy: false };
 const multi = () => state.task && state.task.widget === "checkboxes";
+// Pairs (widget "pair"): the two sides of the pair side by side (a record's fields as a list); digits choose
+// the class (same / different / the spec's), Enter submits.
+const pair = () => state.task && state.task.widget === "pair";
+
+function renderSide(title, side) {
+  const box = el("div", { class: "pair-side" }, el("h3", {}, title));
+  if (side && typeof side === "object") {
+    const dl = el("dl", {});
+    Object.entries(side).forEach(([k, v]) => { if (v !== null && String(v).trim() !== "") dl.append(el("dt", {}, k), el("dd", {}, String(v))); });
+    box.append(dl);
+  } else {
+    box.append(el("p", {}, side == null ? "" : String(side)));
+  }
+  return box;
+}
+
+function renderPair(container, text) {
+  container.textContent = "";
+  let sides;
+  try { sides = JSON.parse(text); } catch (e) { renderText(container, text, []); return; }
+  container.append(el("div", { class: "pair" }, renderSide("Left", sides.left), renderSide("Right", sides.right)));
+}
 const $ = (id) => document.getElementById(id);
 
 async function loadProgress() {
@@ -35,7 +57,7 @@ function render(task) {
   $("task-kind").textContent = task.kind;
   $("task-id").textContent = task.task_id + " · " + task.dataset;
   $("task-reasons").textContent = (task.reasons || []).join(" · ");
-  renderText($("item-text"), task.text, []);
+  if (pair()) renderPair($("item-text"), task.text); else renderText($("item-text"), task.text, []);
   $("legend").hidden = true;
   const ol = $("classes"); ol.textContent = "";
   ol.classList.toggle("checkboxes", multi());
@@ -61,6 +83,7 @@ function render(task) {
   $("guideline-text").textContent = task.guideline.text || "(no guideline text in the spec)";
   const dl = $("class-defs"); dl.textContent = "";
   task.classes.forEach((c, i) => { dl.append(el("dt", {}, (i + 1) + ". " + c.name), el("dd", {}, c.definition)); });
+  if (pair()) return;  // highlights are offsets into one text; a pair shows two
   api("GET", "/api/items/" + encodeURIComponent(task.item_id) + "/highlights?dataset=" + encodeURIComponent(task.dataset))
     .then(({ data }) => {
       if (state.task && state.task.task_id === task.task_id && data.spans && data.spans.length) {
