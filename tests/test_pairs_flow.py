@@ -248,3 +248,18 @@ def test_pairs_flow_from_init_to_trace(cli, root, fx, tmp_path):
     kinds = [e["kind"] for e in trace]
     assert kinds[0] == "human" and "model" in kinds and kinds[-1] == "final"
     assert trace[0]["label"] == truth_of(t0["text"])
+
+
+def test_the_replay_benchmark_uses_the_pairs_types_labelers():
+    """One implementation: `factory bench replay` on a pair folder trains factory/pair_labelers.py's classes."""
+    from benchmarks.replay import DEFAULTS, _labelers
+    from factory.pair_labelers import FAMILIES
+
+    labs = _labelers("pair", dict(DEFAULTS), seed=0)
+    assert [type(lb) for lb in labs] == list(FAMILIES)
+    # and they read the benchmark's own frames (left_text, right_text, prices) unchanged
+    frame = pd.DataFrame({"item_id": ["a", "b", "c", "d"], "left_text": ["x 1", "y 2", "x 1", "z 9"],
+                          "right_text": ["x 1", "q 3", "x 1", "w 8"], "left_price": [1.0, 2, 1, 9],
+                          "right_price": [1.0, 5, 1, 3]})
+    probs = labs[0].fit(frame, ["1", "0", "1", "0"], ["0", "1"]).predict_proba(frame)
+    assert probs.shape == (4, 2)
