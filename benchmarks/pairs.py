@@ -102,7 +102,8 @@ def _subsample(items: pd.DataFrame, truth: pd.Series, n: int | None, seed: int) 
     return pd.concat(parts).sort_index()
 
 
-def run(out: Path, data: Path | None = None, items: int | None = None, seed: int = 0, **_) -> dict:
+def run(out: Path, data: Path | None = None, items: int | None = None, seed: int = 0,
+        review_budget: float | None = None, **_) -> dict:
     from assets.runner import add_batch_partition, instance_for, run_stage
     from benchmarks.replay import dawid_skene_target
     from factory.ingest import ingest
@@ -124,7 +125,8 @@ def run(out: Path, data: Path | None = None, items: int | None = None, seed: int
     work = Path(tempfile.mkdtemp(prefix="factory-pairs-"))
     os.environ["DAGSTER_HOME"] = str(work / "dagster_home")
     (work / "datasets").mkdir(parents=True)
-    (work / "datasets" / "product.yaml").write_text(yaml.safe_dump(pairs_spec(folder / "records.csv", **SETTINGS)))
+    settings = SETTINGS | ({"review_budget": float(review_budget)} if review_budget is not None else {})
+    (work / "datasets" / "product.yaml").write_text(yaml.safe_dump(pairs_spec(folder / "records.csv", **settings)))
     src = work / "items.csv"
     pairs.to_csv(src, index=False)
     fx = Factory.at(work)
@@ -166,6 +168,8 @@ def run(out: Path, data: Path | None = None, items: int | None = None, seed: int
     if not r.waiting:
         rr = run_stage(work, "product", "release", instance)
         released = bool(rr.success)
+    checks = fx.ledger.latest_checks("product").set_index("asset")["details"]
+    calib = json.loads(checks["confidence_calibration"]) if "confidence_calibration" in checks else {}
     routes = read_table(fx, "routing", "product", rep.batch_id)
     reasons = routes["reasons"].map(json.loads).explode().dropna().map(lambda r: str(r).split(":")[0])
     final = read_table(fx, "final_labels", "product", rep.batch_id).set_index("item_id")
@@ -186,8 +190,13 @@ def run(out: Path, data: Path | None = None, items: int | None = None, seed: int
         "deferred": int((~labelled).sum()), "target_accuracy": round(target, 4),
         "met": bool(acc >= target and people.used <= 0.25 * len(answers)),
         "sources": final["source"].value_counts().to_dict(), "released": released,
-        "routes": routes["route"].value_counts().to_dict(), "routing_reasons": reasons.value_counts().to_dict(),
-        "settings": SETTINGS, "stages": log, "seconds": round(time.time() - t0, 1),
+        "routes": routes["route"].value_counts().to_dict(),
+        "calibration": {k: calib.get(k) for k in ("n_verified", "method", "heldout_accuracy", "mean_raw_confidence",
+                                                  "mean_confidence")},
+        "fused_confidence_quantiles": {str(q): round(float(fused["confidence"].quantile(q)), 4)
+                                       for q in (0.1, 0.5, 0.9, 0.99)},
+        "fused_accuracy": round(float((pairs["item_id"].map(factory_id).map(fused["label"]) == gold).mean()), 4), "routing_reasons": reasons.value_counts().to_dict(),
+        "settings": settings, "stages": log, "seconds": round(time.time() - t0, 1),
         "items_without_answers_left": len(people.exhausted),
     }
     (out / f"{NAME}.json").write_text(json.dumps(result, indent=2))
@@ -209,5 +218,7 @@ if __name__ == "__main__":
     ap.add_argument("--out", required=True, type=Path)
     ap.add_argument("--data", type=Path, default=None)
     ap.add_argument("--items", type=int, default=None, help="stratified subsample size (default: every item)")
+    ap.add_argument("--budget", type=float, default=None,
+                    help=f"review.budget of the spec (default {SETTINGS['review_budget']}; the spec default is 0.5)")
     a = ap.parse_args()
-    run(a.out, a.data, items=a.items)
+    run(a.out, a.data, items=a.items, review_budget=a.budget)
