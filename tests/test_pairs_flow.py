@@ -263,3 +263,34 @@ def test_the_replay_benchmark_uses_the_pairs_types_labelers():
                           "right_price": [1.0, 5, 1, 3]})
     probs = labs[0].fit(frame, ["1", "0", "1", "0"], ["0", "1"]).predict_proba(frame)
     assert probs.shape == (4, 2)
+
+
+def test_bench_pairs_replays_recorded_answers_through_the_pipeline(tmp_path, monkeypatch):
+    """`factory bench pairs` on a small synthetic crowd folder: the pipeline runs to a release, people are the
+    recorded answers (revealed only for the tasks it opens, never more than recorded), scored on every item."""
+    pytest.importorskip("crowdkit")
+    from benchmarks import pairs as bench
+
+    recs, pairs = make_records(160, seed=5)
+    folder = tmp_path / "product"
+    folder.mkdir()
+    recs.to_csv(folder / "records.csv", index=False)
+    items = pd.DataFrame({"item_id": [f"p{k:03d}" for k in range(len(pairs))],
+                          "left_record_id": [a for a, _, _ in pairs], "right_record_id": [b for _, b, _ in pairs]})
+    items.to_csv(folder / "items.csv", index=False)
+    code = {"same": "1", "different": "0"}
+    pd.DataFrame({"item_id": items["item_id"], "label": [code[y] for _, _, y in pairs]}).to_csv(
+        folder / "truth.csv", index=False)
+    rng = np.random.default_rng(0)
+    rows = [(i, f"w{rng.integers(12)}{j}", code[y] if rng.random() < 0.85 else code[{"same": "different",
+                                                                                    "different": "same"}[y]])
+            for j in range(3) for i, (_, _, y) in zip(items["item_id"], pairs)]
+    pd.DataFrame(rows, columns=["item_id", "worker_id", "label"]).to_csv(folder / "answers.csv", index=False)
+    monkeypatch.setitem(bench.SETTINGS, "seed_size", 40)
+    monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "dagster_home"))  # the bench sets it: restored after the test
+    res = bench.run(tmp_path / "out", data=tmp_path, review_budget=0.3)
+    assert res["items"] == 160 and res["answers_total"] == 480
+    assert 40 <= res["answers_used"] < 480  # the seed at least; never every recorded answer
+    assert res["released"] and res["items_without_answers_left"] == 0
+    assert res["accuracy"] >= 0.8, res
+    assert json.loads((tmp_path / "out" / "pairs.json").read_text())["answers_used"] == res["answers_used"]
