@@ -206,7 +206,21 @@ def test_pairs_flow_from_init_to_trace(cli, root, fx, tmp_path):
     res = cli("tasks", "answer", t0["task_id"], "maybe", "--annotator", "ann-1", ok=False)
     assert res.exit_code == 2 and "maybe" in res.output and "same" in res.output
     cli("tasks", "answer", t0["task_id"], truth_of(t0["text"]), "--annotator", "ann-1")
-    assert _answer_open(cli, truth_of, tmp_path, "seed.csv") == 39
+    # five seed answers come back from Label Studio: the export shows both sides, the import reads the choice
+    assert cli("export", "label-studio", "--batch", batch, "--out", tmp_path / "ls.json").exit_code == 0
+    exported = json.loads((tmp_path / "ls.json").read_text())
+    assert len(exported) == 39 and all(t["data"]["left"].startswith("record_id: a") and
+                                       t["data"]["right"].startswith("record_id: b") for t in exported)
+    xml = ElementTree.fromstring((tmp_path / "ls.xml").read_text())
+    assert {x.get("name") for x in xml.iter("Text")} == {"left", "right"}
+    for t in exported[:5]:
+        t["annotations"] = [{"id": 1, "completed_by": "ann-1", "was_cancelled": False,
+                             "result": [{"from_name": "label", "to_name": "left", "type": "choices",
+                                         "value": {"choices": [truth_of(t["data"]["text"])]}}]}]
+    (tmp_path / "ls-done.json").write_text(json.dumps(exported[:5]))
+    res = cli("import", "label-studio", tmp_path / "ls-done.json")
+    assert res.exit_code == 0 and "5 recorded" in res.output, res.output
+    assert _answer_open(cli, truth_of, tmp_path, "seed.csv") == 34
 
     out = cli("run", "--dataset", "match", "--batch", batch, ok=False).output
     preds = pd.read_parquet(fx.paths.table("model_predictions", "match", batch))
