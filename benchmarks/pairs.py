@@ -191,7 +191,8 @@ def run(out: Path, data: Path | None = None, items: int | None = None, seed: int
     if not waiting:
         rr = run_stage(work, "product", "release", instance)
         released = bool(rr.success)
-    checks = fx.ledger.latest_checks("product").set_index("asset")["details"]
+    lc = fx.ledger.latest_checks("product")  # the last check of each asset (of the last batch that ran it)
+    checks = lc.sort_values("id").drop_duplicates("asset", keep="last").set_index("asset")["details"]
     calib = json.loads(checks["confidence_calibration"]) if "confidence_calibration" in checks else {}
     routes = pd.concat([read_table(fx, "routing", "product", b) for b in batch_ids], ignore_index=True)
     reasons = routes["reasons"].map(json.loads).explode().dropna().map(lambda r: str(r).split(":")[0])
