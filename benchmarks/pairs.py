@@ -187,10 +187,11 @@ def run(out: Path, data: Path | None = None, items: int | None = None, seed: int
             break
     if waiting:
         print(f"[pairs] finalise waits but no recorded answer is left for {len(people.exhausted)} item(s)", flush=True)
-    released = False
+    released, release_refusal = False, None
     if not waiting:
-        rr = run_stage(work, "product", "release", instance)
+        rr = run_stage(work, "product", "release", instance, log_level="CRITICAL")
         released = bool(rr.success)
+        release_refusal = None if released else [str(f)[:300] for f in rr.failures]
     lc = fx.ledger.latest_checks("product")  # the last check of each asset (of the last batch that ran it)
     checks = lc.sort_values("id").drop_duplicates("asset", keep="last").set_index("asset")["details"]
     calib = json.loads(checks["confidence_calibration"]) if "confidence_calibration" in checks else {}
@@ -215,7 +216,7 @@ def run(out: Path, data: Path | None = None, items: int | None = None, seed: int
         "accuracy": round(acc, 4), "accuracy_labelled": round(acc_labelled, 4),
         "deferred": int((~labelled).sum()), "target_accuracy": round(target, 4),
         "met": bool(acc >= target and people.used <= 0.25 * len(answers)),
-        "sources": final["source"].value_counts().to_dict(), "released": released,
+        "sources": final["source"].value_counts().to_dict(), "released": released, "release_refusal": release_refusal,
         "routes": routes["route"].value_counts().to_dict(),
         "calibration": {k: calib.get(k) for k in ("n_verified", "method", "heldout_accuracy", "mean_raw_confidence",
                                                   "mean_confidence")},
@@ -236,7 +237,9 @@ def summary_rows(result: dict) -> list[tuple[str, str, str]]:
     return [("product through the pipeline: accuracy over all items (deferred scored by fused label)",
              f"{result['accuracy']:.4f} with {result['answers_used']} answers ({result['share_of_answers']:.1%})",
              f">= {result['target_accuracy']:.4f} with <= 25%: {'met' if ok else 'MISSED'}"),
-            ("deferred items (no accepted label)", str(result["deferred"]), "reported")]
+            ("deferred items (no accepted label)", str(result["deferred"]), "reported"),
+            ("released", str(result["released"]), "reported" if result["released"] else
+             f"refused: {result.get('release_refusal')}")]
 
 
 if __name__ == "__main__":
