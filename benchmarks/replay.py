@@ -13,7 +13,8 @@ One run per seed walks a fixed schedule of cumulative answer budgets:
    features of the item text; random for folders without text) picks the first
    items; each gets one answer;
 2. each round: train the labelers (for pair folders the two pair-similarity
-   ones) on the majority vote of the revealed answers (ties left out); answered
+   ones of the ``pairs`` task type, ``factory.pair_labelers``) on the majority
+   vote of the revealed answers (ties left out); answered
    items get out-of-fold probabilities (a model never vouches for the answer it
    was trained on), the others the full fit's; the labelers are fused as the
    pipeline's ``fuse`` step does (``aggregate(method="auto")``). Then
@@ -227,8 +228,10 @@ class ReplayCrowd:
 
 def _labelers(task_type: str, opts: dict, seed: int) -> list:
     from factory.labelers import make_labelers
+    from factory.pair_labelers import make_pair_labelers
 
-    labelers = make_labelers(task_type, seed=seed)
+    # pair folders: the pairs task type's own labelers (factory/pair_labelers.py), one implementation
+    labelers = make_pair_labelers(seed=seed) if task_type == "pair" else make_labelers(task_type, seed=seed)
     if task_type == "pair" and opts.get("labelers"):
         wanted = set(opts["labelers"])
         labelers = [lab for lab in labelers if lab.name in wanted]

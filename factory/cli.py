@@ -63,8 +63,9 @@ def main(ctx: click.Context, show_progress: bool | None) -> None:
 @click.option("--root", default=None, help=ROOT_HELP)
 @click.option("--force", is_flag=True, help="Overwrite an existing spec file.")
 @click.option("--type", "task_type", default="classification", show_default=True,
-              help="Task type: classification (one class per item), multi-label (a set of tags per item) or "
-                   "spans (typed token spans per text, e.g. named entities).")
+              help="Task type: classification (one class per item), multi-label (a set of tags per item), "
+                   "spans (typed token spans per text, e.g. named entities) or "
+                   "pairs (entity matching: is the left side the same as the right?).")
 def init(name: str, root: str | None, force: bool, task_type: str) -> None:
     """Write a commented dataset spec template (for --type) to datasets/NAME.yaml."""
     from factory.spec import template
@@ -647,7 +648,7 @@ def demo(root: str, n_batches: int, limit: int | None, seed_size: int, mode: str
 
 
 BENCHMARKS = ("aggregation", "replay", "verify", "speed", "pipeline", "guarantee", "workbench", "generalise", "scale",
-              "spans", "spans_speed", "span_labelers", "span_calibration")
+              "spans", "spans_speed", "span_labelers", "span_calibration", "pairs")
 
 
 @main.command()
@@ -656,7 +657,8 @@ BENCHMARKS = ("aggregation", "replay", "verify", "speed", "pipeline", "guarantee
 @click.option("--data", default=None, type=click.Path(exists=True), help="Benchmark data folder (e.g. ../shared/bench/crowd).")
 @click.option("--answers", default=None, type=int, help="speed, scale: number of synthetic answers.")
 @click.option("--seeds", default=None, type=int, help="replay, generalise: number of seeds.")
-@click.option("--items", default=None, type=int, help="pipeline: items in the batch; generalise: items per text set.")
+@click.option("--items", default=None, type=int, help="pipeline: items in the batch; generalise: items per text set; "
+              "pairs: a stratified subsample of product.")
 @click.option("--sets", default=None, help="generalise: comma-separated subset, e.g. dog,drugs-rating (default: all).")
 def bench(name: str, out_dir: str, data: str | None, answers: int | None, seeds: int | None, items: int | None,
           sets: str | None) -> None:

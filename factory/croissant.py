@@ -53,6 +53,8 @@ CONTEXT = {
 FIELD_TYPES = {
     "item_id": ("sc:Text", "Content-hash id of the item (it_ + 20 hex digits)."),
     "text": ("sc:Text", "The item's text as ingested."),
+    "left": ("sc:Text", "Pairs: the left side of the pair (a text, or a record as 'field: value' lines)."),
+    "right": ("sc:Text", "Pairs: the right side of the pair (a text, or a record as 'field: value' lines)."),
     "label": ("sc:Text", "The final label, one of the dataset's classes."),
     "confidence": ("sc:Float", "Confidence of the final label in [0, 1] (fused model posterior, or people's agreement share)."),
     "source": ("sc:Text", "Where the label came from: auto (models), verified (models checked by a model), calibrated (people checked "

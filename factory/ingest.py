@@ -21,6 +21,7 @@ from factory.errors import IngestError
 from factory.ledger import Ledger, canonical, now
 from factory.progress import NULL, Progress
 from factory.spec import DatasetSpec
+from factory.tasks import pair_codec
 
 SUPPORTED = (".csv", ".jsonl", ".ndjson", ".parquet", ".txt")
 MAX_FIELD_CHARS = 1_000_000  # longer payloads are quarantined: nobody can label a 1 MB item
@@ -173,19 +174,20 @@ def value_problem(value: object) -> str | None:
 
 def _check_columns(path: Path, columns: list[str], spec: DatasetSpec, where: str = "") -> None:
     at = f"{path}{where}"
-    if spec.task.input not in columns:
-        raise IngestError(f"{at}: missing column '{spec.task.input}' (the spec's task.input); "
-                          f"columns found: {columns}; nothing was ingested")
+    for col, field in zip(spec.task.input_columns, ("left", "right") if spec.task.type == "pairs" else ("input",)):
+        if col not in columns:
+            raise IngestError(f"{at}: missing column '{col}' (the spec's task.{field}); "
+                              f"columns found: {columns}; nothing was ingested")
     id_col = spec.task.id_column
     if id_col and id_col not in columns:
         raise IngestError(f"{at}: missing column '{id_col}' (the spec's task.id_column, your own item ids); "
                           f"columns found: {columns}; nothing was ingested")
-    allowed = {spec.task.input, *spec.task.metadata, *RESERVED, *([id_col] if id_col else []),
+    allowed = {*spec.task.input_columns, *spec.task.metadata, *RESERVED, *([id_col] if id_col else []),
                *getattr(spec.task_type, "input_columns", ())}  # e.g. spans: an optional `tokens` column
     unknown = [c for c in columns if c not in allowed]
     if unknown:
         raise IngestError(f"{at}: unknown column(s) {unknown}; the spec of '{spec.name}' allows "
-                          f"'{spec.task.input}' and metadata {list(spec.task.metadata)}. Declare them under "
+                          f"{list(spec.task.input_columns)} and metadata {list(spec.task.metadata)}. Declare them under "
                           f"task.metadata in the spec or drop them; nothing was ingested")
     dup = sorted({c for c in columns if columns.count(c) > 1})
     if dup:
@@ -282,7 +284,7 @@ class _DuplicateKey(ValueError):
 def _rows_jsonl(path: Path, raw: bytes, spec: DatasetSpec):
     text = _decode(path, raw)
     id_col = spec.task.id_column
-    allowed = {spec.task.input, *spec.task.metadata, *RESERVED, *([id_col] if id_col else []),
+    allowed = {*spec.task.input_columns, *spec.task.metadata, *RESERVED, *([id_col] if id_col else []),
                *getattr(spec.task_type, "input_columns", ())}  # e.g. spans: an optional `tokens` column
     n = 0
     # split on \n only: str.splitlines would also break at U+2028, U+0085 ... which JSON strings may hold
@@ -308,7 +310,7 @@ def _rows_jsonl(path: Path, raw: bytes, spec: DatasetSpec):
             yield line_no, None, unknown[0], (f"unknown key(s) {unknown}; the spec of '{spec.name}' allows "
                                               f"{sorted(allowed - RESERVED)} (declare them under task.metadata)"), line
             continue
-        missing = [k for k in (spec.task.input,) if k not in obj]  # a missing id refuses the file (see ingest)
+        missing = [k for k in spec.task.input_columns if k not in obj]  # a missing id refuses the file (see ingest)
         if missing:
             yield line_no, None, missing[0], f"missing key '{missing[0]}'", line
             continue
@@ -337,6 +339,9 @@ def _rows_textdir(folder: Path, spec: DatasetSpec, digest):
     files = sorted(p for p in folder.rglob("*.txt") if p.is_file())
     if not files:
         raise IngestError(f"{folder}: the folder holds no .txt files; nothing was ingested")
+    if spec.task.type == "pairs":
+        raise IngestError(f"{folder}: a pairs dataset reads two columns (task.left, task.right); a folder of .txt "
+                          f"files has one text per file; ingest a CSV, JSONL or Parquet file; nothing was ingested")
     if spec.task.id_column:
         raise IngestError(f"{folder}: the spec declares task.id_column '{spec.task.id_column}', but a folder of "
                           f".txt files has no id column; ingest a CSV, JSONL or Parquet file; nothing was ingested")
@@ -433,6 +438,63 @@ def _external_id(value: object) -> str | None:
     return text or None
 
 
+def load_records(path: Path, spec: DatasetSpec) -> dict[str, dict] | None:
+    """The records file a pairs spec names (``task.records``, relative to the ingested file's folder): record id
+    -> the record's shown fields, ``record_id`` first.  None when the spec names none.  IngestError naming the
+    file and the cause (missing, no record_id column, an unknown field, a repeated id)."""
+    if not spec.task.records:
+        return None
+    rp = Path(spec.task.records)
+    rp = rp if rp.is_absolute() else (path if path.is_dir() else path.parent) / rp
+    if not rp.is_file():
+        raise IngestError(f"{rp}: the records file the spec names (task.records '{spec.task.records}', relative to "
+                          f"the ingested file's folder) does not exist; nothing was ingested")
+    reader = csv.DictReader(io.StringIO(_decode(rp, rp.read_bytes()), newline=""))
+    header = [h.strip() for h in reader.fieldnames or []]
+    if pair_codec.ID_FIELD not in header:
+        raise IngestError(f"{rp}: a records file needs a '{pair_codec.ID_FIELD}' column; columns found: {header}; "
+                          f"nothing was ingested")
+    fields = list(spec.task.record_fields) or [h for h in header if h != pair_codec.ID_FIELD]
+    unknown = [f for f in fields if f not in header]
+    if unknown:
+        raise IngestError(f"{rp}: task.record_fields {unknown} are not columns of the records file; columns "
+                          f"found: {header}; nothing was ingested")
+    out: dict[str, dict] = {}
+    for n, row in enumerate(reader, start=2):
+        row = {(k or "").strip(): v for k, v in row.items()}
+        rid = (row.get(pair_codec.ID_FIELD) or "").strip()
+        if not rid:
+            raise IngestError(f"{rp}: row {n}: empty {pair_codec.ID_FIELD}; nothing was ingested")
+        if rid in out:
+            raise IngestError(f"{rp}: row {n}: {pair_codec.ID_FIELD} '{rid}' appears twice; nothing was ingested")
+        out[rid] = {pair_codec.ID_FIELD: rid, **{f: normalise_text(row.get(f) or "") for f in fields}}
+    return out
+
+
+def _pair_payload(rec: dict, spec: DatasetSpec, records: dict[str, dict] | None) -> tuple[str | None, str, str | None]:
+    """(stored pair text or None, the field at fault, why) for one row of a pairs dataset."""
+    sides = []
+    for col in spec.task.input_columns:
+        value = rec.get(col)
+        if value is None or (isinstance(value, float) and value != value):
+            return None, col, "missing value"
+        if records is not None:
+            rid = str(int(value)) if isinstance(value, float) and value.is_integer() else str(value).strip()
+            if rid not in records:
+                return None, col, f"record id '{rid}' is not in the records file ({spec.task.records})"
+            sides.append(records[rid])
+            continue
+        if not isinstance(value, str):
+            return None, col, f"expected text, got {type(value).__name__}"
+        problem = value_problem(value)
+        if not problem and not text_key(value):
+            problem = "empty after trimming whitespace" if not normalise_text(value) else "no visible characters"
+        if problem:
+            return None, col, problem
+        sides.append(normalise_text(value))
+    return pair_codec.encode(*sides), spec.task.input_columns[0], None
+
+
 def ingest(path: str | Path, spec: DatasetSpec, ledger: Ledger, progress: Progress = NULL) -> IngestReport:
     """Ingest one file or folder as a new batch of `spec`'s dataset; all or nothing.  `progress` reports
     the rows read, validated and written (silent by default)."""
@@ -460,6 +522,7 @@ def ingest(path: str | Path, spec: DatasetSpec, ledger: Ledger, progress: Progre
     allowed_meta = list(spec.task.metadata)
     item_fields = getattr(spec.task_type, "item_fields", None)
     id_col = spec.task.id_column
+    records = load_records(path, spec)
     items: dict[str, dict] = {}
     by_key: dict[str, str] = {}          # duplicate key hash -> the item id that first had it
     ext_rows: dict[str, int] = {}        # external id -> the row that first had it
@@ -476,17 +539,21 @@ def ingest(path: str | Path, spec: DatasetSpec, ledger: Ledger, progress: Progre
             quarantined.append(dict(source_file=src_file, source_row=src_row, field=_excerpt(fld)[:128], reason=reason,
                                     raw=_excerpt(raw_row)))
             continue
-        payload = rec.get(spec.task.input)
         problem = None
-        bad_field = spec.task.input
-        if payload is None or (isinstance(payload, float) and payload != payload):
+        if spec.task.type == "pairs":  # two sides (texts, or record ids) -> one stored pair text
+            payload, bad_field, problem = _pair_payload(rec, spec, records)
+        else:
+            payload, bad_field = rec.get(spec.task.input), spec.task.input
+        if problem:
+            pass
+        elif payload is None or (isinstance(payload, float) and payload != payload):
             problem = "missing value"
         elif not isinstance(payload, str):
             problem = f"expected text, got {type(payload).__name__}"
         elif len(payload) > MAX_FIELD_CHARS:
             problem = f"{len(payload):,} characters, more than the {MAX_FIELD_CHARS:,} allowed for one item"
         else:
-            for k in (spec.task.input, *([id_col] if id_col else []), *allowed_meta):
+            for k in (*spec.task.input_columns, *([id_col] if id_col else []), *allowed_meta):
                 problem = value_problem(rec.get(k)) or value_problem(k if k in rec else None)
                 if problem:
                     bad_field = k
@@ -496,7 +563,8 @@ def ingest(path: str | Path, spec: DatasetSpec, ledger: Ledger, progress: Progre
                            else "no visible characters (only whitespace and zero-width or other format characters)")
         if problem:
             quarantined.append(dict(source_file=src_file, source_row=src_row, field=bad_field,
-                                    reason=problem, raw=_excerpt(payload) if payload is not None else ""))
+                                    reason=problem, raw=_excerpt(payload) if payload is not None else
+                                    _excerpt(rec.get(bad_field)) if rec.get(bad_field) is not None else ""))
             continue
         ext = None
         if id_col:

@@ -30,7 +30,9 @@ class LabelStudioError(FactoryError):
 def label_config(spec) -> str:
     """The Label Studio labeling config (XML) matching the exported tasks: the task type's control tag."""
     control = spec.task_type.labelstudio_config(spec.class_names, FROM_NAME, TO_NAME)
-    return f'<View>\n  <Text name="{TO_NAME}" value="$text"/>\n{control}</View>\n'
+    objects = getattr(spec.task_type, "labelstudio_objects", None)  # e.g. pairs: two texts side by side
+    shown = objects() if objects is not None else f'  <Text name="{TO_NAME}" value="$text"/>\n'
+    return f'<View>\n{shown}{control}</View>\n'
 
 
 def _item_kw(spec, item) -> dict:
@@ -61,6 +63,7 @@ def export_tasks(fx, batch_id: str, *, include_answered: bool = False) -> list[d
     ev = fx.ledger.events(dataset, batch_id=batch_id, kind=["model", "fusion"])
     ev = ev[ev["item_id"].isin(set(tasks["item_id"]))]
     by_item = {i: g for i, g in ev.groupby("item_id")}
+    item_columns = getattr(spec.task_type, "item_columns", None)  # e.g. pairs: data.left and data.right
     out = []
     for t in tasks.itertuples(index=False):
         kind, reasons = shown_kind_and_reasons(t.kind, json.loads(t.reasons) if isinstance(t.reasons, str)
@@ -77,7 +80,8 @@ def export_tasks(fx, batch_id: str, *, include_answered: bool = False) -> list[d
             "data": {"text": items.loc[t.item_id, "text"], "factory_task_id": t.task_id, "item_id": t.item_id,
                      # the user's own id (spec task.id_column), so Label Studio shows the id they know
                      "external_id": items.loc[t.item_id, "external_id"] or None,
-                     "dataset": dataset, "batch_id": batch_id, "task_kind": kind, "reasons": reasons},
+                     "dataset": dataset, "batch_id": batch_id, "task_kind": kind, "reasons": reasons,
+                     **(item_columns(items.loc[t.item_id, "text"]) if item_columns is not None else {})},
             "predictions": preds,
         })
     return out

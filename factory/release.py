@@ -137,6 +137,12 @@ def build_release_table(fx, dataset: str, batch_ids: list[str]) -> pd.DataFrame:
     df["split"] = [split_for(i, spec.splits) for i in df["item_id"]]
     cols = ["item_id", "text", *getattr(spec.task_type, "release_column_names", ()), "label", "confidence", "source",
             "split", "batch_id", "annotators", "n_events", "guideline_version", "spec_version"]
+    item_columns = getattr(spec.task_type, "item_columns", None)  # e.g. pairs: the two sides, left and right
+    if item_columns is not None and len(df):
+        extra = pd.DataFrame([item_columns(t) for t in df["text"]], index=df.index)
+        for c in extra.columns:
+            df[c] = extra[c]
+        cols[2:2] = list(extra.columns)
     if spec.task.id_column:  # the user's own ids, as a last column only for datasets that declare them
         ext = fx.ledger.items(dataset, item_ids=df["item_id"].tolist()).set_index("item_id")["external_id"]
         df["external_id"] = df["item_id"].map(ext)

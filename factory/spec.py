@@ -29,6 +29,39 @@ class TaskSpec(_Strict):
     # the column holding the user's own item ids (e.g. review_id): kept through the ledger, task list, trace,
     # exports and releases.  Left out of the dump when unset, so existing specs keep their version.
     id_column: str | None = Field(default=None, min_length=1, max_length=128, exclude_if=lambda v: v is None)
+    # type pairs: the two columns holding the sides of a pair (texts, or record ids into `records`, a CSV
+    # with a record_id column, relative to the ingested file's folder or absolute); `record_fields` the
+    # record columns shown (default: all but record_id).  Left out of the dump when unset.
+    left: str | None = Field(default=None, min_length=1, max_length=128, exclude_if=lambda v: v is None)
+    right: str | None = Field(default=None, min_length=1, max_length=128, exclude_if=lambda v: v is None)
+    records: str | None = Field(default=None, min_length=1, exclude_if=lambda v: v is None)
+    record_fields: tuple[str, ...] = Field(default=(), exclude_if=lambda v: not v)
+
+    @property
+    def input_columns(self) -> tuple[str, ...]:
+        """The columns of an ingested file that hold what people and models read."""
+        return (self.left, self.right) if self.type == "pairs" else (self.input,)
+
+    @model_validator(mode="after")
+    def _pair_inputs(self) -> "TaskSpec":
+        given = [f for f in ("left", "right", "records", "record_fields") if getattr(self, f)]
+        if self.type != "pairs":
+            if given:
+                raise ValueError(f"task.{', task.'.join(given)}: only for task.type pairs (this spec is "
+                                 f"{self.type}; its items are read from task.input '{self.input}')")
+            return self
+        missing = [f for f in ("left", "right") if not getattr(self, f)]
+        if missing:
+            raise ValueError(f"task.type pairs needs task.left and task.right (the columns holding the two sides "
+                             f"of a pair); missing: {missing}")
+        if self.left == self.right:
+            raise ValueError(f"task.left and task.right are both '{self.left}'; name two different columns")
+        clash = [c for c in (self.left, self.right) if c in self.metadata or c == self.id_column]
+        if clash:
+            raise ValueError(f"task.left/task.right {clash} must be their own columns, not metadata or the id column")
+        if self.record_fields and not self.records:
+            raise ValueError("task.record_fields names fields of task.records, which is not set")
+        return self
 
     @model_validator(mode="after")
     def _id_column(self) -> "TaskSpec":
@@ -374,6 +407,8 @@ def template(name: str, task_type: str = "classification") -> str:
     for ln in lines:
         if ln.lstrip().startswith("type: classification"):
             ln = parts["type_line"]
+        elif ln.lstrip().startswith("input: ") and "input_line" in parts:
+            ln = parts["input_line"]
         elif ln.startswith("mode: ") and "mode_line" in parts:
             ln = parts["mode_line"]
         elif ln.lstrip().startswith("text: ") and "guideline_text" in parts:

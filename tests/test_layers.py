@@ -22,7 +22,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
                                        "datasets", "embeddings", "disputes", "task_rows", "engine", "engine.span_routing",
                                        "progress")),
     ("domain: task types, spec, quality rules, labelers", ("tasks", "spec", "quality", "guarantee", "loop", "span_loop",
-                                                           "labelers", "set_labelers", "span_labelers")),
+                                                           "labelers", "set_labelers", "span_labelers", "pair_labelers")),
     ("storage: migrations policy", ("db",)),
     ("storage: the ledger", ("ledger",)),
     ("storage: side tables and readers of the chain", ("tables", "signing", "provenance", "users", "migrations")),

@@ -26,7 +26,7 @@ def test_the_registry_holds_complete_types_and_names_the_closest_one():
     assert {"classification", "multi-label", "spans"} <= set(tasks.names())
     for name in tasks.names():
         assert isinstance(tasks.get(name), TaskType), name
-    assert tasks.names(pipeline_ready=True) == ["classification", "multi-label", "spans"]
+    assert tasks.names(pipeline_ready=True) == ["classification", "multi-label", "spans", "pairs"]
     with pytest.raises(KeyError, match="did you mean 'multi-label'"):
         tasks.get("multilabel")
 

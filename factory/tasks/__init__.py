@@ -13,6 +13,7 @@ from typing import Any, Sequence
 from factory.tasks.base import AnswerError, TaskType
 from factory.tasks.classification import Classification
 from factory.tasks.multilabel import MultiLabel
+from factory.tasks.pairs import Pairs
 from factory.tasks.spans import Spans
 
 __all__ = ["AnswerError", "LabelSchema", "TaskType", "get", "names", "register", "schema"]
@@ -70,3 +71,4 @@ def schema(task_type: str, classes: Sequence[str]) -> LabelSchema:
 register(Classification())
 register(MultiLabel())
 register(Spans())
+register(Pairs())

@@ -10,6 +10,28 @@ const state = { task: null, selected: null, ticked: new Set(), last: null, busy:
                 tokens: [], spans: [], cursor: 0, anchor: null, dragging: false };
 const multi = () => state.task && state.task.widget === "checkboxes";
 const spanned = () => state.task && state.task.widget === "tokens";
+// Pairs (widget "pair"): the two sides of the pair side by side (a record's fields as a list); digits choose
+// the class (same / different / the spec's), Enter submits.
+const pair = () => state.task && state.task.widget === "pair";
+
+function renderSide(title, side) {
+  const box = el("div", { class: "pair-side" }, el("h3", {}, title));
+  if (side && typeof side === "object") {
+    const dl = el("dl", {});
+    Object.entries(side).forEach(([k, v]) => { if (v !== null && String(v).trim() !== "") dl.append(el("dt", {}, k), el("dd", {}, String(v))); });
+    box.append(dl);
+  } else {
+    box.append(el("p", {}, side == null ? "" : String(side)));
+  }
+  return box;
+}
+
+function renderPair(container, text) {
+  container.textContent = "";
+  let sides;
+  try { sides = JSON.parse(text); } catch (e) { renderText(container, text, []); return; }
+  container.append(el("div", { class: "pair" }, renderSide("Left", sides.left), renderSide("Right", sides.right)));
+}
 const $ = (id) => document.getElementById(id);
 
 async function loadProgress() {
@@ -93,7 +115,7 @@ function render(task) {
   $("task-kind").textContent = task.kind;
   $("task-id").textContent = task.task_id + " · " + task.dataset;
   $("task-reasons").textContent = (task.reasons || []).join(" · ");
-  renderText($("item-text"), task.text, []);
+  if (pair()) renderPair($("item-text"), task.text); else renderText($("item-text"), task.text, []);
   $("legend").hidden = true;
   const ol = $("classes"); ol.textContent = "";
   ol.classList.toggle("checkboxes", multi());
@@ -122,7 +144,7 @@ function render(task) {
   $("guideline-text").textContent = task.guideline.text || "(no guideline text in the spec)";
   const dl = $("class-defs"); dl.textContent = "";
   task.classes.forEach((c, i) => { dl.append(el("dt", {}, (i + 1) + ". " + c.name), el("dd", {}, c.definition)); });
-  if (spanned()) return;  // the tokens carry the pre-annotation; word highlights would hide it
+  if (spanned() || pair()) return;  // tokens carry the pre-annotation; a pair shows two texts: word highlights do not fit
   api("GET", "/api/items/" + encodeURIComponent(task.item_id) + "/highlights?dataset=" + encodeURIComponent(task.dataset))
     .then(({ data }) => {
       if (state.task && state.task.task_id === task.task_id && data.spans && data.spans.length) {
