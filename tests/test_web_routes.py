@@ -13,6 +13,7 @@ import tempfile
 from pathlib import Path
 
 import yaml
+from fastapi.routing import iter_route_contexts
 
 from factory.web import create_app
 
@@ -20,9 +21,10 @@ PIN = Path(__file__).parent / "data" / "web_api.json"
 
 
 def surface(app) -> dict:
-    routes = [{"path": r.path, "methods": sorted(getattr(r, "methods", None) or []), "name": r.name,
-               "in_schema": bool(getattr(r, "include_in_schema", False)), "kind": type(r).__name__}
-              for r in app.routes]
+    # iter_route_contexts: the routes of included routers too, as the app serves them
+    routes = [{"path": r.path, "methods": sorted(r.methods or []), "name": r.name,
+               "in_schema": bool(getattr(r, "include_in_schema", False)), "kind": type(r.original_route).__name__}
+              for r in iter_route_contexts(app.routes)]
     return {"routes": sorted(routes, key=lambda x: (x["path"], x["methods"])), "openapi": app.openapi()}
 
 
