@@ -13,9 +13,14 @@ import tempfile
 from pathlib import Path
 
 import yaml
-from fastapi.routing import iter_route_contexts
 
 from factory.web import create_app
+
+try:  # FastAPI >= 0.16x keeps included routers lazily: this walks into them
+    from fastapi.routing import iter_route_contexts
+except ImportError:  # older FastAPI copies included routes into app.routes
+    def iter_route_contexts(routes):
+        return list(routes)
 
 PIN = Path(__file__).parent / "data" / "web_api.json"
 
@@ -23,7 +28,7 @@ PIN = Path(__file__).parent / "data" / "web_api.json"
 def surface(app) -> dict:
     # iter_route_contexts: the routes of included routers too, as the app serves them
     routes = [{"path": r.path, "methods": sorted(r.methods or []), "name": r.name,
-               "in_schema": bool(getattr(r, "include_in_schema", False)), "kind": type(r.original_route).__name__}
+               "in_schema": bool(getattr(r, "include_in_schema", False)), "kind": type(getattr(r, "original_route", r)).__name__}
               for r in iter_route_contexts(app.routes)]
     return {"routes": sorted(routes, key=lambda x: (x["path"], x["methods"])), "openapi": app.openapi()}
 
