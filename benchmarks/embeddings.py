@@ -43,7 +43,7 @@ DATASETS = ("bbc", "bbc_paragraphs", "tweets")
 def load_set(name: str, data: Path | None) -> pd.DataFrame | None:
     """item_id, text, label of a benchmark set (None when its data is not available)."""
     from factory.datasets import load_bbc_news
-    from factory.labelers import short_news_texts
+    from factory.datasets import short_news_texts
 
     if name == "bbc":
         return load_bbc_news()[["item_id", "text", "label"]]

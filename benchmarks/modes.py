@@ -20,7 +20,7 @@ from pathlib import Path
 def run(mode: str, items: int = 2000, seed: int = 0) -> dict:
     """The demo's summary for `mode` on `items` BBC paragraphs."""
     import assets.demo as demo
-    from factory.labelers import short_news_texts
+    from factory.datasets import short_news_texts
 
     def paragraphs(seed: int = 0):
         frame = short_news_texts(seed=seed, min_chars=40)

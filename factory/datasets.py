@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-__all__ = ["bbc_news_dir", "load_bbc_news"]
+__all__ = ["bbc_news_dir", "load_bbc_news", "short_news_texts"]
 
 _BBC_RELATIVE = Path("bbcnews") / "data"
 
@@ -74,3 +74,17 @@ def load_bbc_news(limit_per_class: int | None = None, seed: int = 0) -> pd.DataF
     frame = pd.DataFrame(rows, columns=["item_id", "text", "label", "source_file"])
     shuffled = frame.iloc[rng.permutation(len(frame))].reset_index(drop=True)
     return shuffled
+
+
+def short_news_texts(limit: int | None = None, seed: int = 0, min_chars: int = 20) -> pd.DataFrame:
+    """BBC News split into paragraphs ("short news texts", labelled with their article's topic, `article_id` kept)."""
+    articles = load_bbc_news(seed=seed)
+    rows = []
+    for article_id, text, label in zip(articles["item_id"], articles["text"], articles["label"]):
+        for j, paragraph in enumerate(p.strip() for p in text.split("\n")):
+            if len(paragraph) >= min_chars:
+                rows.append({"item_id": f"{article_id}-p{j}", "text": paragraph, "label": label,
+                             "article_id": article_id})
+    frame = pd.DataFrame(rows)
+    frame = frame.iloc[np.random.default_rng(seed).permutation(len(frame))].reset_index(drop=True)
+    return frame if limit is None else frame.iloc[:limit].reset_index(drop=True)

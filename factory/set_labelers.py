@@ -20,8 +20,9 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.preprocessing import StandardScaler
 
 from factory.embeddings import embed_texts
-from factory.labelers import (Labeler, LabelerInfo, _CharNgramTfidf, _fit_tfidf, _min_df_for, _NoFeatures,
-                              _texts, _thread_limit, training_hash)
+from factory.labelers.bag_of_words import _CharNgramTfidf
+from factory.labelers.base import (Labeler, LabelerInfo, _fit_tfidf, _min_df_for, _NoFeatures, _texts, _thread_limit,
+                                   training_hash)
 
 SEP = "|"
 _FLOOR = 1e-4

@@ -18,7 +18,7 @@ from hypothesis import HealthCheck, Phase, given, settings, strategies as st
 from factory.web import app as web_app
 from factory.web import models as M
 from factory.web import create_app
-from factory.web.app import public_message
+from factory.web.context import public_message
 from test_web_api import ROLES, make_factory, spec_dict
 
 LEAKS = ("Traceback", 'File "', "site-packages", ".yaml:", "ledger.sqlite")
