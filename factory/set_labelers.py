@@ -21,7 +21,7 @@ from sklearn.preprocessing import StandardScaler
 
 from factory.embeddings import embed_texts
 from factory.labelers.bag_of_words import _CharNgramTfidf
-from factory.labelers.base import (Labeler, LabelerInfo, _fit_tfidf, _min_df_for, _NoFeatures, _texts, _thread_limit,
+from factory.labelers.base import (Labeler, LabelerInfo, _fit_tfidf, _min_df_for, _NoFeatures, _texts, thread_limit,
                                    training_hash)
 
 SEP = "|"
@@ -81,7 +81,7 @@ class _OneVsRest(Labeler):
             self._fallback = "no training items: per-class rate 1/2"
         else:
             try:
-                with _thread_limit(self.max_threads):
+                with thread_limit(self.max_threads):
                     X = self._fit_features(items)
                     for j in range(len(classes)):
                         if 0 < Y[:, j].sum() < n:
@@ -105,7 +105,7 @@ class _OneVsRest(Labeler):
         if n == 0 or self._fallback is not None or not any(m is not None for m in self.models_):
             return np.clip(out, _FLOOR, 1 - _FLOOR)
         items = items.reset_index(drop=True)
-        with _thread_limit(self.max_threads):
+        with thread_limit(self.max_threads):
             X = self._transform(items)
             n_train = self._n_train
             for j, m in enumerate(self.models_):

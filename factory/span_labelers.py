@@ -31,7 +31,7 @@ from sklearn.feature_extraction import DictVectorizer
 from sklearn.linear_model import LogisticRegression
 
 from factory.engine.spans import bio_spans, repair_bio
-from factory.labelers import Labeler, LabelerInfo, _thread_limit, training_hash
+from factory.labelers.base import Labeler, LabelerInfo, thread_limit, training_hash
 
 # A word is a run of letters/digits/underscore, with inner hyphens or apostrophes (o'neill, well-known);
 # every other non-space character is a token of its own.  Offsets of spans are indices into this list.
@@ -123,7 +123,7 @@ class _SpanLabeler(Labeler):
         if total == 0 or len(counts) < 2:
             self._fallback = "no training tokens" if total == 0 else "one tag only: its smoothed rate"
         else:
-            with _thread_limit(self.max_threads):
+            with thread_limit(self.max_threads):
                 self._fit_tags(toks, bio)
         self._info = LabelerInfo(
             name=self.name, family=self.family, version=self.version,
@@ -138,7 +138,7 @@ class _SpanLabeler(Labeler):
         toks = item_tokens(items.reset_index(drop=True))
         if self._fallback is not None:
             return [np.tile(self._prior, (len(t), 1)) for t in toks]
-        with _thread_limit(self.max_threads):
+        with thread_limit(self.max_threads):
             out = self._marginals(toks)
         return [np.clip(m, 1e-6, None) / np.clip(m, 1e-6, None).sum(axis=1, keepdims=True) if len(m) else m
                 for m in out]

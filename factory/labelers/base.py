@@ -234,7 +234,7 @@ class Labeler:
             self._fallback = "single class in seed: smoothed class prior"
         else:
             try:
-                with _thread_limit(self.max_threads):
+                with thread_limit(self.max_threads):
                     self._fit_model(items, y)
             except _NoFeatures as exc:
                 self._fallback = f"no usable features ({exc}): smoothed class prior"
@@ -264,7 +264,7 @@ class Labeler:
         items = items.reset_index(drop=True)
         if self._fallback is not None:
             return _finish_proba(np.tile(self._prior, (n, 1)))
-        with _thread_limit(self.max_threads):
+        with thread_limit(self.max_threads):
             scores = np.asarray(self._predict_scores(items), dtype=float)
         present = self.fitted_classes_
         # Shrink towards the class prior by one pseudo-example: negligible on a real seed,
@@ -354,7 +354,7 @@ class Labeler:
         return 0 if self._info is None else self._info.n_train
 
 
-def _thread_limit(limit: int | None):
+def thread_limit(limit: int | None):
     """Context manager capping BLAS and OpenMP thread pools (no-op when `limit` is None)."""
     return contextlib.nullcontext() if limit is None else threadpool_limits(limits=limit)
 
