@@ -21,7 +21,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("base: pure helpers, no ledger", ("__init__", "errors", "config", "pii", "croissant", "release_report",
                                        "datasets", "embeddings", "disputes", "task_rows", "engine", "progress")),
     ("domain: task types, spec, quality rules, labelers", ("tasks", "spec", "quality", "guarantee", "loop",
-                                                           "labelers", "set_labelers")),
+                                                           "labelers", "set_labelers", "routing_policy")),
     ("storage: migrations policy", ("db",)),
     ("storage: the ledger", ("ledger",)),
     ("storage: side tables and readers of the chain", ("tables", "signing", "provenance", "users", "migrations")),
