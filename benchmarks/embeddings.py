@@ -162,7 +162,7 @@ def verifier(data: Path | None, seeds: int = 3, accept: float = 0.9) -> pd.DataF
 
     from factory.engine import aggregate
     from factory.labelers import make_labelers
-    from factory.pipeline import prob_cols, verifier_accepts
+    from factory.routing_policy import prob_cols, verifier_accepts
 
     rows = []
     for name in DATASETS:

@@ -16,12 +16,14 @@ import numpy as np
 import pandas as pd
 
 from factory.engine import aggregate
-from factory.engine.routing import route_batch
 from factory.engine.seeding import select_seed
 from factory.errors import FactoryError, NotReadyError
 from factory import loop as people_loop
 from factory.progress import NULL, Progress, counted
 from factory.quality import audit_target
+from factory.routing_policy import (auto_accept_choice, escalation_tasks, human_model_routes,
+                                    prelabel_human_routes, prelabel_model_routes, prelabel_span_routes, prob_cols,
+                                    required_tier, set_escalations, span_reasons)
 from factory.root import Factory  # noqa: F401  (the root object lived here; callers still import it from pipeline)
 from factory.span_labelers import cross_val_spans
 from factory.spec import DatasetSpec
@@ -59,10 +61,6 @@ def read_table(fx: Factory, name: str, dataset: str, batch_id: str) -> pd.DataFr
         raise NotReadyError(f"table '{name}' of batch {batch_id} does not exist yet: "
                             f"materialise the '{name}' asset for this batch first")
     return pd.read_parquet(path)
-
-
-def prob_cols(classes: list[str]) -> list[str]:
-    return [f"prob_{c}" for c in classes]
 
 
 def labeler_input(spec: DatasetSpec, items: pd.DataFrame) -> pd.DataFrame:
@@ -118,23 +116,6 @@ def item_modes(spec: DatasetSpec, items: pd.DataFrame) -> pd.Series:
             hit = np.array([m.get(rule.field) in rule.equals for m in meta], dtype=bool)
             modes[hit] = rule.mode
     return modes
-
-
-def required_tier(spec: DatasetSpec, label: str | None, reasons: list[str], meta: dict | None = None) -> str:
-    """The least tier allowed to answer a task, from the item's risk and difficulty (spec.workforce)."""
-    w = spec.workforce
-    at_stake = []
-    for rule in w.value_rules:
-        try:
-            if float((meta or {}).get(rule.field)) > rule.above:
-                at_stake.append(rule.tier)
-        except (TypeError, ValueError):  # missing or non-numeric value: no rule fires
-            pass
-    return max_tier("L1", *at_stake,
-                    w.disagreement_tier if "disagreement" in reasons else None,
-                    w.uncertain_tier if "low_confidence" in reasons else None,
-                    w.class_tiers.get(str(label)) if label is not None else None,
-                    w.sensitive_tier if spec.compliance.grade != "general" else None)
 
 
 # ----------------------------------------------------------------------------- people first
@@ -465,9 +446,6 @@ def calibrate_fused(fx: Factory, dataset: str, fused: pd.DataFrame) -> tuple[pd.
 
 
 # ----------------------------------------------------------------------------- routing
-MIN_GUARANTEE_SAMPLE = 50  # audited items needed before the guarantee can set the threshold
-
-
 def auto_accept_threshold(fx: Factory, dataset: str, batch_id: str) -> tuple[float, dict]:
     """The confidence threshold of auto-accept for this batch, with the guarantee it rests on.
 
@@ -478,10 +456,7 @@ def auto_accept_threshold(fx: Factory, dataset: str, batch_id: str) -> tuple[flo
     confidence_threshold is a floor.  With fewer than MIN_GUARANTEE_SAMPLE verified items the floor
     applies alone, and the record says so.
     """
-    from factory.guarantee import choose_threshold
-
     spec = fx.spec(dataset)
-    floor = spec.quality.confidence_threshold
     frames = []
     for b in fx.ledger.batches(dataset)["batch_id"]:
         path = fx.paths.table("final_labels", dataset, b)
@@ -489,145 +464,7 @@ def auto_accept_threshold(fx: Factory, dataset: str, batch_id: str) -> tuple[flo
             f = pd.read_parquet(path, columns=["label", "fused_label", "fused_confidence", "route"])
             frames.append(f[f["route"] == "audit"])  # the random audit: an unbiased sample of auto-accepted items
     verified = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=["fused_confidence"])
-    info = {"floor": floor, "epsilon": spec.quality.auto_accept.epsilon, "delta": spec.quality.auto_accept.delta,
-            "n_verified": int(len(verified))}
-    if len(verified) < MIN_GUARANTEE_SAMPLE:
-        return floor, info | {"threshold": floor, "guarantee": f"not yet: {len(verified)} audited items, "
-                                                               f"{MIN_GUARANTEE_SAMPLE} needed"}
-    choice = choose_threshold(verified["fused_confidence"].to_numpy(float),
-                              (verified["label"] == verified["fused_label"]).to_numpy(bool),
-                              spec.quality.auto_accept.epsilon, spec.quality.auto_accept.delta)
-    t = 1.0 + 1e-9 if choice.threshold is None else max(floor, choice.threshold)  # None: certify nothing
-    return t, info | {"threshold": t, "guarantee": choice.to_dict()}
-
-
-def _prelabel_human_routes(spec: DatasetSpec, fused: pd.DataFrame, model_labels: pd.DataFrame, seed_dist: dict,
-                           seed: int, threshold: float, budget: int) -> pd.DataFrame:
-    audit_min = audit_target(spec.quality, fused.loc[fused["confidence"] >= threshold, "confidence"])
-    r = route_batch(fused, model_labels.loc[fused.index], confidence_threshold=threshold,
-                    prior=spec.prior if spec.task_type.answer_shape == "one" else None,
-                    seed_distribution=seed_dist or None, audit_rate=spec.quality.audit_rate,
-                    bias_ratio=spec.quality.bias_ratio, review_budget=budget, seed=seed, audit_min=audit_min)
-    uncertain = getattr(spec.task_type, "uncertain_classes", None)
-    if uncertain is not None:  # sets: name the classes a person should look at first
-        cols = prob_cols(spec.class_names)
-        flagged = r.index[r["route"].isin(["review", "deferred"])]
-        names = uncertain(fused.loc[flagged, cols].to_numpy(float), spec.class_names)
-        r.loc[flagged, "reasons"] = pd.Series([list(x) + ([f"uncertain: {', '.join(n)}"] if n else [])
-                                               for x, n in zip(r.loc[flagged, "reasons"], names)],
-                                              index=flagged, dtype=object)
-    return r.reset_index()[["item_id", "route", "label", "confidence", "reasons", "priority"]]
-
-
-def _span_reasons(fused: pd.DataFrame, threshold: float) -> pd.Series:
-    """Spans: why each sentence goes to a person ("" = it may be accepted): span routing's reason, else
-    "low_confidence" when its confidence calibrated on people's labels is below the auto-accept threshold."""
-    reason = fused["route_reason"].fillna("").astype(str)
-    low = (reason == "") & (fused["confidence"].astype(float) < threshold)
-    return reason.mask(low, "low_confidence")
-
-
-def _prelabel_span_routes(spec: DatasetSpec, fused: pd.DataFrame, seed: int, threshold: float,
-                          budget: int) -> pd.DataFrame:
-    """Spans: a reason (`_span_reasons`: span routing's, or a calibrated confidence below the threshold) sends a
-    sentence to people, in span routing's priority order while the review budget lasts (the rest deferred); a
-    random audit sample of the sentences accepted goes to people too (first call on the budget, as for one class
-    per item)."""
-    reason = _span_reasons(fused, threshold)
-    fused = fused.assign(route_reason=reason)
-    accepted = fused.index[(reason == "").to_numpy()]
-    audit_min = audit_target(spec.quality, fused.loc[accepted, "confidence"])
-    n_audit = min(len(accepted), max(audit_min, int(np.ceil(spec.quality.audit_rate * len(accepted)))),
-                  max(int(budget), 0))
-    audit = set(np.random.default_rng(seed).choice(np.asarray(accepted, dtype=object), size=n_audit, replace=False)) \
-        if n_audit else set()
-    flagged = fused.loc[(reason != "").to_numpy()].sort_values("priority", ascending=False, kind="stable").index
-    review = set(flagged[:max(int(budget) - n_audit, 0)])
-    rows = []
-    for item_id, r in fused.iterrows():
-        if item_id in audit:
-            route, why = "audit", ["audit"]
-        elif item_id in review:
-            route, why = "review", [r["route_reason"]]
-        elif r["route_reason"]:
-            route, why = "deferred", [r["route_reason"], "budget"]
-        else:
-            route, why = "auto", [f"span set exactly right with probability {float(r['confidence']):.3f}"]
-        rows.append(dict(item_id=item_id, route=route, label=str(r["label"]), confidence=float(r["confidence"]),
-                         reasons=why, priority=float(r["priority"])))
-    return pd.DataFrame(rows, columns=["item_id", "route", "label", "confidence", "reasons", "priority"])
-
-
-def _prelabel_model_routes(spec: DatasetSpec, preds: pd.DataFrame, items: pd.Index, seed: int,
-                           n_items: int | None = None) -> pd.DataFrame:
-    """Labelers fused without the verifier; the verifier (a different family on other features) re-checks."""
-    classes = spec.class_names
-    names = sorted(preds["labeler"].unique())
-    verifier = _verifier_name(names)
-    p = preds[preds["item_id"].isin(items)]
-    prim = p[p["labeler"] != verifier].rename(columns={"labeler": "worker_id"})
-    answers = prim[["item_id", "worker_id", "label", *prob_cols(classes)]]
-    tt = spec.task_type
-    # sets: the primary labelers' per-class marginals pooled, and the verifier's own set check (the type's)
-    fused = aggregate(answers, method="auto", classes=classes) if tt.answer_shape == "one" else \
-        tt.pool_models(answers, classes)
-    ver = p[p["labeler"] == verifier].set_index("item_id").reindex(fused.index)
-    agree = fused["label"].astype(str) == ver["label"].astype(str)
-    accepts = verifier_accepts if tt.answer_shape == "one" else tt.verifier_accepts
-    conf_ok = accepts(fused, ver, classes, spec.prelabel_model.accept_confidence)
-    out = pd.DataFrame({"item_id": fused.index, "label": fused["label"].astype(str).to_numpy(),
-                        "confidence": fused["confidence"].to_numpy()})
-    ok = (agree & conf_ok).to_numpy()
-    out["route"] = np.where(ok, "verified", "review" if spec.prelabel_model.on_disagreement == "to-human" else "excluded")
-    out["reasons"] = [["verifier_agrees"] if o else
-                      [("verifier_disagrees" if not a else "below_accept_confidence"),
-                       f"verifier {verifier} says {v}"] for o, a, v in zip(ok, agree, ver["label"])]
-    # a minimum audit sample always goes to people: audit_rate of ALL the mode's items (not of the verified
-    # share, which shrank the sample below the rate), drawn from the model-verified ones nobody else sees
-    verified = np.flatnonzero(ok)
-    n_audit = min(len(verified), int(np.ceil(spec.prelabel_model.audit_rate * max(n_items or 0, len(out)))))
-    # ... and at least what the accuracy gate needs to be reachable (all verified items if fewer)
-    n_audit = max(n_audit, min(audit_target(spec.quality, fused["confidence"].to_numpy()[verified]), len(verified)))
-    if n_audit:
-        pick = np.random.default_rng(seed).choice(verified, size=n_audit, replace=False)
-        out.loc[pick, "route"] = "audit"
-        out.loc[pick, "reasons"] = pd.Series([["audit"]] * n_audit, index=pick)
-    return out
-
-
-def verifier_accepts(fused: pd.DataFrame, verifier: pd.DataFrame, classes: list[str], accept: float) -> pd.Series:
-    """True where the verifier agrees with the fused label and their joint probability of it is >= `accept`.
-
-    The two are different families on different features (bag-of-words fused, pretrained
-    embeddings verifying), so their probabilities combine as independent evidence:
-    p(c) ∝ p_fused(c) * p_verifier(c) (uniform class prior). Asking each to be >= `accept`
-    on its own threw away the agreement itself: on a seed of 100 it sent 3 in 4 agreed,
-    99%-correct items to people (benchmarks/embeddings.py verifier). Whether the
-    independence holds is what the audit sample measures.
-    """
-    cols = prob_cols(classes)
-    joint = fused[cols].to_numpy(float) * verifier[cols].to_numpy(float)
-    joint = joint / np.clip(joint.sum(axis=1, keepdims=True), 1e-300, None)
-    column = pd.Index(classes).get_indexer(fused["label"].astype(str))
-    p_label = np.where(column >= 0, joint[np.arange(len(joint)), np.clip(column, 0, None)], 0.0)
-    agree = (fused["label"].astype(str) == verifier["label"].astype(str)).to_numpy()
-    return pd.Series(agree & (p_label >= accept), index=fused.index)
-
-
-def _verifier_name(labeler_names: list[str]) -> str:
-    """The labeler kept out of the fusion in prelabel-model mode: the pretrained-embedding family if present
-    (features learned outside the seed, so its errors are the least tied to the bag-of-words ones), else a
-    dense-feature family."""
-    from factory.labelers import GloveSifLogReg
-    from factory.set_labelers import OvrGloveLogReg
-
-    for embedding in (GloveSifLogReg.name, OvrGloveLogReg.name):  # one label, or a set (one-vs-rest)
-        if embedding in labeler_names:
-            return embedding
-    for n in labeler_names:
-        if "lsa" in n or "knn" in n or "boost" in n:
-            return n
-    return labeler_names[-1]
+    return auto_accept_choice(spec, verified)
 
 
 def _human_model_routes(fx: Factory, spec: DatasetSpec, dataset: str, batch_id: str, items: pd.DataFrame,
@@ -650,7 +487,6 @@ def _human_model_routes(fx: Factory, spec: DatasetSpec, dataset: str, batch_id: 
             tt.fuse_with_marginals(people, classes)
     labelled = items[items["item_id"].isin(human.index)].set_index("item_id")
     given = human.loc[labelled.index, "label"].astype(str)
-    rows = []
     if len(labelled) >= 2:
         oos = cross_val_proba(lambda: tt.make_labelers()[0],
                               labelled.reset_index()[["item_id", "text"]], given.tolist(), classes,
@@ -662,25 +498,8 @@ def _human_model_routes(fx: Factory, spec: DatasetSpec, dataset: str, batch_id: 
     else:
         sus = pd.DataFrame({"flag": False, "reasons": [[]] * len(labelled)}, index=labelled.index)
     n_labels = dec.groupby("item_id")["label"].nunique()
-    meta = labelled["meta"].map(json.loads)
-    for item_id in labelled.index:
-        reasons = []
-        if bool(sus.at[item_id, "flag"]):
-            reasons.append("probable_mislabel")
-            reasons += [r for r in sus.at[item_id, "reasons"] if isinstance(r, str)][:2]
-        if n_labels.get(item_id, 1) > 1:
-            reasons.append("annotators_disagree")
-        for rule in spec.rules:  # a set breaks a rule when any of its classes is forbidden
-            chosen = {given[item_id]} if tt.answer_shape == "one" else set(tt.decode(given[item_id]))
-            if meta[item_id].get(rule.field) in rule.equals and chosen & set(rule.forbids):
-                reasons.append(f"rule:{rule.name}: '{given[item_id]}' is forbidden when {rule.field}="
-                               f"{meta[item_id].get(rule.field)}")
-        rows.append(dict(item_id=item_id, route="verify" if reasons else "annotated", label=given[item_id],
-                         confidence=float(human.at[item_id, "confidence"]), reasons=reasons or ["accepted"]))
-    for item_id in missing:  # everyone skipped it: a missing label goes up a tier
-        rows.append(dict(item_id=item_id, route="verify", label=str(fused.at[item_id, "label"]),
-                         confidence=float(fused.at[item_id, "confidence"]), reasons=["missing_label"]))
-    return pd.DataFrame(rows, columns=["item_id", "route", "label", "confidence", "reasons"])
+    return human_model_routes(spec, given, human.loc[labelled.index, "confidence"], sus, n_labels,
+                              labelled["meta"].map(json.loads), missing, fused)
 
 
 @counted("route")
@@ -707,24 +526,24 @@ def review_tasks(fx: Factory, dataset: str, batch_id: str, run_id: str | None = 
         budget = spec.review.items_allowed(len(ph))
         acceptable = fused.loc[ph, "confidence"]
         if "route_reason" in fused:  # spans: what span routing lets through without a person
-            acceptable = acceptable[_span_reasons(fused.loc[ph], threshold).to_numpy() == ""]
+            acceptable = acceptable[span_reasons(fused.loc[ph], threshold).to_numpy() == ""]
         else:
             acceptable = acceptable[acceptable >= threshold]
         reserve = min(audit_target(spec.quality, acceptable), len(acceptable), budget)
         carried = fund_deferred(fx, dataset, budget - reserve, exclude_batch=batch_id, run_id=run_id)
         info = (info or {}) | {"review_budget": budget, "audit_reserved": int(reserve), "budget_to_deferred": carried}
         if spec.task_type.answer_shape == "spans":
-            parts.append(_prelabel_span_routes(spec, fused.loc[ph], seed, threshold, budget - carried))
+            parts.append(prelabel_span_routes(spec, fused.loc[ph], seed, threshold, budget - carried))
         else:
-            parts.append(_prelabel_human_routes(spec, fused.loc[ph], model_labels, seed_dist, seed, threshold,
-                                                budget - carried))
+            parts.append(prelabel_human_routes(spec, fused.loc[ph], model_labels, seed_dist, seed, threshold,
+                                               budget - carried))
     else:
         info = None
     pm = fused.index[(modes.reindex(fused.index) == "prelabel-model").to_numpy() & ~fused.index.isin(seeded)]
     if len(pm):
         # the audit rate counts every prelabel-model item of the batch, the seeded ones included
-        parts.append(_prelabel_model_routes(spec, preds, pm, seed,
-                                            n_items=int((modes == "prelabel-model").sum())))
+        parts.append(prelabel_model_routes(spec, preds, pm, seed,
+                                           n_items=int((modes == "prelabel-model").sum())))
     hm = items[(modes == "human-model").to_numpy()]
     if len(hm):
         parts.append(_human_model_routes(fx, spec, dataset, batch_id, hm, fused))
@@ -899,7 +718,8 @@ def escalate(fx: Factory, dataset: str, batch_id: str, run_id: str | None = None
         return pd.DataFrame()
     d = dec[dec["item_id"].isin(people)].rename(columns={"actor": "worker_id"})
     if spec.task_type.answer_shape != "one":  # sets and spans: the type's fusion of people and models decides
-        new = _escalate_sets(fx, spec, dataset, batch_id, routes, d, run_id)
+        post = _set_posterior(fx, spec, dataset, batch_id, routes, d[["item_id", "worker_id", "label"]])
+        new = set_escalations(spec, dataset, batch_id, routes, post, d.groupby("item_id").size(), run_id)
         fx.ledger.create_tasks(new)
         return pd.DataFrame(new)
     prior = fused.loc[people, prob_cols(classes)].to_numpy(copy=True)
@@ -915,15 +735,7 @@ def escalate(fx: Factory, dataset: str, batch_id: str, run_id: str | None = None
                                    d[["item_id", "worker_id", "label"]], settings, classes, n_answers=n_eff,
                                    budget_left=len(people),
                                    known_reliability=_known_reliabilities(fx, dataset)).decisions
-    new = []
-    for item_id, a in act.iterrows():
-        rnd = int(n[item_id]) + 1
-        if a["action"] == "ask":
-            new.append(task_row(dataset, batch_id, item_id, "second", ["second_opinion"] + list(a["reasons"])[:2],
-                                tier=max_tier("L2", routes.at[item_id, "required_tier"]), run_id=run_id, round_=rnd))
-        elif a["action"] == "escalate":
-            new.append(task_row(dataset, batch_id, item_id, "arbitrate", ["unresolved"] + list(a["reasons"])[:2],
-                                tier="expert", run_id=run_id, domain=spec.workforce.domain))
+    new = escalation_tasks(spec, dataset, batch_id, routes, act, n, run_id)
     fx.ledger.create_tasks(new)
     return pd.DataFrame(new)
 
@@ -943,30 +755,6 @@ def _set_posterior(fx: Factory, spec: DatasetSpec, dataset: str, batch_id: str, 
     if context is None:
         return spec.task_type.fuse_with_models(answers, models, spec.class_names)
     return spec.task_type.fuse_with_models(answers, models, spec.class_names, items=context)
-
-
-def _escalate_sets(fx: Factory, spec: DatasetSpec, dataset: str, batch_id: str, routes: pd.DataFrame,
-                   answers: pd.DataFrame, run_id: str | None) -> list[dict]:
-    """Sets and spans: an item whose fused answer is below quality.min_accuracy (spans: or that span routing still
-    flags on people + models) gets a second person (tier >= L2); after two people it goes to an expert."""
-    post = _set_posterior(fx, spec, dataset, batch_id, routes, answers[["item_id", "worker_id", "label"]])
-    n = answers.groupby("item_id").size()
-    new = []
-    for item_id, r in post.iterrows():
-        reason = str(r.get("reason", "") or "")  # spans: span routing's reason on people + models
-        if float(r["confidence"]) >= spec.quality.min_accuracy and not reason:
-            continue
-        why = [reason] if reason else []
-        why += [f"fused {'set' if spec.task_type.answer_shape == 'set' else 'spans'} '{r['label']}' at "
-                f"{float(r['confidence']):.2f}" + ("" if reason else f" < {spec.quality.min_accuracy}")]
-        if int(n.get(item_id, 0)) < 2:
-            new.append(task_row(dataset, batch_id, item_id, "second", ["second_opinion", "low_confidence"] + why,
-                                tier=max_tier("L2", routes.at[item_id, "required_tier"]), run_id=run_id,
-                                round_=int(n.get(item_id, 0)) + 1))
-        else:
-            new.append(task_row(dataset, batch_id, item_id, "arbitrate", ["unresolved", "disagreement"] + why,
-                                tier="expert", run_id=run_id, domain=spec.workforce.domain))
-    return new
 
 
 @counted("final labels")

@@ -13,7 +13,7 @@ import pytest
 from factory.engine import aggregate
 from factory.embeddings import EmbeddingCache, embed_texts, glove_encoder
 from factory.labelers import GloveSifLogReg, make_labelers
-from factory.pipeline import _prelabel_model_routes, _verifier_name, prob_cols, verifier_accepts
+from factory.routing_policy import prelabel_model_routes, prob_cols, verifier_accepts, verifier_name
 from factory.spec import parse_spec
 from tests.conftest import news_spec
 
@@ -119,7 +119,7 @@ def ab_spec():
 
 
 def test_prelabel_model_verifies_with_the_embedding_family_kept_out_of_the_fusion(ab_spec, monkeypatch):
-    import factory.pipeline as pipeline
+    import factory.routing_policy as policy
 
     fused_workers = []
 
@@ -127,14 +127,14 @@ def test_prelabel_model_verifies_with_the_embedding_family_kept_out_of_the_fusio
         fused_workers.append(set(answers["worker_id"]))
         return aggregate(answers, **kw)
 
-    monkeypatch.setattr(pipeline, "aggregate", spy)
+    monkeypatch.setattr(policy, "aggregate", spy)
     names = ["char_ngram_sgd", "glove_sif_logreg", "word_tfidf_logreg"]
-    assert _verifier_name(names) == "glove_sif_logreg"
+    assert verifier_name(names) == "glove_sif_logreg"
     # two bag-of-words labelers lean A; the embedding labeler is sure of B. Fused WITH the verifier the
     # label would flip to B and the verifier would "agree" with itself; kept out, it disagrees.
     preds = _preds({"word_tfidf_logreg": [("A", 0.6)], "char_ngram_sgd": [("A", 0.6)],
                     "glove_sif_logreg": [("B", 0.999)]})
-    out = _prelabel_model_routes(ab_spec, preds, pd.Index(["i0"]), seed=0).set_index("item_id")
+    out = prelabel_model_routes(ab_spec, preds, pd.Index(["i0"]), seed=0).set_index("item_id")
     assert out.at["i0", "label"] == "A"
     assert out.at["i0", "route"] == "review" and out.at["i0", "reasons"][0] == "verifier_disagrees"
     assert "glove_sif_logreg" in out.at["i0", "reasons"][1]
@@ -158,8 +158,8 @@ def test_prelabel_model_audit_is_a_share_of_all_items(ab_spec):
     n = 300
     rows = {"word_tfidf_logreg": [("A", 0.99)] * n, "char_ngram_sgd": [("A", 0.99)] * n,
             "glove_sif_logreg": [("A", 0.99)] * 50 + [("B", 0.99)] * (n - 50)}  # only 50 verified
-    out = _prelabel_model_routes(ab_spec, _preds(rows), pd.Index([f"i{i}" for i in range(n)]), seed=0)
+    out = prelabel_model_routes(ab_spec, _preds(rows), pd.Index([f"i{i}" for i in range(n)]), seed=0)
     assert (out["route"] == "audit").sum() == math.ceil(0.01 * n)  # 3, not ceil(1% of the 50 verified) = 1
-    out = _prelabel_model_routes(ab_spec, _preds(rows), pd.Index([f"i{i}" for i in range(n)]), seed=0, n_items=1000)
+    out = prelabel_model_routes(ab_spec, _preds(rows), pd.Index([f"i{i}" for i in range(n)]), seed=0, n_items=1000)
     assert (out["route"] == "audit").sum() == 10  # seeded items of the batch count too
     assert set(out.loc[out["route"] == "audit", "item_id"]) <= {f"i{i}" for i in range(50)}  # drawn from verified

@@ -186,7 +186,7 @@ def test_route_batch_audits_at_least_audit_min():
 
 
 def test_the_pipeline_sizes_the_audit_for_the_accuracy_gate():
-    from factory.pipeline import _prelabel_human_routes, _prelabel_model_routes
+    from factory.routing_policy import prelabel_human_routes, prelabel_model_routes
     from factory.quality import audit_sample_size, audit_target
     from factory.spec import parse_spec
 
@@ -196,15 +196,15 @@ def test_the_pipeline_sizes_the_audit_for_the_accuracy_gate():
     fused = _confident(300)
     agree = pd.DataFrame({"m1": fused["label"], "m2": fused["label"]})
     budget = spec.review.items_allowed(len(fused))
-    r = _prelabel_human_routes(spec, fused, agree, {}, 0, 0.8, budget)
+    r = prelabel_human_routes(spec, fused, agree, {}, 0, 0.8, budget)
     assert (r["route"] == "audit").sum() == 53
     # model pre-label + model verification: the verified items' audit is sized the same way
     preds = pd.concat([fused.reset_index().assign(labeler=n) for n in ("word_tfidf", "char_sgd", "lsa_knn")])
-    r = _prelabel_model_routes(spec, preds, fused.index, 0)
+    r = prelabel_model_routes(spec, preds, fused.index, 0)
     assert (r["route"] == "audit").sum() == 53
     # the opt-out gates on the point estimate and keeps audit_rate alone
     est = parse_spec(news_spec(quality={"audit_rate": 0.02, "accuracy_gate": "estimate"}))
-    assert (_prelabel_human_routes(est, fused, agree, {}, 0, 0.8, budget)["route"] == "audit").sum() == 6
+    assert (prelabel_human_routes(est, fused, agree, {}, 0, 0.8, budget)["route"] == "audit").sum() == 6
 
 
 def test_batch_quality_reports_ece_and_reliability_bins_on_verified_items(tmp_path, news):

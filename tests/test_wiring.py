@@ -14,6 +14,7 @@ import factory.pipeline as P
 from factory.engine import aggregate
 from factory.errors import NotReadyError
 from factory.ingest import ingest
+from factory.routing_policy import prelabel_human_routes
 from factory.workforce import Workforce
 from tests.conftest import CLASSES, news_spec, write_csv
 
@@ -117,7 +118,7 @@ def test_the_certified_threshold_reaches_routing(fx, root, bbc_small, tmp_path, 
 
     def expected(threshold):
         budget = spec.review.items_allowed(len(fused))
-        r = P._prelabel_human_routes(spec, fused, model_labels, {}, 0, threshold, budget).set_index("item_id")
+        r = prelabel_human_routes(spec, fused, model_labels, {}, 0, threshold, budget).set_index("item_id")
         r = r.sort_index()
         return r["route"].tolist(), r["reasons"].map(list).tolist()
 

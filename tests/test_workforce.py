@@ -169,7 +169,7 @@ def test_guideline_gap_lists_similar_disputes_and_a_bump_requeues_them(fx, team,
 
 
 def test_required_tier_from_risk_value_and_difficulty():
-    from factory.pipeline import required_tier
+    from factory.routing_policy import required_tier
     from factory.spec import parse_spec
     from tests.conftest import news_spec
 
