@@ -45,6 +45,7 @@ DEFAULTS = {
     "min_accuracy": 0.95,  # spec.quality.min_accuracy: P(sentence span set exactly right) to accept
     "step": 0.05,  # answers revealed per round, as a share of the file's answers
     "max_answers": 10,  # cap per sentence (the file holds at most 8)
+    "fusion": {},  # aggregate_spans options for every fit of the loop (empty: its DEFAULTS)
 }
 TYPES = ("LOC", "MISC", "ORG", "PER")
 
@@ -162,7 +163,8 @@ def run_seed(d: dict, opts: dict, seed: int, policy: str = "route") -> list[dict
 
     t0 = time.time()
     crowd = SpanCrowd(d["answers"], seed)
-    settings = SpanLoopSettings.from_spec(replay_spec(opts), max_answers=int(opts["max_answers"]))
+    settings = SpanLoopSettings.from_spec(replay_spec(opts), max_answers=int(opts["max_answers"]),
+                                          fusion=dict(opts.get("fusion") or {}))
     step = int(round(float(opts["step"]) * crowd.total))
     crowd.reveal(crowd.available.index)  # one answer per sentence
     rng = np.random.default_rng(10_000 + seed)
