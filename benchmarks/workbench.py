@@ -195,7 +195,7 @@ def _fresh_database(server_url: str, name: str) -> str:
     """Create an empty database `name` on the PostgreSQL server of `server_url`, migrated to the head; its URL."""
     import sqlalchemy as sa
 
-    from factory.db import upgrade
+    from factory.storage.db import upgrade
 
     admin = sa.create_engine(server_url, isolation_level="AUTOCOMMIT")
     try:

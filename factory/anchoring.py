@@ -18,7 +18,7 @@ import pandas as pd
 
 from factory.errors import FactoryError
 from factory.ingest import sha256_file
-from factory.ledger import ROOT_CHAIN, chain_root, now
+from factory.storage.ledger import ROOT_CHAIN, chain_root, now
 from factory.progress import counted
 from factory.release import release_dirs
 from factory.signing import ANCHOR_FILE, check_signature, published_chains, sign, verify_key

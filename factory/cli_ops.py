@@ -20,7 +20,7 @@ def _url(url: str | None, root: str | None) -> str:
 
 @click.group("db")
 def db() -> None:
-    """The ledger database: schema revision and migrations (Alembic, factory/migrations).
+    """The ledger database: schema revision and migrations (Alembic, factory/storage/migrations).
 
     \b
     SQLite (the default) migrates itself when the factory opens it. Any other database
@@ -35,7 +35,7 @@ def db() -> None:
 @click.option("--revision", default="head", show_default=True, help="Target revision.")
 def db_upgrade(url: str | None, root: str | None, revision: str) -> None:
     """Migrate the ledger database to the newest schema revision (creates the tables on an empty database)."""
-    from factory.db import upgrade
+    from factory.storage.db import upgrade
 
     u = _url(url, root)
     try:
@@ -52,7 +52,7 @@ def db_upgrade(url: str | None, root: str | None, revision: str) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 def db_status(url: str | None, root: str | None, as_json: bool) -> None:
     """Show the database's schema revision and the code's head revision; exit 1 when behind."""
-    from factory.db import status
+    from factory.storage.db import status
 
     s = status(_url(url, root))
     if as_json:

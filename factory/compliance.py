@@ -12,9 +12,9 @@ from __future__ import annotations
 import sqlalchemy as sa
 
 from factory.errors import FactoryError
-from factory.ledger import canonical, now
+from factory.storage.ledger import canonical, now
 from factory.pii import categories_for, redact
-from factory.tables import compliance_metadata, raw_payloads
+from factory.storage.tables import compliance_metadata, raw_payloads
 
 DETECTOR = "factory.pii@1"
 

@@ -22,9 +22,9 @@ import pandas as pd
 import sqlalchemy as sa
 
 from factory.errors import FactoryError
-from factory.ledger import now
+from factory.storage.ledger import now
 from factory.release import release_dirs, sha256_path, show
-from factory.tables import deliveries, delivery_metadata
+from factory.storage.tables import deliveries, delivery_metadata
 
 TOKENIZERS = ("whitespace-cjk", "whitespace", "characters")
 _CJK = "\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uac00-\ud7af\uf900-\ufaff\U00020000-\U0002fa1f"

@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 
 from factory.disputes import disputed_items
 from factory.errors import TaskError, TaskRefused
-from factory.ledger import TaskConflict, TaskNotFound, now
+from factory.storage.ledger import TaskConflict, TaskNotFound, now
 from factory.workforce import Workforce, answer_refusal, ensure_registry_tables, registry_rows
 
 STATUS = {TaskNotFound: 404, TaskConflict: 409, TaskRefused: 403}

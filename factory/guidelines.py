@@ -10,8 +10,8 @@ import pandas as pd
 import sqlalchemy as sa
 
 from factory.errors import TaskError
-from factory.ledger import canonical, now
-from factory.tables import questions_table
+from factory.storage.ledger import canonical, now
+from factory.storage.tables import questions_table
 from factory.task_rows import stable_round, task_row
 from factory.workforce import Workforce
 

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from factory.errors import IngestError
-from factory.ledger import Ledger, canonical, now
+from factory.storage.ledger import Ledger, canonical, now
 from factory.progress import NULL, Progress
 from factory.spec import DatasetSpec
 from factory.tasks import pair_codec

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from factory.errors import FactoryError
 from factory.gate import Answer, submit_answers
-from factory.ledger import Ledger
+from factory.storage.ledger import Ledger
 from factory.tasks import AnswerError
 from factory.workforce import shown_kind_and_reasons
 

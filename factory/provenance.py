@@ -1,6 +1,6 @@
 """Provenance: Merkle roots over a batch's label events, an item's whole story, and a release's lineage.
 
-The ledger chains every event's hash to the previous one (factory/ledger.py).  A batch's Merkle root
+The ledger chains every event's hash to the previous one (factory/storage/ledger.py).  A batch's Merkle root
 (RFC 6962 tree hash over its events' chain hashes, in ledger order) summarises every event of the
 batch in 32 bytes: it is written into the release manifest, and an inclusion proof shows that one
 event belongs to it without the others.  `item_story` is what `factory trace` prints; `lineage`
@@ -17,7 +17,7 @@ from typing import Any
 import pandas as pd
 
 from factory.errors import FactoryError
-from factory.ledger import event_hash
+from factory.storage.ledger import event_hash
 
 EMPTY_ROOT = hashlib.sha256(b"").hexdigest()
 PEOPLE_KINDS = ("human", "correction", "arbitration")  # event kinds whose actor is a (pseudonymous) person

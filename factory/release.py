@@ -51,7 +51,7 @@ import pandas as pd
 from checks.standards import DEFAULT_STANDARD, STANDARDS_DIR
 from factory.errors import ReleaseError, ReleaseRefused
 from factory.ingest import sha256_file
-from factory.ledger import canonical, now, within_cut
+from factory.storage.ledger import canonical, now, within_cut
 from factory.progress import counted
 from factory.quality import MACHINE_SOURCES, proportional_audit
 from factory.signing import ANCHOR_FILE, check_signature, release_anchor, verify_key

@@ -10,7 +10,7 @@ from functools import cached_property
 from pathlib import Path
 
 from factory.config import Paths
-from factory.ledger import Ledger
+from factory.storage.ledger import Ledger
 from factory.progress import NULL, Progress
 from factory.spec import DatasetSpec, load_spec
 

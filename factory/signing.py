@@ -19,7 +19,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from factory.errors import FactoryError
-from factory.ledger import canonical
+from factory.storage.ledger import canonical
 
 ANCHOR_FILE = "provenance/anchor.json"
 SIGNED_FIELDS = ("dataset", "events", "head", "created_at", "kind", "release")

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from factory.ledger import Ledger
+from factory.storage.ledger import Ledger
 from factory.spec import DatasetSpec
 from factory.workforce import dispatch
 

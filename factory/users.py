@@ -17,7 +17,7 @@ import pandas as pd
 import sqlalchemy as sa
 
 from factory.errors import FactoryError
-from factory.ledger import login_failures, users, web_sessions
+from factory.storage.ledger import login_failures, users, web_sessions
 
 ROLES = ("annotator", "expert", "operator", "auditor", "client")
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.@-]{0,127}$")

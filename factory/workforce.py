@@ -19,9 +19,9 @@ import sqlalchemy as sa
 
 from factory.engine import aggregate_full
 from factory.errors import TaskError, TaskRefused
-from factory.ledger import Ledger, canonical, now, task_assignments
+from factory.storage.ledger import Ledger, canonical, now, task_assignments
 from factory.quality import wilson_interval
-from factory.tables import annotator_events, annotators, gold_items, wf_metadata
+from factory.storage.tables import annotator_events, annotators, gold_items, wf_metadata
 from factory.task_rows import stable_round, task_row
 
 TIERS = ("L1", "L2", "L3", "expert")

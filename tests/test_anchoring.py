@@ -18,7 +18,7 @@ from factory.anchoring import verify_ledger, write_checkpoint
 from factory.cli import main
 from factory.datasets import load_bbc_news
 from factory.ingest import item_id_for
-from factory.ledger import GENESIS, chain_heads, event_hash, label_events
+from factory.storage.ledger import GENESIS, chain_heads, event_hash, label_events
 from factory.pipeline import Factory
 from factory.release import release, verify_release, write_listings
 from factory.signing import generate_key

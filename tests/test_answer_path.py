@@ -12,10 +12,10 @@ import yaml
 from fastapi.testclient import TestClient
 
 from factory.anchoring import verify_ledger, write_checkpoint
-from factory.db import upgrade
+from factory.storage.db import upgrade
 from factory.gate import Answer, submit_answer
 from factory.ingest import ingest
-from factory.ledger import GENESIS, Ledger, chain_heads, event_hash, label_events, person_chain
+from factory.storage.ledger import GENESIS, Ledger, chain_heads, event_hash, label_events, person_chain
 from factory.pipeline import Factory
 from factory.users import UserStore
 from factory.web import create_app

@@ -80,7 +80,7 @@ def test_a_failure_mid_write_leaves_nothing(fx, tmp_path, monkeypatch):
     """All or nothing even when the database fails after the batch row was written."""
     import sqlalchemy as sa
 
-    from factory import ledger as L
+    from factory.storage import ledger as L
 
     path = tmp_path / "ragged.csv"
     shutil.copyfile(BAD / "ragged.csv", path)

@@ -109,7 +109,7 @@ def test_four_batches_annotated_and_finalised_by_two_celery_workers(broker, pg_d
 
     from assets.runner import add_batch_partition, run_stage
     from factory import pipeline as P
-    from factory.db import upgrade
+    from factory.storage.db import upgrade
     from factory.ingest import ingest
     from factory.simulate import SimulatedPool
     from tests.conftest import news_spec, write_csv

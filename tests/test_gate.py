@@ -13,7 +13,7 @@ from click.testing import CliRunner
 from fastapi.testclient import TestClient
 
 from factory.cli import main
-from factory.ledger import now, task_assignments
+from factory.storage.ledger import now, task_assignments
 from factory.users import UserStore
 from factory.web import create_app
 from factory.workforce import Workforce

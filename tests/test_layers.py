@@ -24,9 +24,10 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("domain: task types, spec, quality rules, labelers", ("tasks", "spec", "quality", "guarantee", "loop", "span_loop",
                                                            "labelers", "set_labelers", "span_labelers", "pair_labelers",
                                                            "routing_policy")),
-    ("storage: migrations policy", ("db",)),
-    ("storage: the ledger", ("ledger",)),
-    ("storage: side tables and readers of the chain", ("tables", "signing", "provenance", "users", "migrations")),
+    ("storage: migrations policy", ("storage", "storage.db")),
+    ("storage: the ledger", ("storage.ledger",)),
+    ("storage: side tables and readers of the chain", ("storage.tables", "signing", "provenance", "users",
+                                                       "storage.migrations")),
     ("root: the Factory object (folders, ledger, specs)", ("root",)),
     ("services: intake and people", ("compliance", "ingest", "workforce")),
     ("services: people processes", ("guidelines", "gate", "labelstudio", "simulate")),
@@ -79,7 +80,7 @@ def imports(rel: str, path: Path, mods: dict[str, Path], pkg_name: str) -> dict[
                     here = here[:-1]
                 here = here[: len(here) - (node.level - 1)]
                 base = ".".join(here + ([base] if base else []))
-            for a in node.names:  # `from factory import ledger` imports the module factory.ledger
+            for a in node.names:  # `from factory.storage import ledger` imports the module factory.storage.ledger
                 add(f"{base}.{a.name}", node.lineno)
         elif (isinstance(node, ast.Call) and node.args and isinstance(node.args[0], ast.Constant)
               and isinstance(node.args[0].value, str)

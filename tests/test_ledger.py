@@ -2,7 +2,7 @@ import pytest
 import sqlalchemy as sa
 
 from factory.errors import TaskError
-from factory.ledger import Ledger
+from factory.storage.ledger import Ledger
 
 CLASSES = ["a", "b"]
 

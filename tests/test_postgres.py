@@ -9,10 +9,10 @@ import sqlalchemy as sa
 from click.testing import CliRunner
 
 from factory.cli import main
-from factory.db import SchemaError, head_revision, upgrade
-from factory.tables import schema_metadata
+from factory.storage.db import SchemaError, head_revision, upgrade
+from factory.storage.tables import schema_metadata
 from factory.errors import TaskError
-from factory.ledger import Ledger, metadata
+from factory.storage.ledger import Ledger, metadata
 
 pytestmark = pytest.mark.postgres
 

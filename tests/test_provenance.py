@@ -5,7 +5,7 @@ import json
 import pandas as pd
 import pytest
 
-from factory.ledger import Ledger
+from factory.storage.ledger import Ledger
 from factory.provenance import (EMPTY_ROOT, batch_roots, inclusion_proof, item_story, merkle_root,
                                 verify_event_hashes, verify_inclusion)
 

@@ -140,7 +140,7 @@ def test_croissant_pointing_outside_the_release(released, tmp_path):
 def test_an_event_edited_with_its_hash_and_merkle_root_recomputed(released, tmp_path):
     """The insider edits a final event, rehashes the events chain and the Merkle roots: the labels no longer
     follow from their events (the release's labels disagree), and the ledger anchor catches the rest."""
-    from factory.ledger import event_hash
+    from factory.storage.ledger import event_hash
 
     d = copy_of(released, tmp_path)
     ev = pd.read_parquet(d / "provenance" / "events.parquet")

@@ -146,7 +146,7 @@ def test_an_unexpected_error_is_a_generic_500_with_a_request_id_logged_server_si
 def test_factory_errors_in_responses_carry_no_server_path(hard, monkeypatch):
     fx, _tasks, tokens, _app, c = hard
     from factory.errors import FactoryError
-    from factory.ledger import TaskConflict
+    from factory.storage.ledger import TaskConflict
 
     for exc, code in ((FactoryError, 400), (TaskConflict, 409)):
         def fail(_fx, exc=exc):

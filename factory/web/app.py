@@ -27,7 +27,7 @@ from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
 
 from factory.errors import FactoryError, TaskError, TaskRefused
-from factory.ledger import TaskConflict, TaskNotFound
+from factory.storage.ledger import TaskConflict, TaskNotFound
 from factory.root import Factory
 from factory.users import UserStore
 from factory.web import data as D

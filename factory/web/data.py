@@ -15,8 +15,8 @@ from pathlib import Path
 import pandas as pd
 import sqlalchemy as sa
 
-from factory.ledger import items as items_table
-from factory.ledger import label_events, task_assignments, tasks as tasks_table
+from factory.storage.ledger import items as items_table
+from factory.storage.ledger import label_events, task_assignments, tasks as tasks_table
 from factory.disputes import disputed_items  # noqa: F401  (moved to the core: the answer gate needs it)
 from factory.errors import SpecError
 from factory.spec import NAME_RE, DatasetSpec

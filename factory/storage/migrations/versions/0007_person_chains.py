@@ -2,7 +2,7 @@
 
 Before this revision every event of a dataset linked into one chain, so every writer of a dataset queued on
 one head row.  Existing events and heads become the dataset's root chain (''), whose hashes and published
-anchors keep their meaning; new people's events link into their own chains (factory.ledger).
+anchors keep their meaning; new people's events link into their own chains (factory.storage.ledger).
 
 Revision ID: 0007_chains
 Revises: 0005_trustdoor

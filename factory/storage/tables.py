@@ -4,13 +4,13 @@ Storage layer: the workforce (annotators, their events, gold items), guideline q
 (raw payloads) and delivery modules keep their tables here, below the code that uses them, so the
 schema can be gathered without importing that code.  Each group keeps its own `MetaData`: a module
 still creates its tables on first use (`wf_metadata.create_all`, ...), and the ledger's own tables
-(`factory.ledger.metadata`) are still the ones a fresh embedded ledger creates when it opens.
+(`factory.storage.ledger.metadata`) are still the ones a fresh embedded ledger creates when it opens.
 """
 from __future__ import annotations
 
 import sqlalchemy as sa
 
-from factory.ledger import metadata as ledger_metadata
+from factory.storage.ledger import metadata as ledger_metadata
 
 # ----------------------------------------------------------------------------- workforce
 wf_metadata = sa.MetaData()

@@ -1,4 +1,4 @@
-"""Versioned ledger schema: Alembic migrations in factory/migrations, applied by `factory db upgrade`.
+"""Versioned ledger schema: Alembic migrations in factory/storage/migrations, applied by `factory db upgrade`.
 
 Policy (checked each time a `Ledger` opens its database, one query):
 

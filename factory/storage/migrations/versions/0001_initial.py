@@ -1,5 +1,5 @@
 """Initial ledger schema: specs, batches, items, duplicates, quarantine, tasks, label events, chain heads,
-check results, releases (the schema of factory/ledger.py as of the first migration).
+check results, releases (the schema of factory/storage/ledger.py as of the first migration).
 
 Revision ID: 0001
 Revises:

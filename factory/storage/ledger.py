@@ -28,7 +28,7 @@ from typing import Any
 import pandas as pd
 import sqlalchemy as sa
 
-from factory.db import ensure_schema
+from factory.storage.db import ensure_schema
 from factory.errors import TaskError
 from factory.tasks import LabelSchema, schema
 

@@ -1,13 +1,13 @@
-"""Alembic environment of the ledger: the URL and connection come from factory.db, never from a file.
+"""Alembic environment of the ledger: the URL and connection come from factory.storage.db, never from a file.
 
-`factory db upgrade` (factory.db.upgrade) passes either a URL or an open connection in
+`factory db upgrade` (factory.storage.db.upgrade) passes either a URL or an open connection in
 `config.attributes`; the version table is `factory_alembic_version` so the ledger can share a
 database with Dagster's own `alembic_version` without a clash.
 """
 from alembic import context
 
-from factory.db import VERSION_TABLE
-from factory.ledger import metadata
+from factory.storage.db import VERSION_TABLE
+from factory.storage.ledger import metadata
 
 config = context.config
 

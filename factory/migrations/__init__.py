@@ -1,1 +1,0 @@
-"""Alembic migrations of the ledger schema (run with `factory db upgrade`; see factory/db.py)."""
