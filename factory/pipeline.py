@@ -757,6 +757,28 @@ def _set_posterior(fx: Factory, spec: DatasetSpec, dataset: str, batch_id: str, 
     return spec.task_type.fuse_with_models(answers, models, spec.class_names, items=context)
 
 
+def _said_labels(answers: pd.DataFrame, machine: pd.DataFrame, idx: pd.Index, classes: list[str]) -> np.ndarray:
+    """(len(idx), k) booleans: which classes the events a people-decided final label rests on gave each item
+    (people's answers, the models' and the fusion's labels: the events its final event names)."""
+    said = np.zeros((len(idx), len(classes)), dtype=bool)
+    both = pd.concat([answers[["item_id", "label"]], machine[["item_id", "label"]]]).dropna()
+    r, c = idx.get_indexer(both["item_id"]), pd.Index(classes).get_indexer(both["label"].astype(str))
+    ok = (r >= 0) & (c >= 0)
+    said[r[ok], c[ok]] = True
+    return said
+
+
+def supported_argmax(post: np.ndarray, said: np.ndarray) -> np.ndarray:
+    """Each row's most probable class among those someone said (``said``, rows with none said: all classes).
+
+    The people's fusion (Dawid-Skene) can learn that a person's answers run against the others' and then
+    turn that person's lone answer into its opposite: a label no person and no model gave, which no ledger
+    event backs (the release refuses it).  The final label is always one the ledger's events gave; the
+    confidence stays the posterior's, so such an item shows as the doubtful one it is."""
+    allowed = said | ~said.any(axis=1, keepdims=True)
+    return np.where(allowed, post, -np.inf).argmax(axis=1)
+
+
 @counted("final labels")
 def final_labels(fx: Factory, dataset: str, batch_id: str, run_id: str | None = None) -> pd.DataFrame:
     """Every item's final label and path: auto, verified, annotated, calibrated, arbitrated or deferred.
@@ -834,8 +856,10 @@ def final_labels(fx: Factory, dataset: str, batch_id: str, run_id: str | None = 
             post = people_loop.fuse_people(prior, idx, answers, classes,
                                            default_reliability=spec.workforce.default_reliability,
                                            known_reliability=_known_reliabilities(fx, dataset)).posterior.to_numpy()
-            out.loc[idx, "label"] = np.asarray(classes, dtype=object)[post.argmax(axis=1)]
-            out.loc[idx, "confidence"] = post.max(axis=1)
+            said = _said_labels(d, events[events["kind"] != "arbitration"], idx, classes)
+            pick = supported_argmax(post, said)
+            out.loc[idx, "label"] = np.asarray(classes, dtype=object)[pick]
+            out.loc[idx, "confidence"] = post[np.arange(len(idx)), pick]
         per_item = d.groupby("item_id").agg(
             kinds=("task_kind", lambda k: set(k)),
             annotators=("actor", lambda a: json.dumps(sorted(set(a)))),

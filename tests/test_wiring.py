@@ -231,3 +231,33 @@ def test_the_audit_a_batch_needs_is_reserved_before_deferred_items_are_funded(fx
     assert given["budget"] == info["review_budget"] - info["audit_reserved"]
     machine = routes["route"].isin(["auto", "audit"]).sum()  # the audit is drawn from what machines accept
     assert (routes["route"] == "audit").sum() == min(info["audit_reserved"], machine) > 0
+
+
+def test_a_final_label_is_always_one_the_ledgers_events_gave(fx, bbc_small, tmp_path):
+    """People's fusion learns that one person's answers run against the others' (a fixed shift of the classes)
+    and, before the fix, turned that person's lone answer into a class nobody gave: the final event named
+    events that all said otherwise and the release refused it (the pairs benchmark, after batch 1 was finalised
+    again with the answers to its funded deferred items).  The final label must be one the events gave."""
+    from factory.provenance import final_labels_from_events
+    from factory.task_rows import task_row
+
+    b, items = _batch(fx, tmp_path, bbc_small["text"][:60])
+    _preds(fx, b, items)
+    P.fuse(fx, "news", b)
+    _route_table(fx, b, items, route="seed")  # seed: no model prior, never escalated (the pairs' 'annotated')
+    truth = dict(zip(items, np.asarray(CLASSES, dtype=object)[np.arange(len(items)) % len(CLASSES)]))
+    shift = {c: CLASSES[(k + 1) % len(CLASSES)] for k, c in enumerate(CLASSES)}
+    lone = items[-1]
+    plan = {i: [("good-1", truth[i]), ("good-2", truth[i]), ("contrary", shift[truth[i]])] for i in items[:-1]}
+    plan[lone] = [("contrary", shift[truth[lone]])]
+    fx.ledger.create_tasks([task_row("news", b, i, "seed", ["seed"], round_=r + 1)
+                            for i, who in plan.items() for r in range(len(who))])
+    tasks = fx.ledger.tasks("news", batch_id=b).sort_values("task_id")
+    for i, g in tasks.groupby("item_id"):
+        for t, (worker, label) in zip(g["task_id"], plan[i]):
+            fx.ledger.answer_task(t, label, worker, CLASSES)
+    final = P.final_labels(fx, "news", b).set_index("item_id")
+    assert final.at[lone, "label"] == shift[truth[lone]]  # what its one answer said, not the class before it
+    assert final.at[lone, "confidence"] < 0.5  # the posterior's doubt is kept
+    _, problems = final_labels_from_events(fx.ledger.events("news", batch_id=b))
+    assert problems == []
