@@ -352,3 +352,36 @@ def test_set_verification_flags_the_class_the_models_contradict():
                               np.array([g.split("|").count("b") for g in given], float)])
     sure = MultiLabel().suspect_sets(given, oos, classes, people, index=[f"i{i}" for i in range(n)])
     assert not sure["flag"].any()
+
+
+def test_a_set_nobody_gave_for_the_item_becomes_the_likeliest_given_set():
+    from factory.tasks.multilabel import given_set
+
+    classes = ["a", "b", "c"]
+    fused = pd.DataFrame({"label": ["a|b", "c"], "confidence": [0.7, 0.9],
+                          "prob_a": [0.9, 0.1], "prob_b": [0.8, 0.1], "prob_c": [0.1, 0.95]},
+                         index=pd.Index(["i1", "i2"], name="item_id"))
+    answers = pd.DataFrame({"item_id": ["i1", "i1", "i2"], "worker_id": ["p1", "p2", "p1"],
+                            "label": ["a", "b|c", "c"]})
+    out = given_set(fused, answers, classes)
+    assert out.at["i1", "label"] == "a"  # 0.9*0.2*0.9 beats 0.1*0.8*0.1; the fused 'a|b' nobody gave
+    assert out.at["i1", "confidence"] == pytest.approx(min(0.9 * 0.2 * 0.9, 1 - 0.7))
+    assert out.at["i2", "label"] == "c" and out.at["i2", "confidence"] == 0.9  # given: kept as fused
+
+
+def test_people_and_models_fusion_never_returns_a_set_the_item_was_not_given(monkeypatch):
+    """The wiring: the label-set fusion's candidates are pooled over all items, so it can answer a set nobody gave
+    for this item; fuse_with_models (escalation and final labels) turns it into a given one."""
+    from factory.tasks import multilabel as ml
+
+    def invents(answers, labels, **opts):  # a fusion that picks a set no answer of i1 gave
+        idx = pd.Index(sorted(answers["item_id"].unique()), name="item_id")
+        return pd.DataFrame({"labels": [["a", "c"]] * len(idx), "confidence": 0.8, "n_answers": 2,
+                             "prob_a": 0.9, "prob_b": 0.3, "prob_c": 0.6}, index=idx)
+
+    monkeypatch.setattr(ml, "aggregate_multilabel", invents)
+    people = pd.DataFrame({"item_id": ["i1", "i1"], "worker_id": ["p1", "p2"], "label": ["a", "b"]})
+    models = pd.DataFrame({"item_id": ["i1"], "worker_id": ["models:pooled"], "label": ["a|b"]})
+    out = ml.MultiLabel().fuse_with_models(people, models, ["a", "b", "c"])
+    assert out.at["i1", "label"] in {"a", "b", "a|b"}
+    assert out.at["i1", "confidence"] <= 0.2 + 1e-12  # never surer than the mass the fusion left off its own set

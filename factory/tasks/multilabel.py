@@ -25,6 +25,33 @@ from factory.tasks.base import AnswerError
 SEP = "|"
 
 
+
+def given_set(fused: pd.DataFrame, answers: pd.DataFrame, classes: Sequence[str]) -> pd.DataFrame:
+    """Each item's fused set, or, when nobody gave that set for the item, the given set the fusion finds likeliest.
+
+    The label-set Dawid-Skene picks among candidate sets pooled over *all* items (the empty set, every single
+    class, every set some answer gave), so an item can come out with a set no person and no model gave for
+    it -- and a final label must rest on answers in the ledger (the release refuses one that does not).  The
+    given sets (``answers``: ``item_id, label`` canonical) are scored by the fusion's per-class marginals
+    (``prob_<class>``, classes independent); the chosen one's confidence is that score, capped by the mass
+    the fusion left off its own set (never more sure than the fusion was of being wrong).  ``fused``: index
+    item_id, ``label``, ``confidence``, ``prob_<class>``; returns it with ``label``/``confidence`` replaced."""
+    out = fused.copy()
+    cols = [f"prob_{c}" for c in classes]
+    given = {i: list(dict.fromkeys(list(g["label"].astype(str))[::-1]))  # latest first on ties
+             for i, g in answers.groupby("item_id", sort=False)}
+    for item_id, r in fused.iterrows():
+        cands = given.get(item_id, [])
+        if not cands or str(r["label"]) in cands:
+            continue
+        p = np.clip(r[cols].to_numpy(float), 1e-12, 1 - 1e-12)
+        ticks = np.array([[c in set(str(g).split(SEP)) - {""} for c in classes] for g in cands], dtype=bool)
+        score = np.where(ticks, p, 1 - p).prod(axis=1)
+        k = int(np.argmax(score))
+        out.at[item_id, "label"] = cands[k]
+        out.at[item_id, "confidence"] = float(min(score[k], 1.0 - float(r["confidence"])))
+    return out
+
 class MultiLabel:
     name: ClassVar[str] = "multi-label"
     pipeline_ready: ClassVar[bool] = True
@@ -99,8 +126,9 @@ class MultiLabel:
         both = pd.concat([people[["item_id", "worker_id", "label"]],
                           models.loc[models["item_id"].isin(people["item_id"]), ["item_id", "worker_id", "label"]]],
                          ignore_index=True)
-        fused = self.fuse(both, classes)
-        return fused.loc[fused.index.isin(people["item_id"])]
+        fused = self.fuse_with_marginals(both, classes)
+        fused = fused.loc[fused.index.isin(people["item_id"])]
+        return given_set(fused, both, classes)[["label", "confidence"]]
 
     def spec_template(self) -> dict[str, str]:
         """What `factory init NAME --type multi-label` writes instead of the classification lines."""
