@@ -60,13 +60,9 @@ def is_span_folder(data: Path) -> bool:
 
 
 def replay_spec(opts: dict):
-    """The dataset spec the replay runs under: a spans task with the four CoNLL types.
-
-    Until the batch pipeline runs spans (``tasks.get("spans").pipeline_ready``), ``parse_spec`` refuses a
-    spans spec as a whole; then the spec is assembled from validated parts (task, classes, quality) and
-    only that whole-spec check is skipped."""
-    from factory.errors import SpecError
-    from factory.spec import ClassSpec, DatasetSpec, QualitySpec, TaskSpec, parse_spec
+    """The dataset spec the replay runs under: a spans task with the four CoNLL types, through `parse_spec`
+    (the one door every spec goes through)."""
+    from factory.spec import parse_spec
 
     raw = {
         "name": "replay-spans", "description": "replay of recorded crowd span answers", "license": "benchmark data",
@@ -75,13 +71,7 @@ def replay_spec(opts: dict):
         "guideline": {"version": "1"},
         "quality": {"min_accuracy": opts["min_accuracy"]},
     }
-    try:
-        return parse_spec(raw, source="<replay spans spec>")
-    except SpecError as e:
-        if "pipeline does not run it yet" not in str(e):
-            raise
-        return DatasetSpec.model_construct(task=TaskSpec(**raw["task"]), classes=[ClassSpec(**c) for c in raw["classes"]],
-                                           quality=QualitySpec(**raw["quality"]))
+    return parse_spec(raw, source="<replay spans spec>")
 
 
 def load(data: Path) -> dict:
