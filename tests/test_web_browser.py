@@ -8,6 +8,7 @@ missing locally, fails instead when CI=true.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import socket
@@ -107,6 +108,42 @@ def _serve(app):
         time.sleep(0.05)
     assert server.started, "uvicorn did not start"
     return server, thread, f"http://127.0.0.1:{port}"
+
+
+@contextlib.contextmanager
+def annotator_queue(fx, name: str = "ann-1"):
+    """A signed-in annotator's queue page in headless Chromium against `create_app(fx)`: yields
+    ``(page, shown)``, where ``shown(task_id)`` waits until the workbench shows that task.  The server and the
+    browser stop on the way out."""
+    _require_browser()
+    from playwright.sync_api import sync_playwright
+
+    from factory.users import UserStore
+    from factory.web import create_app
+
+    token = UserStore.for_ledger(fx.ledger).add(name, "annotator")
+    server, thread, base = _serve(create_app(fx.paths.root, undo_grace_seconds=120))
+    try:
+        with sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=CHROMIUM, args=LAUNCH_ARGS, headless=True)
+            try:
+                page = browser.new_context(viewport={"width": 1200, "height": 800}, bypass_csp=True).new_page()
+                page.goto(base + "/login")
+                page.fill("#name", name)
+                page.fill("#token", token)
+                page.press("#token", "Enter")
+                page.wait_for_url("**/queue")
+
+                def shown(task_id: str) -> None:
+                    page.wait_for_function("id => document.getElementById('task-id').textContent.startsWith(id)",
+                                           arg=task_id, timeout=10_000)
+
+                yield page, shown
+            finally:
+                browser.close()
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
 
 
 def test_annotator_and_expert_in_a_real_browser(tmp_path, monkeypatch):

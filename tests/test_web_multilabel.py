@@ -5,7 +5,7 @@ from __future__ import annotations
 import pandas as pd
 import yaml
 
-from tests.test_web_browser import CHROMIUM, LAUNCH_ARGS, _require_browser, _serve
+from tests.test_web_browser import annotator_queue
 
 
 def _factory(root):
@@ -29,52 +29,25 @@ def _factory(root):
 
 
 def test_checkboxes_toggle_with_digits_and_enter_submits_the_set(tmp_path, monkeypatch):
-    _require_browser()
-    from playwright.sync_api import sync_playwright
-
-    from factory.users import UserStore
-    from factory.web import create_app
-
     monkeypatch.delenv("FACTORY_DATABASE_URL", raising=False)
     fx, tasks = _factory(tmp_path / "factory")
-    token = UserStore.for_ledger(fx.ledger).add("ann-1", "annotator")
-    server, thread, base = _serve(create_app(fx.paths.root, undo_grace_seconds=120))
-    try:
-        with sync_playwright() as p:
-            browser = p.chromium.launch(executable_path=CHROMIUM, args=LAUNCH_ARGS, headless=True)
-            try:
-                page = browser.new_context(viewport={"width": 1200, "height": 800}, bypass_csp=True).new_page()
-                page.goto(base + "/login")
-                page.fill("#name", "ann-1")
-                page.fill("#token", token)
-                page.press("#token", "Enter")
-                page.wait_for_url("**/queue")
-
-                def shown(task_id: str) -> None:
-                    page.wait_for_function("id => document.getElementById('task-id').textContent.startsWith(id)",
-                                           arg=task_id, timeout=10_000)
-
-                shown("t0")
-                assert page.get_attribute("#classes button[data-label=sport]", "role") == "checkbox"
-                for key in ("1", "2", "3", "2"):  # tick sport, politics, economy; untick politics
-                    page.keyboard.press(key)
-                assert page.get_attribute("#classes button[data-label=politics]", "aria-checked") == "false"
-                assert page.get_attribute("#classes button[data-label=economy]", "aria-checked") == "true"
-                page.keyboard.press("Enter")
-                shown("t1")
-                page.keyboard.press("Enter")  # nothing ticked: "none of these"
-                shown("t2")
-                # the models' suggested set arrives ticked; untick it and tick economy
-                assert page.get_attribute("#classes button[data-label=politics]", "aria-checked") == "true"
-                page.keyboard.press("2")
-                page.keyboard.press("3")
-                page.keyboard.press("Enter")
-                page.wait_for_selector("#empty:not([hidden])", timeout=10_000)
-            finally:
-                browser.close()
-    finally:
-        server.should_exit = True
-        thread.join(timeout=10)
+    with annotator_queue(fx) as (page, shown):
+        shown("t0")
+        assert page.get_attribute("#classes button[data-label=sport]", "role") == "checkbox"
+        for key in ("1", "2", "3", "2"):  # tick sport, politics, economy; untick politics
+            page.keyboard.press(key)
+        assert page.get_attribute("#classes button[data-label=politics]", "aria-checked") == "false"
+        assert page.get_attribute("#classes button[data-label=economy]", "aria-checked") == "true"
+        page.keyboard.press("Enter")
+        shown("t1")
+        page.keyboard.press("Enter")  # nothing ticked: "none of these"
+        shown("t2")
+        # the models' suggested set arrives ticked; untick it and tick economy
+        assert page.get_attribute("#classes button[data-label=politics]", "aria-checked") == "true"
+        page.keyboard.press("2")
+        page.keyboard.press("3")
+        page.keyboard.press("Enter")
+        page.wait_for_selector("#empty:not([hidden])", timeout=10_000)
     ev = fx.ledger.events("tags", kind="human").set_index("task_id")
     assert ev.loc["t0", "label"] == "sport|economy"
     assert ev.loc["t1", "label"] == ""

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pandas as pd
 import yaml
 
-from tests.test_web_browser import CHROMIUM, LAUNCH_ARGS, _require_browser, _serve
+from tests.test_web_browser import annotator_queue
 
 
 def _factory(root):
@@ -29,49 +29,22 @@ def _factory(root):
 
 
 def test_pair_widget_shows_both_sides_and_digits_choose(tmp_path, monkeypatch):
-    _require_browser()
-    from playwright.sync_api import sync_playwright
-
-    from factory.users import UserStore
-    from factory.web import create_app
-
     monkeypatch.delenv("FACTORY_DATABASE_URL", raising=False)
     fx, tasks = _factory(tmp_path / "factory")
-    token = UserStore.for_ledger(fx.ledger).add("ann-1", "annotator")
-    server, thread, base = _serve(create_app(fx.paths.root, undo_grace_seconds=120))
-    try:
-        with sync_playwright() as p:
-            browser = p.chromium.launch(executable_path=CHROMIUM, args=LAUNCH_ARGS, headless=True)
-            try:
-                page = browser.new_context(viewport={"width": 1200, "height": 800}, bypass_csp=True).new_page()
-                page.goto(base + "/login")
-                page.fill("#name", "ann-1")
-                page.fill("#token", token)
-                page.press("#token", "Enter")
-                page.wait_for_url("**/queue")
-
-                def shown(task_id: str) -> None:
-                    page.wait_for_function("id => document.getElementById('task-id').textContent.startsWith(id)",
-                                           arg=task_id, timeout=10_000)
-
-                shown("t0")
-                sides = page.locator("#item-text .pair-side")
-                assert sides.count() == 2
-                assert "Sony WH-1000XM4 headphones" in sides.nth(0).inner_text()
-                assert "sony wh1000xm4 wireless" in sides.nth(1).inner_text()
-                assert "{" not in page.inner_text("#item-text")  # the stored JSON is not shown raw
-                page.keyboard.press("1")  # same
-                page.keyboard.press("Enter")
-                shown("t1")
-                assert "Nikon D7500 body" in page.locator("#item-text .pair-side").nth(1).inner_text()
-                page.keyboard.press("2")  # different
-                page.keyboard.press("Enter")
-                page.wait_for_selector("#empty:not([hidden])", timeout=10_000)
-            finally:
-                browser.close()
-    finally:
-        server.should_exit = True
-        thread.join(timeout=10)
+    with annotator_queue(fx) as (page, shown):
+        shown("t0")
+        sides = page.locator("#item-text .pair-side")
+        assert sides.count() == 2
+        assert "Sony WH-1000XM4 headphones" in sides.nth(0).inner_text()
+        assert "sony wh1000xm4 wireless" in sides.nth(1).inner_text()
+        assert "{" not in page.inner_text("#item-text")  # the stored JSON is not shown raw
+        page.keyboard.press("1")  # same
+        page.keyboard.press("Enter")
+        shown("t1")
+        assert "Nikon D7500 body" in page.locator("#item-text .pair-side").nth(1).inner_text()
+        page.keyboard.press("2")  # different
+        page.keyboard.press("Enter")
+        page.wait_for_selector("#empty:not([hidden])", timeout=10_000)
     ev = fx.ledger.events("match", kind="human").set_index("task_id")
     assert ev.loc["t0", "label"] == "same"
     assert ev.loc["t1", "label"] == "different"

@@ -8,7 +8,7 @@ import json
 import pandas as pd
 import yaml
 
-from tests.test_web_browser import CHROMIUM, LAUNCH_ARGS, _require_browser, _serve
+from tests.test_web_browser import annotator_queue
 
 
 def _factory(root):
@@ -33,61 +33,34 @@ def _factory(root):
 
 
 def test_tokens_widget_corrects_the_pre_annotation_with_keys_and_mouse(tmp_path, monkeypatch):
-    _require_browser()
-    from playwright.sync_api import sync_playwright
-
-    from factory.users import UserStore
-    from factory.web import create_app
-
     monkeypatch.delenv("FACTORY_DATABASE_URL", raising=False)
     fx, tasks = _factory(tmp_path / "factory")
-    token = UserStore.for_ledger(fx.ledger).add("ann-1", "annotator")
-    server, thread, base = _serve(create_app(fx.paths.root, undo_grace_seconds=120))
-    try:
-        with sync_playwright() as p:
-            browser = p.chromium.launch(executable_path=CHROMIUM, args=LAUNCH_ARGS, headless=True)
-            try:
-                page = browser.new_context(viewport={"width": 1200, "height": 800}, bypass_csp=True).new_page()
-                page.goto(base + "/login")
-                page.fill("#name", "ann-1")
-                page.fill("#token", token)
-                page.press("#token", "Enter")
-                page.wait_for_url("**/queue")
-
-                def shown(task_id: str) -> None:
-                    page.wait_for_function("id => document.getElementById('task-id').textContent.startsWith(id)",
-                                           arg=task_id, timeout=10_000)
-
-                shown("t0")
-                # the pre-annotation is shown on the tokens
-                assert page.get_attribute(".tok[data-i='0']", "data-type") == "PER"
-                assert page.get_attribute(".tok[data-i='4']", "data-type") == "ORG"
-                assert page.get_attribute(".tok[data-i='1']", "data-type") is None
-                page.keyboard.press("Shift+ArrowRight")  # select John Smith
-                page.keyboard.press("1")  # ... as a PER (replaces the one-token span)
-                assert page.get_attribute(".tok[data-i='1']", "data-type") == "PER"
-                for _ in range(3):
-                    page.keyboard.press("ArrowRight")  # cursor on "New"
-                page.keyboard.press("Delete")  # the wrong ORG goes
-                assert page.get_attribute(".tok[data-i='4']", "data-type") is None
-                page.keyboard.press("Shift+ArrowRight")
-                page.keyboard.press("3")  # New York as a LOC
-                page.keyboard.press("Enter")
-                shown("t1")
-                # the mouse: drag over "Acme", type it ORG; click "Mary", type PER
-                page.hover(".tok[data-i='0']")
-                page.mouse.down()
-                page.mouse.up()
-                page.keyboard.press("2")
-                page.click(".tok[data-i='2']")
-                page.keyboard.press("1")
-                page.keyboard.press("Enter")
-                page.wait_for_selector("#empty:not([hidden])", timeout=10_000)
-            finally:
-                browser.close()
-    finally:
-        server.should_exit = True
-        thread.join(timeout=10)
+    with annotator_queue(fx) as (page, shown):
+        shown("t0")
+        # the pre-annotation is shown on the tokens
+        assert page.get_attribute(".tok[data-i='0']", "data-type") == "PER"
+        assert page.get_attribute(".tok[data-i='4']", "data-type") == "ORG"
+        assert page.get_attribute(".tok[data-i='1']", "data-type") is None
+        page.keyboard.press("Shift+ArrowRight")  # select John Smith
+        page.keyboard.press("1")  # ... as a PER (replaces the one-token span)
+        assert page.get_attribute(".tok[data-i='1']", "data-type") == "PER"
+        for _ in range(3):
+            page.keyboard.press("ArrowRight")  # cursor on "New"
+        page.keyboard.press("Delete")  # the wrong ORG goes
+        assert page.get_attribute(".tok[data-i='4']", "data-type") is None
+        page.keyboard.press("Shift+ArrowRight")
+        page.keyboard.press("3")  # New York as a LOC
+        page.keyboard.press("Enter")
+        shown("t1")
+        # the mouse: drag over "Acme", type it ORG; click "Mary", type PER
+        page.hover(".tok[data-i='0']")
+        page.mouse.down()
+        page.mouse.up()
+        page.keyboard.press("2")
+        page.click(".tok[data-i='2']")
+        page.keyboard.press("1")
+        page.keyboard.press("Enter")
+        page.wait_for_selector("#empty:not([hidden])", timeout=10_000)
     ev = fx.ledger.events("ents", kind="human").set_index("task_id")
     assert json.loads(ev.loc["t0", "label"]) == [[0, 2, "PER"], [4, 6, "LOC"]]
     assert json.loads(ev.loc["t1", "label"]) == [[0, 1, "ORG"], [2, 3, "PER"]]
