@@ -827,7 +827,7 @@ def final_labels(fx: Factory, dataset: str, batch_id: str, run_id: str | None = 
     out["fused_confidence"] = fused["confidence"].astype(float)
     if "raw_confidence" in fused:  # the fusion's own confidence, before calibration on people's labels
         out["raw_confidence"] = fused["raw_confidence"].astype(float)
-    pm = out.index[(out["mode"] == "prelabel-model").to_numpy() & route.isin(["verified", "audit", "review"]).to_numpy()]
+    pm = out.index[(out["mode"] == "prelabel-model").to_numpy() & route.isin(["verified", "audit"]).to_numpy()]
     if len(pm) and spec.task_type.answer_shape == "one":
         # prelabel-model's machine label is the one its verifier checked (the primary labelers' fusion, which the
         # verifier's own model event also gave), not the pool of all three: on the demo the pool differed on 14 of
