@@ -112,7 +112,7 @@ def run_demo(root: Path, batches: int = 2, limit: int | None = None, seed_size: 
     for b in [b for b in batch_ids if needs_finalise(fx, DATASET, b)]:
         for _round in range(5):
             r = run_stage(root, DATASET, "finalise", instance, b)
-            if r.success or not r.waiting:
+            if not r.waiting:  # a stage waiting for people succeeds too: success alone ends nothing
                 break
             human_answers += pool.answer_open_tasks(fx.ledger, spec)
         if not r.success:
@@ -132,6 +132,7 @@ def run_demo(root: Path, batches: int = 2, limit: int | None = None, seed_size: 
             paths[k] = paths.get(k, 0) + int(v)
     n = int(sum(sm["items"] for sm in summaries))
     auto = paths.get("auto", 0) + paths.get("verified", 0)  # accepted without a person looking
+    effort = people_effort(fx, batch_ids)
     summary = {
         "simulated": True,
         "noise_model": pool.noise_model,
@@ -145,6 +146,7 @@ def run_demo(root: Path, batches: int = 2, limit: int | None = None, seed_size: 
         "deferred": int(paths.get("deferred", 0)),
         "audit_sample": int(sum(sm["audit_sample"] for sm in summaries)),
         "human_answers": human_answers,
+        **effort,
         "human_minutes": round(sum(sm["human_minutes"] for sm in summaries), 1),
         "accuracy": round(float((labelled["label"] == labelled["gold"]).mean()), 4),
         "accuracy_auto_accepted": round(float((final.loc[final.source == "auto", "label"]
@@ -159,6 +161,21 @@ def run_demo(root: Path, batches: int = 2, limit: int | None = None, seed_size: 
                       f".venv/bin/dagster dev -w workspace.yaml",
     }
     return summary
+
+
+def people_effort(fx: Factory, batch_ids: list[str]) -> dict:
+    """Where people's work went: answered tasks per kind (seed, audit, review, second, arbitrate, gold, ...)
+    and the items people decided (annotated, calibrated, arbitrated) per routing decision, with their share."""
+    tasks = fx.ledger.tasks(DATASET)
+    done = tasks[tasks["status"] == "answered"] if not tasks.empty else tasks
+    routes = pd.concat([read_table(fx, "routing", DATASET, b) for b in batch_ids], ignore_index=True)
+    final = pd.concat([read_table(fx, "final_labels", DATASET, b) for b in batch_ids], ignore_index=True)
+    people = final.loc[final["source"].isin(["annotated", "calibrated", "arbitrated"]), "item_id"]
+    by_route = routes.loc[routes["item_id"].isin(people), "route"].value_counts()
+    return {"answers_by_task": {str(k): int(v) for k, v in done["kind"].value_counts().items()},
+            "people_items": int(len(people)),
+            "people_items_share": round(len(people) / max(len(routes), 1), 4),
+            "people_items_by_route": {str(k): int(v) for k, v in by_route.items()}}
 
 
 def _chunks(df: pd.DataFrame, n: int):

@@ -163,3 +163,38 @@ def test_prelabel_model_audit_is_a_share_of_all_items(ab_spec):
     out = prelabel_model_routes(ab_spec, _preds(rows), pd.Index([f"i{i}" for i in range(n)]), seed=0, n_items=1000)
     assert (out["route"] == "audit").sum() == 10  # seeded items of the batch count too
     assert set(out.loc[out["route"] == "audit", "item_id"]) <= {f"i{i}" for i in range(50)}  # drawn from verified
+
+
+def test_a_verified_item_releases_the_label_its_verifier_checked(root, fx):
+    """prelabel-model: the routing label is the primary labelers' fusion that the verifier agreed with; the pool of
+    all three labelers (fused_labels) can differ. A `verified` item releases the checked label, and the audit
+    measures it (fused_label), else the path claims a check that never happened for the released label."""
+    import json as _json
+
+    import yaml
+
+    from factory.pipeline import final_labels, write_table
+
+    (root / "datasets" / "news.yaml").write_text(yaml.safe_dump(news_spec(mode="prelabel-model")))
+    fx = type(fx).at(root)
+    classes = fx.spec("news").class_names
+    cols = prob_cols(classes)
+    ids = ["v0", "v1", "a0"]
+    # the pool says 'tech' on v0 and a0, where the primaries + verifier agreed on 'business'
+    pool = pd.DataFrame({"item_id": ids, "label": ["tech", "sports", "tech"], "confidence": [0.6, 0.9, 0.6],
+                         "raw_confidence": [0.6, 0.9, 0.6]})
+    for c, col in zip(classes, cols):
+        pool[col] = [{"tech": 0.6, "business": 0.3}.get(c, 0.1 / 3), {"sports": 0.9}.get(c, 0.025),
+                     {"tech": 0.6, "business": 0.3}.get(c, 0.1 / 3)]
+    write_table(pool, fx.paths.table("fused_labels", "news", "b1"))
+    routes = pd.DataFrame({"item_id": ids, "route": ["verified", "verified", "audit"],
+                           "label": ["business", "sports", "business"], "confidence": [0.95, 0.99, 0.95],
+                           "reasons": [_json.dumps(["verifier_agrees"])] * 2 + [_json.dumps(["audit"])],
+                           "mode": "prelabel-model", "required_tier": "L1"})
+    write_table(routes, fx.paths.table("routing", "news", "b1"))
+    fx.ledger.create_tasks([])
+    out = final_labels(fx, "news", "b1").set_index("item_id")
+    assert out.at["v0", "label"] == "business" and out.at["v0", "source"] == "verified"
+    assert out.at["v0", "confidence"] == pytest.approx(0.3)  # the pool's probability of the released label
+    assert out.at["v1", "label"] == "sports" and out.at["v1", "confidence"] == pytest.approx(0.9)
+    assert out.at["a0", "fused_label"] == "business"  # the audit checks the label verified items release

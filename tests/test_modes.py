@@ -119,3 +119,53 @@ def test_slices_route_items_by_metadata(root, fx, tmp_path):
     modes = item_modes(fx.spec("news"), items)
     assert modes.to_dict() == {items.item_id[items.text == "a contract clause"].iloc[0]: "human-model",
                                items.item_id[items.text == "a sports report"].iloc[0]: "prelabel-human"}
+
+
+def _people_effort(fx, dataset, batch):
+    """Items people decided (annotated, calibrated, arbitrated) and answers people gave, for one batch."""
+    final = read_table(fx, "final_labels", dataset, batch)
+    tasks = fx.ledger.tasks(dataset, batch_id=batch)
+    return (int(final["source"].isin(["annotated", "calibrated", "arbitrated"]).sum()),
+            int((tasks["status"] == "answered").sum()))
+
+
+def test_modes_are_ordered_by_human_effort(root, bbc_small, truth, tmp_path):
+    """The same 150 items in the three modes: prelabel-model (people on the seed, the audit and the verifier's
+    disagreements only) needs fewer people-decided items and answers than prelabel-human (flags within the
+    budget), which needs fewer than human-model (every item, twice). Fails when prelabel-model stops accepting
+    what its verifier agreed with, or human-model stops putting people first."""
+    from factory.pipeline import Factory
+
+    # the point-estimate gate: on 150 items an audit sized for the lower bound (53) would dominate every mode
+    quality = {"confidence_threshold": 0.8, "audit_rate": 0.05, "max_quarantine_rate": 0.5, "accuracy_gate": "estimate"}
+    modes = {"prelabel-model": {"prelabel_model": {"accept_confidence": 0.8, "audit_rate": 0.05}},
+             "prelabel-human": {}, "human-model": {"human_model": {"overlap": 2, "flag_tier": "L2"}}}
+    for mode, extra in modes.items():
+        (root / "datasets" / f"{mode}.yaml").write_text(yaml.safe_dump(
+            news_spec(name=mode, mode=mode, quality=quality, **extra)))
+    fx = Factory.at(root)
+    instance = instance_for(root)
+    effort = {}
+    for mode in modes:
+        spec = fx.spec(mode)
+        pool = SimulatedPool(truth, seed=0)
+        # one file per mode (the batch id is the file's hash): the same texts, tagged with the mode
+        csv = write_csv(tmp_path / f"{mode}.csv", bbc_small["text"], {"source_file": [mode] * len(bbc_small)})
+        rep = ingest(csv, spec, fx.ledger)
+        add_batch_partition(instance, mode, rep.batch_id)
+        for st in ("prepare", "annotate", "finalise"):
+            for _ in range(6):
+                r = run_stage(root, mode, st, instance, rep.batch_id)
+                if not r.waiting:
+                    break
+                pool.answer_open_tasks(fx.ledger, spec)
+            assert r.success and not r.waiting, (mode, st, r.failures)
+            if st != "finalise":
+                pool.answer_open_tasks(fx.ledger, spec)
+        effort[mode] = _people_effort(fx, mode, rep.batch_id)
+        if mode == "prelabel-model":
+            routes = read_table(fx, "routing", mode, rep.batch_id)
+            assert (routes["route"] == "verified").sum() > len(routes) / 2  # the verifier's agreement is accepted
+    items, answers = {m: e[0] for m, e in effort.items()}, {m: e[1] for m, e in effort.items()}
+    assert items["prelabel-model"] < items["prelabel-human"] < items["human-model"] == len(bbc_small), effort
+    assert answers["prelabel-model"] < answers["prelabel-human"] < answers["human-model"], effort
