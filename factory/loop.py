@@ -183,8 +183,7 @@ def _bin_correction(q: np.ndarray, answered: np.ndarray, tempered: np.ndarray, s
     """Per-bin factors that turn the tempered models' probabilities into what people's answers say.
 
     The models are a labeler like a person: what they say (predicted class and confidence bin) has a
-    class distribution learned from the answered items (``q``: what people's answers alone say, never a
-    posterior that contains the models' own prior), shrunk toward the tempered
+    class distribution learned from the answered items (EM's posteriors), shrunk toward the tempered
     probabilities' own mean in the bin by a strength estimated as people's is (empirical Bayes).  A
     temperature alone cannot fix a non-monotone miscalibration (product: items at 0.81 were 29 %
     matches, at 0.997 69 %, and the models' 0.999 overruled three people who agreed).
@@ -299,20 +298,7 @@ def fuse_people(prior: np.ndarray | None, item_index: pd.Index, answers: pd.Data
 
             t = float(np.exp(optimize.minimize_scalar(nll, bounds=(-3.0, 3.0), method="bounded").x))
             if sym is not None:
-                # the models' per-bin reliability is learned against what people's answers ALONE say (the
-                # posterior without the models' prior), as a person is measured against the others.  Learned
-                # from the posterior, which contains the models' own prior, it confirmed itself over the EM
-                # iterations once the loop had asked second answers where the first disagreed with the models
-                # (drugs-rating at 50 % of the answers: people measured 0.68 -> 0.43, the models' temperature
-                # 1.6 -> 0.44, accuracy 0.77 -> 0.71).  The temperature stays fitted to the posterior: fitted to
-                # people alone it flattened strong models before any overlap (product: 0.85 at 6 % of the
-                # answers instead of 0.93).
-                lpe = np.zeros((n, k))
-                np.add.at(lpe, pos, np.log(np.clip(conf[wid, :, lab], 1e-9, 1.0)))
-                lpe -= lpe.max(axis=1, keepdims=True)
-                qp = np.exp(lpe)
-                qp /= qp.sum(axis=1, keepdims=True)
-                corr = _bin_correction(qp, answered, _temper(base, t), sym)
+                corr = _bin_correction(q, answered, _temper(base, t), sym)
         elif not have_prior:
             rho = (q[answered].sum(axis=0) + 1.0) / (answered.sum() + k)
     tau = 1.0
