@@ -18,7 +18,6 @@ from factory.errors import IngestError
 from factory.storage.ledger import Ledger, canonical, now
 from factory.progress import NULL, Progress
 from factory.spec import DatasetSpec
-from factory.tasks import pair_codec
 # the text rules live below ingest so task types (pairs) can apply them too; re-exported here for callers
 from factory.text_checks import decode_text as _decode, encoding_problem, normalise_text, text_key, value_problem  # noqa: F401
 
@@ -78,9 +77,9 @@ def sha256_file(path: Path) -> str:
 
 def _check_columns(path: Path, columns: list[str], spec: DatasetSpec, where: str = "") -> None:
     at = f"{path}{where}"
-    for col, field in zip(spec.task.input_columns, ("left", "right") if spec.task.type == "pairs" else ("input",)):
+    for spec_field, col in spec.task.input_fields:  # the type says which columns hold the item
         if col not in columns:
-            raise IngestError(f"{at}: missing column '{col}' (the spec's task.{field}); "
+            raise IngestError(f"{at}: missing column '{col}' (the spec's task.{spec_field}); "
                               f"columns found: {columns}; nothing was ingested")
     id_col = spec.task.id_column
     if id_col and id_col not in columns:
@@ -243,8 +242,10 @@ def _rows_textdir(folder: Path, spec: DatasetSpec, digest):
     files = sorted(p for p in folder.rglob("*.txt") if p.is_file())
     if not files:
         raise IngestError(f"{folder}: the folder holds no .txt files; nothing was ingested")
-    if spec.task.type == "pairs":
-        raise IngestError(f"{folder}: a pairs dataset reads two columns (task.left, task.right); a folder of .txt "
+    if len(spec.task.input_fields) > 1:
+        n = len(spec.task.input_fields)
+        raise IngestError(f"{folder}: a {spec.task.type} dataset reads {'two' if n == 2 else n} columns "
+                          f"({', '.join(f'task.{f}' for f, _ in spec.task.input_fields)}); a folder of .txt "
                           f"files has one text per file; ingest a CSV, JSONL or Parquet file; nothing was ingested")
     if spec.task.id_column:
         raise IngestError(f"{folder}: the spec declares task.id_column '{spec.task.id_column}', but a folder of "
@@ -343,60 +344,8 @@ def _external_id(value: object) -> str | None:
 
 
 def load_records(path: Path, spec: DatasetSpec) -> dict[str, dict] | None:
-    """The records file a pairs spec names (``task.records``, relative to the ingested file's folder): record id
-    -> the record's shown fields, ``record_id`` first.  None when the spec names none.  IngestError naming the
-    file and the cause (missing, no record_id column, an unknown field, a repeated id)."""
-    if not spec.task.records:
-        return None
-    rp = Path(spec.task.records)
-    rp = rp if rp.is_absolute() else (path if path.is_dir() else path.parent) / rp
-    if not rp.is_file():
-        raise IngestError(f"{rp}: the records file the spec names (task.records '{spec.task.records}', relative to "
-                          f"the ingested file's folder) does not exist; nothing was ingested")
-    reader = csv.DictReader(io.StringIO(_decode(rp, rp.read_bytes()), newline=""))
-    header = [h.strip() for h in reader.fieldnames or []]
-    if pair_codec.ID_FIELD not in header:
-        raise IngestError(f"{rp}: a records file needs a '{pair_codec.ID_FIELD}' column; columns found: {header}; "
-                          f"nothing was ingested")
-    fields = list(spec.task.record_fields) or [h for h in header if h != pair_codec.ID_FIELD]
-    unknown = [f for f in fields if f not in header]
-    if unknown:
-        raise IngestError(f"{rp}: task.record_fields {unknown} are not columns of the records file; columns "
-                          f"found: {header}; nothing was ingested")
-    out: dict[str, dict] = {}
-    for n, row in enumerate(reader, start=2):
-        row = {(k or "").strip(): v for k, v in row.items()}
-        rid = (row.get(pair_codec.ID_FIELD) or "").strip()
-        if not rid:
-            raise IngestError(f"{rp}: row {n}: empty {pair_codec.ID_FIELD}; nothing was ingested")
-        if rid in out:
-            raise IngestError(f"{rp}: row {n}: {pair_codec.ID_FIELD} '{rid}' appears twice; nothing was ingested")
-        out[rid] = {pair_codec.ID_FIELD: rid, **{f: normalise_text(row.get(f) or "") for f in fields}}
-    return out
-
-
-def _pair_payload(rec: dict, spec: DatasetSpec, records: dict[str, dict] | None) -> tuple[str | None, str, str | None]:
-    """(stored pair text or None, the field at fault, why) for one row of a pairs dataset."""
-    sides = []
-    for col in spec.task.input_columns:
-        value = rec.get(col)
-        if value is None or (isinstance(value, float) and value != value):
-            return None, col, "missing value"
-        if records is not None:
-            rid = str(int(value)) if isinstance(value, float) and value.is_integer() else str(value).strip()
-            if rid not in records:
-                return None, col, f"record id '{rid}' is not in the records file ({spec.task.records})"
-            sides.append(records[rid])
-            continue
-        if not isinstance(value, str):
-            return None, col, f"expected text, got {type(value).__name__}"
-        problem = value_problem(value)
-        if not problem and not text_key(value):
-            problem = "empty after trimming whitespace" if not normalise_text(value) else "no visible characters"
-        if problem:
-            return None, col, problem
-        sides.append(normalise_text(value))
-    return pair_codec.encode(*sides), spec.task.input_columns[0], None
+    """The records file a pairs spec names (the type's ``load_context``); None when the spec names none."""
+    return spec.task_type.load_context(path, spec.task)
 
 
 def ingest(path: str | Path, spec: DatasetSpec, ledger: Ledger, progress: Progress = NULL) -> IngestReport:
@@ -426,7 +375,7 @@ def ingest(path: str | Path, spec: DatasetSpec, ledger: Ledger, progress: Progre
     allowed_meta = list(spec.task.metadata)
     item_fields = getattr(spec.task_type, "item_fields", None)
     id_col = spec.task.id_column
-    records = load_records(path, spec)
+    context = spec.task_type.load_context(path, spec.task)  # pairs: the records file, if the spec names one
     items: dict[str, dict] = {}
     by_key: dict[str, str] = {}          # duplicate key hash -> the item id that first had it
     ext_rows: dict[str, int] = {}        # external id -> the row that first had it
@@ -443,11 +392,8 @@ def ingest(path: str | Path, spec: DatasetSpec, ledger: Ledger, progress: Progre
             quarantined.append(dict(source_file=src_file, source_row=src_row, field=_excerpt(fld)[:128], reason=reason,
                                     raw=_excerpt(raw_row)))
             continue
-        problem = None
-        if spec.task.type == "pairs":  # two sides (texts, or record ids) -> one stored pair text
-            payload, bad_field, problem = _pair_payload(rec, spec, records)
-        else:
-            payload, bad_field = rec.get(spec.task.input), spec.task.input
+        # the type builds the item's text (pairs: two sides, texts or record ids, -> one stored pair text)
+        payload, bad_field, problem = spec.task_type.item_payload(rec, spec.task, context)
         if problem:
             pass
         elif payload is None or (isinstance(payload, float) and payload != payload):

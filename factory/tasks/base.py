@@ -81,6 +81,41 @@ class TaskType(Protocol):
         they do not make one answer of this type."""
 
 
+class TaskTypeBase:
+    """Defaults of the optional hooks below, for a type whose item is one text column (``task.input``).
+
+    A type overrides what differs (``pairs``: two columns and an optional records file; ``spans``: a recorded
+    tokenisation).  The core (spec, ingest, pipeline, release) calls these and never a type's name."""
+
+    #: The optional ``task.*`` spec fields this type reads besides ``input`` (pairs: ``left``, ``right``,
+    #: ``records``, ``record_fields``).  A spec that sets one the type does not read is refused, naming it.
+    spec_fields: ClassVar[tuple[str, ...]] = ()
+
+    def input_fields(self, task: Any) -> tuple[tuple[str, str], ...]:
+        """``(spec field, column)`` of each column of an ingested file that holds what people and models read:
+        ``(("input", task.input),)`` by default; pairs ``(("left", task.left), ("right", task.right))``.  A file
+        missing one is refused naming the spec field; a folder of ``.txt`` files (one text each) is refused for a
+        type that reads more than one column."""
+        return (("input", task.input),)
+
+    def task_errors(self, task: Any) -> list[str]:
+        """What is wrong with the spec's ``task`` section for this type beyond its fields' own checks (empty
+        when fine); pairs: ``left`` and ``right`` both given and different."""
+        return []
+
+    def load_context(self, path: Any, task: Any) -> Any:
+        """What ingest loads once per file before reading rows (pairs: the records file ``task.records``,
+        relative to the ingested file's folder), passed to :meth:`item_payload`; None by default.  Raises
+        :class:`factory.errors.IngestError` naming the file and the cause."""
+        return None
+
+    def item_payload(self, row: dict, task: Any, context: Any) -> tuple[Any, str, str | None]:
+        """One ingested row's stored item text: ``(payload, field at fault, problem)``.  ``problem`` None lets
+        ingest check ``payload`` as any text (missing, not a string, too long, empty); a type that builds its
+        text itself (pairs: the two sides as canonical JSON) returns the problem it found with the row."""
+        return row.get(task.input), task.input, None
+
+
 class BatchHooks(Protocol):
     """What a *pipeline-ready* type adds to :class:`TaskType` for the batch pipeline (``factory.pipeline``).
 

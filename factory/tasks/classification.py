@@ -10,10 +10,10 @@ import pandas as pd
 
 from factory.engine.aggregate import aggregate
 from factory.quality import krippendorff_alpha_nominal
-from factory.tasks.base import AnswerError
+from factory.tasks.base import AnswerError, TaskTypeBase
 
 
-class Classification:
+class Classification(TaskTypeBase):
     name: ClassVar[str] = "classification"
     pipeline_ready: ClassVar[bool] = True
     answer_shape: ClassVar[str] = "one"

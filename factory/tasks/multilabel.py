@@ -20,7 +20,7 @@ import pandas as pd
 from factory.engine.multilabel import aggregate_multilabel
 from factory.engine.verify import find_suspect_labels
 from factory.quality import krippendorff_alpha_nominal
-from factory.tasks.base import AnswerError
+from factory.tasks.base import AnswerError, TaskTypeBase
 
 SEP = "|"
 
@@ -52,7 +52,7 @@ def given_set(fused: pd.DataFrame, answers: pd.DataFrame, classes: Sequence[str]
         out.at[item_id, "confidence"] = float(min(score[k], 1.0 - float(r["confidence"])))
     return out
 
-class MultiLabel:
+class MultiLabel(TaskTypeBase):
     name: ClassVar[str] = "multi-label"
     pipeline_ready: ClassVar[bool] = True
     answer_shape: ClassVar[str] = "set"

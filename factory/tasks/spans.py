@@ -29,7 +29,7 @@ from factory.engine.span_routing import route_sentences
 from factory.engine.spans import SpanAggregation, aggregate_spans, bio_spans
 from factory.quality import krippendorff_alpha_nominal
 from factory.span_labelers import make_span_labelers, span_suite_version, tokenize
-from factory.tasks.base import AnswerError
+from factory.tasks.base import AnswerError, TaskTypeBase
 
 
 def span_f1(a: str, b: str) -> float:
@@ -42,7 +42,7 @@ def _w(where: str, msg: str) -> str:
     return f"{where}: {msg}" if where else msg
 
 
-class Spans:
+class Spans(TaskTypeBase):
     name: ClassVar[str] = "spans"
     pipeline_ready: ClassVar[bool] = True
     answer_shape: ClassVar[str] = "spans"
