@@ -109,6 +109,24 @@ class TaskTypeBase:
         :class:`factory.errors.IngestError` naming the file and the cause."""
         return None
 
+    # -- batch pipeline defaults (see BatchHooks)
+    #: One class per item whose classes have shares: the spec's priors and the seed's class shares feed routing's
+    #: bias check (a set or a span list has no class share).
+    class_shares: ClassVar[bool] = False
+    #: Escalation and final labels of people's answers go through :mod:`factory.loop` (per-class probability
+    #: vectors, worker reliabilities: one class per item); otherwise the type's ``fuse_with_models`` fuses
+    #: people's answers with the models' pooled one.
+    people_loop: ClassVar[bool] = False
+
+    def with_confidence(self, fused: pd.DataFrame, confidence: Any) -> pd.DataFrame:
+        """``fused`` with its ``confidence`` replaced by the calibrated one; the ``prob_<class>`` columns stay
+        (a set's per-class marginals are not the set's probability).  Classification rescales them."""
+        return fused.assign(confidence=confidence)
+
+    def classes_of(self, stored: str) -> set[str]:
+        """The classes a stored answer uses (what a spec rule's ``forbids`` is checked against)."""
+        return {str(c) for c in self.decode(stored)}
+
     def item_payload(self, row: dict, task: Any, context: Any) -> tuple[Any, str, str | None]:
         """One ingested row's stored item text: ``(payload, field at fault, problem)``.  ``problem`` None lets
         ingest check ``payload`` as any text (missing, not a string, too long, empty); a type that builds its
