@@ -30,11 +30,19 @@ from factory.task_rows import max_tier, task_id_for, task_row  # noqa: F401  (ta
 
 def in_schema(spec: DatasetSpec, labels: pd.Series) -> pd.Series:
     """True where a stored label is a valid answer of the spec's task type and classes (sets: each class)."""
+    schema = spec.label_schema
+    seen: dict[str, bool] = {}  # a dataset's labels repeat: each distinct stored text is parsed once
+
     def ok(value) -> bool:
+        if isinstance(value, str) and value in seen:
+            return seen[value]
         try:
-            return spec.label_schema.parse(value) == str(value)
+            good = schema.parse(value) == str(value)
         except Exception:  # noqa: BLE001 - any refusal means outside the schema
-            return False
+            good = False
+        if isinstance(value, str):
+            seen[value] = good
+        return good
 
     return labels.map(ok).astype(bool)
 
