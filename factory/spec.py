@@ -408,13 +408,16 @@ def template(name: str, task_type: str = "classification") -> str:
         raise SpecError(f"task type '{task_type}' is not run by the batch pipeline yet; "
                         f"use one of {tasks.names(pipeline_ready=True)}")
     text = (Path(__file__).parent / "templates" / "dataset.yaml").read_text(encoding="utf-8").format(name=name)
-    if not hasattr(tt, "spec_template"):
+    if not hasattr(tt, "spec_template") and task_type == "classification":
         return text
-    parts = tt.spec_template()
+    # a type without its own template gets the classification one with its name on the type line
+    parts = tt.spec_template() if hasattr(tt, "spec_template") else \
+        {"type_line": f"  type: {task_type:<20} # registered task types: {', '.join(tasks.names(pipeline_ready=True))}"}
     lines = text.split("\n")
-    start = next(i for i, ln in enumerate(lines) if ln.startswith("classes:"))
-    end = next(i for i, ln in enumerate(lines) if ln.startswith("guideline:"))
-    lines[start:end] = parts["classes"].rstrip("\n").split("\n") + [""]
+    if "classes" in parts:
+        start = next(i for i, ln in enumerate(lines) if ln.startswith("classes:"))
+        end = next(i for i, ln in enumerate(lines) if ln.startswith("guideline:"))
+        lines[start:end] = parts["classes"].rstrip("\n").split("\n") + [""]
     out = []
     for ln in lines:
         if ln.lstrip().startswith("type: classification"):

@@ -147,10 +147,15 @@ def _answer_open(cli, truth_by_text: dict, tmp_path: Path, name: str) -> int:
 
 
 def test_a_type_defined_in_a_test_runs_the_whole_flow_with_the_core_untouched(rating, cli, root, fx, tmp_path):
-    spec = _spec("rating") | {"seed": {"size": 40}, "quality": {"audit_rate": 0.5, "min_accuracy": 0.5,
-                                                                  "confidence_threshold": 0.8},
-                              "review": {"budget": 1.0}}
-    (root / "datasets" / "stars.yaml").write_text(yaml.safe_dump(spec))
+    assert "wrote" in cli("init", "stars", "--type", "rating").output  # the commented template, its type named
+    spec_path = root / "datasets" / "stars.yaml"
+    spec = yaml.safe_load(spec_path.read_text())
+    assert spec["task"]["type"] == "rating"
+    spec["classes"] = _spec("rating")["classes"]
+    spec["seed"]["size"] = 40
+    spec["quality"].update(audit_rate=0.5, min_accuracy=0.5, confidence_threshold=0.8)
+    spec["review"]["budget"] = 1.0
+    spec_path.write_text(yaml.safe_dump(spec))
     assert "valid" in cli("validate", "--dataset", "stars").output
     for who, tier in (("ann-1", "L1"), ("rev-1", "L2"), ("rev-2", "L2"), ("expert-1", "expert")):
         cli("annotators", "add", who, "--tier", tier)
