@@ -8,12 +8,9 @@ its items, duplicates and quarantined rows are written in one transaction, or no
 from __future__ import annotations
 
 import csv
-import functools
 import hashlib
 import io
 import json
-import re
-import unicodedata
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -21,7 +18,8 @@ from factory.errors import IngestError
 from factory.storage.ledger import Ledger, canonical, now
 from factory.progress import NULL, Progress
 from factory.spec import DatasetSpec
-from factory.tasks import pair_codec
+# the text rules live below ingest so task types (pairs) can apply them too; re-exported here for callers
+from factory.text_checks import decode_text as _decode, encoding_problem, normalise_text, text_key, value_problem  # noqa: F401
 
 SUPPORTED = (".csv", ".jsonl", ".ndjson", ".parquet", ".txt")
 MAX_FIELD_CHARS = 1_000_000  # longer payloads are quarantined: nobody can label a 1 MB item
@@ -59,42 +57,9 @@ class IngestReport:
         return "\n".join(lines)
 
 
-def normalise_text(text: str) -> str:
-    """The form of a payload that is hashed: NFC, unified newlines, outer whitespace stripped."""
-    return unicodedata.normalize("NFC", text.replace("\r\n", "\n").replace("\r", "\n")).strip()
-
-
 def item_id_for(text: str) -> str:
     """Stable content hash of an item: the same payload gives the same id in every batch and process."""
     return "it_" + hashlib.sha256(normalise_text(text).encode("utf-8")).hexdigest()[:20]
-
-
-@functools.cache
-def _format_chars() -> re.Pattern:
-    """Every format character (category Cf) of the BMP, plane 1 and the tag block, as one regex class of
-    ranges (from this Python's Unicode tables): one C-level `sub` per text, ~15x faster than per-character tests."""
-    runs: list[list[int]] = []
-    for c in (c for r in (range(0x20000), range(0xE0000, 0xE0080)) for c in r if unicodedata.category(chr(c)) == "Cf"):
-        if runs and runs[-1][1] == c - 1:
-            runs[-1][1] = c
-        else:
-            runs.append([c, c])
-    ranges = "".join(re.escape(chr(a)) + ("-" + re.escape(chr(b)) if b > a else "") for a, b in runs)
-    return re.compile(f"[{ranges}]")
-
-
-_SURROGATE = re.compile("[\ud800-\udfff]")
-
-
-def text_key(text: str) -> str:
-    """The duplicate key of a payload: NFKC, format characters (zero-width space/joiner, BOM, soft hyphen,
-    bidi marks: Unicode category Cf) removed, whitespace runs collapsed.  The item keeps its original text;
-    the key only decides which rows are the same item.  (The item id stays the NFC hash, so ids of items
-    ingested before this key existed do not change.)"""
-    t = unicodedata.normalize("NFKC", text)
-    if not t.isascii():  # no ASCII character is a format character
-        t = _format_chars().sub("", t)
-    return " ".join(t.split())
 
 
 def text_key_hash(text: str) -> str:
@@ -110,73 +75,11 @@ def sha256_file(path: Path) -> str:
     return h.hexdigest()
 
 
-def encoding_problem(raw: bytes) -> str | None:
-    """Why `raw` is not UTF-8 text, naming the encoding it looks like; None when it decodes as UTF-8 (BOM allowed).
-
-    Hand-written rather than a charset guesser (charset-normalizer, chardet): we refuse, never transcode, so
-    only the few encodings that UTF-8 decoding misreads or misnames need naming, and those have sure signs.
-    """
-    if raw.strip(b"\x00 \t\r\n") == b"" and b"\x00" in raw:
-        return "the content is only NUL bytes (binary data, not text)"
-    if raw.startswith((b"\xff\xfe\x00\x00", b"\x00\x00\xfe\xff")):
-        end = "LE" if raw[0] == 0xFF else "BE"
-        return (f"UTF-32{end} (it starts with a UTF-32 byte-order mark); re-encode the file as UTF-8 "
-                f"(e.g. `iconv -f UTF-32 -t UTF-8`)")
-    if raw.startswith((b"\xff\xfe", b"\xfe\xff")):
-        return ("UTF-16 (it starts with a UTF-16 byte-order mark); re-encode the file as UTF-8 "
-                "(e.g. `iconv -f UTF-16 -t UTF-8`)")
-    head = raw[:4096]
-    n = len(head) - len(head) % 4
-    if n >= 8 and head.count(b"\x00") >= n // 4:
-        # NUL bytes at fixed positions are the code units' high bytes of ASCII text in UTF-16/UTF-32
-        def nul_share(step: int, offsets: tuple[int, ...]) -> float:
-            cells = [head[i + o] for i in range(0, n, step) for o in offsets]
-            return sum(b == 0 for b in cells) / len(cells)
-
-        for name, step, nul, text in (("UTF-32LE", 4, (1, 2, 3), (0,)), ("UTF-32BE", 4, (0, 1, 2), (3,)),
-                                      ("UTF-16LE", 2, (1,), (0,)), ("UTF-16BE", 2, (0,), (1,))):
-            if nul_share(step, nul) > 0.9 and nul_share(step, text) < 0.1:
-                return (f"{name} without a byte-order mark (its bytes follow the {name} pattern of NULs); "
-                        f"re-encode the file as UTF-8 (e.g. `iconv -f {name} -t UTF-8`)")
-    try:
-        raw.decode("utf-8")
-        return None
-    except UnicodeDecodeError as e:
-        line = raw.count(b"\n", 0, e.start) + 1
-        return (f"not UTF-8 (byte {e.start}: {raw[e.start:e.start + 1]!r}) on line {line}; re-encode the file as "
-                f"UTF-8 (e.g. `iconv -f LATIN1 -t UTF-8`)")
-
-
-def _decode(path: Path, raw: bytes) -> str:
-    if not raw.strip():
-        raise IngestError(f"{path}: the file is empty; nothing was ingested")
-    problem = encoding_problem(raw)
-    if problem:
-        raise IngestError(f"{path}: {problem}; nothing was ingested")
-    return raw.decode("utf-8-sig")  # a UTF-8 BOM is accepted and removed
-
-
-def value_problem(value: object) -> str | None:
-    """Why a text value cannot be stored as it is (a NUL byte, a lone surrogate), or None."""
-    if isinstance(value, (dict, list)):  # nested JSON metadata is stored as JSON text: check that text
-        value = json.dumps(value, ensure_ascii=False, default=str)
-    if not isinstance(value, str):
-        return None
-    i = value.find("\x00")
-    if i >= 0:
-        return f"contains a NUL byte (\\x00) at character {i + 1}"
-    m = _SURROGATE.search(value)
-    if m:
-        return (f"contains a lone surrogate U+{ord(m.group()):04X} at character {m.start() + 1} (half of a UTF-16 "
-                f"pair, not valid Unicode)")
-    return None
-
-
 def _check_columns(path: Path, columns: list[str], spec: DatasetSpec, where: str = "") -> None:
     at = f"{path}{where}"
-    for col, field in zip(spec.task.input_columns, ("left", "right") if spec.task.type == "pairs" else ("input",)):
+    for spec_field, col in spec.task.input_fields:  # the type says which columns hold the item
         if col not in columns:
-            raise IngestError(f"{at}: missing column '{col}' (the spec's task.{field}); "
+            raise IngestError(f"{at}: missing column '{col}' (the spec's task.{spec_field}); "
                               f"columns found: {columns}; nothing was ingested")
     id_col = spec.task.id_column
     if id_col and id_col not in columns:
@@ -339,8 +242,10 @@ def _rows_textdir(folder: Path, spec: DatasetSpec, digest):
     files = sorted(p for p in folder.rglob("*.txt") if p.is_file())
     if not files:
         raise IngestError(f"{folder}: the folder holds no .txt files; nothing was ingested")
-    if spec.task.type == "pairs":
-        raise IngestError(f"{folder}: a pairs dataset reads two columns (task.left, task.right); a folder of .txt "
+    if len(spec.task.input_fields) > 1:
+        n = len(spec.task.input_fields)
+        raise IngestError(f"{folder}: a {spec.task.type} dataset reads {'two' if n == 2 else n} columns "
+                          f"({', '.join(f'task.{f}' for f, _ in spec.task.input_fields)}); a folder of .txt "
                           f"files has one text per file; ingest a CSV, JSONL or Parquet file; nothing was ingested")
     if spec.task.id_column:
         raise IngestError(f"{folder}: the spec declares task.id_column '{spec.task.id_column}', but a folder of "
@@ -439,60 +344,8 @@ def _external_id(value: object) -> str | None:
 
 
 def load_records(path: Path, spec: DatasetSpec) -> dict[str, dict] | None:
-    """The records file a pairs spec names (``task.records``, relative to the ingested file's folder): record id
-    -> the record's shown fields, ``record_id`` first.  None when the spec names none.  IngestError naming the
-    file and the cause (missing, no record_id column, an unknown field, a repeated id)."""
-    if not spec.task.records:
-        return None
-    rp = Path(spec.task.records)
-    rp = rp if rp.is_absolute() else (path if path.is_dir() else path.parent) / rp
-    if not rp.is_file():
-        raise IngestError(f"{rp}: the records file the spec names (task.records '{spec.task.records}', relative to "
-                          f"the ingested file's folder) does not exist; nothing was ingested")
-    reader = csv.DictReader(io.StringIO(_decode(rp, rp.read_bytes()), newline=""))
-    header = [h.strip() for h in reader.fieldnames or []]
-    if pair_codec.ID_FIELD not in header:
-        raise IngestError(f"{rp}: a records file needs a '{pair_codec.ID_FIELD}' column; columns found: {header}; "
-                          f"nothing was ingested")
-    fields = list(spec.task.record_fields) or [h for h in header if h != pair_codec.ID_FIELD]
-    unknown = [f for f in fields if f not in header]
-    if unknown:
-        raise IngestError(f"{rp}: task.record_fields {unknown} are not columns of the records file; columns "
-                          f"found: {header}; nothing was ingested")
-    out: dict[str, dict] = {}
-    for n, row in enumerate(reader, start=2):
-        row = {(k or "").strip(): v for k, v in row.items()}
-        rid = (row.get(pair_codec.ID_FIELD) or "").strip()
-        if not rid:
-            raise IngestError(f"{rp}: row {n}: empty {pair_codec.ID_FIELD}; nothing was ingested")
-        if rid in out:
-            raise IngestError(f"{rp}: row {n}: {pair_codec.ID_FIELD} '{rid}' appears twice; nothing was ingested")
-        out[rid] = {pair_codec.ID_FIELD: rid, **{f: normalise_text(row.get(f) or "") for f in fields}}
-    return out
-
-
-def _pair_payload(rec: dict, spec: DatasetSpec, records: dict[str, dict] | None) -> tuple[str | None, str, str | None]:
-    """(stored pair text or None, the field at fault, why) for one row of a pairs dataset."""
-    sides = []
-    for col in spec.task.input_columns:
-        value = rec.get(col)
-        if value is None or (isinstance(value, float) and value != value):
-            return None, col, "missing value"
-        if records is not None:
-            rid = str(int(value)) if isinstance(value, float) and value.is_integer() else str(value).strip()
-            if rid not in records:
-                return None, col, f"record id '{rid}' is not in the records file ({spec.task.records})"
-            sides.append(records[rid])
-            continue
-        if not isinstance(value, str):
-            return None, col, f"expected text, got {type(value).__name__}"
-        problem = value_problem(value)
-        if not problem and not text_key(value):
-            problem = "empty after trimming whitespace" if not normalise_text(value) else "no visible characters"
-        if problem:
-            return None, col, problem
-        sides.append(normalise_text(value))
-    return pair_codec.encode(*sides), spec.task.input_columns[0], None
+    """The records file a pairs spec names (the type's ``load_context``); None when the spec names none."""
+    return spec.task_type.load_context(path, spec.task)
 
 
 def ingest(path: str | Path, spec: DatasetSpec, ledger: Ledger, progress: Progress = NULL) -> IngestReport:
@@ -522,7 +375,7 @@ def ingest(path: str | Path, spec: DatasetSpec, ledger: Ledger, progress: Progre
     allowed_meta = list(spec.task.metadata)
     item_fields = getattr(spec.task_type, "item_fields", None)
     id_col = spec.task.id_column
-    records = load_records(path, spec)
+    context = spec.task_type.load_context(path, spec.task)  # pairs: the records file, if the spec names one
     items: dict[str, dict] = {}
     by_key: dict[str, str] = {}          # duplicate key hash -> the item id that first had it
     ext_rows: dict[str, int] = {}        # external id -> the row that first had it
@@ -539,11 +392,8 @@ def ingest(path: str | Path, spec: DatasetSpec, ledger: Ledger, progress: Progre
             quarantined.append(dict(source_file=src_file, source_row=src_row, field=_excerpt(fld)[:128], reason=reason,
                                     raw=_excerpt(raw_row)))
             continue
-        problem = None
-        if spec.task.type == "pairs":  # two sides (texts, or record ids) -> one stored pair text
-            payload, bad_field, problem = _pair_payload(rec, spec, records)
-        else:
-            payload, bad_field = rec.get(spec.task.input), spec.task.input
+        # the type builds the item's text (pairs: two sides, texts or record ids, -> one stored pair text)
+        payload, bad_field, problem = spec.task_type.item_payload(rec, spec.task, context)
         if problem:
             pass
         elif payload is None or (isinstance(payload, float) and payload != payload):

@@ -25,23 +25,25 @@ from factory.routing_policy import (auto_accept_choice, escalation_tasks, human_
                                     prelabel_human_routes, prelabel_model_routes, prelabel_span_routes, prob_cols,
                                     required_tier, set_escalations, span_reasons)
 from factory.root import Factory  # noqa: F401  (the root object lived here; callers still import it from pipeline)
-from factory.span_labelers import cross_val_spans
 from factory.spec import DatasetSpec
 from factory.task_rows import max_tier, task_id_for, task_row  # noqa: F401  (task_id_for: callers import it from here)
 
-TASK_TYPE = {"classification": "classification", "pairs": "pair"}
-
-
 def in_schema(spec: DatasetSpec, labels: pd.Series) -> pd.Series:
     """True where a stored label is a valid answer of the spec's task type and classes (sets: each class)."""
-    def ok(value) -> bool:
-        try:
-            return spec.label_schema.parse(value) == str(value)
-        except Exception:  # noqa: BLE001 - any refusal means outside the schema
-            return False
+    schema = spec.label_schema
+    seen: dict[str, bool] = {}  # a dataset's labels repeat: each distinct stored text is parsed once
 
-    if spec.task_type.answer_shape == "one":
-        return labels.astype(str).isin(spec.class_names)
+    def ok(value) -> bool:
+        if isinstance(value, str) and value in seen:
+            return seen[value]
+        try:
+            good = schema.parse(value) == str(value)
+        except Exception:  # noqa: BLE001 - any refusal means outside the schema
+            good = False
+        if isinstance(value, str):
+            seen[value] = good
+        return good
+
     return labels.map(ok).astype(bool)
 
 
@@ -301,12 +303,9 @@ def model_predictions(fx: Factory, dataset: str, batch_id: str, trained: Trained
     return preds
 
 
-# How the labelers' probability vectors are fused: the linear pool (mean of the vectors), per item.
-# Dawid-Skene ("auto") over three model "workers" learns a K x 4K confusion per model without truth; on
-# weak models it relabels whole cells (models A, B, B -> fusion C at 0.99: 375 of 2,185 BBC items with a
-# 40-label noisy seed, 18% of them right) and treats correlated models as independent evidence (median
-# confidence 1.000 at 77% accuracy).  The pool cannot invert: when the labelers agree it keeps their class,
-# with the same accuracy (see docs/gate-routing.md); its confidence is then calibrated on people's labels.
+# How the labelers' answers are fused: the type's ``pool_models`` (one class: the linear pool, the mean of the
+# probability vectors, per item; why not Dawid-Skene: factory.tasks.classification.Classification.pool_models).
+# The name is recorded in fusion events and keys the held-out cache.
 MODEL_FUSION = "weighted"
 
 
@@ -317,15 +316,10 @@ def fuse(fx: Factory, dataset: str, batch_id: str, run_id: str | None = None) ->
     classes = spec.class_names
     preds = read_table(fx, "model_predictions", dataset, batch_id)
     answers = preds.rename(columns={"labeler": "worker_id"})[["item_id", "worker_id", "label", *prob_cols(classes)]]
-    if spec.task_type.answer_shape == "spans":
-        # the labelers are annotators of aggregate_spans; span routing (engine.span_routing) gives each sentence
-        # its probability of being exactly right (calibrated below like any fusion's), its reason to go to a person
-        # and its priority
-        items = read_table(fx, "raw_items", dataset, batch_id)
-        fused = spec.task_type.pool_models(answers, classes, item_table(spec, items),
-                                           target=spec.quality.confidence_threshold)
-    else:
-        fused = _pool_models(spec, answers)
+    # the type's fusion of its labelers (one class: the linear pool; sets: per-class marginals averaged; spans: each
+    # labeler an annotator of aggregate_spans, with span routing's probability, reason and priority per sentence)
+    items = read_table(fx, "raw_items", dataset, batch_id)
+    fused = _pool_models(spec, answers, items)
     raw = fused["confidence"].to_numpy(dtype=float)
     fused, calibration = calibrate_fused(fx, dataset, fused)
     fused["raw_confidence"] = raw
@@ -349,11 +343,11 @@ def fuse(fx: Factory, dataset: str, batch_id: str, run_id: str | None = None) ->
 HELDOUT_FOLDS = 5
 
 
-def _pool_models(spec: DatasetSpec, answers: pd.DataFrame) -> pd.DataFrame:
-    """The labelers' probability columns fused per item (index item_id: label, confidence, prob_<class>)."""
-    if spec.task_type.answer_shape == "one":
-        return aggregate(answers, method=MODEL_FUSION, classes=spec.class_names)
-    return spec.task_type.pool_models(answers, spec.class_names)
+def _pool_models(spec: DatasetSpec, answers: pd.DataFrame, items: pd.DataFrame) -> pd.DataFrame:
+    """The labelers' answers fused per item by the type (index item_id: label, confidence, prob_<class>; spans also
+    route_reason and priority).  ``items``: the items answered (the type's ``item_table`` of them is its context)."""
+    return spec.task_type.pool_models(answers, spec.class_names, item_table(spec, items),
+                                      target=spec.quality.confidence_threshold)
 
 
 def heldout_predictions(fx: Factory, dataset: str, seed: int = 0) -> pd.DataFrame:
@@ -365,7 +359,7 @@ def heldout_predictions(fx: Factory, dataset: str, seed: int = 0) -> pd.DataFram
     Cached next to the models, keyed by the training labels and the labeler code.
     Columns: item_id, label (fused), raw_confidence, human_label, correct (0/1).
     """
-    from factory.labelers import cross_val_proba, training_hash
+    from factory.labelers import training_hash
 
     spec = fx.spec(dataset)
     classes = spec.class_names
@@ -383,19 +377,16 @@ def heldout_predictions(fx: Factory, dataset: str, seed: int = 0) -> pd.DataFram
     if path.exists():
         return pd.read_parquet(path)
     frames = []
-    if tt.answer_shape == "spans":
-        fused = _heldout_spans(spec, train, seed)
-    else:
-        for j, lb in enumerate(fx.progress.track(tt.make_labelers(seed=seed), "calibration: cross-fit labelers",
-                                                 weight=len(train), label=lambda lb: lb.name)):
-            p = cross_val_proba(lambda j=j: tt.make_labelers(seed=seed)[j], train[["item_id", "text"]],
-                                train["label"].tolist(), classes, folds=HELDOUT_FOLDS, seed=seed)
-            f = pd.DataFrame(p, columns=prob_cols(classes))
-            f.insert(0, "item_id", train["item_id"].to_numpy())
-            f.insert(1, "worker_id", f"{lb.name}#{j}")
-            f.insert(2, "label", tt.decide(p, classes)[0])
-            frames.append(f)
-        fused = _pool_models(spec, pd.concat(frames, ignore_index=True))
+    X = labeler_input(spec, train)
+    for j, lb in enumerate(fx.progress.track(tt.make_labelers(seed=seed), "calibration: cross-fit labelers",
+                                             weight=len(train), label=lambda lb: lb.name)):
+        # each family's out-of-fold answers (the type's: probability vectors and their decision, or spans)
+        f = tt.cross_val_answers(lambda j=j: tt.make_labelers(seed=seed)[j], X, train["label"].tolist(), classes,
+                                 folds=HELDOUT_FOLDS, seed=seed).reset_index(drop=True)
+        f.insert(0, "item_id", train["item_id"].to_numpy())
+        f.insert(1, "worker_id", f"{lb.name}#{j}")
+        frames.append(f)
+    fused = _pool_models(spec, pd.concat(frames, ignore_index=True), train)  # fused exactly as `fuse` does
     human = train.set_index("item_id")["label"].astype(str).reindex(fused.index)
     out = pd.DataFrame({"item_id": fused.index, "label": fused["label"].astype(str).to_numpy(),
                         "raw_confidence": fused["confidence"].to_numpy(dtype=float),
@@ -405,20 +396,6 @@ def heldout_predictions(fx: Factory, dataset: str, seed: int = 0) -> pd.DataFram
     return out[cols]
 
 
-def _heldout_spans(spec: DatasetSpec, train: pd.DataFrame, seed: int) -> pd.DataFrame:
-    """Spans: each tagger family cross-fitted on the human-labelled items, their out-of-fold spans fused and routed
-    exactly as `fuse` does (each tagger an annotator): what people verified against taggers that did not know it."""
-    tt = spec.task_type
-    X = labeler_input(spec, train)
-    frames = [pd.DataFrame({"item_id": train["item_id"], "worker_id": f"model:{lb.name}",
-                            "label": cross_val_spans(lambda j=j: tt.make_labelers(seed=seed)[j], X,
-                                                     train["label"].tolist(), spec.class_names,
-                                                     folds=HELDOUT_FOLDS, seed=seed)})
-              for j, lb in enumerate(tt.make_labelers(seed=seed))]
-    return tt.pool_models(pd.concat(frames, ignore_index=True), spec.class_names, item_table(spec, train),
-                          target=spec.quality.confidence_threshold)
-
-
 def calibrate_fused(fx: Factory, dataset: str, fused: pd.DataFrame) -> tuple[pd.DataFrame, dict]:
     """The fused confidence calibrated on what people verified on this dataset (engine: cross_fit_confidence).
 
@@ -426,7 +403,7 @@ def calibrate_fused(fx: Factory, dataset: str, fused: pd.DataFrame) -> tuple[pd.
     towards their accuracy with few of them; the top class's probability becomes the calibrated
     confidence, the other classes share the rest.  Returns the new frame and what it was fit on.
     """
-    from factory.engine.calibration import cross_fit_confidence, set_top_probability
+    from factory.engine.calibration import cross_fit_confidence
 
     held = heldout_predictions(fx, dataset)
     raw = fused["confidence"].to_numpy(dtype=float)
@@ -440,9 +417,8 @@ def calibrate_fused(fx: Factory, dataset: str, fused: pd.DataFrame) -> tuple[pd.
              "heldout_accuracy": round(float(held["correct"].mean()), 6),
              "mean_raw_confidence": round(float(raw.mean()), 6) if len(raw) else None,
              "mean_confidence": round(float(cal[len(held):].mean()), 6) if len(raw) else None}
-    if fx.spec(dataset).task_type.answer_shape != "one":  # the set's probability; the per-class marginals stay
-        return fused.assign(confidence=cal[len(held):]), info
-    return set_top_probability(fused, cal[len(held):]), info
+    # one class: the top class's probability becomes it; a set's (or spans') per-class marginals stay
+    return fx.spec(dataset).task_type.with_confidence(fused, cal[len(held):]), info
 
 
 # ----------------------------------------------------------------------------- routing
@@ -470,7 +446,6 @@ def auto_accept_threshold(fx: Factory, dataset: str, batch_id: str) -> tuple[flo
 def _human_model_routes(fx: Factory, spec: DatasetSpec, dataset: str, batch_id: str, items: pd.DataFrame,
                         fused: pd.DataFrame) -> pd.DataFrame:
     """People labelled first; the engine's verification flags probable mislabels, gaps and rule anomalies."""
-    from factory.engine.verify import find_suspect_labels
     from factory.labelers import cross_val_proba
 
     classes = spec.class_names
@@ -482,9 +457,8 @@ def _human_model_routes(fx: Factory, spec: DatasetSpec, dataset: str, batch_id: 
     people = dec.rename(columns={"actor": "worker_id"})[["item_id", "worker_id", "label"]]
     if not len(dec):
         human = pd.DataFrame(columns=["label", "confidence"])
-    else:  # one label: Dawid-Skene over people; sets: the label-set Dawid-Skene (the type's fusion)
-        human = aggregate(people, method="auto", classes=classes) if tt.answer_shape == "one" else \
-            tt.fuse_with_marginals(people, classes)
+    else:  # the type's fusion of people (one label: Dawid-Skene; sets: the label-set Dawid-Skene)
+        human = tt.fuse_people(people, classes)
     labelled = items[items["item_id"].isin(human.index)].set_index("item_id")
     given = human.loc[labelled.index, "label"].astype(str)
     if len(labelled) >= 2:
@@ -492,9 +466,8 @@ def _human_model_routes(fx: Factory, spec: DatasetSpec, dataset: str, batch_id: 
                               labelled.reset_index()[["item_id", "text"]], given.tolist(), classes,
                               folds=spec.human_model.verify_with)
         posterior = human.loc[labelled.index, prob_cols(classes)].to_numpy(float)
-        # sets: each class a yes/no question for the same confident-learning rule (the type's adapter)
-        suspects = find_suspect_labels if tt.answer_shape == "one" else tt.suspect_sets
-        sus = suspects(given.tolist(), oos, classes, posterior, index=labelled.index).reindex(labelled.index)
+        # the type's adapter of the confident-learning rule (sets: each class a yes/no question)
+        sus = tt.suspect_answers(given.tolist(), oos, classes, posterior, index=labelled.index).reindex(labelled.index)
     else:
         sus = pd.DataFrame({"flag": False, "reasons": [[]] * len(labelled)}, index=labelled.index)
     n_labels = dec.groupby("item_id")["label"].nunique()
@@ -516,9 +489,9 @@ def review_tasks(fx: Factory, dataset: str, batch_id: str, run_id: str | None = 
     parts = []
     ph = fused.index[(modes.reindex(fused.index) == "prelabel-human").to_numpy() & ~fused.index.isin(seeded)]
     if len(ph):
-        # the class-share bias check compares one class per item with the spec's prior: not for sets
-        one = spec.task_type.answer_shape == "one"
-        seed_dist = human_labels(fx, dataset)["label"].value_counts().to_dict() if one else {}
+        # the class-share bias check compares one class per item with the spec's prior: not for sets or spans
+        shares = spec.task_type.class_shares
+        seed_dist = human_labels(fx, dataset)["label"].value_counts().to_dict() if shares else {}
         threshold, info = auto_accept_threshold(fx, dataset, batch_id)
         fx.ledger.record_check(dataset, batch_id, "auto_accept_guarantee", spec.quality.standard, True, info, run_id)
         # the review budget is per routing pass: first the audit this batch needs to be certifiable (without it
@@ -532,7 +505,7 @@ def review_tasks(fx: Factory, dataset: str, batch_id: str, run_id: str | None = 
         reserve = min(audit_target(spec.quality, acceptable), len(acceptable), budget)
         carried = fund_deferred(fx, dataset, budget - reserve, exclude_batch=batch_id, run_id=run_id)
         info = (info or {}) | {"review_budget": budget, "audit_reserved": int(reserve), "budget_to_deferred": carried}
-        if spec.task_type.answer_shape == "spans":
+        if "route_reason" in fused:  # the type's fusion routed each item itself (spans: span routing)
             parts.append(prelabel_span_routes(spec, fused.loc[ph], seed, threshold, budget - carried))
         else:
             parts.append(prelabel_human_routes(spec, fused.loc[ph], model_labels, seed_dist, seed, threshold,
@@ -717,7 +690,7 @@ def escalate(fx: Factory, dataset: str, batch_id: str, run_id: str | None = None
     if not len(people):
         return pd.DataFrame()
     d = dec[dec["item_id"].isin(people)].rename(columns={"actor": "worker_id"})
-    if spec.task_type.answer_shape != "one":  # sets and spans: the type's fusion of people and models decides
+    if not spec.task_type.people_loop:  # sets and spans: the type's fusion of people and models decides
         post = _set_posterior(fx, spec, dataset, batch_id, routes, d[["item_id", "worker_id", "label"]])
         new = set_escalations(spec, dataset, batch_id, routes, post, d.groupby("item_id").size(), run_id)
         fx.ledger.create_tasks(new)
@@ -862,7 +835,7 @@ def final_labels(fx: Factory, dataset: str, batch_id: str, run_id: str | None = 
         prior[seeded] = 1.0 / len(classes)
         # the same fusion of people and models the escalation round decided on (factory.loop)
         answers = d.rename(columns={"actor": "worker_id"})[["item_id", "worker_id", "label"]]
-        if spec.task_type.answer_shape != "one":
+        if not spec.task_type.people_loop:  # sets and spans: the type's fusion of people and models
             post = _set_posterior(fx, spec, dataset, batch_id, routes, answers).reindex(idx)
             out.loc[idx, "label"] = post["label"].astype(str).to_numpy()
             out.loc[idx, "confidence"] = post["confidence"].astype(float).to_numpy()

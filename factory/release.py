@@ -617,9 +617,7 @@ def refused_attempts(fx, dataset: str) -> list[dict]:
 def published(table: pd.DataFrame, spec) -> pd.DataFrame:
     """The release table as files carry it: the label column as the task type's value (a class name, or the list
     of a set's class names in the spec's order); the ledger's canonical text stays inside the factory."""
-    if spec.task_type.answer_shape == "one":
-        return table
-    out = table.assign(label=table["label"].map(spec.task_type.decode))
+    out = table.assign(label=table["label"].map(spec.task_type.decode))  # the type's value (classification: as is)
     for c in getattr(spec.task_type, "release_column_names", ()):  # JSON text inside the factory, lists in files
         out[c] = out[c].map(lambda v: json.loads(v) if isinstance(v, str) else v)
     return out

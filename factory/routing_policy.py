@@ -11,13 +11,13 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from factory.engine import aggregate
 from factory.engine.routing import route_batch
 from factory.guarantee import choose_threshold
 from factory.labelers import GloveSifLogReg
 from factory.quality import audit_target
 from factory.set_labelers import OvrGloveLogReg
 from factory.spec import DatasetSpec
+from factory.tasks.classification import verifier_accepts  # noqa: F401  (one class's verifier rule; callers import it here)
 from factory.task_rows import max_tier, task_row
 
 MIN_GUARANTEE_SAMPLE = 50  # audited items needed before the guarantee can set the threshold
@@ -66,7 +66,7 @@ def prelabel_human_routes(spec: DatasetSpec, fused: pd.DataFrame, model_labels: 
     budget; for sets, a flagged item's reasons name its most uncertain classes."""
     audit_min = audit_target(spec.quality, fused.loc[fused["confidence"] >= threshold, "confidence"])
     r = route_batch(fused, model_labels.loc[fused.index], confidence_threshold=threshold,
-                    prior=spec.prior if spec.task_type.answer_shape == "one" else None,
+                    prior=spec.prior if spec.task_type.class_shares else None,
                     seed_distribution=seed_dist or None, audit_rate=spec.quality.audit_rate,
                     bias_ratio=spec.quality.bias_ratio, review_budget=budget, seed=seed, audit_min=audit_min)
     uncertain = getattr(spec.task_type, "uncertain_classes", None)
@@ -90,13 +90,11 @@ def prelabel_model_routes(spec: DatasetSpec, preds: pd.DataFrame, items: pd.Inde
     prim = p[p["labeler"] != verifier].rename(columns={"labeler": "worker_id"})
     answers = prim[["item_id", "worker_id", "label", *prob_cols(classes)]]
     tt = spec.task_type
-    # sets: the primary labelers' per-class marginals pooled, and the verifier's own set check (the type's)
-    fused = aggregate(answers, method="auto", classes=classes) if tt.answer_shape == "one" else \
-        tt.pool_models(answers, classes)
+    # the type's fusion of the primary labelers (sets: their per-class marginals pooled) and its verifier check
+    fused = tt.fuse_primary(answers, classes)
     ver = p[p["labeler"] == verifier].set_index("item_id").reindex(fused.index)
     agree = fused["label"].astype(str) == ver["label"].astype(str)
-    accepts = verifier_accepts if tt.answer_shape == "one" else tt.verifier_accepts
-    conf_ok = accepts(fused, ver, classes, spec.prelabel_model.accept_confidence)
+    conf_ok = tt.verifier_accepts(fused, ver, classes, spec.prelabel_model.accept_confidence)
     out = pd.DataFrame({"item_id": fused.index, "label": fused["label"].astype(str).to_numpy(),
                         "confidence": fused["confidence"].to_numpy()})
     ok = (agree & conf_ok).to_numpy()
@@ -115,25 +113,6 @@ def prelabel_model_routes(spec: DatasetSpec, preds: pd.DataFrame, items: pd.Inde
         out.loc[pick, "route"] = "audit"
         out.loc[pick, "reasons"] = pd.Series([["audit"]] * n_audit, index=pick)
     return out
-
-
-def verifier_accepts(fused: pd.DataFrame, verifier: pd.DataFrame, classes: list[str], accept: float) -> pd.Series:
-    """True where the verifier agrees with the fused label and their joint probability of it is >= `accept`.
-
-    The two are different families on different features (bag-of-words fused, pretrained
-    embeddings verifying), so their probabilities combine as independent evidence:
-    p(c) ∝ p_fused(c) * p_verifier(c) (uniform class prior). Asking each to be >= `accept`
-    on its own threw away the agreement itself: on a seed of 100 it sent 3 in 4 agreed,
-    99%-correct items to people (benchmarks/embeddings.py verifier). Whether the
-    independence holds is what the audit sample measures.
-    """
-    cols = prob_cols(classes)
-    joint = fused[cols].to_numpy(float) * verifier[cols].to_numpy(float)
-    joint = joint / np.clip(joint.sum(axis=1, keepdims=True), 1e-300, None)
-    column = pd.Index(classes).get_indexer(fused["label"].astype(str))
-    p_label = np.where(column >= 0, joint[np.arange(len(joint)), np.clip(column, 0, None)], 0.0)
-    agree = (fused["label"].astype(str) == verifier["label"].astype(str)).to_numpy()
-    return pd.Series(agree & (p_label >= accept), index=fused.index)
 
 
 def verifier_name(labeler_names: list[str]) -> str:
@@ -164,8 +143,7 @@ def human_model_routes(spec: DatasetSpec, given: pd.Series, confidence: pd.Serie
         if n_labels.get(item_id, 1) > 1:
             reasons.append("annotators_disagree")
         for rule in spec.rules:  # a set breaks a rule when any of its classes is forbidden
-            tt = spec.task_type
-            chosen = {given[item_id]} if tt.answer_shape == "one" else set(tt.decode(given[item_id]))
+            chosen = spec.task_type.classes_of(given[item_id])
             if meta[item_id].get(rule.field) in rule.equals and chosen & set(rule.forbids):
                 reasons.append(f"rule:{rule.name}: '{given[item_id]}' is forbidden when {rule.field}="
                                f"{meta[item_id].get(rule.field)}")
@@ -243,7 +221,7 @@ def set_escalations(spec: DatasetSpec, dataset: str, batch_id: str, routes: pd.D
         if float(r["confidence"]) >= spec.quality.min_accuracy and not reason:
             continue
         why = [reason] if reason else []
-        why += [f"fused {'set' if spec.task_type.answer_shape == 'set' else 'spans'} '{r['label']}' at "
+        why += [f"fused {spec.task_type.answer_shape} '{r['label']}' at "
                 f"{float(r['confidence']):.2f}" + ("" if reason else f" < {spec.quality.min_accuracy}")]
         if int(n.get(item_id, 0)) < 2:
             new.append(task_row(dataset, batch_id, item_id, "second", ["second_opinion", "low_confidence"] + why,

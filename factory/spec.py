@@ -13,7 +13,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from factory import tasks
 from factory.errors import SpecError
 
-TASK_TYPES = ("classification", "multi-label", "spans", "boxes", "pairs")
+#: Task types named in the schema before they are built: refused with "not implemented yet" (a registered type
+#: of factory.tasks is accepted by its name; see factory.tasks.register).
+RESERVED_TYPES = ("boxes",)
 MODES = ("prelabel-human", "human-model", "prelabel-model")
 NAME_RE = re.compile(r"^[a-z][a-z0-9_-]{0,62}$")
 
@@ -23,7 +25,8 @@ class _Strict(BaseModel):
 
 
 class TaskSpec(_Strict):
-    type: Literal["classification", "multi-label", "spans", "boxes", "pairs"] = "classification"
+    # a registered task type (factory.tasks) or a reserved name; DatasetSpec refuses anything else, naming them
+    type: str = Field(default="classification", min_length=1, max_length=64)
     input: str = "text"
     metadata: tuple[str, ...] = ()
     # the column holding the user's own item ids (e.g. review_id): kept through the ledger, task list, trace,
@@ -39,28 +42,32 @@ class TaskSpec(_Strict):
 
     @property
     def input_columns(self) -> tuple[str, ...]:
-        """The columns of an ingested file that hold what people and models read."""
-        return (self.left, self.right) if self.type == "pairs" else (self.input,)
+        """The columns of an ingested file that hold what people and models read (the type says which)."""
+        return tuple(col for _, col in self.input_fields)
+
+    @property
+    def input_fields(self) -> tuple[tuple[str, str], ...]:
+        """``(spec field, column)`` per input column: the type's ``input_fields`` (``task.input`` by default)."""
+        if self.type not in tasks.names():  # unknown: DatasetSpec refuses it with the registered names
+            return (("input", self.input),)
+        return tuple(tasks.get(self.type).input_fields(self))
 
     @model_validator(mode="after")
-    def _pair_inputs(self) -> "TaskSpec":
-        given = [f for f in ("left", "right", "records", "record_fields") if getattr(self, f)]
-        if self.type != "pairs":
-            if given:
-                raise ValueError(f"task.{', task.'.join(given)}: only for task.type pairs (this spec is "
-                                 f"{self.type}; its items are read from task.input '{self.input}')")
+    def _type_fields(self) -> "TaskSpec":
+        """The optional fields a type reads (its ``spec_fields``; pairs: left, right, records, record_fields) are
+        refused for a type that does not read them; the type then checks its section (``task_errors``)."""
+        if self.type not in tasks.names():
             return self
-        missing = [f for f in ("left", "right") if not getattr(self, f)]
-        if missing:
-            raise ValueError(f"task.type pairs needs task.left and task.right (the columns holding the two sides "
-                             f"of a pair); missing: {missing}")
-        if self.left == self.right:
-            raise ValueError(f"task.left and task.right are both '{self.left}'; name two different columns")
-        clash = [c for c in (self.left, self.right) if c in self.metadata or c == self.id_column]
-        if clash:
-            raise ValueError(f"task.left/task.right {clash} must be their own columns, not metadata or the id column")
-        if self.record_fields and not self.records:
-            raise ValueError("task.record_fields names fields of task.records, which is not set")
+        tt = tasks.get(self.type)
+        optional = sorted({f for n in tasks.names() for f in tasks.get(n).spec_fields}, key=list(TaskSpec.model_fields).index)
+        given = [f for f in optional if getattr(self, f) and f not in tt.spec_fields]
+        if given:
+            owners = [n for n in tasks.names() if set(given) & set(tasks.get(n).spec_fields)]
+            raise ValueError(f"task.{', task.'.join(given)}: only for task.type {' or '.join(owners)} (this spec is "
+                             f"{self.type}; its items are read from task.input '{self.input}')")
+        errors = tt.task_errors(self)
+        if errors:
+            raise ValueError("; ".join(errors))
         return self
 
     @model_validator(mode="after")
@@ -287,8 +294,13 @@ class DatasetSpec(_Strict):
         if dupes:
             raise ValueError(f"classes: duplicate class names {dupes}")
         if self.task.type not in tasks.names():
-            raise ValueError(f"task.type '{self.task.type}' is reserved in the schema but not implemented yet; "
-                             f"use one of {tasks.names(pipeline_ready=True)}")
+            if self.task.type in RESERVED_TYPES:
+                raise ValueError(f"task.type '{self.task.type}' is reserved in the schema but not implemented yet; "
+                                 f"use one of {tasks.names(pipeline_ready=True)}")
+            try:
+                tasks.get(self.task.type)
+            except KeyError as e:  # names the closest registered type
+                raise ValueError(f"task.type: {e.args[0]}") from None
         if not tasks.get(self.task.type).pipeline_ready:
             raise ValueError(f"task.type '{self.task.type}' is registered (answers, fusion, agreement, release "
                              f"features, Label Studio: factory/tasks/) but the batch pipeline does not run it yet; "
@@ -396,13 +408,16 @@ def template(name: str, task_type: str = "classification") -> str:
         raise SpecError(f"task type '{task_type}' is not run by the batch pipeline yet; "
                         f"use one of {tasks.names(pipeline_ready=True)}")
     text = (Path(__file__).parent / "templates" / "dataset.yaml").read_text(encoding="utf-8").format(name=name)
-    if not hasattr(tt, "spec_template"):
+    if not hasattr(tt, "spec_template") and task_type == "classification":
         return text
-    parts = tt.spec_template()
+    # a type without its own template gets the classification one with its name on the type line
+    parts = tt.spec_template() if hasattr(tt, "spec_template") else \
+        {"type_line": f"  type: {task_type:<20} # registered task types: {', '.join(tasks.names(pipeline_ready=True))}"}
     lines = text.split("\n")
-    start = next(i for i, ln in enumerate(lines) if ln.startswith("classes:"))
-    end = next(i for i, ln in enumerate(lines) if ln.startswith("guideline:"))
-    lines[start:end] = parts["classes"].rstrip("\n").split("\n") + [""]
+    if "classes" in parts:
+        start = next(i for i, ln in enumerate(lines) if ln.startswith("classes:"))
+        end = next(i for i, ln in enumerate(lines) if ln.startswith("guideline:"))
+        lines[start:end] = parts["classes"].rstrip("\n").split("\n") + [""]
     out = []
     for ln in lines:
         if ln.lstrip().startswith("type: classification"):

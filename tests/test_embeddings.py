@@ -10,7 +10,6 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from factory.engine import aggregate
 from factory.embeddings import EmbeddingCache, embed_texts, glove_encoder
 from factory.labelers import GloveSifLogReg, make_labelers
 from factory.routing_policy import prelabel_model_routes, prob_cols, verifier_accepts, verifier_name
@@ -119,15 +118,14 @@ def ab_spec():
 
 
 def test_prelabel_model_verifies_with_the_embedding_family_kept_out_of_the_fusion(ab_spec, monkeypatch):
-    import factory.routing_policy as policy
-
     fused_workers = []
+    fuse_primary = type(ab_spec.task_type).fuse_primary  # the type's fusion of the primary labelers
 
-    def spy(answers, **kw):
+    def spy(self, answers, classes):
         fused_workers.append(set(answers["worker_id"]))
-        return aggregate(answers, **kw)
+        return fuse_primary(self, answers, classes)
 
-    monkeypatch.setattr(policy, "aggregate", spy)
+    monkeypatch.setattr(type(ab_spec.task_type), "fuse_primary", spy)
     names = ["char_ngram_sgd", "glove_sif_logreg", "word_tfidf_logreg"]
     assert verifier_name(names) == "glove_sif_logreg"
     # two bag-of-words labelers lean A; the embedding labeler is sure of B. Fused WITH the verifier the

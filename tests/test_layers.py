@@ -19,7 +19,8 @@ PACKAGE = Path(__file__).resolve().parents[1] / "factory"
 # "__init__" is the package itself (factory/__init__.py: the public API, re-exports of the engine).
 LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("base: pure helpers, no ledger", ("__init__", "errors", "config", "pii", "croissant", "release_report",
-                                       "datasets", "embeddings", "disputes", "task_rows", "engine", "engine.span_routing",
+                                       "datasets", "embeddings", "disputes", "task_rows", "text_checks", "engine",
+                                       "engine.span_routing",
                                        "progress")),
     ("domain: task types, spec, quality rules, labelers", ("tasks", "spec", "quality", "guarantee", "loop", "span_loop",
                                                            "labelers", "set_labelers", "span_labelers", "pair_labelers",

@@ -81,6 +81,59 @@ class TaskType(Protocol):
         they do not make one answer of this type."""
 
 
+class TaskTypeBase:
+    """Defaults of the optional hooks below, for a type whose item is one text column (``task.input``).
+
+    A type overrides what differs (``pairs``: two columns and an optional records file; ``spans``: a recorded
+    tokenisation).  The core (spec, ingest, pipeline, release) calls these and never a type's name."""
+
+    #: The optional ``task.*`` spec fields this type reads besides ``input`` (pairs: ``left``, ``right``,
+    #: ``records``, ``record_fields``).  A spec that sets one the type does not read is refused, naming it.
+    spec_fields: ClassVar[tuple[str, ...]] = ()
+
+    def input_fields(self, task: Any) -> tuple[tuple[str, str], ...]:
+        """``(spec field, column)`` of each column of an ingested file that holds what people and models read:
+        ``(("input", task.input),)`` by default; pairs ``(("left", task.left), ("right", task.right))``.  A file
+        missing one is refused naming the spec field; a folder of ``.txt`` files (one text each) is refused for a
+        type that reads more than one column."""
+        return (("input", task.input),)
+
+    def task_errors(self, task: Any) -> list[str]:
+        """What is wrong with the spec's ``task`` section for this type beyond its fields' own checks (empty
+        when fine); pairs: ``left`` and ``right`` both given and different."""
+        return []
+
+    def load_context(self, path: Any, task: Any) -> Any:
+        """What ingest loads once per file before reading rows (pairs: the records file ``task.records``,
+        relative to the ingested file's folder), passed to :meth:`item_payload`; None by default.  Raises
+        :class:`factory.errors.IngestError` naming the file and the cause."""
+        return None
+
+    # -- batch pipeline defaults (see BatchHooks)
+    #: One class per item whose classes have shares: the spec's priors and the seed's class shares feed routing's
+    #: bias check (a set or a span list has no class share).
+    class_shares: ClassVar[bool] = False
+    #: Escalation and final labels of people's answers go through :mod:`factory.loop` (per-class probability
+    #: vectors, worker reliabilities: one class per item); otherwise the type's ``fuse_with_models`` fuses
+    #: people's answers with the models' pooled one.
+    people_loop: ClassVar[bool] = False
+
+    def with_confidence(self, fused: pd.DataFrame, confidence: Any) -> pd.DataFrame:
+        """``fused`` with its ``confidence`` replaced by the calibrated one; the ``prob_<class>`` columns stay
+        (a set's per-class marginals are not the set's probability).  Classification rescales them."""
+        return fused.assign(confidence=confidence)
+
+    def classes_of(self, stored: str) -> set[str]:
+        """The classes a stored answer uses (what a spec rule's ``forbids`` is checked against)."""
+        return {str(c) for c in self.decode(stored)}
+
+    def item_payload(self, row: dict, task: Any, context: Any) -> tuple[Any, str, str | None]:
+        """One ingested row's stored item text: ``(payload, field at fault, problem)``.  ``problem`` None lets
+        ingest check ``payload`` as any text (missing, not a string, too long, empty); a type that builds its
+        text itself (pairs: the two sides as canonical JSON) returns the problem it found with the row."""
+        return row.get(task.input), task.input, None
+
+
 class BatchHooks(Protocol):
     """What a *pipeline-ready* type adds to :class:`TaskType` for the batch pipeline (``factory.pipeline``).
 
@@ -93,12 +146,12 @@ class BatchHooks(Protocol):
     spans per item).
 
     Optional hooks a type defines when its items or answers need more than the text (``spans`` has them all):
-    ``input_columns`` and ``item_fields(text, row)`` (what ingest records in an item's metadata, e.g. tokens),
+    ``input_columns`` (extra optional columns of an ingested file, e.g. ``tokens``) and ``item_fields(text, row)``
+    (what ingest records in an item's metadata, e.g. tokens),
     ``needs_item`` + ``item_context(meta)`` (what the answer door checks an answer against, e.g. ``n_tokens``),
     ``labeler_input(items)`` / ``item_table(items)`` (what labelers and fusion read of the items),
     ``predict_items(labeler, items, classes)`` (a labeler's labels, confidences and ``prob_<class>`` columns
-    when ``decide`` cannot make them), ``pool_models`` / ``fuse_with_models`` (the models' fusion, and people's
-    with the models'), ``shows_prelabel`` (people correct the shown pre-annotation), ``release_column_names`` +
+    when ``decide`` cannot make them), ``shows_prelabel`` (people correct the shown pre-annotation), ``release_column_names`` +
     ``release_columns`` + ``hf_extra_features`` + ``croissant_extra_fields`` (extra release columns), and
     ``audit_measures`` (the certificate's type-specific quality)."""
 
@@ -111,3 +164,50 @@ class BatchHooks(Protocol):
 
     def decide(self, probs: Any, classes: Sequence[str]) -> tuple[Any, Any]:
         """A (items x classes) probability matrix -> the canonical labels and each label's probability."""
+
+    # -- fusion and calibration: the pipeline calls these for every pipeline-ready type, never a type's name
+    def pool_models(self, answers: pd.DataFrame, classes: Sequence[str], items: pd.DataFrame | None = None,
+                    target: float | None = None) -> pd.DataFrame:
+        """The labelers' answers (``item_id, worker_id, label, prob_<class>``; each labeler a worker) fused per
+        item: index item_id, ``label``, ``confidence``, ``prob_<class>``.  ``items`` is ``item_table`` of the
+        items (None for a type without one), ``target`` the spec's confidence threshold.  A type whose fusion
+        routes each item itself adds ``route_reason`` ("" = may be accepted) and ``priority``; routing then
+        follows them (spans: span routing) instead of the confidence threshold."""
+
+    def cross_val_answers(self, make: Any, items: pd.DataFrame, labels: Sequence, classes: Sequence[str],
+                          folds: int, seed: int) -> pd.DataFrame:
+        """One labeler family's out-of-fold answers on the human-labelled ``items`` (``labeler_input``; ``make()``
+        a fresh labeler): ``label`` and, where the type has them, ``prob_<class>``, one row per item in order.
+        The pipeline fuses them with :meth:`pool_models` to calibrate the fused confidence."""
+
+    def with_confidence(self, fused: pd.DataFrame, confidence: Any) -> pd.DataFrame:
+        """``fused`` with the calibrated ``confidence`` (default: only that column; one class: the top class's
+        probability, the others rescaled)."""
+
+    # -- routing and people: which of the pipeline's rules apply to the type's answers
+    class_shares: ClassVar[bool]
+    """True for one class per item: the spec's priors and the seed's class shares feed routing's bias check."""
+    people_loop: ClassVar[bool]
+    """True: people's answers go through :mod:`factory.loop` (per-class vectors, reliabilities; one class per item).
+    False: the type's ``fuse_with_models(people, models, classes[, items])`` fuses them with the models' pooled
+    answer (one worker) and decides second opinions and final labels (sets, spans)."""
+
+    def fuse_people(self, answers: pd.DataFrame, classes: Sequence[str]) -> pd.DataFrame:
+        """Mode human-model: people's ``item_id, worker_id, label`` fused, index item_id, ``label``,
+        ``confidence``, ``prob_<class>`` (a type not run in human-model need not define it)."""
+
+    def suspect_answers(self, given: Sequence[str], oos: Any, classes: Sequence[str], people: Any = None,
+                        index: Sequence | None = None) -> pd.DataFrame:
+        """Mode human-model: which people's answers are probably wrong, from the labelers' out-of-sample
+        ``prob_<class>`` matrix ``oos`` and people's posterior ``people``: ``flag``, ``reasons``; index ``index``."""
+
+    def fuse_primary(self, answers: pd.DataFrame, classes: Sequence[str]) -> pd.DataFrame:
+        """Mode prelabel-model: the primary labelers' answers (the verifier left out) fused per item, as
+        :meth:`pool_models` returns them."""
+
+    def verifier_accepts(self, fused: pd.DataFrame, verifier: pd.DataFrame, classes: Sequence[str],
+                         accept: float) -> pd.Series:
+        """Mode prelabel-model: True where the verifier labeler confirms the fused answer at ``accept``."""
+
+    def classes_of(self, stored: str) -> set[str]:
+        """The classes a stored answer uses (spec rules forbid classes for metadata values)."""

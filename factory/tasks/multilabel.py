@@ -19,8 +19,9 @@ import pandas as pd
 
 from factory.engine.multilabel import aggregate_multilabel
 from factory.engine.verify import find_suspect_labels
+from factory import labelers
 from factory.quality import krippendorff_alpha_nominal
-from factory.tasks.base import AnswerError
+from factory.tasks.base import AnswerError, TaskTypeBase
 
 SEP = "|"
 
@@ -52,7 +53,7 @@ def given_set(fused: pd.DataFrame, answers: pd.DataFrame, classes: Sequence[str]
         out.at[item_id, "confidence"] = float(min(score[k], 1.0 - float(r["confidence"])))
     return out
 
-class MultiLabel:
+class MultiLabel(TaskTypeBase):
     name: ClassVar[str] = "multi-label"
     pipeline_ready: ClassVar[bool] = True
     answer_shape: ClassVar[str] = "set"
@@ -91,7 +92,8 @@ class MultiLabel:
             out.append([str(classes[j]) for j in np.argsort(dist, kind="stable") if dist[j] <= band][:top])
         return out
 
-    def pool_models(self, answers: pd.DataFrame, classes: Sequence[str]) -> pd.DataFrame:
+    def pool_models(self, answers: pd.DataFrame, classes: Sequence[str], items: pd.DataFrame | None = None,
+                    target: float | None = None) -> pd.DataFrame:
         """The labelers' per-class marginals averaged (linear pool), per item; the set and its probability."""
         cols = [f"prob_{c}" for c in classes]
         mean = answers.groupby("item_id", sort=True)[cols].mean()
@@ -100,6 +102,27 @@ class MultiLabel:
         out.insert(0, "label", labels)
         out.insert(1, "confidence", conf)
         return out
+
+    def cross_val_answers(self, make, items: pd.DataFrame, labels: Sequence, classes: Sequence[str], folds: int,
+                          seed: int) -> pd.DataFrame:
+        """One labeler family's out-of-fold per-class marginals (``prob_<class>``) and the set they decide."""
+        p = labelers.cross_val_proba(make, items[["item_id", "text"]], list(labels), classes, folds=folds, seed=seed)
+        f = pd.DataFrame(p, columns=[f"prob_{c}" for c in classes])
+        f.insert(0, "label", self.decide(p, classes)[0])
+        return f
+
+    def fuse_primary(self, answers: pd.DataFrame, classes: Sequence[str]) -> pd.DataFrame:
+        """Mode prelabel-model: the primary labelers' per-class marginals pooled (``pool_models``)."""
+        return self.pool_models(answers, classes)
+
+    def fuse_people(self, answers: pd.DataFrame, classes: Sequence[str]) -> pd.DataFrame:
+        """Mode human-model: people's sets fused by the label-set Dawid-Skene, with per-class marginals."""
+        return self.fuse_with_marginals(answers, classes)
+
+    def suspect_answers(self, given: Sequence[str], oos: np.ndarray, classes: Sequence[str],
+                        people: np.ndarray | None = None, index: Sequence | None = None) -> pd.DataFrame:
+        """Mode human-model: :meth:`suspect_sets` (each class a yes/no question)."""
+        return self.suspect_sets(given, oos, classes, people, index=index)
 
     def verifier_accepts(self, fused: pd.DataFrame, verifier: pd.DataFrame, classes: Sequence[str],
                          accept: float) -> pd.Series:

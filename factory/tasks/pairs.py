@@ -10,11 +10,17 @@ side by side; digits choose, Enter submits).
 """
 from __future__ import annotations
 
-from typing import ClassVar, Sequence
+import csv
+import io
+from pathlib import Path
+from typing import Any, ClassVar, Sequence
 from xml.sax.saxutils import quoteattr
 
+from factory.errors import IngestError
+from factory.tasks import pair_codec
 from factory.tasks.classification import Classification
 from factory.tasks.pair_codec import item_columns as _item_columns
+from factory.text_checks import decode_text, normalise_text, text_key, value_problem
 
 
 class Pairs(Classification):
@@ -40,6 +46,85 @@ class Pairs(Classification):
 
     def spec_errors(self, classes: Sequence[str]) -> list[str]:
         return [] if len(classes) >= 2 else [f"pairs needs at least 2 classes (e.g. same, different), got {len(classes)}"]
+
+    # -- the spec's task section and ingest (see factory.tasks.base.TaskTypeBase)
+    spec_fields: ClassVar[tuple[str, ...]] = ("left", "right", "records", "record_fields")
+
+    def input_fields(self, task: Any) -> tuple[tuple[str, str], ...]:
+        """The two columns holding the sides: ``task.left`` and ``task.right``."""
+        return (("left", task.left), ("right", task.right))
+
+    def task_errors(self, task: Any) -> list[str]:
+        missing = [f for f in ("left", "right") if not getattr(task, f)]
+        if missing:
+            return [f"task.type pairs needs task.left and task.right (the columns holding the two sides "
+                    f"of a pair); missing: {missing}"]
+        if task.left == task.right:
+            return [f"task.left and task.right are both '{task.left}'; name two different columns"]
+        clash = [c for c in (task.left, task.right) if c in task.metadata or c == task.id_column]
+        if clash:
+            return [f"task.left/task.right {clash} must be their own columns, not metadata or the id column"]
+        if task.record_fields and not task.records:
+            return ["task.record_fields names fields of task.records, which is not set"]
+        return []
+
+    def load_context(self, path: Any, task: Any) -> dict[str, dict] | None:
+        """The records file the spec names (``task.records``, relative to the ingested file's folder): record id
+        -> the record's shown fields, ``record_id`` first.  None when the spec names none.  IngestError naming the
+        file and the cause (missing, no record_id column, an unknown field, a repeated id)."""
+        if not task.records:
+            return None
+        path = Path(path)
+        rp = Path(task.records)
+        rp = rp if rp.is_absolute() else (path if path.is_dir() else path.parent) / rp
+        if not rp.is_file():
+            raise IngestError(f"{rp}: the records file the spec names (task.records '{task.records}', relative to "
+                              f"the ingested file's folder) does not exist; nothing was ingested")
+        reader = csv.DictReader(io.StringIO(decode_text(rp, rp.read_bytes()), newline=""))
+        header = [h.strip() for h in reader.fieldnames or []]
+        if pair_codec.ID_FIELD not in header:
+            raise IngestError(f"{rp}: a records file needs a '{pair_codec.ID_FIELD}' column; columns found: {header}; "
+                              f"nothing was ingested")
+        fields = list(task.record_fields) or [h for h in header if h != pair_codec.ID_FIELD]
+        unknown = [f for f in fields if f not in header]
+        if unknown:
+            raise IngestError(f"{rp}: task.record_fields {unknown} are not columns of the records file; columns "
+                              f"found: {header}; nothing was ingested")
+        out: dict[str, dict] = {}
+        for n, row in enumerate(reader, start=2):
+            row = {(k or "").strip(): v for k, v in row.items()}
+            rid = (row.get(pair_codec.ID_FIELD) or "").strip()
+            if not rid:
+                raise IngestError(f"{rp}: row {n}: empty {pair_codec.ID_FIELD}; nothing was ingested")
+            if rid in out:
+                raise IngestError(f"{rp}: row {n}: {pair_codec.ID_FIELD} '{rid}' appears twice; nothing was ingested")
+            out[rid] = {pair_codec.ID_FIELD: rid, **{f: normalise_text(row.get(f) or "") for f in fields}}
+        return out
+
+    def item_payload(self, row: dict, task: Any, context: dict[str, dict] | None) -> tuple[str | None, str, str | None]:
+        """(stored pair text or None, the field at fault, why) for one row: two texts, or two record ids into
+        the records file (``context``), as :func:`factory.tasks.pair_codec.encode` of the two sides."""
+        sides = []
+        columns = [c for _, c in self.input_fields(task)]
+        for col in columns:
+            value = row.get(col)
+            if value is None or (isinstance(value, float) and value != value):
+                return None, col, "missing value"
+            if context is not None:
+                rid = str(int(value)) if isinstance(value, float) and value.is_integer() else str(value).strip()
+                if rid not in context:
+                    return None, col, f"record id '{rid}' is not in the records file ({task.records})"
+                sides.append(context[rid])
+                continue
+            if not isinstance(value, str):
+                return None, col, f"expected text, got {type(value).__name__}"
+            problem = value_problem(value)
+            if not problem and not text_key(value):
+                problem = "empty after trimming whitespace" if not normalise_text(value) else "no visible characters"
+            if problem:
+                return None, col, problem
+            sides.append(normalise_text(value))
+        return pair_codec.encode(*sides), columns[0], None
 
     # -- the item: two sides
     def item_columns(self, text: str) -> dict[str, str]:

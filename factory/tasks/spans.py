@@ -28,8 +28,8 @@ from factory.engine.span_metrics import span_quality
 from factory.engine.span_routing import route_sentences
 from factory.engine.spans import SpanAggregation, aggregate_spans, bio_spans
 from factory.quality import krippendorff_alpha_nominal
-from factory.span_labelers import make_span_labelers, span_suite_version, tokenize
-from factory.tasks.base import AnswerError
+from factory.span_labelers import cross_val_spans, make_span_labelers, span_suite_version, tokenize
+from factory.tasks.base import AnswerError, TaskTypeBase
 
 
 def span_f1(a: str, b: str) -> float:
@@ -42,7 +42,7 @@ def _w(where: str, msg: str) -> str:
     return f"{where}: {msg}" if where else msg
 
 
-class Spans:
+class Spans(TaskTypeBase):
     name: ClassVar[str] = "spans"
     pipeline_ready: ClassVar[bool] = True
     answer_shape: ClassVar[str] = "spans"
@@ -162,6 +162,12 @@ class Spans:
         fused["route_reason"] = r["reason"].fillna("").astype(str).to_numpy()
         fused["priority"] = r["priority"].astype(float).to_numpy()
         return fused
+
+    def cross_val_answers(self, make, items: pd.DataFrame, labels: Sequence, classes: Sequence[str], folds: int,
+                          seed: int) -> pd.DataFrame:
+        """One tagger family's out-of-fold spans (:func:`factory.span_labelers.cross_val_spans` on the
+        ``labeler_input`` items): a ``label`` column, one row per item in ``items``' order."""
+        return pd.DataFrame({"label": cross_val_spans(make, items, list(labels), classes, folds=folds, seed=seed)})
 
     def fuse_with_models(self, people: pd.DataFrame, models: pd.DataFrame, classes: Sequence[str],
                          items: pd.DataFrame | None = None) -> pd.DataFrame:
