@@ -801,7 +801,7 @@ def final_labels(fx: Factory, dataset: str, batch_id: str, run_id: str | None = 
     if "raw_confidence" in fused:  # the fusion's own confidence, before calibration on people's labels
         out["raw_confidence"] = fused["raw_confidence"].astype(float)
     pm = out.index[(out["mode"] == "prelabel-model").to_numpy() & route.isin(["verified", "audit"]).to_numpy()]
-    if len(pm) and spec.task_type.answer_shape == "one":
+    if len(pm) and spec.task_type.people_loop:  # one class per item: the pool's prob_<class> vector prices it
         # prelabel-model's machine label is the one its verifier checked (the primary labelers' fusion, which the
         # verifier's own model event also gave), not the pool of all three: on the demo the pool differed on 14 of
         # 1,688 verified items and was right on 3 of them. The audit measures that label (fused_label), and a
