@@ -298,3 +298,43 @@ def test_uninformative_text_does_not_hurt():
     f_crowd = _f1(aggregate_spans(answers).tags, truth)
     f_random_text = _f1(aggregate_spans(answers, tokens=tokens).tags, truth)
     assert f_random_text > f_crowd - 0.02, (f_random_text, f_crowd)
+
+
+# ----------------------------------------------------------------------------- pool_strength selection
+
+
+def test_pool_strength_default_is_the_recorded_truth_free_choice():
+    """Pins DEFAULTS['pool_strength'] to the selection benchmarks/span_pool.py made (least maximum regret
+    of held-out-person agreement, no truth read; result committed in benchmarks/results/span_pool/).
+    Changing the default without rerunning the selection fails here."""
+    import json
+    from pathlib import Path
+
+    rec = json.loads((Path(__file__).resolve().parents[1] / "benchmarks" / "results" / "span_pool" / "span_pool.json")
+                     .read_text())
+    assert sp.DEFAULTS["pool_strength"] == rec["chosen"]
+    assert float(rec["chosen"]) in rec["strengths"]
+
+
+def test_pool_selection_holds_the_person_out_and_takes_least_max_regret():
+    """The selection's parts: the held-out answer is never in the fit (one per sentence, at position m of
+    a seeded order), and the chosen strength is the one of least maximum regret, not the best mean."""
+    from benchmarks.span_pool import agreement_f1, choose, held_out_split
+
+    answers, _ = _crowd(seed=41, n_sent=40, per_sentence=3)
+    for m in (1, 2, None):
+        fit, held = held_out_split(answers, m)
+        key = ["sentence_id", "worker_id"]
+        assert not set(map(tuple, fit[key].drop_duplicates().to_numpy())) & set(map(tuple, held[key].drop_duplicates().to_numpy()))
+        assert (held.groupby("sentence_id")["worker_id"].nunique() == 1).all()
+        assert (fit.groupby("sentence_id")["worker_id"].nunique() == (2 if m is None else m)).all()
+    fit, held = held_out_split(answers, 2)
+    own = [(sid, a, b, t) for sid, g in held.sort_values(["sentence_id", "token_index"]).groupby("sentence_id")
+           for a, b, t in bio_spans(list(g["tag"]))]
+    own = pd.DataFrame(own, columns=["sentence_id", "start", "end", "type"])
+    assert agreement_f1(own, held) == pytest.approx(1.0)  # the held-out answer agrees with itself
+    assert agreement_f1(own.iloc[::2], held) < 1.0
+    # strength 1 has the better mean (0.733 vs 0.7) but a regret of 0.4 in cell b; strength 0's worst is 0.3
+    scores = {"a": {0.0: 0.6, 1.0: 0.9}, "b": {0.0: 0.8, 1.0: 0.4}, "c": {0.0: 0.7, 1.0: 0.9}}
+    chosen, regret = choose(scores)
+    assert chosen == 0.0 and regret[1.0] == pytest.approx(0.4) and regret[0.0] == pytest.approx(0.3)
