@@ -261,3 +261,44 @@ def test_a_final_label_is_always_one_the_ledgers_events_gave(fx, bbc_small, tmp_
     assert final.at[lone, "confidence"] < 0.5  # the posterior's doubt is kept
     _, problems = final_labels_from_events(fx.ledger.events("news", batch_id=b))
     assert problems == []
+
+
+def _held(items: list[str], label: str, raw: np.ndarray, correct: np.ndarray) -> pd.DataFrame:
+    return pd.DataFrame({"item_id": items, "label": label, "raw_confidence": raw, "human_label": label,
+                         "correct": correct.astype(float)})
+
+
+def test_the_fused_confidence_is_the_models_accuracy_not_their_agreement_with_noisy_people(fx, monkeypatch):
+    """calibrate_fused fits agreement with people's labels, then de-noises it by how often those labels are right
+    (pipeline._held_label_reliability -> loop.denoise_agreement): a perfect model checked by people right 80 % of
+    the time agrees 80 % of the time, and its confidence must not stop there."""
+    rng = np.random.default_rng(0)
+    n = 1200
+    items = [f"h{j:04d}" for j in range(n)]
+    held = _held(items, CLASSES[0], rng.uniform(0.9, 1.0, n), rng.random(n) < 0.8)  # always right, 80 % agreement
+    monkeypatch.setattr(P, "heldout_predictions", lambda fx, dataset, seed=0: held)
+    monkeypatch.setattr(P, "_held_label_reliability", lambda fx, dataset, held: 0.8)
+    k = len(CLASSES)
+    p = np.full((5, k), 0.02 / (k - 1))
+    p[:, 0] = 0.98
+    fused = pd.DataFrame(p, columns=P.prob_cols(CLASSES), index=[f"n{j}" for j in range(5)]).assign(
+        label=CLASSES[0], confidence=0.98)
+    out, info = P.calibrate_fused(fx, "news", fused)
+    assert info["denoised"] and info["label_reliability"] == 0.8
+    assert (out["confidence"] > 0.95).all(), out["confidence"]  # agreement alone would say ~0.8
+
+
+def test_seed_items_meet_out_of_fold_models_in_the_people_fusion(fx, monkeypatch):
+    """The people's fusion of a seed item starts from labelers that never saw it (heldout_predictions), not from the
+    batch's fused probabilities (they learnt its answer) nor from nothing (its one answer alone decided it)."""
+    items = ["s1", "s2", "r1"]
+    k = len(CLASSES)
+    fused = pd.DataFrame(np.full((3, k), 0.1 / (k - 1)), index=items, columns=P.prob_cols(CLASSES))
+    fused[f"prob_{CLASSES[0]}"] = 0.9  # in-sample: class 0 everywhere
+    routes = pd.DataFrame({"route": ["seed", "seed", "review"], "mode": "prelabel-human"}, index=items)
+    held = _held(["s1", "s2"], CLASSES[1], np.array([0.97, 0.97]), np.array([True, True]))
+    monkeypatch.setattr(P, "heldout_predictions", lambda fx, dataset, seed=0: held)
+    monkeypatch.setattr(P, "_held_label_reliability", lambda fx, dataset, held: 1.0)
+    prior = P.people_prior(fx, "news", routes, fused, pd.Index(items))
+    assert list(np.asarray(CLASSES)[prior.argmax(axis=1)]) == [CLASSES[1], CLASSES[1], CLASSES[0]]
+    assert prior[0].max() > 1.0 / k + 0.1  # not uniform
