@@ -302,3 +302,32 @@ def test_seed_items_meet_out_of_fold_models_in_the_people_fusion(fx, monkeypatch
     prior = P.people_prior(fx, "news", routes, fused, pd.Index(items))
     assert list(np.asarray(CLASSES)[prior.argmax(axis=1)]) == [CLASSES[1], CLASSES[1], CLASSES[0]]
     assert prior[0].max() > 1.0 / k + 0.1  # not uniform
+
+
+def test_escalation_reviews_seed_items_against_out_of_fold_models(fx, bbc_small, tmp_path, monkeypatch):
+    """Seed items enter the escalation's people round (with people_prior's out-of-fold prior), so a seed answer the
+    models doubt gets another person instead of standing alone or being silently overruled in final labels."""
+    b, items = _batch(fx, tmp_path, bbc_small["text"][:30])
+    P.initial_tasks(fx, "news", b)
+    seeds = fx.ledger.tasks("news", batch_id=b).query("kind == 'seed'")
+    assert len(seeds)
+    fx.ledger.answer_tasks([{"task_id": t, "label": CLASSES[0], "annotator": f"ann-{n % 3}"}
+                            for n, t in enumerate(seeds["task_id"])], {"news": CLASSES})
+    monkeypatch.setattr(P, "heldout_predictions", lambda fx, dataset, seed=0: pd.DataFrame(
+        columns=["item_id", "label", "raw_confidence", "human_label", "correct"]))
+    _preds(fx, b, items)
+    P.fuse(fx, "news", b)
+    P.write_table(pd.DataFrame({"item_id": items, "route": ["seed" if i in set(seeds["item_id"]) else "auto"
+                                                            for i in items], "mode": "prelabel-human",
+                                "required_tier": "L1", "label": "x", "confidence": 0.9,
+                                "reasons": json.dumps(["x"])}), fx.paths.table("routing", "news", b))
+    seen = {}
+
+    def people_round(prior, *a, **k):
+        seen["items"] = set(prior.index)
+        raise RuntimeError("reached")
+
+    monkeypatch.setattr(P.people_loop, "people_round", people_round)
+    with pytest.raises(RuntimeError, match="reached"):
+        P.escalate(fx, "news", b)
+    assert seen["items"] == set(seeds["item_id"])
