@@ -183,12 +183,21 @@ def _drive(port: int, tokens: dict, truth: dict, answers: int, seed: int, think_
 
 
 def _cpu_seconds(pid: int) -> float:
-    """User + system CPU seconds of a process (Linux /proc), 0 where unavailable."""
+    """User + system CPU seconds of a process and its live direct children (uvicorn's workers; Linux /proc), 0
+    where unavailable."""
+    total, parents = 0.0, {pid}
     try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-    except (OSError, IndexError, ValueError):
+        procs = [Path(f"/proc/{pid}/stat")] + [p for p in Path("/proc").glob("[0-9]*/stat") if p.parent.name != str(pid)]
+    except OSError:
         return 0.0
+    for path in procs:
+        try:
+            fields = path.read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        if path.parent.name == str(pid) or int(fields[1]) in parents:
+            total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return total
 
 
 def _pct(values: list[float], q: float) -> float:
