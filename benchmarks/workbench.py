@@ -182,12 +182,13 @@ def _drive(port: int, tokens: dict, truth: dict, answers: int, seed: int, think_
     return stats
 
 
-def _cpu_seconds(pid: int) -> float:
-    """User + system CPU seconds of a process and its live direct children (uvicorn's workers; Linux /proc), 0
-    where unavailable."""
-    total, parents = 0.0, {pid}
+def _cpu_seconds(pid: int, children: bool = False) -> float:
+    """User + system CPU seconds of a process, with `children` also of its live direct children (the server's
+    uvicorn workers; Linux /proc), 0 where unavailable."""
+    total = 0.0
     try:
-        procs = [Path(f"/proc/{pid}/stat")] + [p for p in Path("/proc").glob("[0-9]*/stat") if p.parent.name != str(pid)]
+        procs = [Path(f"/proc/{pid}/stat")] + ([p for p in Path("/proc").glob("[0-9]*/stat")
+                                                if p.parent.name != str(pid)] if children else [])
     except OSError:
         return 0.0
     for path in procs:
@@ -195,7 +196,7 @@ def _cpu_seconds(pid: int) -> float:
             fields = path.read_text().rsplit(")", 1)[1].split()
         except (OSError, IndexError):
             continue
-        if path.parent.name == str(pid) or int(fields[1]) in parents:
+        if path.parent.name == str(pid) or int(fields[1]) == pid:
             total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
     return total
 
@@ -366,13 +367,13 @@ def _phase(answers: int, annotators: int, workers: int, think_s: float, seed: in
             def watch(proc=batch[0]):  # drain the batch's output and note when it ends (and the server's CPU then)
                 batch_done["log"] = proc.communicate(timeout=900)[0]
                 batch_done["at"] = time.perf_counter()
-                batch_done["server_cpu"] = _cpu_seconds(server.pid)
+                batch_done["server_cpu"] = _cpu_seconds(server.pid, children=True)
             watcher = threading.Thread(target=watch, daemon=True)
             watcher.start()
         load0 = os.getloadavg()[0]
-        cpu0 = (_cpu_seconds(server.pid), _cpu_seconds(os.getpid()))
+        cpu0 = (_cpu_seconds(server.pid, children=True), _cpu_seconds(os.getpid()))
         stats = _drive(port, tokens, truth, answers, seed, think_s)
-        cpu1 = (_cpu_seconds(server.pid), _cpu_seconds(os.getpid()))
+        cpu1 = (_cpu_seconds(server.pid, children=True), _cpu_seconds(os.getpid()))
         load1 = os.getloadavg()[0]
         t_end = time.perf_counter()
         concurrent = None
