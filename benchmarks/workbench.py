@@ -129,8 +129,10 @@ def _annotator(name: str, token: str, port: int, truth: dict, stats: dict, stop_
     while stats["answered"] < stop_at:
         # the load dataset's queue: a concurrent batch run (--with-batch-run) opens tasks of its own dataset,
         # which its simulated people answer
+        at = time.perf_counter()
         status, data, ms = call("GET", "/api/tasks/next?dataset=load")
         stats["next_ms"].append(ms)
+        stats["next_at"].append(at)
         count(f"next {status}")
         if status == 204:
             return
@@ -142,8 +144,10 @@ def _annotator(name: str, token: str, port: int, truth: dict, stats: dict, stop_
             stats["errors"].append(f"next: offered {tid}, not a task of the load dataset")
             return
         body = {"label": truth[tid], "submission_id": uuid.uuid4().hex}
+        at = time.perf_counter()
         status, data, ms = call("POST", f"/api/tasks/{tid}/answer", body)
         stats["submit_ms"].append(ms)
+        stats["submit_at"].append(at)
         count(f"answer {status}")
         if status == 201 or (status == 200 and tid not in stats["accepted"]):  # 200: resent after a reconnect
             event_id = json.loads(data)["event_id"]
@@ -164,7 +168,7 @@ def _annotator(name: str, token: str, port: int, truth: dict, stats: dict, stop_
 
 def _drive(port: int, tokens: dict, truth: dict, answers: int, seed: int, think_s: float = 0.0) -> dict:
     """Run one thread per annotator until `answers` answers are accepted (or the queue is empty)."""
-    stats = {"answered": 0, "submit_ms": [], "next_ms": [], "status": {}, "accepted": {}, "errors": [],
+    stats = {"answered": 0, "submit_ms": [], "next_ms": [], "submit_at": [], "next_at": [], "status": {}, "accepted": {}, "errors": [],
              "reconnects": 0, "lock": threading.Lock()}
     threads = [threading.Thread(target=_annotator, args=(n, tok, port, truth, stats, answers,
                                                          np.random.default_rng(seed + k), think_s), daemon=True)
@@ -178,13 +182,23 @@ def _drive(port: int, tokens: dict, truth: dict, answers: int, seed: int, think_
     return stats
 
 
-def _cpu_seconds(pid: int) -> float:
-    """User + system CPU seconds of a process (Linux /proc), 0 where unavailable."""
+def _cpu_seconds(pid: int, children: bool = False) -> float:
+    """User + system CPU seconds of a process, with `children` also of its live direct children (the server's
+    uvicorn workers; Linux /proc), 0 where unavailable."""
+    total = 0.0
     try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-    except (OSError, IndexError, ValueError):
+        procs = [Path(f"/proc/{pid}/stat")] + ([p for p in Path("/proc").glob("[0-9]*/stat")
+                                                if p.parent.name != str(pid)] if children else [])
+    except OSError:
         return 0.0
+    for path in procs:
+        try:
+            fields = path.read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        if path.parent.name == str(pid) or int(fields[1]) == pid:
+            total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return total
 
 
 def _pct(values: list[float], q: float) -> float:
@@ -224,9 +238,77 @@ def _start_batch_run(env: dict, items: int) -> tuple[subprocess.Popen, Path]:
     """A real pipeline run (benchmarks.pipeline: every stage through Dagster) on the same ledger database."""
     out = Path(tempfile.mkdtemp(prefix="workbench-batch-"))
     proc = subprocess.Popen([sys.executable, "-m", "benchmarks.pipeline", "--items", str(items), "--out", str(out)],
-                            env={k: v for k, v in env.items() if k != "FACTORY_HOME"},
+                            env={k: v for k, v in env.items() if k != "FACTORY_HOME"} | {"PGAPPNAME": BATCH_APP},
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     return proc, out
+
+
+# libpq's application name of each process's connections, so the session sampler tells them apart
+SERVER_APP, BATCH_APP = "workbench-server", "workbench-batch"
+SESSIONS_SQL = """SELECT pid, application_name, state, coalesce(wait_event_type, ''), coalesce(wait_event, ''),
+                         left(regexp_replace(query, '\\s+', ' ', 'g'), 90), pg_blocking_pids(pid)
+                  FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid()"""
+
+
+def _sample_sessions(url: str, stop: threading.Event, samples: list, every: float = 0.1) -> None:
+    """Every `every` s until `stop`: each session of the database (pg_stat_activity), with what it waits on and,
+    for a lock wait, who blocks it; appended to `samples` as (perf_counter, rows)."""
+    import sqlalchemy as sa
+
+    eng = sa.create_engine(url, isolation_level="AUTOCOMMIT", poolclass=sa.pool.NullPool)
+    try:
+        with eng.connect() as c:
+            while not stop.is_set():
+                samples.append((time.perf_counter(), [tuple(r) for r in c.exec_driver_sql(SESSIONS_SQL)]))
+                stop.wait(every)
+    finally:
+        eng.dispose()
+
+
+def _session_summary(samples: list, windows: dict[str, tuple[float, float]]) -> dict:
+    """What the sampled sessions did, per time window and application: connections open (max), sessions active on
+    average, the share of active samples waiting (by wait event), and every lock wait with its blocker."""
+    out = {}
+    at = dict(samples)
+    for wname, (lo, hi) in windows.items():
+        rows = [(t, r) for t, rs in samples if lo <= t < hi for r in rs]
+        n = max(1, sum(1 for t, _ in samples if lo <= t < hi))
+        by_app: dict = {}
+        for t, (pid, app, state, wtype, wevent, query, blockers) in rows:
+            a = by_app.setdefault(app or "other", {"conn_samples": 0, "active": 0, "idle_in_tx": 0, "waits": {},
+                                                   "lock_waits": {}, "max_conns": {}, "pids": set()})
+            a["conn_samples"] += 1
+            a["pids"].add(pid)
+            a["max_conns"][t] = a["max_conns"].get(t, 0) + 1
+            if state == "idle in transaction":
+                a["idle_in_tx"] += 1
+            if state == "active":
+                a["active"] += 1
+                if wtype and wtype != "Client":
+                    k = f"{wtype}:{wevent}"
+                    a["waits"][k] = a["waits"].get(k, 0) + 1
+                if wtype == "Lock":
+                    blocker = next(((r[1], r[5]) for r in at[t] if r[0] in (blockers or [])), ("?", "?"))
+                    k = f"{wevent}: {query[:60]} <- {blocker[0]}: {blocker[1][:60]}"
+                    a["lock_waits"][k] = a["lock_waits"].get(k, 0) + 1
+        out[wname] = {"samples": n, "apps": {app: {
+            "connections_max": max(a["max_conns"].values()), "connections_seen": len(a["pids"]), "connections_mean": round(a["conn_samples"] / n, 1),
+            "active_mean": round(a["active"] / n, 2), "idle_in_transaction_mean": round(a["idle_in_tx"] / n, 2),
+            "wait_samples": dict(sorted(a["waits"].items(), key=lambda kv: -kv[1])[:8]),
+            "lock_wait_samples": dict(sorted(a["lock_waits"].items(), key=lambda kv: -kv[1])[:8])}
+            for app, a in by_app.items()}}
+    return out
+
+
+def _split(at: list[float], ms: list[float], windows: dict[str, tuple[float, float]]) -> dict:
+    """p50/p95/p99 of the requests that started in each time window."""
+    at_, ms_ = np.asarray(at), np.asarray(ms)
+    out = {}
+    for name, (lo, hi) in windows.items():
+        v = ms_[(at_ >= lo) & (at_ < hi)]
+        out[name] = {"n": int(v.size), **({f"p{q}": round(float(np.percentile(v, q)), 1) for q in (50, 95, 99)}
+                                          if v.size else {})}
+    return out
 
 
 def _phase(answers: int, annotators: int, workers: int, think_s: float, seed: int, keep: bool,
@@ -250,13 +332,13 @@ def _phase(answers: int, annotators: int, workers: int, think_s: float, seed: in
     tokens, truth = build_factory(root, answers, annotators, seed)
     port = _free_port()
     server = subprocess.Popen([sys.executable, "-m", "factory.cli", "serve", "--host", "127.0.0.1", "--port", str(port),
-                               "--root", str(root), "--workers", str(workers)], env=env,
+                               "--root", str(root), "--workers", str(workers)], env=env | {"PGAPPNAME": SERVER_APP},
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     base = f"http://127.0.0.1:{port}"
     try:
         import httpx
 
-        deadline = time.time() + 60
+        deadline = time.time() + 300  # a loaded machine imports slowly (the app, and each worker's copy)
         while True:
             try:
                 if httpx.get(base + "/openapi.json", timeout=2).status_code == 200:
@@ -264,26 +346,49 @@ def _phase(answers: int, annotators: int, workers: int, think_s: float, seed: in
             except httpx.HTTPError:
                 pass
             if server.poll() is not None or time.time() > deadline:
-                raise RuntimeError(f"the server did not start:\n{server.stdout.read() if server.stdout else ''}")
+                server.kill()  # its output ends only when it has stopped
+                raise RuntimeError(f"the server did not start:\n{server.communicate()[0]}")
             time.sleep(0.2)
         mode = f"think time ~Exp(mean {think_s:g} s)" if think_s else "no think time (closed loop, saturation)"
         print(f"[workbench] server up on {base} ({workers} worker(s)); {annotators} annotators, {mode}", flush=True)
+        samples: list = []
+        stop_sampling = threading.Event()
+        sampler = None
+        if db_name:
+            sampler = threading.Thread(target=_sample_sessions, args=(env["FACTORY_DATABASE_URL"], stop_sampling,
+                                                                      samples), daemon=True)
+            sampler.start()
+        t_start = time.perf_counter()
         batch = _start_batch_run(env, batch_items) if batch_items else None
+        batch_done: dict = {}
         if batch:
             print(f"[workbench] a {batch_items:,}-item batch runs through the pipeline at the same time", flush=True)
+
+            def watch(proc=batch[0]):  # drain the batch's output and note when it ends (and the server's CPU then)
+                batch_done["log"] = proc.communicate(timeout=900)[0]
+                batch_done["at"] = time.perf_counter()
+                batch_done["server_cpu"] = _cpu_seconds(server.pid, children=True)
+            watcher = threading.Thread(target=watch, daemon=True)
+            watcher.start()
         load0 = os.getloadavg()[0]
-        cpu0 = (_cpu_seconds(server.pid), _cpu_seconds(os.getpid()))
+        cpu0 = (_cpu_seconds(server.pid, children=True), _cpu_seconds(os.getpid()))
         stats = _drive(port, tokens, truth, answers, seed, think_s)
-        cpu1 = (_cpu_seconds(server.pid), _cpu_seconds(os.getpid()))
+        cpu1 = (_cpu_seconds(server.pid, children=True), _cpu_seconds(os.getpid()))
         load1 = os.getloadavg()[0]
+        t_end = time.perf_counter()
         concurrent = None
         if batch:
             proc, bout = batch
-            log, _ = proc.communicate(timeout=900)
+            watcher.join(timeout=900)
+            log = batch_done.get("log", "")
+        stop_sampling.set()
+        if sampler:
+            sampler.join(timeout=10)
             done = json.loads((bout / "pipeline.json").read_text()) if (bout / "pipeline.json").exists() else {}
             concurrent = {"items": batch_items, "returncode": proc.returncode,
                           "factory_seconds": done.get("factory_seconds"), "seconds_total": done.get("seconds_total"),
-                          "log_tail": log.splitlines()[-5:] if proc.returncode else []}
+                          "log_tail": log.splitlines()[-5:] if proc.returncode else [],
+                          "ran_for_s": round(batch_done.get("at", t_end) - t_start, 1)}
             shutil.rmtree(bout, ignore_errors=True)
     finally:
         server.terminate()
@@ -318,6 +423,21 @@ def _phase(answers: int, annotators: int, workers: int, think_s: float, seed: in
         "n_errors": len(stats["errors"]),
         "concurrent_batch_run": concurrent,
     }
+    # the tail by time window: while the batch ran and after it (load-insensitive evidence beside the totals)
+    windows = {"all": (t_start, t_end + 1)}
+    if batch_items:
+        b_end = batch_done.get("at", t_end)
+        windows.update({"batch_running": (t_start, b_end), "batch_done": (b_end, t_end + 1)})
+        if "server_cpu" in batch_done:
+            n_in = sum(1 for a in stats["submit_at"] if a < b_end)
+            n_out = len(stats["submit_at"]) - n_in
+            result["server_cpu_ms_per_answer_by_window"] = {
+                "batch_running": round(1000 * (batch_done["server_cpu"] - cpu0[0]) / max(n_in, 1), 2),
+                "batch_done": round(1000 * (cpu1[0] - batch_done["server_cpu"]) / max(n_out, 1), 2)}
+    result["submit_ms_by_window"] = _split(stats["submit_at"], stats["submit_ms"], windows)
+    result["next_ms_by_window"] = _split(stats["next_at"], stats["next_ms"], windows)
+    if samples:
+        result["sessions_by_window"] = _session_summary(samples, windows)
     result["no_lost_or_duplicated"] = (result["ledger_human_events"] == answers == result["accepted"]
                                        and not result["tasks_answered_twice"] and not lost and not mismatched
                                        and open_left == 0 and result["chain_ok"])
@@ -334,8 +454,8 @@ def _phase(answers: int, annotators: int, workers: int, think_s: float, seed: in
         if db_name:
             _drop_database(database_url, db_name)
     shown = ("throughput_answers_per_s", "submit_ms", "next_ms", "server_cpu_share", "client_cpu_share",
-             "load_average_1min", "no_lost_or_duplicated")
-    print(f"[workbench] {json.dumps({k: result[k] for k in shown})}", flush=True)
+             "load_average_1min", "no_lost_or_duplicated", "submit_ms_by_window", "server_cpu_ms_per_answer_by_window")
+    print(f"[workbench] {json.dumps({k: result.get(k) for k in shown})}", flush=True)
     return result, {"submit_ms": stats["submit_ms"], "next_ms": stats["next_ms"]}
 
 

@@ -14,6 +14,11 @@ from factory.errors import FactoryError
 
 
 
+# uvicorn's default (5 s) kills a worker that has not answered its supervisor's ping within 5 s of being spawned; on
+# a busy host importing the app takes longer, and `--workers 2` then restarted its workers forever (seen at load 12)
+WORKER_HEALTHCHECK_SECONDS = 60
+
+
 @click.command()
 @click.option("--port", default=8000, show_default=True, type=int, help="TCP port.")
 @click.option("--host", default="127.0.0.1", show_default=True, help="Interface to bind (0.0.0.0 exposes it).")
@@ -24,6 +29,9 @@ from factory.errors import FactoryError
               help="How long a task stays assigned to the annotator who pulled it.")
 @click.option("--undo-seconds", default=120.0, show_default=True, help="Grace period for U (undo).")
 @click.option("--workers", default=1, show_default=True, help="uvicorn worker processes.")
+@click.option("--worker-start-seconds", default=WORKER_HEALTHCHECK_SECONDS, show_default=True, type=click.IntRange(1),
+              help="With --workers > 1: how long a worker may take to start (and to answer the supervisor's ping) "
+                   "before it is killed and restarted.")
 @click.option("--log-level", default="warning", show_default=True)
 @click.option("--secure-cookies", is_flag=True,
               help="Mark session cookies Secure (browsers send them over HTTPS only). Use it whenever the workbench "
@@ -31,7 +39,7 @@ from factory.errors import FactoryError
 @click.option("--max-body-kb", default=1024, show_default=True, type=click.IntRange(1, 1 << 20),
               help="Largest request body accepted; bigger ones get 413.")
 def serve(port: int, host: str, root: str | None, dagster_url: str, lease_minutes: float, undo_seconds: float,
-          workers: int, log_level: str, secure_cookies: bool, max_body_kb: int) -> None:
+          workers: int, worker_start_seconds: int, log_level: str, secure_cookies: bool, max_body_kb: int) -> None:
     """Run the annotator workbench and REST API (its OpenAPI document is at /openapi.json).
 
     \b
@@ -55,7 +63,7 @@ def serve(port: int, host: str, root: str | None, dagster_url: str, lease_minute
     os.environ.setdefault("FACTORY_WEB_SECRET", _secret(fx))  # every worker signs sessions with the same key
     click.echo(f"workbench on http://{host}:{port}/  (factory {fx.paths.root}; OpenAPI at /openapi.json)")
     uvicorn.run("factory.web.app:app_from_env", factory=True, host=host, port=port, workers=workers,
-                log_level=log_level, access_log=False)
+                log_level=log_level, access_log=False, timeout_worker_healthcheck=worker_start_seconds)
 
 
 @click.group()

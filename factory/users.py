@@ -96,6 +96,16 @@ class UserStore:
             row = c.execute(sa.select(users).where(users.c.name == name)).mappings().first()
         return dict(row) if row else None
 
+    def cached_token(self, token: str) -> tuple[bool, dict | None]:
+        """(True, user or None) when this token's lookup is cached and fresh, else (False, None); never reads the
+        database (the web app's async code asks this first and reads in a worker thread only on a miss)."""
+        if not token:
+            return True, None
+        hit = self._cache.get(sha256(token))
+        if hit and time.monotonic() - hit[0] < self.cache_seconds:
+            return True, hit[1]
+        return False, None
+
     def by_token(self, token: str) -> dict | None:
         """The enabled user holding this API token, or None (cached for a few seconds)."""
         if not token:

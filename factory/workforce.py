@@ -345,16 +345,13 @@ def dispatch(tasks: pd.DataFrame, people: pd.DataFrame, answered_by: dict[str, s
 
 
 def next_task(fx, annotator: str, *, dataset: str | None = None, exclude_kinds=None,
-              lease_seconds: float = 600, spec_of=None) -> dict | None:
+              lease_seconds: float = 600, spec_of=None, with_item: bool = False) -> dict | None:
     """Lease `annotator` their next task under the dispatch policy (`can_take`, `pull_preference`); None if none.
 
     The workbench's queue: the ledger walks open tasks in queue order, skipping what the person
     skipped or already answered; this policy keeps the tasks they may take (tier, domain,
     registration, per-person limit) and takes the one needing the highest tier first.
     """
-    person = registry_rows(fx.ledger, [annotator]).get(annotator)
-    if person is not None and person["status"] != "active":
-        raise TaskRefused(f"annotator '{annotator}' is suspended; see `factory annotators show {annotator}`")
     specs: dict = {}
 
     def registered_only(ds: str) -> bool:
@@ -362,19 +359,28 @@ def next_task(fx, annotator: str, *, dataset: str | None = None, exclude_kinds=N
             specs[ds] = (spec_of or fx.spec)(ds).workforce.registered_only
         return specs[ds]
 
-    held = 0
-    if person is not None:
-        a = task_assignments
-        with fx.ledger.reader.connect() as c:
+    def policy(c) -> dict:
+        # read in the lease transaction, on its connection: the person's row and how many tasks they hold
+        person = registry_rows(fx.ledger, [annotator], conn=c).get(annotator)
+        if person is not None and person["status"] != "active":
+            raise TaskRefused(f"annotator '{annotator}' is suspended; see `factory annotators show {annotator}`")
+        held = 0
+        if person is not None:
+            a = task_assignments
             held = c.execute(sa.select(sa.func.count()).select_from(a).where(
                 a.c.assignee == annotator, a.c.lease_until >= now())).scalar_one()
-    tiers = tuple(t for t in TIERS if RANK[t] <= RANK[person["tier"]]) if person is not None else ("L1",)
-    # at their limit of held tasks a person only renews the lease they hold (may_add=False)
-    return fx.ledger.next_task(
-        annotator, dataset=dataset, exclude_kinds=exclude_kinds, lease_seconds=lease_seconds, tiers=tiers,
-        accept=lambda t: can_take(person, t, load=held, registered_only=registered_only(t["dataset"])),
-        # an L1 person (or someone not registered) is offered L1 tasks only: the preference would be queue order
-        prefer=pull_preference if len(tiers) > 1 else None, may_add=person is None or held < person["max_open_tasks"])
+        tiers = tuple(t for t in TIERS if RANK[t] <= RANK[person["tier"]]) if person is not None else ("L1",)
+        # at their limit of held tasks a person only renews the lease they hold (may_add=False)
+        return dict(tiers=tiers,
+                    accept=lambda t: can_take(person, t, load=held, registered_only=registered_only(t["dataset"])),
+                    # an L1 person (or someone not registered) is offered L1 tasks only: the preference would be
+                    # queue order
+                    prefer=pull_preference if len(tiers) > 1 else None,
+                    may_add=person is None or held < person["max_open_tasks"])
+
+    ensure_registry_tables(fx.ledger)  # before the transaction (SQLite's writer would wait for itself)
+    return fx.ledger.next_task(annotator, dataset=dataset, exclude_kinds=exclude_kinds, lease_seconds=lease_seconds,
+                               policy=policy, with_item=with_item)
 
 
 def shown_kind_and_reasons(kind: str, reasons: Sequence[str]) -> tuple[str, list[str]]:

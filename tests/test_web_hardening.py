@@ -417,3 +417,18 @@ def test_release_files_refuse_dot_dot_absolute_paths_and_symlinks_out(hard, tmp_
         r = c.get(f"/api/releases/news/1.0.0/files/{bad}", headers=auth(tokens, "aud-1"))
         assert r.status_code in (404, 422), (bad, r.status_code)
         assert "do not serve" not in r.text and not leaks(r.text, fx.paths.root)
+
+
+def test_factory_serve_gives_workers_time_to_start_on_a_busy_host(tmp_path, monkeypatch):
+    """uvicorn kills a worker that has not answered its supervisor's ping 5 s after being spawned; importing the app
+    on a loaded host takes longer, and `--workers 2` restarted its workers forever. `factory serve` allows 60 s."""
+    fx, _tasks, _tokens = make_factory(tmp_path, monkeypatch)
+    from factory import cli_web
+
+    seen = {}
+    monkeypatch.setattr("uvicorn.run", lambda *_a, **k: seen.update(k))
+    res = CliRunner().invoke(cli_web.serve, ["--root", str(fx.paths.root), "--workers", "2"])
+    assert res.exit_code == 0, res.output
+    assert seen["workers"] == 2 and seen["timeout_worker_healthcheck"] == cli_web.WORKER_HEALTHCHECK_SECONDS >= 30
+    CliRunner().invoke(cli_web.serve, ["--root", str(fx.paths.root), "--workers", "2", "--worker-start-seconds", "9"])
+    assert seen["timeout_worker_healthcheck"] == 9

@@ -980,7 +980,8 @@ class Ledger:
 
     def next_task(self, annotator: str, *, dataset: str | None = None, kinds: Sequence[str] | None = None,
                   exclude_kinds: Sequence[str] | None = None, lease_seconds: float = 600,
-                  tiers: Sequence[str] | None = None, accept=None, prefer=None, may_add: bool = True) -> dict | None:
+                  tiers: Sequence[str] | None = None, accept=None, prefer=None, may_add: bool = True,
+                  policy=None, with_item: bool = False) -> dict | None:
         """Lease the next open task to `annotator` (or renew the one they hold); None when nothing is left.
 
         A task leased to someone else is not offered until the lease runs out; then it can be
@@ -990,24 +991,31 @@ class Ledger:
         `accept(task) -> bool` and `prefer(task) -> sort key` are the dispatch policy
         (`workforce.can_take`, `workforce.pull_preference`): the first preferred accepted task is
         leased.  `may_add=False` (the person holds their limit of tasks) only renews a held lease.
+        `policy(conn)`, when given, is called first inside the lease transaction and returns the dispatch policy
+        read on its connection (a dict of any of tiers, accept, prefer, may_add): the person's registry row and
+        load cost no connection of their own.  `with_item` adds the item's `text` and `meta` (same transaction).
         """
-        shape = (bool(dataset), tuple(kinds or ()), tuple(exclude_kinds or ()), tuple(sorted(tiers or ())))
-        held_sql, free_sql, first_open_sql = self._queue_sql(*shape)
-        floor_key = (*shape, dataset)
         a = task_assignments
         for _attempt in range(8):
             start = datetime.now(timezone.utc)
             ts = start.isoformat(timespec="microseconds")
             until = (start + timedelta(seconds=lease_seconds)).isoformat(timespec="microseconds")
-            params = {"me": annotator, "ts": ts, "floor": self._queue_floor(floor_key), "skip": 0,
-                      "n": 1 if prefer is None else self.POLICY_WINDOW,
-                      **({"dataset": dataset} if dataset else {})}
             try:
                 with self.engine.begin() as c:
+                    rules = {"tiers": tiers, "accept": accept, "prefer": prefer, "may_add": may_add,
+                             **(policy(c) if policy is not None else {})}
+                    accept, prefer, may_add = rules["accept"], rules["prefer"], rules["may_add"]
+                    shape = (bool(dataset), tuple(kinds or ()), tuple(exclude_kinds or ()),
+                             tuple(sorted(rules["tiers"] or ())))
+                    held_sql, free_sql, first_open_sql = self._queue_sql(*shape)
+                    floor_key = (*shape, dataset)
+                    params = {"me": annotator, "ts": ts, "floor": self._queue_floor(floor_key), "skip": 0,
+                              "n": 1 if prefer is None else self.POLICY_WINDOW,
+                              **({"dataset": dataset} if dataset else {})}
                     held = c.execute(held_sql, params).mappings().first()
                     if held is not None:
                         c.execute(a.update().where(a.c.task_id == held["task_id"]).values(lease_until=until))
-                        return dict(held, assignee=annotator, lease_until=until)
+                        return self._with_item(c, dict(held, assignee=annotator, lease_until=until), with_item)
                     first_open = c.execute(first_open_sql, params).scalar()
                     if first_open is not None:
                         floors = self.__dict__.setdefault("_queue_floors", {})
@@ -1030,10 +1038,19 @@ class Ledger:
                             n_assignments=a.c.n_assignments + 1))
                         if res.rowcount != 1:  # taken meanwhile (PostgreSQL): look again
                             raise sa.exc.IntegrityError("lease taken", None, Exception("lease taken"))
-                    return dict(row, assignee=annotator, lease_until=until)
+                    return self._with_item(c, dict(row, assignee=annotator, lease_until=until), with_item)
             except sa.exc.IntegrityError:
                 continue
         raise TaskConflict(f"could not lease a task to {annotator}: too much contention, try again")
+
+    @staticmethod
+    def _with_item(c, task: dict, with_item: bool) -> dict:
+        """The leased task, with its item's text and meta read on the lease's connection when asked."""
+        if with_item:
+            row = c.execute(sa.select(items.c.text, items.c.meta).where(
+                items.c.dataset == task["dataset"], items.c.item_id == task["item_id"])).first()
+            task["item"] = {"text": row.text, "meta": row.meta} if row else None
+        return task
 
     # how many free tasks a preference (`prefer`) chooses among, in queue order; without one the queue is walked
     # a task at a time until `accept` takes one (the SQL's tier filter already removed most refusals)

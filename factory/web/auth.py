@@ -11,6 +11,7 @@ from __future__ import annotations
 import secrets
 from dataclasses import dataclass
 
+import anyio.to_thread
 from fastapi import Depends, HTTPException, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from itsdangerous import BadSignature, URLSafeTimedSerializer
@@ -58,6 +59,18 @@ class Authenticator:
         except BadSignature:
             return None
 
+    def cached_user(self, request: Request) -> tuple[bool, User | None]:
+        """(True, the user or None) when a bearer token's lookup is cached; (False, None) when `user` must read
+        the database (a cache miss, a session cookie)."""
+        header = request.headers.get("authorization")
+        if not header:
+            return False, None
+        scheme, _, token = header.partition(" ")
+        if scheme.lower() != "bearer":
+            return True, None
+        known, u = self.store.cached_token(token.strip())
+        return known, (User(u["name"], u["role"], "token") if u else None)
+
     def user(self, request: Request) -> User | None:
         header = request.headers.get("authorization")
         if header:
@@ -84,11 +97,15 @@ def check_csrf(user: User, supplied: str | None) -> None:
 def needs(*roles: str, write: bool = False):
     """FastAPI dependency: the request's user, who must have one of `roles` (401/403 otherwise)."""
 
-    # async: a sync dependency would cost a thread hop per request (the token lookup is cached in memory)
+    # async: a sync dependency would cost a thread hop per request (the token lookup is cached in memory); a
+    # lookup that reads the database (a cache miss, a session) runs in a worker thread, never on the event loop,
+    # which would stall every request in flight for the read's round trips
     async def dependency(request: Request,
                          _cred: HTTPAuthorizationCredentials | None = Depends(bearer_scheme)) -> User:
         auth: Authenticator = request.app.state.auth
-        user = auth.user(request)
+        known, user = auth.cached_user(request)
+        if not known:
+            user = await anyio.to_thread.run_sync(auth.user, request)
         if user is None:
             raise HTTPException(401, "not authenticated: send 'Authorization: Bearer <token>' (a token from "
                                      "`factory users add`) or log in at /login",

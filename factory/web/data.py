@@ -88,7 +88,8 @@ def task_payload(fx, specs: SpecCache, task: dict, *, with_text: bool = True) ->
         "widget": spec.task_type.widget, "shortcuts": spec.task_type.shortcuts,
     }
     if with_text:
-        row = item_row(fx, task["dataset"], task["item_id"])
+        # the item read with the lease (`next_task(..., with_item=True)`), else read now
+        row = task["item"] if "item" in task else item_row(fx, task["dataset"], task["item_id"])
         out["text"] = row["text"] if row else ""
         out["meta"] = _json(row["meta"]) if row else {}
     return out

@@ -36,7 +36,7 @@ def next_task(dataset: str | None = None, user: User = needs(*WORKERS, write=Tru
     # the dispatch policy the simulator uses too (workforce.can_take): tier, domain, registration, limits
     t = dispatch_next_task(web.fx, user.name, dataset=dataset, lease_seconds=web.lease_seconds,
                            exclude_kinds=EXPERT_TASK_KINDS if user.role != "expert" else None,
-                           spec_of=web.specs.get)
+                           spec_of=web.specs.get, with_item=True)
     if t is None:
         return Response(status_code=204)
     return D.task_payload(web.fx, web.specs, t)
