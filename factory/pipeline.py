@@ -318,7 +318,8 @@ def fuse(fx: Factory, dataset: str, batch_id: str, run_id: str | None = None) ->
     answers = preds.rename(columns={"labeler": "worker_id"})[["item_id", "worker_id", "label", *prob_cols(classes)]]
     # the type's fusion of its labelers (one class: the linear pool; sets: per-class marginals averaged; spans: each
     # labeler an annotator of aggregate_spans, with span routing's probability, reason and priority per sentence)
-    items = read_table(fx, "raw_items", dataset, batch_id)
+    # only a type whose fusion reads the items' context (an ``item_table`` hook: spans' tokens) reads raw_items
+    items = read_table(fx, "raw_items", dataset, batch_id) if hasattr(spec.task_type, "item_table") else None
     fused = _pool_models(spec, answers, items)
     raw = fused["confidence"].to_numpy(dtype=float)
     fused, calibration = calibrate_fused(fx, dataset, fused)
@@ -343,10 +344,10 @@ def fuse(fx: Factory, dataset: str, batch_id: str, run_id: str | None = None) ->
 HELDOUT_FOLDS = 5
 
 
-def _pool_models(spec: DatasetSpec, answers: pd.DataFrame, items: pd.DataFrame) -> pd.DataFrame:
+def _pool_models(spec: DatasetSpec, answers: pd.DataFrame, items: pd.DataFrame | None) -> pd.DataFrame:
     """The labelers' answers fused per item by the type (index item_id: label, confidence, prob_<class>; spans also
     route_reason and priority).  ``items``: the items answered (the type's ``item_table`` of them is its context)."""
-    return spec.task_type.pool_models(answers, spec.class_names, item_table(spec, items),
+    return spec.task_type.pool_models(answers, spec.class_names, None if items is None else item_table(spec, items),
                                       target=spec.quality.confidence_threshold)
 
 
