@@ -648,7 +648,7 @@ def demo(root: str, n_batches: int, limit: int | None, seed_size: int, mode: str
 
 
 BENCHMARKS = ("aggregation", "replay", "verify", "speed", "pipeline", "guarantee", "workbench", "generalise", "scale",
-              "spans", "spans_speed", "span_labelers", "span_calibration", "span_pool", "pairs")
+              "spans", "spans_speed", "span_labelers", "span_calibration", "pairs")
 
 
 @main.command()
