@@ -71,7 +71,6 @@ class ReplayPeople:
         self.used = 0
         self.arbitrations = 0
         self.exhausted: set[str] = set()
-        self.revealed: dict[str, int] = {}  # item -> answers revealed
 
     def answer_open_tasks(self, fx, spec) -> int:
         tasks = fx.ledger.tasks(spec.name, status="open")
@@ -83,7 +82,6 @@ class ReplayPeople:
                 continue
             worker, label = left.pop(0)
             self.used += 1
-            self.revealed[t.item_id] = self.revealed.get(t.item_id, 0) + 1
             if t.kind == "arbitrate":  # no experts in a crowd: the next recorded answer settles the item
                 fx.ledger.arbitrate(spec.name, t.item_id, label, f"crowd:{worker}",
                                     "replay: the item's next recorded crowd answer", spec.class_names,
@@ -229,14 +227,6 @@ def run(out: Path, data: Path | None = None, items: int | None = None, seed: int
         "items_without_answers_left": len(people.exhausted),
     }
     (out / f"{NAME}.json").write_text(json.dumps(result, indent=2))
-    # one row per product item, to look at the errors: where the answers went and who decided what
-    fid = pairs["item_id"].map(factory_id)
-    route = pd.concat([read_table(fx, "routing", "product", b) for b in batch_ids]).drop_duplicates("item_id", keep="last")
-    pd.DataFrame({"item_id": pairs["item_id"].to_numpy(), "gold": gold.to_numpy(), "label": pred.to_numpy(),
-                  "source": fid.map(final["source"]).to_numpy(), "route": fid.map(route.set_index("item_id")["route"]).to_numpy(),
-                  "fused_label": fid.map(fused["label"]).to_numpy(), "fused_confidence": fid.map(fused["confidence"]).to_numpy(),
-                  "answers_used": fid.map(people.revealed).fillna(0).astype(int).to_numpy()}
-                 ).to_csv(out / f"{NAME}_items.csv", index=False)
     shutil.rmtree(work, ignore_errors=True)
     print(json.dumps({k: v for k, v in result.items() if k != "stages"}, indent=2), flush=True)
     return result

@@ -45,7 +45,7 @@ from factory.engine.routing import ACCEPT, ASK, ESCALATE, decide
 from factory.spec import DatasetSpec
 
 __all__ = ["LoopSettings", "FusedPeople", "RoundResult", "VerifiedCalibration", "fuse_people", "unverified_bound",
-           "calibrate_to_verified", "certify_unverified", "people_round", "label_reliability", "denoise_agreement"]
+           "calibrate_to_verified", "certify_unverified", "people_round"]
 
 # pseudo-answers pulling one person's confusion row toward the pooled crowd's, and the pooled
 # crowd's toward the spec's default reliability: chosen once, for every data set
@@ -68,9 +68,6 @@ VERIFIED_SHRINK = 10.0
 # from high to low (fixed sequence), starting where this many verified items lie above the threshold
 CERTIFY_GRID = tuple(np.round(np.linspace(1.0, 0.5, 101), 3).tolist())
 CERTIFY_MIN_SUPPORT = 20
-# de-noising an agreement curve (see denoise_agreement) needs people measurably better than chance: below this
-# margin over the chance agreement the division would only amplify noise, and the curve is left as it is
-DENOISE_MIN_MARGIN = 0.2
 
 
 @dataclass(frozen=True)
@@ -617,98 +614,3 @@ def people_round(prior: pd.DataFrame | None, answers: pd.DataFrame, settings: Lo
         reason = "nothing left worth asking within the caps (bound below target)"
     return RoundResult(fused, dec, bound, stopped=asked == 0, stop_reason=reason,
                        extra={"bound_met": bool(met), **extra_info}, posterior=final)
-
-
-def label_reliability(prior: np.ndarray | None, item_index: pd.Index, answers: pd.DataFrame, classes: list[str], *,
-                      default_reliability: float, known_reliability: pd.Series | None = None,
-                      bins: int = MODEL_BINS, max_iter: int = 200) -> pd.Series:
-    """Per item, the probability that people's majority label is right, from people's answers alone.
-
-    People's accuracy is one pooled one-coin reliability (persons in ``known_reliability``, e.g. from gold,
-    keep theirs), estimated by EM together with the models' accuracy per confidence bin (the models' label
-    ``prior.argmax`` as one more rater, its accuracy free in each of ``bins`` quantile bins of its confidence)
-    and the class shares.  Three raters identify each other where two people answered; and since who got a
-    second person depended on the models' label and the first answer, both observed, the estimate is
-    unbiased (missing at random given what is in the model).  :func:`fuse_people`'s person reliabilities are
-    not used: its held-out evidence exponent is fitted on those very escalated items, which were chosen
-    because people disagreed, and pulls every person toward chance (a 0.8 crowd measured 0.5).
-    ``default_reliability`` is where EM starts and a prior worth 20 answers.  The item's majority label is
-    scored by people's answers only (uniform class prior), so the models never vouch for themselves here.
-    """
-    k = len(classes)
-    n = len(item_index)
-    ans = answers[answers["item_id"].isin(item_index)]
-    pos = item_index.get_indexer(ans["item_id"])
-    lab = pd.Index(classes).get_indexer(ans["label"].astype(str))
-    ok = (pos >= 0) & (lab >= 0)
-    pos, lab = pos[ok], lab[ok]
-    known = ans["worker_id"].astype(str).map(pd.Series(known_reliability, dtype=float)) \
-        if known_reliability is not None else pd.Series(np.nan, index=ans.index)
-    known = known.to_numpy(dtype=float)[ok]
-    free = np.isnan(known)
-    r = float(default_reliability)
-    if prior is not None:
-        p = np.asarray(prior, dtype=float)
-        m_lab = p.argmax(axis=1)
-        top = p.max(axis=1)
-        edges = np.unique(np.quantile(top, np.linspace(0, 1, bins + 1)[1:-1])) if n else np.array([])
-        m_bin = np.searchsorted(edges, top, side="right")
-        acc = np.array([float(top[m_bin == b].mean()) if (m_bin == b).any() else 0.5 for b in range(len(edges) + 1)])
-    shares = np.full(k, 1.0 / k)
-    for _ in range(max_iter):
-        rr = np.where(free, r, np.clip(known, 1.0 / k + 1e-3, 0.999))
-        wrong = np.log((1.0 - rr) / max(k - 1, 1))
-        logq = np.tile(np.log(shares), (n, 1))
-        np.add.at(logq, pos, wrong[:, None])
-        np.add.at(logq, (pos, lab), np.log(rr) - wrong)
-        if prior is not None:
-            am = np.clip(acc[m_bin], 1e-3, 1 - 1e-3)
-            mw = np.log((1.0 - am) / max(k - 1, 1))
-            logq += mw[:, None]
-            logq[np.arange(n), m_lab] += np.log(am) - mw
-        logq -= logq.max(axis=1, keepdims=True)
-        q = np.exp(logq)
-        q /= q.sum(axis=1, keepdims=True)
-        right = q[pos[free], lab[free]]
-        r_new = float((right.sum() + 20.0 * default_reliability) / (free.sum() + 20.0))
-        r_new = float(np.clip(r_new, 1.0 / k + 1e-3, 0.999))
-        shares = (q.sum(axis=0) + 1.0) / (n + k)
-        if prior is not None:
-            qm = q[np.arange(n), m_lab]
-            acc = np.array([(qm[m_bin == b].sum() + 1.0) / ((m_bin == b).sum() + 2.0) for b in range(len(acc))])
-        if abs(r_new - r) < 1e-6:
-            r = r_new
-            break
-        r = r_new
-    rr = np.where(free, r, np.clip(known, 1.0 / k + 1e-3, 0.999))
-    wrong = np.log((1.0 - rr) / max(k - 1, 1))
-    logl = np.zeros((n, k))
-    np.add.at(logl, pos, wrong[:, None])
-    np.add.at(logl, (pos, lab), np.log(rr) - wrong)
-    logl -= logl.max(axis=1, keepdims=True)
-    q = np.exp(logl)
-    q /= q.sum(axis=1, keepdims=True)
-    majority = _majority(ans, item_index)
-    col = pd.Index(classes).get_indexer(majority.fillna("").astype(str))
-    out = np.where(col >= 0, q[np.arange(n), np.clip(col, 0, None)], np.nan)
-    return pd.Series(out, index=item_index, dtype=float)
-
-
-def denoise_agreement(agreement: np.ndarray, reliability: float, k: int) -> tuple[np.ndarray, dict]:
-    """P(the models are right) from P(the models agree with a person's label), the label right with ``reliability``.
-
-    A calibration fitted on people's labels measures agreement, not accuracy: with labels right with
-    probability r (one-coin: else uniform over the other classes, e = (1 - r) / (k - 1)), a model right with
-    probability a agrees with probability a * r + (1 - a) * e.  Solved for a: (agreement - e) / (r - e),
-    clipped to [1/k, 0.999].  Without it the confidence of a perfect model stays at r: on product (crowd
-    answers right 79 % of the time) no item reached the 0.9 auto-accept floor, and the people's fusion took
-    the models for as noisy as one crowd answer.  With r - e below DENOISE_MIN_MARGIN the curve is returned
-    unchanged (people too close to chance to de-noise by).
-    """
-    p = np.asarray(agreement, dtype=float)
-    r = float(reliability)
-    e = (1.0 - r) / max(k - 1, 1)
-    info = {"label_reliability": round(r, 6), "denoised": False}
-    if not np.isfinite(r) or r - e < DENOISE_MIN_MARGIN:
-        return p, info | {"why_not": f"label reliability {r:.3f} within {DENOISE_MIN_MARGIN} of chance agreement"}
-    return np.clip((p - e) / (r - e), 1.0 / k, 0.999), info | {"denoised": True}

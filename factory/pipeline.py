@@ -418,36 +418,8 @@ def calibrate_fused(fx: Factory, dataset: str, fused: pd.DataFrame) -> tuple[pd.
              "heldout_accuracy": round(float(held["correct"].mean()), 6),
              "mean_raw_confidence": round(float(raw.mean()), 6) if len(raw) else None,
              "mean_confidence": round(float(cal[len(held):].mean()), 6) if len(raw) else None}
-    tt = fx.spec(dataset).task_type
-    if tt.people_loop:
-        # one class per item: what was fit is agreement with people's labels; the models' accuracy is that agreement
-        # de-noised by how often those labels are right (factory.loop.denoise_agreement)
-        cal, how = people_loop.denoise_agreement(cal, _held_label_reliability(fx, dataset, held),
-                                                 len(fx.spec(dataset).class_names))
-        info |= how | {"mean_confidence": round(float(cal[len(held):].mean()), 6) if len(raw) else None}
     # one class: the top class's probability becomes it; a set's (or spans') per-class marginals stay
-    return tt.with_confidence(fused, cal[len(held):]), info
-
-
-def _held_label_reliability(fx: Factory, dataset: str, held: pd.DataFrame) -> float:
-    """Mean probability that the human labels the calibration was fit on are right (gold labels: 1), estimated from
-    people's answers with the models' out-of-fold probabilities in the model (`factory.loop.label_reliability`)."""
-    spec = fx.spec(dataset)
-    classes = spec.class_names
-    dec = fx.ledger.human_decisions(dataset)
-    if dec.empty:
-        return 1.0
-    dec = dec[dec["payload"].map(lambda p: json.loads(p).get("task_kind")).isin(TRAINING_KINDS)]
-    idx = pd.Index(held["item_id"])
-    k = len(classes)
-    top = pd.Index(classes).get_indexer(held["label"].astype(str))
-    raw = held["raw_confidence"].to_numpy(dtype=float)
-    prior = np.repeat(((1.0 - raw) / max(k - 1, 1))[:, None], k, axis=1)
-    prior[np.arange(len(idx)), np.clip(top, 0, None)] = raw
-    r = people_loop.label_reliability(prior, idx, dec.rename(columns={"actor": "worker_id"})[["item_id", "worker_id", "label"]],
-                                      classes, default_reliability=spec.workforce.default_reliability,
-                                      known_reliability=_known_reliabilities(fx, dataset))
-    return float(r.fillna(1.0).mean())
+    return fx.spec(dataset).task_type.with_confidence(fused, cal[len(held):]), info
 
 
 # ----------------------------------------------------------------------------- routing
@@ -691,37 +663,6 @@ def _known_reliabilities(fx: Factory, dataset: str) -> pd.Series:
     return enough.set_index("annotator_id")["gold_accuracy"].astype(float)
 
 
-def people_prior(fx: Factory, dataset: str, routes: pd.DataFrame, fused: pd.DataFrame, idx: pd.Index) -> np.ndarray:
-    """The models' probabilities the people's fusion (escalation and final labels) starts from, rows of ``idx``.
-
-    human-model items: uniform (people first: the models' role is to flag probable mislabels for another person,
-    the verify route; as a vote they overruled three people on 29 of 261 re-checked demo items).  Seed items
-    taught the labelers, so the fused probabilities of the batch echo their very answers: they get the
-    out-of-fold probabilities of labelers that never saw them (`heldout_predictions`, calibrated as the fusion
-    is), uniform where there are none.  Before, seed items were fused from their one answer alone: on product
-    (crowd answers right 79 % of the time) 300 single answers were final labels no model could question.
-    """
-    classes = fx.spec(dataset).class_names
-    k = len(classes)
-    prior = fused.loc[idx, prob_cols(classes)].to_numpy(dtype=float, copy=True)
-    mode, route = routes["mode"].reindex(idx), routes["route"].reindex(idx)
-    prior[(mode == "human-model").to_numpy()] = 1.0 / k
-    seeded = (route == "seed").to_numpy() & (mode != "human-model").to_numpy()
-    if seeded.any():
-        prior[seeded] = 1.0 / k
-        held = heldout_predictions(fx, dataset).set_index("item_id").reindex(idx[seeded]).dropna(subset=["label"])
-        if len(held):
-            col = pd.Index(classes).get_indexer(held["label"].astype(str))
-            raw = held["raw_confidence"].to_numpy(dtype=float)
-            p = np.repeat(((1.0 - raw) / max(k - 1, 1))[:, None], k, axis=1)
-            p[np.arange(len(held)), np.clip(col, 0, None)] = raw
-            frame = pd.DataFrame(p, index=held.index, columns=prob_cols(classes)).assign(
-                label=held["label"].astype(str), confidence=raw)
-            cal, _ = calibrate_fused(fx, dataset, frame)
-            prior[idx.get_indexer(held.index)] = cal[prob_cols(classes)].to_numpy(dtype=float)
-    return prior
-
-
 def escalate(fx: Factory, dataset: str, batch_id: str, run_id: str | None = None) -> pd.DataFrame:
     """Open second-opinion or expert-arbitration tasks where people and models have not settled an item.
 
@@ -745,8 +686,8 @@ def escalate(fx: Factory, dataset: str, batch_id: str, run_id: str | None = None
     # an answer outside the current schema is a schema problem for the blocking checks, not a dispute
     off_schema = set(dec.loc[~in_schema(spec, dec["label"]), "item_id"])
     off_schema |= set(dec.loc[kinds.reindex(dec.index) == "requeue", "item_id"])  # decided under the new guideline
-    # seed items too: their prior is out-of-fold (`people_prior`), so their one answer meets models that never saw it
-    people = routes.index[routes.index.isin(dec["item_id"]) & ~routes.index.isin(arbitrated | pending_arb | off_schema)]
+    people = routes.index[routes.index.isin(dec["item_id"]) & ~routes.index.isin(arbitrated | pending_arb | off_schema)
+                          & (routes["route"] != "seed")]
     if not len(people):
         return pd.DataFrame()
     d = dec[dec["item_id"].isin(people)].rename(columns={"actor": "worker_id"})
@@ -755,7 +696,10 @@ def escalate(fx: Factory, dataset: str, batch_id: str, run_id: str | None = None
         new = set_escalations(spec, dataset, batch_id, routes, post, d.groupby("item_id").size(), run_id)
         fx.ledger.create_tasks(new)
         return pd.DataFrame(new)
-    prior = people_prior(fx, dataset, routes, fused, people)
+    prior = fused.loc[people, prob_cols(classes)].to_numpy(copy=True)
+    if (routes.loc[people, "mode"] == "human-model").any():  # people first: the models' prior is kept weak
+        hm = (routes.loc[people, "mode"] == "human-model").to_numpy()
+        prior[hm] = 1.0 / len(classes)  # people first: the models flag (verify route), people decide
     n = d.groupby("item_id").size().reindex(people).fillna(0).astype(int)
     base = routes.loc[people, "route"].map({"verify": spec.human_model.overlap + 1}).fillna(1).astype(int)
     n_eff = n - base + 1
@@ -881,7 +825,15 @@ def final_labels(fx: Factory, dataset: str, batch_id: str, run_id: str | None = 
         d = decisions
     if len(d):
         idx = pd.Index(sorted(d["item_id"].unique()))
-        prior = people_prior(fx, dataset, routes, fused, idx)
+        prior = fused.loc[idx, prob_cols(classes)].to_numpy(copy=True)
+        hm = (out.loc[idx, "mode"] == "human-model").to_numpy()
+        # people first: in human-model the models' role is to flag probable mislabels for another person (the
+        # verify route); as a vote they overruled three people on 29 of 261 re-checked demo items
+        prior[hm] = 1.0 / len(classes)
+        # seed items taught the labelers: their models' probabilities echo the very answers being fused, so
+        # they are no evidence here (and escalation never reviews seed items, so nothing could correct a flip)
+        seeded = (routes["route"].reindex(idx) == "seed").to_numpy()
+        prior[seeded] = 1.0 / len(classes)
         # the same fusion of people and models the escalation round decided on (factory.loop)
         answers = d.rename(columns={"actor": "worker_id"})[["item_id", "worker_id", "label"]]
         if not spec.task_type.people_loop:  # sets and spans: the type's fusion of people and models

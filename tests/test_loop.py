@@ -450,38 +450,3 @@ def test_replay_audit_is_a_stated_simulated_person_whose_answers_count():
     assert n_audit == 20
     assert out["rounds"][0]["answers_used"] == seed_answers + n_audit
     assert out["rounds"][0]["verified_accuracy"] is not None  # the round was calibrated against the audit
-
-
-# --------------------------------------------------------------------------- agreement -> accuracy (noisy labels)
-def test_denoise_agreement_recovers_the_models_accuracy_from_agreement_with_noisy_labels():
-    r, a = 0.79, 0.96  # people right 79 % of the time (product's crowd), models right 96 %
-    agree = a * r + (1 - a) * (1 - r)  # what a calibration on people's labels measures
-    out, info = L.denoise_agreement(np.array([agree, 0.5, 0.2]), r, 2)
-    assert info["denoised"]
-    assert out[0] == pytest.approx(a)
-    assert out[1] == pytest.approx(0.5) and out[2] == pytest.approx(0.5)  # never below chance for the top class
-    # people too close to chance: nothing to de-noise by, the curve stays
-    same, info = L.denoise_agreement(np.array([agree]), 0.55, 2)
-    assert not info["denoised"] and same[0] == pytest.approx(agree)
-
-
-def test_label_reliability_measures_a_noisy_crowd_even_when_second_answers_follow_the_models():
-    """One answer per item from people right 80 % of the time; a second person only where the first disagrees with
-    the models (as escalation does).  The estimate must see the 0.8, not the spec's default 0.9 nor the
-    disagreement-inflated error rate of the escalated items."""
-    rng = np.random.default_rng(0)
-    n, k = 3000, 2
-    truth = rng.integers(0, k, n)
-    model = np.where(rng.random(n) < 0.92, truth, 1 - truth)
-    prior = np.full((n, k), 0.1)
-    prior[np.arange(n), model] = 0.9
-    idx = pd.Index([f"i{j}" for j in range(n)])
-
-    def answer(i):
-        return truth[i] if rng.random() < 0.8 else 1 - truth[i]
-    rows = [(idx[i], f"w{rng.integers(20)}", answer(i)) for i in range(n)]
-    rows += [(idx[i], f"w{20 + rng.integers(20)}", answer(i)) for i, (_, _, a) in enumerate(list(rows)) if a != model[i]]
-    answers = pd.DataFrame(rows, columns=["item_id", "worker_id", "label"]).assign(label=lambda d: d["label"].map(str))
-    rel = L.label_reliability(prior, idx, answers, ["0", "1"], default_reliability=0.9)
-    single = answers.groupby("item_id").size().reindex(idx) == 1
-    assert rel[single].mean() == pytest.approx(0.8, abs=0.04)

@@ -233,7 +233,7 @@ def test_the_audit_a_batch_needs_is_reserved_before_deferred_items_are_funded(fx
     assert (routes["route"] == "audit").sum() == min(info["audit_reserved"], machine) > 0
 
 
-def test_a_final_label_is_always_one_the_ledgers_events_gave(fx, bbc_small, tmp_path, monkeypatch):
+def test_a_final_label_is_always_one_the_ledgers_events_gave(fx, bbc_small, tmp_path):
     """People's fusion learns that one person's answers run against the others' (a fixed shift of the classes)
     and, before the fix, turned that person's lone answer into a class nobody gave: the final event named
     events that all said otherwise and the release refused it (the pairs benchmark, after batch 1 was finalised
@@ -256,80 +256,8 @@ def test_a_final_label_is_always_one_the_ledgers_events_gave(fx, bbc_small, tmp_
     for i, g in tasks.groupby("item_id"):
         for t, (worker, label) in zip(g["task_id"], plan[i]):
             fx.ledger.answer_task(t, label, worker, CLASSES)
-    # about the final label, not escalation (which now reviews seed items too: test_escalation_reviews_seed_items...)
-    monkeypatch.setattr(P, "escalate", lambda *a, **k: pd.DataFrame())
     final = P.final_labels(fx, "news", b).set_index("item_id")
     assert final.at[lone, "label"] == shift[truth[lone]]  # what its one answer said, not the class before it
     assert final.at[lone, "confidence"] < 0.5  # the posterior's doubt is kept
     _, problems = final_labels_from_events(fx.ledger.events("news", batch_id=b))
     assert problems == []
-
-
-def _held(items: list[str], label: str, raw: np.ndarray, correct: np.ndarray) -> pd.DataFrame:
-    return pd.DataFrame({"item_id": items, "label": label, "raw_confidence": raw, "human_label": label,
-                         "correct": correct.astype(float)})
-
-
-def test_the_fused_confidence_is_the_models_accuracy_not_their_agreement_with_noisy_people(fx, monkeypatch):
-    """calibrate_fused fits agreement with people's labels, then de-noises it by how often those labels are right
-    (pipeline._held_label_reliability -> loop.denoise_agreement): a perfect model checked by people right 80 % of
-    the time agrees 80 % of the time, and its confidence must not stop there."""
-    rng = np.random.default_rng(0)
-    n = 1200
-    items = [f"h{j:04d}" for j in range(n)]
-    held = _held(items, CLASSES[0], rng.uniform(0.9, 1.0, n), rng.random(n) < 0.8)  # always right, 80 % agreement
-    monkeypatch.setattr(P, "heldout_predictions", lambda fx, dataset, seed=0: held)
-    monkeypatch.setattr(P, "_held_label_reliability", lambda fx, dataset, held: 0.8)
-    k = len(CLASSES)
-    p = np.full((5, k), 0.02 / (k - 1))
-    p[:, 0] = 0.98
-    fused = pd.DataFrame(p, columns=P.prob_cols(CLASSES), index=[f"n{j}" for j in range(5)]).assign(
-        label=CLASSES[0], confidence=0.98)
-    out, info = P.calibrate_fused(fx, "news", fused)
-    assert info["denoised"] and info["label_reliability"] == 0.8
-    assert (out["confidence"] > 0.95).all(), out["confidence"]  # agreement alone would say ~0.8
-
-
-def test_seed_items_meet_out_of_fold_models_in_the_people_fusion(fx, monkeypatch):
-    """The people's fusion of a seed item starts from labelers that never saw it (heldout_predictions), not from the
-    batch's fused probabilities (they learnt its answer) nor from nothing (its one answer alone decided it)."""
-    items = ["s1", "s2", "r1"]
-    k = len(CLASSES)
-    fused = pd.DataFrame(np.full((3, k), 0.1 / (k - 1)), index=items, columns=P.prob_cols(CLASSES))
-    fused[f"prob_{CLASSES[0]}"] = 0.9  # in-sample: class 0 everywhere
-    routes = pd.DataFrame({"route": ["seed", "seed", "review"], "mode": "prelabel-human"}, index=items)
-    held = _held(["s1", "s2"], CLASSES[1], np.array([0.97, 0.97]), np.array([True, True]))
-    monkeypatch.setattr(P, "heldout_predictions", lambda fx, dataset, seed=0: held)
-    monkeypatch.setattr(P, "_held_label_reliability", lambda fx, dataset, held: 1.0)
-    prior = P.people_prior(fx, "news", routes, fused, pd.Index(items))
-    assert list(np.asarray(CLASSES)[prior.argmax(axis=1)]) == [CLASSES[1], CLASSES[1], CLASSES[0]]
-    assert prior[0].max() > 1.0 / k + 0.1  # not uniform
-
-
-def test_escalation_reviews_seed_items_against_out_of_fold_models(fx, bbc_small, tmp_path, monkeypatch):
-    """Seed items enter the escalation's people round (with people_prior's out-of-fold prior), so a seed answer the
-    models doubt gets another person instead of standing alone or being silently overruled in final labels."""
-    b, items = _batch(fx, tmp_path, bbc_small["text"][:30])
-    P.initial_tasks(fx, "news", b)
-    seeds = fx.ledger.tasks("news", batch_id=b).query("kind == 'seed'")
-    assert len(seeds)
-    fx.ledger.answer_tasks([{"task_id": t, "label": CLASSES[0], "annotator": f"ann-{n % 3}"}
-                            for n, t in enumerate(seeds["task_id"])], {"news": CLASSES})
-    monkeypatch.setattr(P, "heldout_predictions", lambda fx, dataset, seed=0: pd.DataFrame(
-        columns=["item_id", "label", "raw_confidence", "human_label", "correct"]))
-    _preds(fx, b, items)
-    P.fuse(fx, "news", b)
-    P.write_table(pd.DataFrame({"item_id": items, "route": ["seed" if i in set(seeds["item_id"]) else "auto"
-                                                            for i in items], "mode": "prelabel-human",
-                                "required_tier": "L1", "label": "x", "confidence": 0.9,
-                                "reasons": json.dumps(["x"])}), fx.paths.table("routing", "news", b))
-    seen = {}
-
-    def people_round(prior, *a, **k):
-        seen["items"] = set(prior.index)
-        raise RuntimeError("reached")
-
-    monkeypatch.setattr(P.people_loop, "people_round", people_round)
-    with pytest.raises(RuntimeError, match="reached"):
-        P.escalate(fx, "news", b)
-    assert seen["items"] == set(seeds["item_id"])

@@ -162,15 +162,11 @@ class PairSimilarityBoosting(_PairLabeler):
 
     name = "pair_sim_gbdt"
     family = "pair-sim-gbdt"
-    version = "1.2.0"
+    version = "1.1.0"
 
-    # 1.2: fewer, smaller, slower trees (was 150 iterations at 0.08, 15 leaves of >= 20 items): people's labels are
-    # noisy (product's crowd answers are right 79 % of the time) and the old trees learnt the noise.  Chosen by
-    # 5-fold cross-validated log loss against the crowd's own labels on 2,000 product pairs (no gold read):
-    # 0.549 -> 0.512 (logistic regression: 0.516), of four settings compared once (see the README's pairs row)
     @classmethod
     def default_params(cls) -> dict[str, Any]:
-        return {"max_iter": 60, "learning_rate": 0.05, "max_leaf_nodes": 7, "min_samples_leaf": 50,
+        return {"max_iter": 150, "learning_rate": 0.08, "max_leaf_nodes": 15, "min_samples_leaf": 20,
                 "l2_regularization": 1.0, "features": PAIR_FEATURE_NAMES}
 
     @staticmethod
