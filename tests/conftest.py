@@ -144,3 +144,25 @@ def pg_database(pg_server):
 def pg_url(pg_database) -> str:
     """A fresh, empty PostgreSQL database for one test (URL with postgresql+psycopg2)."""
     return pg_database("ledger")
+
+
+# the people a typed flow test registers: an L1 annotator, two L2 reviewers, an expert
+CREW = (("ann-1", "L1"), ("rev-1", "L2"), ("rev-2", "L2"), ("expert-1", "expert"))
+
+
+def add_crew(cli) -> None:
+    """Register CREW through the CLI."""
+    for who, tier in CREW:
+        cli("annotators", "add", who, "--tier", tier)
+
+
+def answer_until_final(cli, dataset: str, batch: str, out: str, answer_round, rounds: int = 6) -> str:
+    """Answer what is open (``answer_round(i)``) and rerun the batch until finalise succeeds (review and audit
+    tasks first, then the second opinions or arbitrations finalise may open); fails if it never does."""
+    for i in range(rounds):
+        if "finalise: ok" in out:
+            break
+        answer_round(i)
+        out = cli("run", "--dataset", dataset, "--batch", batch, ok=False).output
+    assert "finalise: ok" in out, out
+    return out

@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from tests.conftest import write_csv
+from tests.conftest import add_crew, answer_until_final, write_csv
 
 TAGS = {"sport": ["football match", "the striker scored", "tennis final", "the league table"],
         "politics": ["the election", "parliament voted", "the minister said", "a new government policy"],
@@ -62,8 +62,7 @@ def test_multilabel_flow_from_init_to_trace(cli, root, fx, tmp_path):
     spec_path.write_text(yaml.safe_dump(spec))
     assert "valid" in cli("validate", "--dataset", "tags").output
 
-    for who, tier in (("ann-1", "L1"), ("rev-1", "L2"), ("rev-2", "L2"), ("expert-1", "expert")):
-        cli("annotators", "add", who, "--tier", tier)
+    add_crew(cli)
     texts, truth = make_items(60)
     truth_by_text = dict(zip(texts, truth))
     src = write_csv(tmp_path / "tags.csv", texts)
@@ -95,12 +94,9 @@ def test_multilabel_flow_from_init_to_trace(cli, root, fx, tmp_path):
     assert {"disagreement", "low_confidence", "audit"} <= reasons, reasons
     assert any(r.startswith("uncertain: ") for r in reasons)  # routing names the classes to look at first
     assert {"audit", "review"} <= set(routes["route"])  # the audit: machine-accepted sets checked by people
-    for i in range(6):  # review/audit tasks, then second opinions or arbitrations finalise may open
-        if "finalise: ok" in out:
-            break
-        _answer_open(cli, truth_by_text, tmp_path, "tags", f"round{i}.csv")
-        out = cli("run", "--dataset", "tags", "--batch", batch, ok=False).output
-    assert "finalise: ok" in out, out
+    # review/audit tasks, then second opinions or arbitrations finalise may open
+    answer_until_final(cli, "tags", batch, out,
+                       lambda i: _answer_open(cli, truth_by_text, tmp_path, "tags", f"round{i}.csv"))
     final = pd.read_parquet(fx.paths.table("final_labels", "tags", batch))
     assert final["label"].map(lambda s: set(s.split("|")) - {""} <= set(TAGS)).all()
     assert "release: ok" in cli("run", "--dataset", "tags", "--stage", "release").output
@@ -227,8 +223,7 @@ def test_multilabel_runs_in_prelabel_model_mode(cli, root, fx, tmp_path):
     spec["quality"].update(min_accuracy=0.5)
     spec["prelabel_model"] = {"accept_confidence": 0.5, "on_disagreement": "to-human", "audit_rate": 0.1}
     spec_path.write_text(yaml.safe_dump(spec))
-    for who, tier in (("ann-1", "L1"), ("rev-1", "L2"), ("rev-2", "L2"), ("expert-1", "expert")):
-        cli("annotators", "add", who, "--tier", tier)
+    add_crew(cli)
     texts, truth = make_items(60)
     truth_by_text = dict(zip(texts, truth))
     cli("ingest", write_csv(tmp_path / "tags.csv", texts), "--dataset", "tags")
@@ -244,12 +239,8 @@ def test_multilabel_runs_in_prelabel_model_mode(cli, root, fx, tmp_path):
     notes = [r for rs in reasons for r in rs if r.startswith("verifier ")]
     assert all(r.startswith("verifier ovr_glove_logreg says") for r in notes)
     assert (routes["route"] == "audit").sum() >= 6  # audit_rate 0.1 of 60 items
-    for i in range(6):
-        if "finalise: ok" in out:
-            break
-        _answer_open(cli, truth_by_text, tmp_path, "tags", f"round{i}.csv")
-        out = cli("run", "--dataset", "tags", "--batch", batch, ok=False).output
-    assert "finalise: ok" in out, out
+    answer_until_final(cli, "tags", batch, out,
+                       lambda i: _answer_open(cli, truth_by_text, tmp_path, "tags", f"round{i}.csv"))
     final = pd.read_parquet(fx.paths.table("final_labels", "tags", batch)).set_index("item_id")
     verified = routes.index[routes["route"] == "verified"]
     assert (final.loc[verified, "source"] == "verified").all()
@@ -318,12 +309,8 @@ def test_multilabel_runs_in_human_model_mode(cli, root, fx, tmp_path):
     breaks = [i for i in routes.index if desk_of[text_of[i]] == "sports" and "economy" in truth_by_text[text_of[i]]]
     assert breaks and routes.loc[breaks, "route"].eq("verify").all()
     assert reasons[breaks].map(lambda r: any(x.startswith("rule:sports-desk") for x in r)).all()
-    for i in range(6):
-        if "finalise: ok" in out:
-            break
-        _answer_open(cli, truth_by_text, tmp_path, "tags", f"round{i}.csv")
-        out = cli("run", "--dataset", "tags", "--batch", batch, ok=False).output
-    assert "finalise: ok" in out, out
+    answer_until_final(cli, "tags", batch, out,
+                       lambda i: _answer_open(cli, truth_by_text, tmp_path, "tags", f"round{i}.csv"))
     final = pd.read_parquet(fx.paths.table("final_labels", "tags", batch)).set_index("item_id")
     assert set(final["source"]) <= {"annotated", "calibrated", "arbitrated"}
     items = fx.ledger.items("tags").set_index("item_id")["text"]

@@ -21,6 +21,7 @@ from factory.errors import SpecError
 from factory.spec import parse_spec
 from factory.tasks import AnswerError
 from factory.tasks import pair_codec
+from tests.conftest import add_crew, answer_until_final
 
 BRANDS = ["sony", "bose", "canon", "nikon", "philips", "samsung", "panasonic", "yamaha"]
 LINES = ["headphones", "speaker", "camera", "lens", "turntable", "television", "receiver", "soundbar"]
@@ -176,8 +177,7 @@ def test_pairs_flow_from_init_to_trace(cli, root, fx, tmp_path):
     spec["review"]["budget"] = 1.0
     spec_path.write_text(yaml.safe_dump(spec))
     assert "valid" in cli("validate", "--dataset", "match").output
-    for who, tier in (("ann-1", "L1"), ("rev-1", "L2"), ("rev-2", "L2"), ("expert-1", "expert")):
-        cli("annotators", "add", who, "--tier", tier)
+    add_crew(cli)
 
     recs, pairs = make_records(120, seed=1)
     recs.to_csv(tmp_path / "records.csv", index=False)
@@ -230,12 +230,8 @@ def test_pairs_flow_from_init_to_trace(cli, root, fx, tmp_path):
     text_of = items.set_index("item_id")["text"]
     acc = (fused["label"] == fused["item_id"].map(text_of).map(truth_of)).mean()
     assert acc >= 0.8, acc  # the models learnt matching from 40 answered pairs
-    for i in range(6):
-        if "finalise: ok" in out:
-            break
-        _answer_open(cli, truth_of, tmp_path, f"round{i}.csv")
-        out = cli("run", "--dataset", "match", "--batch", batch, ok=False).output
-    assert "finalise: ok" in out, out
+    answer_until_final(cli, "match", batch, out,
+                       lambda i: _answer_open(cli, truth_of, tmp_path, f"round{i}.csv"))
     assert "release: ok" in cli("run", "--dataset", "match", "--stage", "release").output
     rel = Path(fx.ledger.releases("match").iloc[0]["path"])
     assert "every file matches" in cli("verify-release", rel).output

@@ -13,6 +13,7 @@ import pytest
 import yaml
 
 from factory.span_labelers import tokenize
+from tests.conftest import add_crew, answer_until_final
 
 PER = ["John Smith", "Mary Jones", "Ahmed Khan", "Li Wei", "Anna Berg", "Carlos Ruiz", "Tom Hardy", "Eva Novak",
        "Sara Lind", "Omar Haddad", "Kate Moss", "Ivan Petrov"]
@@ -101,8 +102,7 @@ def test_spans_flow_from_init_to_trace(cli, root, fx, tmp_path):
     spec_path.write_text(yaml.safe_dump(spec))
     assert "valid" in cli("validate", "--dataset", "ents").output
 
-    for who, tier in (("ann-1", "L1"), ("rev-1", "L2"), ("rev-2", "L2"), ("expert-1", "expert")):
-        cli("annotators", "add", who, "--tier", tier)
+    add_crew(cli)
     texts, truth = make_sentences(120, new_names=0.4)
     truth_by_text = dict(zip(texts, truth))
     src = tmp_path / "ents.csv"
@@ -174,12 +174,9 @@ def test_spans_flow_from_init_to_trace(cli, root, fx, tmp_path):
 
     # one reviewer gets a boundary wrong: people and models disagree there
     missed = next(t for t in shown[2:] if truth_by_text[t["text"]])
-    for i in range(6):
-        if "finalise: ok" in out:
-            break
-        _answer_open(cli, truth_by_text, tmp_path, "ents", f"round{i}.csv", asked, wrong={missed["task_id"]})
-        out = cli("run", "--dataset", "ents", "--batch", batch, ok=False).output
-    assert "finalise: ok" in out, out
+    answer_until_final(cli, "ents", batch, out,
+                       lambda i: _answer_open(cli, truth_by_text, tmp_path, "ents", f"round{i}.csv", asked,
+                                              wrong={missed["task_id"]}))
     final = pd.read_parquet(fx.paths.table("final_labels", "ents", batch))
     # people were asked: the audit, and the sentences routing flagged (span routing's reasons, or a confidence
     # calibrated on the seed's cross-fitted taggers below the threshold)

@@ -26,7 +26,7 @@ from factory.errors import SpecError
 from factory.spec import parse_spec
 from factory.tasks.base import AnswerError
 from factory.tasks.classification import Classification
-from tests.conftest import write_csv
+from tests.conftest import add_crew, answer_until_final, write_csv
 
 
 class Rating(Classification):
@@ -157,8 +157,7 @@ def test_a_type_defined_in_a_test_runs_the_whole_flow_with_the_core_untouched(ra
     spec["review"]["budget"] = 1.0
     spec_path.write_text(yaml.safe_dump(spec))
     assert "valid" in cli("validate", "--dataset", "stars").output
-    for who, tier in (("ann-1", "L1"), ("rev-1", "L2"), ("rev-2", "L2"), ("expert-1", "expert")):
-        cli("annotators", "add", who, "--tier", tier)
+    add_crew(cli)
     texts, truth = make_reviews(100)
     truth_by_text = dict(zip(texts, truth))
     cli("ingest", write_csv(tmp_path / "stars.csv", texts), "--dataset", "stars")
@@ -187,12 +186,9 @@ def test_a_type_defined_in_a_test_runs_the_whole_flow_with_the_core_untouched(ra
     out = cli("run", "--dataset", "stars", "--batch", batch, ok=False).output
     preds = pd.read_parquet(fx.paths.table("model_predictions", "stars", batch))
     assert {f"prob_{c}" for c in "12345"} <= set(preds.columns)
-    for i in range(6):  # review/audit tasks, then second opinions or arbitrations finalise may open
-        if "finalise: ok" in out:
-            break
-        _answer_open(cli, truth_by_text, tmp_path, f"round{i}.csv")
-        out = cli("run", "--dataset", "stars", "--batch", batch, ok=False).output
-    assert "finalise: ok" in out, out
+    # review/audit tasks, then second opinions or arbitrations finalise may open
+    answer_until_final(cli, "stars", batch, out,
+                       lambda i: _answer_open(cli, truth_by_text, tmp_path, f"round{i}.csv"))
     assert "release: ok" in cli("run", "--dataset", "stars", "--stage", "release").output
     rel = Path(fx.ledger.releases("stars").iloc[0]["path"])
     assert "every file matches" in cli("verify-release", rel).output
