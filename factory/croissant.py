@@ -87,7 +87,7 @@ def croissant(manifest: dict, spec: Any, file_sha256: dict[str, str], columns: l
                                                       "extract": {"column": c}}})
         if c == "label":  # the task type's field: a reference to the classes record set (repeated for sets)
             fields[-1].update(spec.task_type.croissant_field(spec.class_names))
-        extra = getattr(spec.task_type, "croissant_extra_fields", lambda classes: {})(spec.class_names)
+        extra = spec.task_type.croissant_extra_fields(spec.class_names)
         if c in extra:  # a type's own columns (spans: the tokens and the BIO tags, both repeated)
             fields[-1].update(extra[c])
     # the label schema as a categorical enumeration (Croissant's way to declare class labels)

@@ -86,7 +86,7 @@ def _check_columns(path: Path, columns: list[str], spec: DatasetSpec, where: str
         raise IngestError(f"{at}: missing column '{id_col}' (the spec's task.id_column, your own item ids); "
                           f"columns found: {columns}; nothing was ingested")
     allowed = {*spec.task.input_columns, *spec.task.metadata, *RESERVED, *([id_col] if id_col else []),
-               *getattr(spec.task_type, "input_columns", ())}  # e.g. spans: an optional `tokens` column
+               *spec.task_type.input_columns}  # e.g. spans: an optional `tokens` column
     unknown = [c for c in columns if c not in allowed]
     if unknown:
         raise IngestError(f"{at}: unknown column(s) {unknown}; the spec of '{spec.name}' allows "
@@ -188,7 +188,7 @@ def _rows_jsonl(path: Path, raw: bytes, spec: DatasetSpec):
     text = _decode(path, raw)
     id_col = spec.task.id_column
     allowed = {*spec.task.input_columns, *spec.task.metadata, *RESERVED, *([id_col] if id_col else []),
-               *getattr(spec.task_type, "input_columns", ())}  # e.g. spans: an optional `tokens` column
+               *spec.task_type.input_columns}  # e.g. spans: an optional `tokens` column
     n = 0
     # split on \n only: str.splitlines would also break at U+2028, U+0085 ... which JSON strings may hold
     for line_no, line in enumerate(text.split("\n"), start=1):
@@ -373,7 +373,7 @@ def ingest(path: str | Path, spec: DatasetSpec, ledger: Ledger, progress: Progre
     batch_id = "b_" + sha[:16]
     source_name = path.name
     allowed_meta = list(spec.task.metadata)
-    item_fields = getattr(spec.task_type, "item_fields", None)
+    item_fields = spec.task_type.item_fields
     id_col = spec.task.id_column
     context = spec.task_type.load_context(path, spec.task)  # pairs: the records file, if the spec names one
     items: dict[str, dict] = {}

@@ -30,20 +30,20 @@ class LabelStudioError(FactoryError):
 def label_config(spec) -> str:
     """The Label Studio labeling config (XML) matching the exported tasks: the task type's control tag."""
     control = spec.task_type.labelstudio_config(spec.class_names, FROM_NAME, TO_NAME)
-    objects = getattr(spec.task_type, "labelstudio_objects", None)  # e.g. pairs: two texts side by side
+    objects = spec.task_type.labelstudio_objects  # e.g. pairs: two texts side by side
     shown = objects() if objects is not None else f'  <Text name="{TO_NAME}" value="$text"/>\n'
     return f'<View>\n{shown}{control}</View>\n'
 
 
 def _item_kw(spec, item) -> dict:
     """The item (text, meta) for a type that maps offsets through it (spans: characters <-> tokens), else nothing."""
-    if not getattr(spec.task_type, "needs_item", False) or item is None:
+    if not spec.task_type.needs_item or item is None:
         return {}
     return {"item": {"text": item["text"], "meta": item["meta"]}}
 
 
 def _one_item(ledger: Ledger, spec, t: dict):
-    if not getattr(spec.task_type, "needs_item", False):
+    if not spec.task_type.needs_item:
         return None
     df = ledger.items(t["dataset"], item_ids=[t["item_id"]])
     return None if df.empty else df.iloc[0]
@@ -63,7 +63,7 @@ def export_tasks(fx, batch_id: str, *, include_answered: bool = False) -> list[d
     ev = fx.ledger.events(dataset, batch_id=batch_id, kind=["model", "fusion"])
     ev = ev[ev["item_id"].isin(set(tasks["item_id"]))]
     by_item = {i: g for i, g in ev.groupby("item_id")}
-    item_columns = getattr(spec.task_type, "item_columns", None)  # e.g. pairs: data.left and data.right
+    item_columns = spec.task_type.item_columns  # e.g. pairs: data.left and data.right
     out = []
     for t in tasks.itertuples(index=False):
         kind, reasons = shown_kind_and_reasons(t.kind, json.loads(t.reasons) if isinstance(t.reasons, str)

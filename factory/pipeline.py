@@ -67,13 +67,12 @@ def read_table(fx: Factory, name: str, dataset: str, batch_id: str) -> pd.DataFr
 
 def labeler_input(spec: DatasetSpec, items: pd.DataFrame) -> pd.DataFrame:
     """What the labelers read of each item: ``item_id, text``, plus what the task type records (spans: tokens)."""
-    hook = getattr(spec.task_type, "labeler_input", None)
-    return items[["item_id", "text"]].reset_index(drop=True) if hook is None else hook(items)
+    return spec.task_type.labeler_input(items)
 
 
 def item_table(spec: DatasetSpec, items: pd.DataFrame) -> pd.DataFrame | None:
     """The items' recorded context the type's fusion needs (spans: ``item_id, tokens, n_tokens``), else None."""
-    hook = getattr(spec.task_type, "item_table", None)
+    hook = spec.task_type.item_table
     return None if hook is None else hook(items)
 
 
@@ -278,7 +277,7 @@ def model_predictions(fx: Factory, dataset: str, batch_id: str, trained: Trained
     items = read_table(fx, "raw_items", dataset, batch_id)
     frames = []
     for lb in fx.progress.track(trained.labelers, "predict", weight=len(items), label=lambda lb: lb.info.name):
-        if hasattr(spec.task_type, "predict_items"):  # spans: tagged per token, decided by the labeler
+        if spec.task_type.predict_items is not None:  # spans: tagged per token, decided by the labeler
             label, conf, p = spec.task_type.predict_items(lb, labeler_input(spec, items), classes)
         else:
             p = lb.predict_proba(items[["item_id", "text"]])
@@ -319,7 +318,7 @@ def fuse(fx: Factory, dataset: str, batch_id: str, run_id: str | None = None) ->
     # the type's fusion of its labelers (one class: the linear pool; sets: per-class marginals averaged; spans: each
     # labeler an annotator of aggregate_spans, with span routing's probability, reason and priority per sentence)
     # only a type whose fusion reads the items' context (an ``item_table`` hook: spans' tokens) reads raw_items
-    items = read_table(fx, "raw_items", dataset, batch_id) if hasattr(spec.task_type, "item_table") else None
+    items = read_table(fx, "raw_items", dataset, batch_id) if spec.task_type.item_table is not None else None
     fused = _pool_models(spec, answers, items)
     raw = fused["confidence"].to_numpy(dtype=float)
     fused, calibration = calibrate_fused(fx, dataset, fused)
@@ -536,7 +535,7 @@ def review_tasks(fx: Factory, dataset: str, batch_id: str, run_id: str | None = 
                  required_tier(spec, r.label, r.reasons, meta.get(r.item_id)))
         for r in routes.itertuples(index=False)]
     # a type whose people correct a pre-annotation (spans) always shows it: the fused spans are the starting point
-    show = spec.review.show_model_suggestion or getattr(spec.task_type, "shows_prelabel", False)
+    show = spec.review.show_model_suggestion or spec.task_type.shows_prelabel
     rows = [task_row(dataset, batch_id, r.item_id, r.route, r.reasons, tier=r.required_tier, run_id=run_id,
                      suggestion=str(r.label) if show and r.route != "verify" else None, domain=spec.workforce.domain)
             for r in routes[routes["route"].isin(["review", "audit", "verify"])].itertuples(index=False)]

@@ -49,6 +49,7 @@ import numpy as np
 import pandas as pd
 
 from checks.standards import DEFAULT_STANDARD, STANDARDS_DIR
+from factory import tasks
 from factory.errors import ReleaseError, ReleaseRefused
 from factory.ingest import sha256_file
 from factory.storage.ledger import canonical, now, within_cut
@@ -129,15 +130,15 @@ def build_release_table(fx, dataset: str, batch_ids: list[str]) -> pd.DataFrame:
         fl = pd.read_parquet(fx.paths.table("final_labels", dataset, b))
         fl = fl[fl["source"] != "deferred"]  # no accepted label yet: never released (counted in the certificate)
         raw = pd.read_parquet(fx.paths.table("raw_items", dataset, b))
-        extra = getattr(spec.task_type, "release_columns", None)  # spans: the tokens and the BIO view
+        extra = spec.task_type.release_columns  # spans: the tokens and the BIO view
         frames.append(fl.merge(raw[["item_id", "text"]] if extra is None else
                                raw[["item_id", "text"]].join(extra(raw, fl.set_index("item_id")["label"].reindex(
                                    raw["item_id"]).to_numpy())), on="item_id", how="left"))
     df = pd.concat(frames, ignore_index=True)
     df["split"] = [split_for(i, spec.splits) for i in df["item_id"]]
-    cols = ["item_id", "text", *getattr(spec.task_type, "release_column_names", ()), "label", "confidence", "source",
+    cols = ["item_id", "text", *spec.task_type.release_column_names, "label", "confidence", "source",
             "split", "batch_id", "annotators", "n_events", "guideline_version", "spec_version"]
-    item_columns = getattr(spec.task_type, "item_columns", None)  # e.g. pairs: the two sides, left and right
+    item_columns = spec.task_type.item_columns  # e.g. pairs: the two sides, left and right
     if item_columns is not None and len(df):
         extra = pd.DataFrame([item_columns(t) for t in df["text"]], index=df.index)
         for c in extra.columns:
@@ -353,7 +354,7 @@ def certify(fx, spec, dataset: str, table: pd.DataFrame, evidence: pd.DataFrame,
     level = spec.quality.confidence_level
     measures = Q.measure(final, spec.class_names, human=human, models=models[["item_id", "labeler", "label"]],
                          gold=gold, prior=spec.prior, n_items=n_items_expected, texts=table["text"], level=level)
-    span_measures = getattr(spec.task_type, "audit_measures", None)  # spans: span-level P/R/F1 where people checked
+    span_measures = spec.task_type.audit_measures  # spans: span-level P/R/F1 where people checked
     if span_measures is not None:
         measures["spans"] = span_measures(final, level)
     gates = Q.evaluate_gates(measures, spec.quality)
@@ -476,7 +477,7 @@ def hf_features(columns: dict[str, str], spec) -> list[dict]:
     spec's classes)."""
     out = []
     for name, dtype in columns.items():
-        extra = getattr(spec.task_type, "hf_extra_features", lambda classes: {})(spec.class_names)
+        extra = spec.task_type.hf_extra_features(spec.class_names)
         if name == "label":
             out.append({"name": "label", "dtype": spec.task_type.hf_feature(spec.class_names)})
         elif name in extra:  # a type's own columns (spans: tokens, the BIO tags as a ClassLabel sequence)
@@ -618,51 +619,37 @@ def published(table: pd.DataFrame, spec) -> pd.DataFrame:
     """The release table as files carry it: the label column as the task type's value (a class name, or the list
     of a set's class names in the spec's order); the ledger's canonical text stays inside the factory."""
     out = table.assign(label=table["label"].map(spec.task_type.decode))  # the type's value (classification: as is)
-    for c in getattr(spec.task_type, "release_column_names", ()):  # JSON text inside the factory, lists in files
+    for c in spec.task_type.release_column_names:  # JSON text inside the factory, lists in files
         out[c] = out[c].map(lambda v: json.loads(v) if isinstance(v, str) else v)
     return out
 
 
-LIST_COLUMNS = ("tokens", "bio")
+def release_type(manifest: dict):
+    """The task type a release was written for (its manifest's ``task_type``; releases before types: classification)."""
+    return tasks.get(str(manifest.get("task_type") or "classification"))
 
 
-def canonical_labels(table: pd.DataFrame, spans: bool | None = None) -> pd.DataFrame:
-    """A released table read back: list-valued labels to the canonical text the ledger and the provenance events
-    hold (sets: '|'-joined; spans, or `spans=True`: ``[[start,end,"type"]]`` JSON), the spans type's ``tokens`` and
-    ``bio`` lists to JSON text; class names pass unchanged."""
+def _listed(v) -> bool:
+    return isinstance(v, (list, tuple, np.ndarray))
+
+
+def canonical_labels(table: pd.DataFrame, task_type) -> pd.DataFrame:
+    """A released table read back in the ledger's canonical text: the label column through the type's ``encode``
+    (the inverse of the ``decode`` a release was written with: a set's list '|'-joined, spans' structs to their
+    JSON), the type's own list columns (``release_column_names``; spans: tokens, bio) to the JSON text the factory
+    keeps.  The type, not the values' shape, says how: a list of dicts is spans only for a spans release."""
     if "label" not in table or not len(table):
         return table
-
-    def listed(v) -> bool:
-        return isinstance(v, (list, tuple, np.ndarray))
-
-    for c in LIST_COLUMNS:  # a type's list columns (spans: tokens, bio) back to the JSON text the factory keeps
-        if c in table and table[c].map(listed).any():
+    for c in task_type.release_column_names:
+        if c in table and table[c].map(_listed).any():
             table = table.assign(**{c: table[c].map(lambda v: json.dumps([str(x) for x in v], ensure_ascii=False,
-                                                                           separators=(",", ":")) if listed(v) else v)})
-    if not table["label"].map(listed).any():
-        return table
-
-    if spans is None:  # lists of {start, end, type} structs are spans, whose empty list is "[]", not the empty set
-        spans = bool(table["label"].map(lambda v: listed(v) and len(v) > 0 and isinstance(v[0], dict)).any())
-
-    def text(v):
-        if not listed(v):
-            return v
-        if spans:  # [{start, end, type}] -> [[start,end,"type"]]
-            return json.dumps([[int(d["start"]), int(d["end"]), str(d["type"])] for d in v], separators=(",", ":"))
-        return "|".join(map(str, v))
-
-    return table.assign(label=table["label"].map(text))
+                                                                           separators=(",", ":")) if _listed(v) else v)})
+    return table.assign(label=table["label"].map(task_type.encode))
 
 
-def read_labels(path: str | Path) -> pd.DataFrame:
-    """One Parquet file of a release, labels in canonical text (see `canonical_labels`)."""
-    import pyarrow.parquet as pq
-
-    label = pq.read_schema(path).field("label").type if "label" in pq.read_schema(path).names else None
-    spans = label is not None and hasattr(label, "value_type") and str(label.value_type).startswith("struct")
-    return canonical_labels(pd.read_parquet(path), spans=spans or None)
+def read_labels(path: str | Path, task_type) -> pd.DataFrame:
+    """One Parquet file of a release of ``task_type`` (see :func:`release_type`), labels in canonical text."""
+    return canonical_labels(pd.read_parquet(path), task_type)
 
 
 @counted("release", count=lambda r: r["items"])
@@ -694,7 +681,7 @@ def release(fx, dataset: str, run_id: str | None = None, formats: tuple[str, ...
     if prev and not (Path(prev["path"]) / DATA_FILE).exists():
         raise ReleaseError(f"{Path(prev['path']) / DATA_FILE}: release {prev['version']} of '{dataset}' is in the "
                            f"ledger but its files are missing; restore the folder (releases are immutable)")
-    prev_table = read_labels(Path(prev["path"]) / DATA_FILE) if prev else None
+    prev_table = read_labels(Path(prev["path"]) / DATA_FILE, spec.task_type) if prev else None
     changes = _changes(prev_table, table)
     if cert["blocking_failures"]:
         refuse(fx, dataset, next_version(prev["version"] if prev else None, changes, same_bytes=False)[0],
@@ -889,7 +876,7 @@ def verify_release(path: str | Path, run_standard: bool = True) -> dict:
         return {"ok": False, "problems": problems + [f"manifest.json: unreadable ({e})"], "summary": summary}
     summary |= {"dataset": manifest.get("dataset"), "version": manifest.get("version"), "items": manifest.get("items")}
     try:
-        table = read_labels(path / DATA_FILE)
+        table = read_labels(path / DATA_FILE, release_type(manifest))
     except Exception as e:  # a tampered or truncated Parquet file is reported, not raised
         return {"ok": False, "problems": problems + [f"{DATA_FILE}: unreadable ({type(e).__name__}: {e})"],
                 "summary": summary}
@@ -1075,6 +1062,7 @@ def verify_labels_bound(path: str | Path, manifest: dict, table: pd.DataFrame,
     if events is None:
         return []  # releases written before provenance: nothing to bind to (the listings still hold)
     derived, problems = final_labels_from_events(events)
+    tt = release_type(manifest)
     released_batches = {str(b["batch_id"]) for b in manifest.get("batches", [])}
     derived = derived[derived["batch_id"].isin(released_batches)] if released_batches else derived
     problems += compare_with_events(DATA_FILE, table, derived)
@@ -1086,7 +1074,7 @@ def verify_labels_bound(path: str | Path, manifest: dict, table: pd.DataFrame,
     for f in sorted((path / "data").glob("*.parquet")) if (path / "data").is_dir() else []:
         name = f"data/{f.name}"
         try:
-            part = read_labels(f)
+            part = read_labels(f, tt)
         except Exception as e:
             problems.append(f"{name}: unreadable ({type(e).__name__})")
             continue
@@ -1104,8 +1092,7 @@ def verify_labels_bound(path: str | Path, manifest: dict, table: pd.DataFrame,
     if seen and "split" in table:
         unsplit = sorted(set(by_item.index) - seen)
         problems += [f"data/: item {i}: in {DATA_FILE} but in no split file" for i in unsplit[:MAX_PROBLEMS_PER_FILE]]
-    spans = manifest.get("task_type") == "spans"
-    for name, read in (("labels.jsonl", lambda p: _read_jsonl(p, spans or None)),
+    for name, read in (("labels.jsonl", lambda p: _read_jsonl(p, tt)),
                        ("labels.csv", lambda p: pd.read_csv(p, dtype={"item_id": str, "label": str}))):
         if (path / name).exists():
             try:
@@ -1122,14 +1109,13 @@ def verify_labels_bound(path: str | Path, manifest: dict, table: pd.DataFrame,
     return problems
 
 
-def _read_jsonl(p: Path, spans: bool | None = None) -> pd.DataFrame:
+def _read_jsonl(p: Path, task_type) -> pd.DataFrame:
     """labels.jsonl as written (JSON values kept: a class name stays text, a set stays a list), labels canonical."""
     rows = [json.loads(line) for line in p.read_text(encoding="utf-8").splitlines() if line.strip()]
     t = pd.DataFrame(rows)
-    return canonical_labels(t.assign(item_id=t["item_id"].astype(str)) if "item_id" in t else t, spans)
+    return canonical_labels(t.assign(item_id=t["item_id"].astype(str)) if "item_id" in t else t, task_type)
 
 
-_verify_lock = threading.Lock()
 _verify_lock = threading.Lock()
 
 
@@ -1184,8 +1170,8 @@ def show(path: str | Path) -> dict:
 
 def diff(path_a: str | Path, path_b: str | Path) -> dict:
     """What changed from release A to release B: counts overall and per split, plus example item ids."""
-    a = read_labels(Path(path_a) / DATA_FILE)
-    b = read_labels(Path(path_b) / DATA_FILE)
+    a, b = (read_labels(Path(p) / DATA_FILE, release_type(json.loads((Path(p) / "manifest.json").read_text(
+        encoding="utf-8")))) for p in (path_a, path_b))
     ai, bi = a.set_index("item_id"), b.set_index("item_id")
     common = ai.index.intersection(bi.index)
     relab = common[(ai.loc[common, "label"] != bi.loc[common, "label"]).to_numpy()]

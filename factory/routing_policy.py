@@ -69,7 +69,7 @@ def prelabel_human_routes(spec: DatasetSpec, fused: pd.DataFrame, model_labels: 
                     prior=spec.prior if spec.task_type.class_shares else None,
                     seed_distribution=seed_dist or None, audit_rate=spec.quality.audit_rate,
                     bias_ratio=spec.quality.bias_ratio, review_budget=budget, seed=seed, audit_min=audit_min)
-    uncertain = getattr(spec.task_type, "uncertain_classes", None)
+    uncertain = spec.task_type.uncertain_classes
     if uncertain is not None:  # sets: name the classes a person should look at first
         cols = prob_cols(spec.class_names)
         flagged = r.index[r["route"].isin(["review", "deferred"])]

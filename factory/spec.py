@@ -408,10 +408,10 @@ def template(name: str, task_type: str = "classification") -> str:
         raise SpecError(f"task type '{task_type}' is not run by the batch pipeline yet; "
                         f"use one of {tasks.names(pipeline_ready=True)}")
     text = (Path(__file__).parent / "templates" / "dataset.yaml").read_text(encoding="utf-8").format(name=name)
-    if not hasattr(tt, "spec_template") and task_type == "classification":
+    if tt.spec_template is None and task_type == "classification":
         return text
     # a type without its own template gets the classification one with its name on the type line
-    parts = tt.spec_template() if hasattr(tt, "spec_template") else \
+    parts = tt.spec_template() if tt.spec_template is not None else \
         {"type_line": f"  type: {task_type:<20} # registered task types: {', '.join(tasks.names(pipeline_ready=True))}"}
     lines = text.split("\n")
     if "classes" in parts:

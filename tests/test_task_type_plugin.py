@@ -253,3 +253,30 @@ def test_ingest_asks_the_type_which_columns_make_an_item_and_how(titled, fx, tmp
     (tmp_path / "folder" / "a.txt").write_text("one text")
     with pytest.raises(IngestError, match="a titled dataset reads two columns"):
         ingest(tmp_path / "folder", spec, fx.ledger)
+
+
+class Tagged(Classification):
+    """A toy type released as a list of ``{start, end, type}`` structs (the shape spans use) whose stored text is
+    only the class: reading a release back must ask the type, not guess from the values' shape."""
+
+    name: ClassVar[str] = "tagged"
+
+    def decode(self, stored: str) -> Any:
+        return [{"start": 0, "end": 1, "type": stored}]
+
+    def encode(self, value: Any) -> Any:
+        return value if isinstance(value, str) else str(value[0]["type"])
+
+
+def test_a_release_is_read_back_by_its_own_type_not_by_the_shape_of_its_values(tmp_path):
+    from factory.release import canonical_labels, read_labels
+
+    stored = pd.DataFrame({"item_id": ["a", "b"], "label": ["pos", "neg"]})
+    released = stored.assign(label=stored["label"].map(Tagged().decode))
+    released.to_parquet(tmp_path / "labels.parquet")  # structs in Parquet come back as NumPy arrays of dicts
+    for table in (released, pd.read_parquet(tmp_path / "labels.parquet")):
+        assert canonical_labels(table, Tagged())["label"].tolist() == ["pos", "neg"]
+    assert read_labels(tmp_path / "labels.parquet", Tagged())["label"].tolist() == ["pos", "neg"]
+    # the same values read as a spans release are spans' JSON: the type decides
+    assert read_labels(tmp_path / "labels.parquet", tasks.get("spans"))["label"].tolist() == ['[[0,1,"pos"]]',
+                                                                                            '[[0,1,"neg"]]']

@@ -814,7 +814,7 @@ class Ledger:
     def _item_context(c, sch: LabelSchema, dataset: str, item_id: str) -> dict | None:
         """What the task type checks an answer against on this item (spans: ``n_tokens``), None if nothing."""
         tt = sch.task_type
-        if not getattr(tt, "needs_item", False):
+        if not tt.needs_item:
             return None
         meta = c.execute(sa.select(items.c.meta).where(items.c.dataset == dataset, items.c.item_id == item_id)).scalar()
         return tt.item_context(meta) if meta is not None else None

@@ -50,6 +50,10 @@ class TaskType(Protocol):
     def decode(self, stored: str) -> Any:
         """The canonical text form back into the value a release carries (a class name, a list, ...)."""
 
+    def encode(self, value: Any) -> Any:
+        """The inverse of :meth:`decode`: a released value back to the canonical stored text (what a release
+        read back is compared with the ledger's events in)."""
+
     def fuse(self, answers: pd.DataFrame, classes: Sequence[str], items: pd.DataFrame | None = None) -> pd.DataFrame:
         """Fuse ``item_id, worker_id, label`` answers (canonical labels) into one row per item (index
         ``item_id``): ``label`` (canonical), ``confidence`` (the fused label's posterior probability).
@@ -133,6 +137,65 @@ class TaskTypeBase:
         text itself (pairs: the two sides as canonical JSON) returns the problem it found with the row."""
         return row.get(task.input), task.input, None
 
+    def encode(self, value: Any) -> Any:
+        """A released label value (what :meth:`decode` gives: a class name, a list of classes, a list of span
+        dicts) back to the canonical stored text, so a release read back compares with the ledger's events.
+        Text passes unchanged; one class per item: the class name is its own canonical form."""
+        return value
+
+    # -- optional hooks: a type whose item or answer needs more than one text overrides them (``spans`` does);
+    # the core reads these attributes and never a type's name.  A hook that is ``None`` is not used.
+
+    #: ``spec_template() -> dict``: the parts of the commented spec ``factory init --type NAME`` writes that differ
+    #: from the classification template (``type_line``, ``classes``, ``task``...); None: that template, this name.
+    spec_template: ClassVar[Any] = None
+    #: Extra optional columns an ingested file may carry for this type (spans: ``tokens``).
+    input_columns: ClassVar[tuple[str, ...]] = ()
+    #: ``item_fields(text, row) -> dict``: what ingest records in an item's metadata (spans: its tokens); None: nothing.
+    item_fields: ClassVar[Any] = None
+    #: True when the answer door checks an answer against the item (``item_context(meta)``: spans' ``n_tokens``).
+    needs_item: ClassVar[bool] = False
+
+    def item_context(self, meta: Any) -> dict | None:
+        """What an answer is checked against on its item (spans: ``{"n_tokens": ...}``), from the item's stored
+        metadata; read only when :attr:`needs_item`."""
+        return None
+
+    def labeler_input(self, items: pd.DataFrame) -> pd.DataFrame:
+        """What the labelers read of each item: ``item_id, text`` (spans add the tokens)."""
+        return items[["item_id", "text"]].reset_index(drop=True)
+
+    #: ``item_table(items) -> DataFrame``: the items' recorded context the type's fusion needs (spans: ``item_id,
+    #: tokens, n_tokens``); None: the fusion reads no item, and the pipeline does not load the batch's items for it.
+    item_table: ClassVar[Any] = None
+    #: ``predict_items(labeler, items, classes) -> (labels, confidences, probs)``: a labeler's answers when
+    #: :meth:`decide` cannot make them from an items x classes matrix (spans: tagged per token); None: ``decide``.
+    predict_items: ClassVar[Any] = None
+    #: People correct the shown pre-annotation (spans): the workbench shows the models' answer whatever the spec says.
+    shows_prelabel: ClassVar[bool] = False
+    #: ``uncertain_classes(probs, classes) -> list of class lists``: the classes a flagged item's reasons name (sets).
+    uncertain_classes: ClassVar[Any] = None
+    #: ``audit_measures(final, level) -> dict``: the certificate's type-specific quality (spans: span P/R/F1).
+    audit_measures: ClassVar[Any] = None
+
+    # release and Label Studio: the type's own columns beside ``item_id, text, label``
+    #: Names of extra release columns (JSON text inside the factory, lists in the files; spans: ``tokens, bio``).
+    release_column_names: ClassVar[tuple[str, ...]] = ()
+    #: ``release_columns(raw_items, labels) -> DataFrame`` of :attr:`release_column_names`; None: no extra columns.
+    release_columns: ClassVar[Any] = None
+    #: ``item_columns(text) -> dict``: columns made from the item's stored text (pairs: ``left``, ``right``).
+    item_columns: ClassVar[Any] = None
+    #: ``labelstudio_objects() -> str``: the Label Studio object tags shown (pairs: two texts); None: one ``Text``.
+    labelstudio_objects: ClassVar[Any] = None
+
+    def hf_extra_features(self, classes: Sequence[str]) -> dict:
+        """Hugging Face features of :attr:`release_column_names` (spans: tokens, the BIO tags)."""
+        return {}
+
+    def croissant_extra_fields(self, classes: Sequence[str]) -> dict:
+        """Croissant field keys of :attr:`release_column_names`, by column."""
+        return {}
+
 
 class BatchHooks(Protocol):
     """What a *pipeline-ready* type adds to :class:`TaskType` for the batch pipeline (``factory.pipeline``).
@@ -145,15 +208,10 @@ class BatchHooks(Protocol):
     """``"one"`` (one class per item), ``"set"`` (a subset of the classes per item) or ``"spans"`` (typed token
     spans per item).
 
-    Optional hooks a type defines when its items or answers need more than the text (``spans`` has them all):
-    ``input_columns`` (extra optional columns of an ingested file, e.g. ``tokens``) and ``item_fields(text, row)``
-    (what ingest records in an item's metadata, e.g. tokens),
-    ``needs_item`` + ``item_context(meta)`` (what the answer door checks an answer against, e.g. ``n_tokens``),
-    ``labeler_input(items)`` / ``item_table(items)`` (what labelers and fusion read of the items),
-    ``predict_items(labeler, items, classes)`` (a labeler's labels, confidences and ``prob_<class>`` columns
-    when ``decide`` cannot make them), ``shows_prelabel`` (people correct the shown pre-annotation), ``release_column_names`` +
-    ``release_columns`` + ``hf_extra_features`` + ``croissant_extra_fields`` (extra release columns), and
-    ``audit_measures`` (the certificate's type-specific quality)."""
+    The optional hooks a type overrides when its items or answers need more than one text (``input_columns``,
+    ``item_fields``, ``needs_item`` + ``item_context``, ``labeler_input``, ``item_table``, ``predict_items``,
+    ``shows_prelabel``, ``uncertain_classes``, ``audit_measures``, the release and Label Studio columns) are
+    declared with their defaults and documented on :class:`TaskTypeBase`; the core reads them as attributes."""
 
     def make_labelers(self, seed: int = 0) -> list:
         """Unfitted labelers of differentiated families (``factory.labelers.Labeler`` subclasses) that fit on

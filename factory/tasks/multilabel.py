@@ -199,6 +199,10 @@ class MultiLabel(TaskTypeBase):
     def decode(self, stored: str) -> list[str]:
         return stored.split(SEP) if stored else []
 
+    def encode(self, value: Any) -> str:
+        """A released list of classes (a list, or a NumPy array read from Parquet) to ``a|b``; text passes."""
+        return value if isinstance(value, str) else SEP.join(map(str, value))
+
     def fuse(self, answers: pd.DataFrame, classes: Sequence[str], items: pd.DataFrame | None = None) -> pd.DataFrame:
         return self.fuse_with_marginals(answers, classes)[["label", "confidence"]]
 

@@ -262,6 +262,12 @@ class Spans(TaskTypeBase):
     def decode(self, stored: str) -> list[dict]:
         return [{"start": s, "end": e, "type": t} for s, e, t in json.loads(stored or "[]")]
 
+    def encode(self, value: Any) -> str:
+        """Released ``{start, end, type}`` structs back to ``[[start,end,"type"]]`` JSON (an empty list: ``[]``)."""
+        if isinstance(value, str):
+            return value
+        return json.dumps([[int(d["start"]), int(d["end"]), str(d["type"])] for d in value], separators=(",", ":"))
+
     def to_bio(self, stored: str, n_tokens: int) -> list[str]:
         tags = ["O"] * n_tokens
         for s, e, t in json.loads(stored or "[]"):

@@ -68,7 +68,7 @@ def datasets_of_item(fx, item_id: str) -> list[str]:
 
 
 def _shows(spec) -> bool:
-    return bool(spec.review.show_model_suggestion or getattr(spec.task_type, "shows_prelabel", False))
+    return bool(spec.review.show_model_suggestion or spec.task_type.shows_prelabel)
 
 
 def task_payload(fx, specs: SpecCache, task: dict, *, with_text: bool = True) -> dict:
