@@ -31,10 +31,7 @@ replay`` both call it, so what is benchmarked is what users run.  A round:
    within the budget.  Once the bound meets the target only answered items below the target
    are asked (second opinions), and the loop stops when none is left.  People are never
    silently overruled: an item whose fused label differs from its people's majority gets
-   another person, then an expert.  A fixed hash sample of the items with the models' evidence
-   (``RANDOM_OVERLAP_SHARE``) gets a second answer regardless of the gain (:func:`_random_overlap`):
-   the gain's second answers go where the first disagreed with the models, and people's confusion
-   matrices, learned on overlap items only, need some overlap chosen independently of the answers.
+   another person, then an expert.
 """
 from __future__ import annotations
 
