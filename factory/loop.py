@@ -492,16 +492,12 @@ def _majority(answers: pd.DataFrame, index: pd.Index) -> pd.Series:
             .drop_duplicates("item_id").set_index("item_id")["label"].astype(str).reindex(index))
 
 
-def _random_overlap(dec: pd.DataFrame, counts: pd.Series, seen: pd.Series, cap, budget: int, share: float,
-                    modelled: np.ndarray) -> np.ndarray:
+def _random_overlap(dec: pd.DataFrame, counts: pd.Series, seen: pd.Series, cap, budget: int, share: float) -> np.ndarray:
     """Ask a second answer on a uniform sample of the items: at most ``share`` of the round's budget.
 
     The sample is a fixed ``share`` of the items, chosen by a hash of their ids (the same every round,
     independent of every answer); its items with one answer and room are asked (lowest hash first), so
-    people's reliability is learned from some overlap whose choice did not depend on the first answer.
-    Only items with the models' evidence (``modelled``): the bias comes from second answers chosen where
-    the first disagreed with the models; without models (dog) the uniform asks only took budget from the
-    least confident items (dog ended 0.8364 instead of 0.8414 on a seed).  Only in a round that asks anyway (a stopped loop
+    people's reliability is learned from some overlap whose choice did not depend on the first answer.  Only in a round that asks anyway (a stopped loop
     stays stopped).  Marks them ``ask`` with reason ``random_overlap``; returns their mask.
     """
     n_pick = int(share * budget)
@@ -512,7 +508,7 @@ def _random_overlap(dec: pd.DataFrame, counts: pd.Series, seen: pd.Series, cap, 
     # the sample: the items whose id hashes into the lowest ``share`` of the hash range (a fixed share of the
     # items, so repeated rounds never ask more than that share twice)
     h = pd.util.hash_array(dec.index.astype(str).to_numpy(dtype=object)) / float(np.iinfo(np.uint64).max)
-    cand = np.flatnonzero((h < share) & modelled & (counts.to_numpy() == 1) & (seen < capn).to_numpy())
+    cand = np.flatnonzero((h < share) & (counts.to_numpy() == 1) & (seen < capn).to_numpy())
     if not len(cand):
         return mask
     pick = cand[np.argsort(h[cand], kind="stable")][:n_pick]
@@ -635,9 +631,7 @@ def people_round(prior: pd.DataFrame | None, answers: pd.DataFrame, settings: Lo
         dec.loc[ov, "reasons"] = pd.Series([["people_and_models_disagree"]] * int(ov.sum()),
                                            index=dec.index[ov], dtype=object)
     budget = max(int(budget_left), 0)
-    modelled = np.zeros(len(index), dtype=bool) if prior is None \
-        else np.ptp(prior[pcols].to_numpy(dtype=float), axis=1) > 1e-9  # rows with the models' evidence
-    uniform = _random_overlap(dec, counts, seen, cap, budget, settings.random_overlap, modelled)
+    uniform = _random_overlap(dec, counts, seen, cap, budget, settings.random_overlap)
     ask = (dec["action"] == ASK).to_numpy() & ~uniform
     left = budget - int(uniform.sum())
     if ask.sum() > left:  # overruled or uniform items pushed the asks past the budget: drop the least useful

@@ -186,14 +186,6 @@ def test_a_share_of_the_budget_asks_second_answers_on_a_uniform_sample():
     d0 = people_round(prior, crowd.answers, dataclasses.replace(settings, random_overlap=0.0), CLASSES,
                       budget_left=50).decisions
     assert not d0["reasons"].map(lambda r: "random_overlap" in r).any()
-    # without the models' evidence (no prior, or a flat row) the gain's second answers are not chosen against
-    # the models, and no budget goes to the uniform sample
-    dn = people_round(None, crowd.answers, settings, CLASSES, item_index=truth.index, budget_left=50).decisions
-    assert (dn["action"] == "ask").any() and not dn["reasons"].map(lambda r: "random_overlap" in r).any()
-    flat = prior.copy()
-    flat.iloc[:] = 1.0 / len(CLASSES)
-    df = people_round(flat, crowd.answers, settings, CLASSES, budget_left=50).decisions
-    assert not df["reasons"].map(lambda r: "random_overlap" in r).any()
 
 
 def test_two_answers_per_item_do_not_flip_the_labels():
