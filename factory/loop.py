@@ -68,11 +68,6 @@ VERIFIED_SHRINK = 10.0
 # from high to low (fixed sequence), starting where this many verified items lie above the threshold
 CERTIFY_GRID = tuple(np.round(np.linspace(1.0, 0.5, 101), 3).tolist())
 CERTIFY_MIN_SUPPORT = 20
-# share of a round's budget given to a second answer on single-answer items drawn uniformly (a fixed hash order
-# of the item ids, independent of every answer): people's confusion matrices are learned on overlap items only,
-# and the items the expected gain picks for a second answer are those whose first answer disagreed with the
-# models, so on them the first answers are selected to be wrong (drugs-rating: 0.615 right against 0.71 overall)
-RANDOM_OVERLAP_SHARE = 0.2
 
 
 @dataclass(frozen=True)
@@ -85,7 +80,6 @@ class LoopSettings:
     escalate_after: int  # answers after which an unresolved item goes to an expert
     max_answers: int  # answers one item may get at most
     lookahead: int = 3
-    random_overlap: float = RANDOM_OVERLAP_SHARE  # share of a round's budget for uniform second answers
 
     @classmethod
     def from_spec(cls, spec: DatasetSpec, *, escalate_after: int = 2, max_answers: int = 3) -> "LoopSettings":
@@ -492,33 +486,6 @@ def _majority(answers: pd.DataFrame, index: pd.Index) -> pd.Series:
             .drop_duplicates("item_id").set_index("item_id")["label"].astype(str).reindex(index))
 
 
-def _random_overlap(dec: pd.DataFrame, counts: pd.Series, seen: pd.Series, cap, budget: int, share: float) -> np.ndarray:
-    """Ask a second answer on a uniform sample of the items: at most ``share`` of the round's budget.
-
-    The sample is a fixed ``share`` of the items, chosen by a hash of their ids (the same every round,
-    independent of every answer); its items with one answer and room are asked (lowest hash first), so
-    people's reliability is learned from some overlap whose choice did not depend on the first answer.  Only in a round that asks anyway (a stopped loop
-    stays stopped).  Marks them ``ask`` with reason ``random_overlap``; returns their mask.
-    """
-    n_pick = int(share * budget)
-    mask = np.zeros(len(dec), dtype=bool)
-    if n_pick <= 0 or not (dec["action"] == ASK).any():
-        return mask
-    capn = pd.Series(cap, index=dec.index) if np.isscalar(cap) else pd.Series(cap).reindex(dec.index).fillna(0)
-    # the sample: the items whose id hashes into the lowest ``share`` of the hash range (a fixed share of the
-    # items, so repeated rounds never ask more than that share twice)
-    h = pd.util.hash_array(dec.index.astype(str).to_numpy(dtype=object)) / float(np.iinfo(np.uint64).max)
-    cand = np.flatnonzero((h < share) & (counts.to_numpy() == 1) & (seen < capn).to_numpy())
-    if not len(cand):
-        return mask
-    pick = cand[np.argsort(h[cand], kind="stable")][:n_pick]
-    mask[pick] = True
-    dec.iloc[pick, dec.columns.get_loc("action")] = ASK
-    dec.loc[dec.index[pick], "reasons"] = pd.Series([["random_overlap"]] * len(pick), index=dec.index[pick],
-                                                    dtype=object)
-    return mask
-
-
 def people_round(prior: pd.DataFrame | None, answers: pd.DataFrame, settings: LoopSettings, classes: list[str], *,
                  item_index: pd.Index | None = None, n_answers: pd.Series | None = None, budget_left: int,
                  max_answers_per_item: int | pd.Series | None = None,
@@ -630,13 +597,11 @@ def people_round(prior: pd.DataFrame | None, answers: pd.DataFrame, settings: Lo
         dec.loc[ov, "action"] = np.where((seen.to_numpy() < 2) & room, ASK, ESCALATE)[ov]
         dec.loc[ov, "reasons"] = pd.Series([["people_and_models_disagree"]] * int(ov.sum()),
                                            index=dec.index[ov], dtype=object)
+    ask = (dec["action"] == ASK).to_numpy()
     budget = max(int(budget_left), 0)
-    uniform = _random_overlap(dec, counts, seen, cap, budget, settings.random_overlap)
-    ask = (dec["action"] == ASK).to_numpy() & ~uniform
-    left = budget - int(uniform.sum())
-    if ask.sum() > left:  # overruled or uniform items pushed the asks past the budget: drop the least useful
+    if ask.sum() > budget:  # the overruled items pushed the asks past the budget: drop the least useful
         order = np.flatnonzero(ask)[np.argsort(-dec["expected_gain"].to_numpy()[ask], kind="stable")]
-        drop = order[left:]
+        drop = order[budget:]
         for i in drop:
             dec.iat[i, dec.columns.get_loc("action")] = ACCEPT
             dec.iat[i, dec.columns.get_loc("reasons")] = ["budget"]

@@ -1,8 +1,6 @@
 """The people-in-the-loop round (factory.loop): when it stops, who it asks, and one loop for pipeline and replay."""
 from __future__ import annotations
 
-import dataclasses
-
 import numpy as np
 import pandas as pd
 import pytest
@@ -144,8 +142,7 @@ def test_items_are_asked_in_order_of_expected_gain():
     prior = pd.DataFrame(p, index=truth.index, columns=[f"prob_{c}" for c in CLASSES])
     crowd = Crowd(truth, r=0.85)
     crowd.ask(truth.index[:20])
-    settings = dataclasses.replace(_settings(target=0.99), random_overlap=0.0)  # the gain alone orders the asks
-    res = people_round(prior, crowd.answers, settings, CLASSES, budget_left=15)
+    res = people_round(prior, crowd.answers, _settings(target=0.99), CLASSES, budget_left=15)
     d = res.decisions
     asked = set(d.index[d["action"] == "ask"])
     assert len(asked) == 15
@@ -154,38 +151,6 @@ def test_items_are_asked_in_order_of_expected_gain():
     # the most uncertain item is among the asked, the most certain is not
     conf = d["confidence"]
     assert conf.idxmin() in asked and conf.idxmax() not in asked
-
-
-def test_a_share_of_the_budget_asks_second_answers_on_a_uniform_sample():
-    # second answers chosen by the expected gain go where the first answer disagreed with the models, and
-    # people's reliability is learned on those overlap items only: a share of the budget goes to single-answer
-    # items in a fixed order that no answer influences, so some overlap is an unbiased sample
-    truth = _truth(300)
-    prior = _prior(truth, right=0.7, top=0.7)
-    crowd = Crowd(truth, r=0.8)
-    crowd.ask(truth.index[:150])
-    flipped = crowd.answers.assign(label=crowd.answers["label"].map({"a": "b", "b": "c", "c": "a"}))
-    settings = dataclasses.replace(_settings(target=0.99), random_overlap=0.2)
-    picked = []
-    for answers in (crowd.answers, flipped):
-        d = people_round(prior, answers, settings, CLASSES, budget_left=50).decisions
-        uni = d.index[d["reasons"].map(lambda r: "random_overlap" in r)]
-        assert len(uni) == 10 and (d.loc[uni, "action"] == "ask").all()
-        assert set(uni) <= set(truth.index[:150])  # single-answer items only
-        assert (d["action"] == "ask").sum() <= 50  # within the budget
-        picked.append(set(uni))
-    assert picked[0] == picked[1]  # the sample does not depend on what people answered
-    # a fixed share of the items: rounds after rounds never ask a second answer on more of them
-    union: set = set()
-    for _ in range(12):
-        d = people_round(prior, crowd.answers, settings, CLASSES, budget_left=50).decisions
-        uni = list(d.index[d["reasons"].map(lambda r: "random_overlap" in r)])
-        union |= set(uni)
-        crowd.ask(uni + list(truth.index[150:300][_ * 12:(_ + 1) * 12]))  # and new items get first answers
-    assert 0.1 * len(truth) < len(union) < 0.3 * len(truth)
-    d0 = people_round(prior, crowd.answers, dataclasses.replace(settings, random_overlap=0.0), CLASSES,
-                      budget_left=50).decisions
-    assert not d0["reasons"].map(lambda r: "random_overlap" in r).any()
 
 
 def test_two_answers_per_item_do_not_flip_the_labels():
