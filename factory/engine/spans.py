@@ -58,6 +58,10 @@ from factory.engine.aggregate import _single_thread_blas
 # four synthetic crowds (small, noise 0.1-0.4, systematic boundary workers); 3 of 5 folds chose
 # diag 20 / off 0.5 / text 0.5 (the others text 0.7, and diag 10 / text 0.3).  NER alone preferred a
 # flatter prior (diag 5, off 2) that fell to majority-vote level on the noisiest synthetic crowd.
+# log-odds against an entity type nobody gave on a token (support_mask): effectively zero, yet finite so
+# the span table's cumulative log sums stay finite
+SUPPORT_LOG_PENALTY = -30.0
+
 DEFAULTS: dict[str, Any] = {
     "annotator": "seq",  # "seq" (BSC-seq: tag depends on true tag and own previous tag) or "confusion"
     "diag_alpha": 20.0,  # Dirichlet pseudo-count on a confusion row's diagonal (answered tag = true tag)
@@ -65,6 +69,7 @@ DEFAULTS: dict[str, Any] = {
     # pseudo-answers per confusion row drawn from the crowd's pooled confusion (not in the CV grid:
     # 0, 1, 5, 20 moved NER strict F1 by < 0.002 in a first look, 5 kept)
     "pool_strength": 5.0,
+    "support_mask": True,  # a token's fused entity type must be one somebody gave on it (or O); see _fit
     "transition_alpha": 1.0,  # Dirichlet pseudo-count per valid transition
     "text_weight": 0.5,  # weight of the token-text emitter (needs tokens=); 0 = crowd only
     "text_alpha": 1.0,  # pseudo-tokens at the tag prior behind each word's (or shape's) tag odds
@@ -549,6 +554,17 @@ def _fit(d: _Data, o: dict) -> SpanAggregation:
     np.add.at(votes, (d.ans_pos, d.ans_tag), 1.0)
     votes += 1e-3
     gamma = votes / votes.sum(axis=1, keepdims=True)
+    support = None
+    if o.get("support_mask"):
+        given = votes > 0.5
+        typ = np.array([t.split("-", 1)[1] if "-" in t else "" for t in d.tag_names])
+        support = np.zeros_like(given)
+        for ty in set(typ):
+            cols_t = typ == ty
+            support[:, cols_t] = given[:, cols_t].any(axis=1, keepdims=True)
+        support[:, typ == ""] = True
+        support[~given.any(axis=1)] = True
+        support_pen = np.where(support, 0.0, SUPPORT_LOG_PENALTY)
     trans_counts = np.zeros((K + 1, K))
     # transition counts of the vote shares' argmax path (a cheap start for the chain)
     iterations, converged, loglik = 0, False, float("nan")
@@ -576,6 +592,8 @@ def _fit(d: _Data, o: dict) -> SpanAggregation:
                 gsum = np.vstack([fc[d.feature_groups == g].sum(axis=0) for g in range(n_views)])
                 text = d.F @ (digamma(fc) - digamma(gsum[d.feature_groups]))
             logemit = logemit + float(o["text_weight"]) * text
+        if support is not None:
+            logemit = logemit + support_pen
         if first_step:
             # transitions from the vote shares' pairwise products are unknown before the first
             # forward-backward: start from the prior alone
@@ -596,6 +614,11 @@ def _fit(d: _Data, o: dict) -> SpanAggregation:
             converged = True
             break
 
+    if support is not None:
+        # the mask holds the parameters' estimation; the outputs (marginals, decoding, span posteriors) are
+        # read without it, so a lone answer's possible misses stay visible to routing
+        logemit = logemit - support_pen
+        gamma, alpha, beta, emit, scale, _, loglik = _forward_backward(d, logemit, trans)
     # outputs in sentence-major order
     sm = d.tm_of_sm
     gamma_sm = gamma[sm]
