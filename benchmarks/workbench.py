@@ -384,6 +384,7 @@ def _phase(answers: int, annotators: int, workers: int, think_s: float, seed: in
         stop_sampling.set()
         if sampler:
             sampler.join(timeout=10)
+        if batch:
             done = json.loads((bout / "pipeline.json").read_text()) if (bout / "pipeline.json").exists() else {}
             concurrent = {"items": batch_items, "returncode": proc.returncode,
                           "factory_seconds": done.get("factory_seconds"), "seconds_total": done.get("seconds_total"),

@@ -260,6 +260,9 @@ def ensure_registry_tables(ledger: Ledger) -> None:
         ledger.__dict__["_workforce_tables"] = True
 
 
+_ONE_PERSON = sa.select(annotators).where(annotators.c.annotator_id == sa.bindparam("who"))
+
+
 def registry_rows(ledger: Ledger, annotator_ids: Iterable[str], *, conn=None) -> dict[str, dict]:
     """Registry rows (domains and languages decoded) of the given people who are registered, in one query
     (on `conn`, inside the caller's transaction, when given)."""
@@ -268,11 +271,16 @@ def registry_rows(ledger: Ledger, annotator_ids: Iterable[str], *, conn=None) ->
         ensure_registry_tables(ledger)
     else:  # the caller made sure of the tables before its transaction (SQLite's writer would wait for itself)
         assert ledger.__dict__.get("_workforce_tables"), "call ensure_registry_tables(ledger) before the transaction"
-    if conn is not None:
-        rows = conn.execute(sa.select(annotators).where(annotators.c.annotator_id.in_(ids))).mappings().all() if ids else []
+    # one person (every workbench request): a statement built once, no IN list to expand per call
+    q = ((_ONE_PERSON, {"who": ids[0]}) if len(ids) == 1 else
+         (sa.select(annotators).where(annotators.c.annotator_id.in_(ids)), {}))
+    if not ids:
+        rows = []
+    elif conn is not None:
+        rows = conn.execute(*q).mappings().all()
     else:
         with ledger.reader.connect() as c:
-            rows = c.execute(sa.select(annotators).where(annotators.c.annotator_id.in_(ids))).mappings().all() if ids else []
+            rows = c.execute(*q).mappings().all()
     return {r["annotator_id"]: dict(r, domains=json.loads(r["domains"]), languages=json.loads(r["languages"]))
             for r in rows}
 

@@ -24,8 +24,9 @@ from tests.test_web_api import CLASSES, make_factory, spec_dict
 
 # what one GET /api/tasks/next and one POST /api/tasks/{id}/answer may cost once the server is warm: the
 # answer reads the registry, the task with its lease and the item's answers, ends the lease, locks the
-# person's chain head, inserts the event (the dedup check is the insert) and moves the head, in one transaction
-ANSWER_STATEMENTS = 7
+# person's chain head, inserts the event (the dedup check is the insert) and moves the head, in one transaction;
+# on PostgreSQL the insert and the head's move are one statement (a data-modifying WITH)
+ANSWER_STATEMENTS = {"sqlite": 7, "postgresql": 6}
 NEXT_STATEMENTS = 6
 # connections taken from the pool (each costs a ping, a BEGIN and a ROLLBACK/COMMIT round trip on PostgreSQL): the
 # answer is checked and written on one; the next reads the registry, leases and reads the item's text on one too
@@ -110,7 +111,8 @@ def test_a_next_and_an_answer_cost_a_pinned_number_of_statements(backend, tmp_pa
         token = UserStore.for_ledger(fx.ledger).add("ann-1", "annotator")
     client = TestClient(create_app(fx.paths.root))
     for n_next, c_next, k_next, n_answer, c_answer, k_answer in _count_statements(client, token):
-        assert n_answer <= ANSWER_STATEMENTS, f"an answer costs {n_answer} statements, was {ANSWER_STATEMENTS}"
+        assert n_answer <= ANSWER_STATEMENTS[backend], \
+            f"an answer costs {n_answer} statements, was {ANSWER_STATEMENTS[backend]}"
         assert n_next <= NEXT_STATEMENTS, f"a next costs {n_next} statements, was {NEXT_STATEMENTS}"
         assert (c_next, c_answer) == (1, 1), "one transaction per request"
         assert k_answer <= ANSWER_CHECKOUTS, f"an answer takes {k_answer} connections, was {ANSWER_CHECKOUTS}"
