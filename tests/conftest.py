@@ -84,6 +84,19 @@ def write_csv(path: Path, texts, extra: dict | None = None) -> Path:
     return path
 
 
+MAX_WORKERS = 4  # each worker imports Dagster and sklearn and holds PostgreSQL connections: bounded memory
+
+
+def pytest_xdist_auto_num_workers(config) -> int:
+    """`-n auto` (pyproject addopts): one worker per core up to MAX_WORKERS; none (the run stays in this
+    process, as without xdist) for one core or when the command names a single test file."""
+    files = {str(a).split("::")[0] for a in config.args}
+    if len(files) == 1 and next(iter(files)).endswith(".py"):
+        return 0
+    n = min(len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1), MAX_WORKERS)
+    return n if n > 1 else 0
+
+
 def pytest_configure(config):
     os.environ.setdefault("GX_ANALYTICS_ENABLED", "False")
     # Libraries that install a logging handler on first import bind it to the sys.stderr of that
