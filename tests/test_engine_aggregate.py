@@ -252,9 +252,11 @@ def test_items_with_only_model_answers_and_missing_prob_columns():
 def test_pipeline_case_is_fast():
     answers, _ = _model_answers(n_items=10_000, seed=5)
     aggregate(answers.iloc[:30])
-    t0 = time.perf_counter()
+    # CPU time, not wall: the suite runs files in parallel, and a neighbour's load is not this engine's speed
+    # (wall-clock targets are benchmarks: `factory bench speed`)
+    t0 = time.process_time()
     items = aggregate(answers, method="auto", classes=["a", "b", "c"])
-    assert time.perf_counter() - t0 < 1.0
+    assert time.process_time() - t0 < 1.0
     assert len(items) == 10_000
 
 
