@@ -136,7 +136,10 @@ def test_annotators_see_and_answer_only_their_tasks(web):
 
 def test_expired_and_reassigned_leases_are_409(tmp_path, monkeypatch):
     fx, _tasks, tokens = make_factory(tmp_path, monkeypatch)
+    # the lease is stored when given: short leases expire on purpose, the reassigned one is long so a slow machine
+    # does not expire it by accident between ann-2's `next` and answer
     c = TestClient(create_app(fx.paths.root, lease_seconds=0.3))
+    long = TestClient(create_app(fx.paths.root, lease_seconds=600))
     ann1, ann2 = ({"Authorization": f"Bearer {tokens[n]}"} for n in ("ann-1", "ann-2"))
     first = c.get("/api/tasks/next", headers=ann1).json()["task_id"]
     time.sleep(0.4)
@@ -144,6 +147,7 @@ def test_expired_and_reassigned_leases_are_409(tmp_path, monkeypatch):
     assert r.status_code == 409 and "expired" in r.json()["detail"]
     assert c.get("/api/tasks/next", headers=ann1).json()["task_id"] == first  # expired, not taken: offered again
     time.sleep(0.4)
+    c = long
     assert c.get("/api/tasks/next", headers=ann2).json()["task_id"] == first  # reassigned to ann-2
     r = c.post(f"/api/tasks/{first}/answer", json={"label": "tech", "submission_id": "b"}, headers=ann1)
     assert r.status_code == 409 and "not assigned to ann-1" in r.json()["detail"]
@@ -154,7 +158,8 @@ def test_expired_and_reassigned_leases_are_409(tmp_path, monkeypatch):
 
 def test_undo_within_grace_reopens_the_task_and_keeps_the_record(tmp_path, monkeypatch):
     fx, _tasks, tokens = make_factory(tmp_path, monkeypatch)
-    c = TestClient(create_app(fx.paths.root, undo_grace_seconds=0.5))
+    # a window no slow machine closes by accident; the closed window is the same root served with a zero grace
+    c = TestClient(create_app(fx.paths.root, undo_grace_seconds=60))
     ann = {"Authorization": f"Bearer {tokens['ann-1']}"}
     tid = c.get("/api/tasks/next", headers=ann).json()["task_id"]
     c.post(f"/api/tasks/{tid}/answer", json={"label": "tech", "submission_id": "a"}, headers=ann)
@@ -168,11 +173,11 @@ def test_undo_within_grace_reopens_the_task_and_keeps_the_record(tmp_path, monke
     assert list(fx.ledger.human_decisions("news")["label"]) == ["business"]
     assert list(fx.ledger.events("news", item_id=fx.ledger.task(tid)["item_id"])["kind"]) == [
         "human", "retraction", "human"]
-    time.sleep(0.6)
-    r = c.post(f"/api/tasks/{tid}/undo", headers=ann)
+    closed = TestClient(create_app(fx.paths.root, undo_grace_seconds=0))
+    r = closed.post(f"/api/tasks/{tid}/undo", headers=ann)
     assert r.status_code == 409 and "undo window" in r.json()["detail"]
     other = {"Authorization": f"Bearer {tokens['ann-2']}"}
-    assert c.post(f"/api/tasks/{tid}/undo", headers=other).status_code == 409
+    assert c.post(f"/api/tasks/{tid}/undo", headers=other).status_code == 409  # not theirs, window open
     assert fx.ledger.verify_chain("news")["ok"]
 
 
